@@ -1,0 +1,62 @@
+import type { Server as TusServer } from '@tus/server';
+import { Hono } from 'hono';
+import type { HttpBindings } from '@hono/node-server';
+import { RESPONSE_ALREADY_SENT } from '@hono/node-server/utils/response';
+import { requireApiKey } from './auth/api-key.js';
+import type { Config } from './config.js';
+import type { Repository } from './db/repository.js';
+import { AppError, errors, toAppError } from './errors.js';
+import type { Logger } from './log.js';
+import type { Purposes } from './purposes.js';
+import { fileRoutes } from './routes/files.js';
+import { uploadTokenRoutes } from './routes/upload-tokens.js';
+import { userRoutes } from './routes/users.js';
+import type { FileService } from './services/files.js';
+import { TUS_PATH } from './uploads/tus.js';
+
+export type AppDeps = {
+  config: Config;
+  repo: Repository;
+  purposes: Purposes;
+  files: FileService;
+  tus: TusServer;
+  logger: Logger;
+};
+
+// Builds the HTTP app from its dependencies; importing this module does no I/O.
+export function createApp(deps: AppDeps) {
+  const { config, logger } = deps;
+  const app = new Hono<{ Bindings: Partial<HttpBindings> }>();
+
+  app.onError((err, c) => {
+    const appError = err instanceof AppError ? err : toAppError(err);
+    if (appError.status >= 500) logger.error('request failed', { method: c.req.method, path: c.req.path, err });
+    return c.json(appError.toJSON(), appError.status as 400);
+  });
+  app.notFound((c) => c.json(errors.notFound('Route').toJSON(), 404));
+
+  app.get('/health', (c) => c.json({ status: 'ok' }));
+
+  // tus: on Node the upload body streams straight from the socket to the store; elsewhere
+  // (app.request in tests) the web Request is handed over.
+  const tusHandler = async (c: { env: Partial<HttpBindings>; req: { raw: Request } }) => {
+    if (c.env?.incoming && c.env.outgoing) {
+      await deps.tus.handle(c.env.incoming, c.env.outgoing);
+      return RESPONSE_ALREADY_SENT;
+    }
+    return deps.tus.handleWeb(c.req.raw);
+  };
+  app.all(TUS_PATH, tusHandler);
+  app.all(`${TUS_PATH}/*`, tusHandler);
+
+  const v1 = new Hono();
+  v1.use('*', requireApiKey(config.apiKey));
+  v1.route('/upload-tokens', uploadTokenRoutes({ secret: config.secret, purposes: deps.purposes }));
+  v1.route('/files', fileRoutes({ files: deps.files, publicUrl: config.publicUrl }));
+  v1.route('/users', userRoutes({ repo: deps.repo, files: deps.files, defaultQuotaBytes: config.defaultQuotaBytes, publicUrl: config.publicUrl }));
+  app.route('/v1', v1);
+
+  return app;
+}
+
+export type App = ReturnType<typeof createApp>;

@@ -1,0 +1,113 @@
+import { randomBytes } from 'node:crypto';
+import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { cpus } from 'node:os';
+import path from 'node:path';
+import { z } from 'zod';
+
+// The environment is parsed once, at start-up, into a frozen Config.
+// A bad variable stops start-up with a sentence that names it.
+
+const bytes = z.coerce.number().int().positive();
+const seconds = z.coerce.number().positive();
+
+const envSchema = z.object({
+  PORT: z.coerce.number().int().min(0).max(65535).default(8080),
+  HOST: z.string().min(1).default('0.0.0.0'),
+  CHIPMUNK_DATA_DIR: z.string().min(1).default('./data'),
+  CHIPMUNK_PUBLIC_URL: z.url().optional(),
+  CHIPMUNK_SECRET: z.string().min(32, 'must be at least 32 characters').optional(),
+  CHIPMUNK_API_KEY: z.string().min(16, 'must be at least 16 characters').optional(),
+  CHIPMUNK_DEFAULT_QUOTA: bytes.default(1024 ** 3),
+  CHIPMUNK_PURPOSES_FILE: z.string().min(1).optional(),
+  CHIPMUNK_UPLOAD_EXPIRY: seconds.default(24 * 3600),
+  CHIPMUNK_EXPIRY_INTERVAL: seconds.default(15 * 60),
+  CHIPMUNK_MAX_PIXELS: bytes.default(50_000_000),
+  CHIPMUNK_MAX_FRAMES: bytes.default(100),
+  CHIPMUNK_CONCURRENCY: bytes.default(Math.max(1, cpus().length)),
+  CHIPMUNK_LOG_LEVEL: z.enum(['debug', 'info', 'warn', 'error', 'silent']).default('info'),
+});
+
+export type Secrets = { secret: string; apiKey: string };
+
+export type Config = Readonly<{
+  port: number;
+  host: string;
+  dataDir: string;
+  databasePath: string;
+  uploadDir: string;
+  mediaDir: string;
+  publicUrl: string | undefined;
+  secret: string;
+  apiKey: string;
+  defaultQuotaBytes: number;
+  purposesFile: string | undefined;
+  uploadExpiryMs: number;
+  expiryIntervalMs: number;
+  maxPixels: number;
+  maxFrames: number;
+  concurrency: number;
+  logLevel: 'debug' | 'info' | 'warn' | 'error' | 'silent';
+  /** True when this start generated secrets the operator has not seen yet. */
+  generatedSecrets: boolean;
+}>;
+
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+}
+
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  const parsed = envSchema.safeParse(env);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!;
+    throw new ConfigError(`Invalid environment variable ${String(issue.path[0])}: ${issue.message}`);
+  }
+  const e = parsed.data;
+  const dataDir = path.resolve(e.CHIPMUNK_DATA_DIR);
+  mkdirSync(dataDir, { recursive: true });
+  const stored = loadOrCreateSecrets(dataDir);
+  return Object.freeze({
+    port: e.PORT,
+    host: e.HOST,
+    dataDir,
+    databasePath: path.join(dataDir, 'chipmunk.db'),
+    uploadDir: path.join(dataDir, 'uploads'),
+    mediaDir: path.join(dataDir, 'media'),
+    publicUrl: e.CHIPMUNK_PUBLIC_URL?.replace(/\/+$/, ''),
+    secret: e.CHIPMUNK_SECRET ?? stored.secrets.secret,
+    apiKey: e.CHIPMUNK_API_KEY ?? stored.secrets.apiKey,
+    defaultQuotaBytes: e.CHIPMUNK_DEFAULT_QUOTA,
+    purposesFile: e.CHIPMUNK_PURPOSES_FILE ? path.resolve(e.CHIPMUNK_PURPOSES_FILE) : undefined,
+    uploadExpiryMs: e.CHIPMUNK_UPLOAD_EXPIRY * 1000,
+    expiryIntervalMs: e.CHIPMUNK_EXPIRY_INTERVAL * 1000,
+    maxPixels: e.CHIPMUNK_MAX_PIXELS,
+    maxFrames: e.CHIPMUNK_MAX_FRAMES,
+    concurrency: e.CHIPMUNK_CONCURRENCY,
+    logLevel: e.CHIPMUNK_LOG_LEVEL,
+    generatedSecrets: stored.generated && (!e.CHIPMUNK_SECRET || !e.CHIPMUNK_API_KEY),
+  });
+}
+
+const secretsSchema = z.object({ secret: z.string().min(32), apiKey: z.string().min(16) });
+
+// Secrets live in the data directory so the embedded default needs no other service.
+function loadOrCreateSecrets(dataDir: string): { secrets: Secrets; generated: boolean } {
+  const file = path.join(dataDir, 'secrets.json');
+  if (existsSync(file)) {
+    const parsed = secretsSchema.safeParse(JSON.parse(readFileSync(file, 'utf8')));
+    if (!parsed.success) throw new ConfigError(`${file} is not a valid secrets file; fix or delete it.`);
+    return { secrets: parsed.data, generated: false };
+  }
+  const secrets: Secrets = {
+    secret: randomBytes(32).toString('base64url'),
+    apiKey: `ck_${randomBytes(24).toString('base64url')}`,
+  };
+  // 'wx' so two processes starting at once cannot overwrite each other's secrets.
+  try {
+    writeFileSync(file, `${JSON.stringify(secrets, null, 2)}\n`, { flag: 'wx', mode: 0o600 });
+    chmodSync(file, 0o600);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EEXIST') return loadOrCreateSecrets(dataDir);
+    throw err;
+  }
+  return { secrets, generated: true };
+}

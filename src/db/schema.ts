@@ -1,0 +1,107 @@
+import { index, integer, primaryKey, sqliteTable, text, uniqueIndex } from 'drizzle-orm/sqlite-core';
+
+// Every table Chipmunk keeps. Byte counts are integers; times are unix milliseconds.
+
+export const users = sqliteTable('users', {
+  id: text('id').primaryKey(),
+  quotaBytes: integer('quota_bytes').notNull(),
+  // Invariant: usedBytes = sum(files.total_bytes) of the user's stored files (not uploading, not deleting);
+  // reservedBytes = sum(files.reserved_bytes) of the user's uploading files.
+  usedBytes: integer('used_bytes').notNull().default(0),
+  reservedBytes: integer('reserved_bytes').notNull().default(0),
+  createdAt: integer('created_at').notNull(),
+});
+
+export const fileStatuses = ['uploading', 'processing', 'ready', 'failed', 'deleting'] as const;
+export type FileStatus = (typeof fileStatuses)[number];
+export type Visibility = 'public' | 'private';
+
+export const files = sqliteTable(
+  'files',
+  {
+    id: text('id').primaryKey(),
+    userId: text('user_id').notNull(),
+    purpose: text('purpose').notNull(),
+    kind: text('kind', { enum: ['image', 'audio'] }).notNull(),
+    status: text('status', { enum: fileStatuses }).notNull(),
+    filename: text('filename').notNull(),
+    mimeType: text('mime_type'),
+    ext: text('ext'),
+    /** Size of the original (variant 0). While uploading: the declared Upload-Length. */
+    bytes: integer('bytes').notNull(),
+    /** Original plus everything generated; what the user is charged once stored. */
+    totalBytes: integer('total_bytes').notNull().default(0),
+    /** Bytes held against the quota while the upload is in flight. */
+    reservedBytes: integer('reserved_bytes').notNull().default(0),
+    width: integer('width'),
+    height: integer('height'),
+    visibility: text('visibility', { enum: ['public', 'private'] }).notNull(),
+    deliveryToken: text('delivery_token').notNull(),
+    /** Kind-specific facts as JSON: placeholder, thumbhash, audio tags, failure reason… */
+    info: text('info', { mode: 'json' }).$type<Record<string, unknown>>().notNull().default({}),
+    error: text('error'),
+    createdAt: integer('created_at').notNull(),
+    updatedAt: integer('updated_at').notNull(),
+    /** When an unfinished upload stops being resumable and its reservation is released. */
+    expiresAt: integer('expires_at'),
+  },
+  (t) => [
+    uniqueIndex('files_delivery_token').on(t.deliveryToken),
+    index('files_user_created').on(t.userId, t.createdAt),
+    index('files_status_expires').on(t.status, t.expiresAt),
+  ],
+);
+
+export const variants = sqliteTable(
+  'variants',
+  {
+    fileId: text('file_id')
+      .notNull()
+      .references(() => files.id, { onDelete: 'cascade' }),
+    /** '0' is the original, '1'…'6' the WebP ladder; later kinds add names such as 'waveform'. */
+    name: text('name').notNull(),
+    /** File name inside the file's folder, e.g. '0.jpg', '3.webp'. */
+    path: text('path').notNull(),
+    mimeType: text('mime_type').notNull(),
+    bytes: integer('bytes').notNull(),
+    width: integer('width'),
+    height: integer('height'),
+  },
+  (t) => [primaryKey({ columns: [t.fileId, t.name] })],
+);
+
+export const jobs = sqliteTable(
+  'jobs',
+  {
+    id: integer('id').primaryKey({ autoIncrement: true }),
+    fileId: text('file_id').notNull(),
+    type: text('type').notNull(),
+    state: text('state', { enum: ['queued', 'running', 'done', 'failed'] }).notNull(),
+    attempts: integer('attempts').notNull().default(0),
+    runAfter: integer('run_after').notNull(),
+    error: text('error'),
+    createdAt: integer('created_at').notNull(),
+    updatedAt: integer('updated_at').notNull(),
+  },
+  (t) => [index('jobs_state_run_after').on(t.state, t.runAfter)],
+);
+
+export const webhookDeliveries = sqliteTable(
+  'webhook_deliveries',
+  {
+    id: integer('id').primaryKey({ autoIncrement: true }),
+    event: text('event').notNull(),
+    payload: text('payload').notNull(),
+    attempts: integer('attempts').notNull().default(0),
+    nextAttemptAt: integer('next_attempt_at').notNull(),
+    deliveredAt: integer('delivered_at'),
+    lastError: text('last_error'),
+    createdAt: integer('created_at').notNull(),
+  },
+  (t) => [index('webhook_pending').on(t.deliveredAt, t.nextAttemptAt)],
+);
+
+export type UserRow = typeof users.$inferSelect;
+export type FileRow = typeof files.$inferSelect;
+export type VariantRow = typeof variants.$inferSelect;
+export type JobRow = typeof jobs.$inferSelect;

@@ -1,0 +1,42 @@
+import { loadConfig, ConfigError } from './config.js';
+import { createChipmunk } from './chipmunk.js';
+
+// Starts the process: config, database + migrations, HTTP server, graceful shutdown.
+export async function start(env: NodeJS.ProcessEnv = process.env): Promise<void> {
+  let config;
+  try {
+    config = loadConfig(env);
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`chipmunk: ${err.message}\n`);
+      process.exit(2);
+    }
+    throw err;
+  }
+  const chipmunk = createChipmunk(config);
+  const { port } = await chipmunk.listen();
+  const url = config.publicUrl ?? `http://${config.host === '0.0.0.0' ? 'localhost' : config.host}:${port}`;
+  chipmunk.logger.info('chipmunk listening', { url, dataDir: config.dataDir });
+  if (config.generatedSecrets) {
+    // Printed once, on the start that generated them; they stay in <data dir>/secrets.json.
+    process.stdout.write(
+      `\nChipmunk generated its secrets in ${config.dataDir}/secrets.json (shown once):\n` +
+        `  CHIPMUNK_API_KEY=${config.apiKey}\n  CHIPMUNK_SECRET=${config.secret}\n\n`,
+    );
+  }
+  let stopping = false;
+  const stop = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    chipmunk.logger.info('shutting down', { signal });
+    chipmunk.close().then(
+      () => process.exit(0),
+      () => process.exit(1),
+    );
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+}
+
+const isMain = process.argv[1] && import.meta.url === new URL(`file://${process.argv[1]}`).href;
+if (isMain) await start();

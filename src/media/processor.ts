@@ -1,0 +1,47 @@
+import type { Sniffed } from './sniff.js';
+
+// The contract between the completion service and whatever turns an original into variants.
+// Implementations write their outputs into `workDir`; the completion service moves them into
+// storage and charges their bytes. A refusal of the content is thrown as a 4xx AppError.
+
+export type ProcessInput = {
+  fileId: string;
+  sourcePath: string;
+  sniffed: Sniffed;
+  /** From the purpose: square (cover-cropped) variants. */
+  square: boolean;
+  workDir: string;
+};
+
+export type ProducedVariant = {
+  /** '1'…'6', or a named extra such as 'waveform'. */
+  name: string;
+  /** Absolute path of the output inside workDir. */
+  file: string;
+  /** File name to keep it under inside the file's folder, e.g. '3.webp'. */
+  storedAs: string;
+  mimeType: string;
+  width?: number;
+  height?: number;
+};
+
+export type ProcessResult = {
+  width?: number;
+  height?: number;
+  /** Kind-specific facts that go in the file JSON (placeholder, thumbhash, tags…). */
+  info: Record<string, unknown>;
+  variants: ProducedVariant[];
+  /** 'processing' when more is made in the background (audio renditions), else 'ready'. */
+  status: 'ready' | 'processing';
+};
+
+export interface MediaProcessor {
+  process(input: ProcessInput): Promise<ProcessResult>;
+}
+
+/** Keeps the original alone; used where no processor is wired for a kind. */
+export const originalOnlyProcessor: MediaProcessor = {
+  async process() {
+    return { info: {}, variants: [], status: 'ready' };
+  },
+};

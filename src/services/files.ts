@@ -1,0 +1,120 @@
+import type { Repository } from '../db/repository.js';
+import type { FileRow, VariantRow } from '../db/schema.js';
+import { errors } from '../errors.js';
+import type { Logger } from '../log.js';
+import type { BlobStorage } from '../storage/storage.js';
+
+// Reading, describing and deleting stored files. The file JSON is built here and only here.
+
+export type VariantJson = { n: number | string; width?: number; height?: number; bytes: number; mimeType: string; url: string };
+
+export type FileJson = {
+  id: string;
+  userId: string;
+  purpose: string;
+  kind: FileRow['kind'];
+  status: FileRow['status'];
+  visibility: FileRow['visibility'];
+  filename: string;
+  mimeType: string | null;
+  bytes: number;
+  totalBytes: number;
+  width?: number;
+  height?: number;
+  variants: VariantJson[];
+  error?: string;
+  createdAt: string;
+  updatedAt: string;
+} & Record<string, unknown>;
+
+/** Builds the URL of one variant; delivery decides whether it needs a signature. */
+export type VariantUrl = (file: FileRow, variantName: string, baseUrl: string) => string;
+
+export const unsignedVariantUrl: VariantUrl = (file, name, baseUrl) => `${baseUrl}/f/${file.deliveryToken}/${name}`;
+
+export function createFileService(deps: { repo: Repository; storage: BlobStorage; logger: Logger; variantUrl?: VariantUrl }) {
+  const { repo, storage, logger } = deps;
+  const variantUrl = deps.variantUrl ?? unsignedVariantUrl;
+
+  function toJson(file: FileRow, variantRows: VariantRow[], baseUrl: string): FileJson {
+    const json: FileJson = {
+      id: file.id,
+      userId: file.userId,
+      purpose: file.purpose,
+      kind: file.kind,
+      status: file.status,
+      visibility: file.visibility,
+      filename: file.filename,
+      mimeType: file.mimeType,
+      bytes: file.bytes,
+      totalBytes: file.totalBytes,
+      ...(file.width != null ? { width: file.width } : {}),
+      ...(file.height != null ? { height: file.height } : {}),
+      ...file.info,
+      variants: variantRows.filter(isLadderVariant).sort(byVariantOrder).map((v) => ({
+        n: /^\d+$/.test(v.name) ? Number(v.name) : v.name,
+        ...(v.width != null ? { width: v.width } : {}),
+        ...(v.height != null ? { height: v.height } : {}),
+        bytes: v.bytes,
+        mimeType: v.mimeType,
+        url: variantUrl(file, v.name, baseUrl),
+      })),
+      ...(file.error ? { error: file.error } : {}),
+      createdAt: new Date(file.createdAt).toISOString(),
+      updatedAt: new Date(file.updatedAt).toISOString(),
+    };
+    return json;
+  }
+
+  return {
+    toJson,
+
+    describe(fileId: string, baseUrl: string): FileJson {
+      const file = repo.getStoredFile(fileId);
+      if (!file) throw errors.notFound('File');
+      return toJson(file, repo.getVariants(file.id), baseUrl);
+    },
+
+    list(userId: string, opts: { limit: number; cursor?: string }, baseUrl: string): { files: FileJson[]; nextCursor: string | null } {
+      const rows = repo.listUserFiles(userId, { limit: opts.limit + 1, cursor: opts.cursor });
+      const page = rows.slice(0, opts.limit);
+      return {
+        files: page.map((f) => toJson(f, repo.getVariants(f.id), baseUrl)),
+        nextCursor: rows.length > opts.limit ? page[page.length - 1]!.id : null,
+      };
+    },
+
+    /** Bytes go back in the same transaction that hides the file; then its one folder goes. */
+    async remove(fileId: string): Promise<void> {
+      const file = repo.beginDelete(fileId);
+      if (!file) throw errors.notFound('File');
+      await finishDelete(fileId);
+    },
+
+    /** Finishes deletes a crash interrupted: their bytes were already given back. */
+    async finishInterruptedDeletes(): Promise<number> {
+      const pending = repo.filesInStatus('deleting');
+      for (const file of pending) await finishDelete(file.id);
+      return pending.length;
+    },
+  };
+
+  async function finishDelete(fileId: string): Promise<void> {
+    await storage.removeFolder(fileId);
+    repo.finishDelete(fileId);
+    logger.info('file deleted', { fileId });
+  }
+}
+
+export type FileService = ReturnType<typeof createFileService>;
+
+// Nested outputs (e.g. a cover's own ladder stored as 'cover-3') are described by their owner, not listed here.
+function isLadderVariant(v: VariantRow): boolean {
+  return !v.name.includes('-');
+}
+
+function byVariantOrder(a: VariantRow, b: VariantRow): number {
+  const na = /^\d+$/.test(a.name) ? Number(a.name) : Number.MAX_SAFE_INTEGER;
+  const nb = /^\d+$/.test(b.name) ? Number(b.name) : Number.MAX_SAFE_INTEGER;
+  return na - nb || a.name.localeCompare(b.name);
+}

@@ -1,0 +1,146 @@
+import { rm } from 'node:fs/promises';
+import type { Repository } from '../db/repository.js';
+import type { FileRow } from '../db/schema.js';
+import { AppError, errors, toAppError } from '../errors.js';
+import { newDeliveryToken, newFileId } from '../ids.js';
+import type { Logger } from '../log.js';
+import type { MediaProcessor } from '../media/processor.js';
+import { sniffFile } from '../media/sniff.js';
+import { admitToPurpose, type Purposes } from '../purposes.js';
+import type { BlobStorage } from '../storage/storage.js';
+
+// The one path every upload takes, whatever carried its bytes (tus, base64, multipart):
+// reserve (quota + purpose in one decision) → bytes land somewhere local → complete or release.
+
+export type ReserveRequest = {
+  /** A carrier that already named the upload (tus) passes its id; otherwise one is generated. */
+  id?: string;
+  userId: string;
+  purpose: string;
+  length: number;
+  filename: string;
+  mimeType?: string | null;
+};
+
+export type CompleteRequest = {
+  fileId: string;
+  /** The finished upload on local disk; moved into storage on success, removed on failure. */
+  sourcePath: string;
+  /** Removes whatever else the carrier kept for this upload (tus's .json sidecar). */
+  discardCarrier?: () => Promise<void>;
+};
+
+export type UploadServiceDeps = {
+  repo: Repository;
+  storage: BlobStorage;
+  purposes: Purposes;
+  processors: { image: MediaProcessor; audio: MediaProcessor };
+  logger: Logger;
+  defaultQuotaBytes: number;
+  uploadExpiryMs: number;
+  /** Called after a file is committed; background work (audio renditions) hooks in here. */
+  onStored?: (file: FileRow) => void;
+};
+
+export function createUploadService(deps: UploadServiceDeps) {
+  const { repo, storage, purposes, logger } = deps;
+
+  return {
+    reserve(req: ReserveRequest): FileRow {
+      if (!Number.isSafeInteger(req.length) || req.length < 0) throw errors.lengthRequired();
+      if (req.length === 0) throw errors.unprocessable('The file is empty.');
+      const purpose = purposes.get(req.purpose);
+      const { kind } = admitToPurpose(purpose, { length: req.length, mimeType: req.mimeType });
+      const file = repo.reserveUpload({
+        userId: req.userId,
+        purpose: purpose.name,
+        // Confirmed from the bytes at completion; until then the declared type or the purpose's first kind.
+        kind: kind ?? purpose.kinds[0]!,
+        filename: sanitizeFilename(req.filename),
+        mimeType: req.mimeType ?? null,
+        length: req.length,
+        visibility: purpose.visibility,
+        defaultQuotaBytes: deps.defaultQuotaBytes,
+        expiresAt: Date.now() + deps.uploadExpiryMs,
+        newId: req.id ? () => req.id! : newFileId,
+        newDeliveryToken,
+      });
+      logger.info('upload reserved', { fileId: file.id, userId: file.userId, purpose: file.purpose, bytes: req.length });
+      return file;
+    },
+
+    /**
+     * Checks the bytes really are what the purpose allows, makes the variants, moves everything
+     * into the file's one folder and turns the reservation into usage. On any failure nothing is
+     * left: no folder, no charge, no reservation, no upload bytes.
+     */
+    async complete(req: CompleteRequest): Promise<FileRow> {
+      const { fileId, sourcePath } = req;
+      const file = repo.getFile(fileId);
+      if (!file || file.status !== 'uploading') throw errors.uploadGone();
+      const purpose = purposes.get(file.purpose);
+      let workDir: string | undefined;
+      try {
+        const sniffed = await sniffFile(sourcePath);
+        if (!sniffed) throw errors.unprocessable('The file is not a recognisable image or audio format.');
+        if (sniffed.kind === 'other' || !purpose.kinds.includes(sniffed.kind)) {
+          throw errors.unsupportedType(`"${purpose.name}" uploads take ${purpose.kinds.join(' or ')} files; this file is ${sniffed.mimeType}.`);
+        }
+        workDir = await storage.workspace(fileId);
+        const result = await deps.processors[sniffed.kind].process({ fileId, sourcePath, sniffed, square: purpose.square, workDir });
+        const originalName = `0.${sniffed.ext}`;
+        const originalBytes = await storage.adopt(fileId, originalName, sourcePath);
+        const stored = [{ name: '0', path: originalName, mimeType: sniffed.mimeType, bytes: originalBytes, width: result.width ?? null, height: result.height ?? null }];
+        for (const v of result.variants) {
+          const bytes = await storage.adopt(fileId, v.storedAs, v.file);
+          stored.push({ name: v.name, path: v.storedAs, mimeType: v.mimeType, bytes, width: v.width ?? null, height: v.height ?? null });
+        }
+        const committed = repo.commitUpload(fileId, {
+          status: result.status,
+          mimeType: sniffed.mimeType,
+          ext: sniffed.ext,
+          width: result.width,
+          height: result.height,
+          info: result.info,
+          variants: stored,
+        });
+        await req.discardCarrier?.();
+        logger.info('upload stored', { fileId, userId: committed.userId, purpose: committed.purpose, totalBytes: committed.totalBytes });
+        deps.onStored?.(committed);
+        return committed;
+      } catch (err) {
+        const appError = toAppError(err);
+        await this.release(fileId, { sourcePath, discardCarrier: req.discardCarrier });
+        await storage.removeFolder(fileId);
+        logger[appError.status >= 500 ? 'error' : 'info']('upload refused', { fileId, code: appError.code, status: appError.status, err: appError.status >= 500 ? err : undefined });
+        throw appError;
+      } finally {
+        if (workDir) await storage.discardWorkspace(fileId);
+      }
+    },
+
+    /** Gives an unfinished upload's reservation back and removes its bytes. Safe to call twice. */
+    async release(fileId: string, carrier: { sourcePath?: string; discardCarrier?: () => Promise<void> } = {}): Promise<boolean> {
+      const released = repo.releaseUpload(fileId);
+      if (carrier.sourcePath) await rm(carrier.sourcePath, { force: true });
+      await carrier.discardCarrier?.();
+      if (released) logger.info('upload released', { fileId });
+      return released;
+    },
+  };
+}
+
+export type UploadService = ReturnType<typeof createUploadService>;
+
+/** Keeps a readable name for display and downloads; it is never used to build a path. */
+export function sanitizeFilename(name: string | null | undefined): string {
+  const cleaned = (name ?? '')
+    .replace(/[\u0000-\u001f\u007f/\\]/g, '_')
+    .trim()
+    .slice(0, 255);
+  return cleaned || 'upload';
+}
+
+export function isClientError(err: unknown): err is AppError {
+  return err instanceof AppError && err.status < 500;
+}

@@ -1,0 +1,120 @@
+import { createReadStream } from 'node:fs';
+import { copyFile, mkdir, open, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
+import path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { fileIdPattern } from '../ids.js';
+import type { BlobStorage } from './storage.js';
+
+const namePattern = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+
+/** The one place a path on disk is built from an id and a name; anything unexpected is refused. */
+export function mediaPath(mediaRoot: string, fileId: string, name?: string): string {
+  if (!fileIdPattern.test(fileId)) throw new Error(`Refusing unsafe file id ${JSON.stringify(fileId)}`);
+  // Two fan-out levels keep directories small: a million files spread over 1,296 × 1,296 folders.
+  const folder = path.join(mediaRoot, fileId.slice(0, 2), fileId.slice(2, 4), fileId);
+  if (name === undefined) return folder;
+  if (!namePattern.test(name) || name.includes('..')) throw new Error(`Refusing unsafe file name ${JSON.stringify(name)}`);
+  return path.join(folder, name);
+}
+
+export function createLocalStorage(opts: { mediaDir: string; workDir: string }): BlobStorage {
+  const { mediaDir, workDir } = opts;
+
+  async function ensureFolder(fileId: string): Promise<string> {
+    const folder = mediaPath(mediaDir, fileId);
+    await mkdir(folder, { recursive: true });
+    return folder;
+  }
+
+  const tempName = (target: string) => `${target}.tmp-${randomBytes(4).toString('hex')}`;
+
+  return {
+    async adopt(fileId, name, sourcePath) {
+      await ensureFolder(fileId);
+      const target = mediaPath(mediaDir, fileId, name);
+      try {
+        await rename(sourcePath, target);
+      } catch (err) {
+        // Another device (a separate uploads volume): copy to a temporary name, then rename.
+        if ((err as NodeJS.ErrnoException).code !== 'EXDEV') throw err;
+        const temp = tempName(target);
+        await copyFile(sourcePath, temp);
+        await rename(temp, target);
+        await unlink(sourcePath);
+      }
+      return (await stat(target)).size;
+    },
+
+    async write(fileId, name, data) {
+      await ensureFolder(fileId);
+      const target = mediaPath(mediaDir, fileId, name);
+      const temp = tempName(target);
+      const handle = await open(temp, 'w');
+      try {
+        await handle.writeFile(data);
+        await handle.sync();
+      } finally {
+        await handle.close();
+      }
+      await rename(temp, target);
+      return data.byteLength;
+    },
+
+    async workspace(fileId) {
+      if (!fileIdPattern.test(fileId)) throw new Error(`Refusing unsafe file id ${JSON.stringify(fileId)}`);
+      const dir = path.join(workDir, fileId);
+      await mkdir(dir, { recursive: true });
+      return dir;
+    },
+
+    async discardWorkspace(fileId) {
+      if (!fileIdPattern.test(fileId)) return;
+      await rm(path.join(workDir, fileId), { recursive: true, force: true });
+    },
+
+    async stat(fileId, name) {
+      try {
+        const s = await stat(mediaPath(mediaDir, fileId, name));
+        return s.isFile() ? { size: s.size, mtimeMs: s.mtimeMs } : undefined;
+      } catch {
+        return undefined;
+      }
+    },
+
+    read(fileId, name, range) {
+      return createReadStream(mediaPath(mediaDir, fileId, name), range ? { start: range.start, end: range.end } : undefined);
+    },
+
+    async removeFolder(fileId) {
+      await rm(mediaPath(mediaDir, fileId), { recursive: true, force: true });
+    },
+
+    async *listFolders() {
+      for (const a of await readdirSafe(mediaDir)) {
+        for (const b of await readdirSafe(path.join(mediaDir, a))) {
+          for (const id of await readdirSafe(path.join(mediaDir, a, b))) yield id;
+        }
+      }
+    },
+
+    async listNames(fileId) {
+      return readdirSafe(mediaPath(mediaDir, fileId));
+    },
+
+    relativePath(fileId, name) {
+      return path.relative(mediaDir, mediaPath(mediaDir, fileId, name)).split(path.sep).join('/');
+    },
+
+    localPath(fileId, name) {
+      return mediaPath(mediaDir, fileId, name);
+    },
+  };
+}
+
+async function readdirSafe(dir: string): Promise<string[]> {
+  try {
+    return await readdir(dir);
+  } catch {
+    return [];
+  }
+}

@@ -1,0 +1,121 @@
+import { FileStore } from '@tus/file-store';
+import { Server, EVENTS } from '@tus/server';
+import { rm } from 'node:fs/promises';
+import path from 'node:path';
+import { bearerToken, verifyUploadToken } from '../auth/upload-tokens.js';
+import { errors, toAppError, toTusError } from '../errors.js';
+import { fileIdPattern, newFileId } from '../ids.js';
+import type { Logger } from '../log.js';
+import type { FileService } from '../services/files.js';
+import type { UploadService } from '../services/uploads.js';
+import type { Repository } from '../db/repository.js';
+import { requestBaseUrl } from '../http.js';
+
+// tus wiring, kept thin: creation verifies the token and reserves; finish makes one service call.
+
+export const TUS_PATH = '/uploads';
+
+export type TusDeps = {
+  uploadDir: string;
+  secret: string;
+  publicUrl: string | undefined;
+  uploadExpiryMs: number;
+  repo: Repository;
+  uploads: UploadService;
+  files: FileService;
+  logger: Logger;
+};
+
+export function createTusServer(deps: TusDeps): { server: Server; uploadPath: (id: string) => string; discardUpload: (id: string) => Promise<void> } {
+  const { repo, uploads, files, logger } = deps;
+  const store = new FileStore({ directory: deps.uploadDir, expirationPeriodInMilliseconds: deps.uploadExpiryMs });
+  const uploadPath = (id: string) => {
+    if (!fileIdPattern.test(id)) throw errors.uploadGone();
+    return path.join(deps.uploadDir, id);
+  };
+  const discardUpload = async (id: string) => {
+    await rm(uploadPath(id), { force: true });
+    await rm(`${uploadPath(id)}.json`, { force: true });
+  };
+
+  const server = new Server({
+    path: TUS_PATH,
+    datastore: store,
+    respectForwardedHeaders: true,
+    // Chunks are bounded by the declared length; the purpose's limit is checked at creation.
+    maxSize: 0,
+    exposedHeaders: ['Content-Type'],
+    allowedHeaders: ['Authorization'],
+    generateUrl: (req, { proto, host, path: routePath, id }) => {
+      const base = deps.publicUrl ?? `${proto}://${host}`;
+      return `${base}${routePath}/${id}`;
+    },
+    namingFunction: async () => {
+      for (;;) {
+        const id = newFileId();
+        if (!repo.getFile(id)) return id;
+      }
+    },
+
+    async onUploadCreate(req, upload) {
+      try {
+        const token = bearerToken(req.headers.get('authorization'));
+        if (!token) throw errors.unauthorized('Uploads need an upload token: send it as "Authorization: Bearer <token>".');
+        const grant = await verifyUploadToken(deps.secret, token);
+        const meta = upload.metadata ?? {};
+        // Metadata may repeat the token's purpose but never widen it.
+        if (meta.purpose && meta.purpose !== grant.purpose) {
+          throw errors.forbidden(`This upload token is for "${grant.purpose}" uploads, not "${meta.purpose}".`);
+        }
+        if (upload.sizeIsDeferred || upload.size === undefined) throw errors.lengthRequired();
+        uploads.reserve({
+          id: upload.id,
+          userId: grant.userId,
+          purpose: grant.purpose,
+          length: upload.size,
+          filename: meta.filename ?? meta.name ?? 'upload',
+          mimeType: meta.filetype ?? meta.type ?? null,
+        });
+        return { metadata: { ...meta, purpose: grant.purpose, userId: grant.userId } };
+      } catch (err) {
+        throw toTusError(err);
+      }
+    },
+
+    // HEAD, PATCH and DELETE only reach uploads still in flight: a finished, refused or expired
+    // upload is gone (404), so a client that retries after a refused final PATCH sees an error.
+    async onIncomingRequest(req, id) {
+      if (req.method === 'POST') return; // creation is checked by onUploadCreate
+      const file = repo.getFile(id);
+      if (!file || file.status !== 'uploading' || (file.expiresAt !== null && file.expiresAt <= Date.now())) {
+        throw toTusError(errors.uploadGone());
+      }
+    },
+
+    async onUploadFinish(req, upload) {
+      try {
+        const stored = await uploads.complete({
+          fileId: upload.id,
+          sourcePath: uploadPath(upload.id),
+          discardCarrier: () => discardUpload(upload.id),
+        });
+        const body = JSON.stringify(files.toJson(stored, repo.getVariants(stored.id), requestBaseUrl(deps.publicUrl, req)));
+        return { status_code: 200, headers: { 'Content-Type': 'application/json' }, body };
+      } catch (err) {
+        throw toTusError(err);
+      }
+    },
+
+    onResponseError(req, err) {
+      const appError = toAppError(err);
+      if (appError.status >= 500) logger.error('tus request failed', { method: req.method, err });
+      return toTusError(appError);
+    },
+  });
+
+  server.on(EVENTS.POST_TERMINATE, (_req: unknown, _res: unknown, id: string) => {
+    uploads.release(id).catch((err) => logger.error('releasing a terminated upload failed', { fileId: id, err }));
+  });
+
+  return { server, uploadPath, discardUpload };
+}
