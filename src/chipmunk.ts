@@ -5,6 +5,7 @@ import { createApp } from './app.js';
 import type { Config } from './config.js';
 import { openDatabase } from './db/index.js';
 import { createRepository } from './db/repository.js';
+import { createEventBus } from './events.js';
 import { createLogger, type Logger } from './log.js';
 import { originalOnlyProcessor } from './media/processor.js';
 import { loadPurposes } from './purposes.js';
@@ -24,13 +25,15 @@ export function createChipmunk(config: Config, opts: { logger?: Logger } = {}) {
   const repo = createRepository(db);
   const storage = createLocalStorage({ mediaDir: config.mediaDir, workDir: path.join(config.dataDir, 'work') });
   const purposes = loadPurposes(config.purposesFile);
-  const files = createFileService({ repo, storage, logger });
+  const events = createEventBus();
+  const files = createFileService({ repo, storage, logger, events });
   const uploads = createUploadService({
     repo,
     storage,
     purposes,
     processors: { image: originalOnlyProcessor, audio: originalOnlyProcessor },
     logger,
+    events,
     defaultQuotaBytes: config.defaultQuotaBytes,
     uploadExpiryMs: config.uploadExpiryMs,
   });
@@ -49,6 +52,7 @@ export function createChipmunk(config: Config, opts: { logger?: Logger } = {}) {
     storage,
     uploads,
     files,
+    events,
     logger,
     sweepExpiredUploads: sweep,
 

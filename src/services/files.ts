@@ -1,6 +1,7 @@
 import type { Repository } from '../db/repository.js';
 import type { FileRow, VariantRow } from '../db/schema.js';
 import { errors } from '../errors.js';
+import type { EventBus } from '../events.js';
 import type { Logger } from '../log.js';
 import type { BlobStorage } from '../storage/storage.js';
 
@@ -32,7 +33,7 @@ export type VariantUrl = (file: FileRow, variantName: string, baseUrl: string) =
 
 export const unsignedVariantUrl: VariantUrl = (file, name, baseUrl) => `${baseUrl}/f/${file.deliveryToken}/${name}`;
 
-export function createFileService(deps: { repo: Repository; storage: BlobStorage; logger: Logger; variantUrl?: VariantUrl }) {
+export function createFileService(deps: { repo: Repository; storage: BlobStorage; logger: Logger; events: EventBus; variantUrl?: VariantUrl }) {
   const { repo, storage, logger } = deps;
   const variantUrl = deps.variantUrl ?? unsignedVariantUrl;
 
@@ -89,6 +90,7 @@ export function createFileService(deps: { repo: Repository; storage: BlobStorage
       const file = repo.beginDelete(fileId);
       if (!file) throw errors.notFound('File');
       await finishDelete(fileId);
+      deps.events.emit('file.deleted', file);
     },
 
     /** Finishes deletes a crash interrupted: their bytes were already given back. */

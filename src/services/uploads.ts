@@ -3,6 +3,7 @@ import type { Repository } from '../db/repository.js';
 import type { FileRow } from '../db/schema.js';
 import { AppError, errors, toAppError } from '../errors.js';
 import { newDeliveryToken, newFileId } from '../ids.js';
+import type { EventBus } from '../events.js';
 import type { Logger } from '../log.js';
 import type { MediaProcessor } from '../media/processor.js';
 import { sniffFile } from '../media/sniff.js';
@@ -36,6 +37,7 @@ export type UploadServiceDeps = {
   purposes: Purposes;
   processors: { image: MediaProcessor; audio: MediaProcessor };
   logger: Logger;
+  events: EventBus;
   defaultQuotaBytes: number;
   uploadExpiryMs: number;
   /** Called after a file is committed; background work (audio renditions) hooks in here. */
@@ -51,7 +53,9 @@ export function createUploadService(deps: UploadServiceDeps) {
       if (req.length === 0) throw errors.unprocessable('The file is empty.');
       const purpose = purposes.get(req.purpose);
       const { kind } = admitToPurpose(purpose, { length: req.length, mimeType: req.mimeType });
-      const file = repo.reserveUpload({
+      let file: FileRow;
+      try {
+        file = repo.reserveUpload({
         userId: req.userId,
         purpose: purpose.name,
         // Confirmed from the bytes at completion; until then the declared type or the purpose's first kind.
@@ -64,7 +68,15 @@ export function createUploadService(deps: UploadServiceDeps) {
         expiresAt: Date.now() + deps.uploadExpiryMs,
         newId: req.id ? () => req.id! : newFileId,
         newDeliveryToken,
-      });
+        });
+      } catch (err) {
+        if (err instanceof AppError && err.code === 'QUOTA_EXCEEDED') {
+          const user = repo.getUser(req.userId);
+          const freeBytes = user ? Math.max(0, user.quotaBytes - user.usedBytes - user.reservedBytes) : 0;
+          deps.events.emit('quota.exceeded', { userId: req.userId, purpose: purpose.name, neededBytes: req.length, freeBytes });
+        }
+        throw err;
+      }
       logger.info('upload reserved', { fileId: file.id, userId: file.userId, purpose: file.purpose, bytes: req.length });
       return file;
     },
@@ -106,11 +118,13 @@ export function createUploadService(deps: UploadServiceDeps) {
         });
         await req.discardCarrier?.();
         logger.info('upload stored', { fileId, userId: committed.userId, purpose: committed.purpose, totalBytes: committed.totalBytes });
+        if (committed.status === 'ready') deps.events.emit('file.ready', committed);
         deps.onStored?.(committed);
         return committed;
       } catch (err) {
         const appError = toAppError(err);
         await this.release(fileId, { sourcePath, discardCarrier: req.discardCarrier });
+        deps.events.emit('upload.refused', { fileId, userId: file.userId, purpose: file.purpose, code: appError.code, status: appError.status });
         await storage.removeFolder(fileId);
         logger[appError.status >= 500 ? 'error' : 'info']('upload refused', { fileId, code: appError.code, status: appError.status, err: appError.status >= 500 ? err : undefined });
         throw appError;
