@@ -7,6 +7,7 @@ import { openDatabase } from './db/index.js';
 import { createRepository } from './db/repository.js';
 import { createEventBus } from './events.js';
 import { createLogger, type Logger } from './log.js';
+import { createImageProcessor } from './media/images.js';
 import { originalOnlyProcessor } from './media/processor.js';
 import { loadPurposes } from './purposes.js';
 import { createFileService } from './services/files.js';
@@ -31,7 +32,10 @@ export function createChipmunk(config: Config, opts: { logger?: Logger } = {}) {
     repo,
     storage,
     purposes,
-    processors: { image: originalOnlyProcessor, audio: originalOnlyProcessor },
+    processors: {
+      image: createImageProcessor({ maxPixels: config.maxPixels, maxFrames: config.maxFrames, concurrency: config.concurrency }),
+      audio: originalOnlyProcessor,
+    },
     logger,
     events,
     defaultQuotaBytes: config.defaultQuotaBytes,
