@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import sharp from 'sharp';
+import sharp, { type SharpOptions } from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createImageProcessor } from '../src/media/images.js';
 import { sniffFile } from '../src/media/sniff.js';
@@ -154,7 +154,7 @@ describe('image variant ladder', () => {
       const meta = await sharp(variant).metadata();
       expect(meta.space, name).toBe('srgb');
       expect(meta.icc, name).toBeUndefined();
-      const mean = async (input: string, opts: sharp.SharpOptions = {}) => [...(await sharp(input, opts).resize(1, 1, { fit: 'fill' }).removeAlpha().raw().toBuffer())];
+      const mean = async (input: string, opts: SharpOptions = {}) => [...(await sharp(input, opts).resize(1, 1, { fit: 'fill' }).removeAlpha().raw().toBuffer())];
       const converted = await mean(corpus(`images/color/${name}`));
       const naive = await mean(corpus(`images/color/${name}`), { ignoreIcc: true });
       const got = await mean(variant);
