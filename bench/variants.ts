@@ -16,10 +16,14 @@ const photosDir = path.resolve(import.meta.dirname, '../../shared/corpus/images/
 const REPEATS = 5;
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
-async function timeIt(fn: () => Promise<unknown>): Promise<number> {
+async function timeIt(fn: () => Promise<unknown>, cpu?: number[]): Promise<number> {
+  const startCpu = process.cpuUsage();
   const start = performance.now();
   await fn();
-  return performance.now() - start;
+  const wall = performance.now() - start;
+  const used = process.cpuUsage(startCpu);
+  cpu?.push((used.user + used.system) / 1000);
+  return wall;
 }
 
 const work = await mkdtemp(path.join(tmpdir(), 'chipmunk-bench-'));
@@ -34,10 +38,11 @@ try {
   const processor = createImageProcessor({ maxPixels: 50_000_000, maxFrames: 100, concurrency: 2 });
   const top = LADDER.find((r) => r.name === '6')!;
   const photos = (await readdir(photosDir)).filter((n) => /\.jpe?g$/i.test(n)).sort();
-  const rows: Array<{ photo: string; single: number; ladder: number; ladderOverSingle: number; twoOverOne: number }> = [];
+  const rows: Array<{ photo: string; single: number; ladder: number; ladderOverSingle: number; cpuRatio: number; twoOverOne: number }> = [];
 
   console.log(`ladder vs one 1080 px WebP (q${top.quality} e${top.effort}), medians of ${REPEATS} runs, sharp ${sharp.versions.sharp} / libvips ${sharp.versions.vips}`);
-  console.log('photo                                 size        single ms  ladder ms  ladder/single  two-at-once/one');
+  console.log('(cpu = process CPU time over the same runs: steadier than wall time on a busy machine)');
+  console.log('photo                                 size        single ms  ladder ms  ladder/single  cpu ladder/single  two-at-once/one');
   for (const photo of photos) {
     const source = path.join(photosDir, photo);
     const sniffed = (await sniffFile(source))!;
@@ -51,17 +56,19 @@ try {
     await ladder();
     const singles: number[] = [];
     const ladders: number[] = [];
+    const singleCpu: number[] = [];
+    const ladderCpu: number[] = [];
     for (let i = 0; i < REPEATS; i++) {
-      singles.push(await timeIt(single));
-      ladders.push(await timeIt(ladder));
+      singles.push(await timeIt(single, singleCpu));
+      ladders.push(await timeIt(ladder, ladderCpu));
     }
     const pairs: number[] = [];
     for (let i = 0; i < 3; i++) pairs.push(await timeIt(() => Promise.all([ladder(), ladder()])));
     const one = median(ladders);
-    const row = { photo, single: median(singles), ladder: one, ladderOverSingle: one / median(singles), twoOverOne: (2 * one) / median(pairs) };
+    const row = { photo, single: median(singles), ladder: one, ladderOverSingle: one / median(singles), cpuRatio: median(ladderCpu) / median(singleCpu), twoOverOne: (2 * one) / median(pairs) };
     rows.push(row);
     console.log(
-      `${photo.padEnd(37)} ${`${meta.width}×${meta.height}`.padEnd(11)} ${row.single.toFixed(1).padStart(9)}  ${row.ladder.toFixed(1).padStart(9)}  ${row.ladderOverSingle.toFixed(3).padStart(13)}  ${row.twoOverOne.toFixed(3).padStart(15)}`,
+      `${photo.padEnd(37)} ${`${meta.width}×${meta.height}`.padEnd(11)} ${row.single.toFixed(1).padStart(9)}  ${row.ladder.toFixed(1).padStart(9)}  ${row.ladderOverSingle.toFixed(3).padStart(13)}  ${row.cpuRatio.toFixed(3).padStart(17)}  ${row.twoOverOne.toFixed(3).padStart(15)}`,
     );
   }
 

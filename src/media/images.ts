@@ -35,6 +35,9 @@ export type ImageProcessorOptions = {
   concurrency: number;
 };
 
+/** Rungs at least this big are kept as pixels for the next rung down; smaller ones are made from the last kept. */
+const KEEP_PIXELS_DOWN_TO = 320;
+
 type Raw = { data: Buffer; width: number; height: number; channels: 1 | 2 | 3 | 4 };
 
 /** Formats the bundled libvips decodes; anything else that sniffs as an image is refused by name. */
@@ -55,11 +58,11 @@ export function createImageProcessor(opts: ImageProcessorOptions): MediaProcesso
     get active() {
       return limit.active;
     },
-    process: (input) => limit.run(() => processImage(input, opts, limit.tryAcquire)),
+    process: (input) => limit.run(() => processImage(input, opts)),
   };
 }
 
-async function processImage(input: ProcessInput, opts: ImageProcessorOptions, borrowSlot: () => (() => void) | undefined): Promise<ProcessResult> {
+async function processImage(input: ProcessInput, opts: ImageProcessorOptions): Promise<ProcessResult> {
   const { sourcePath, sniffed, square, workDir } = input;
   const canAnimate = animatable.has(sniffed.mimeType);
   const meta = await readHeader(sourcePath, sniffed.mimeType, canAnimate);
@@ -85,7 +88,7 @@ async function processImage(input: ProcessInput, opts: ImageProcessorOptions, bo
 
   const produced = animated
     ? await animatedLadder(sourcePath, { width: meta.width, height: frameHeight }, square, workDir, opts)
-    : await stillLadder(sourcePath, meta.autoOrient, square, workDir, opts, borrowSlot);
+    : await stillLadder(sourcePath, meta.autoOrient, square, workDir, opts);
 
   const placeholderFile = produced.variants.find((v) => v.name === '1')!.file;
   const placeholder = `data:image/webp;base64,${(await readFile(placeholderFile)).toString('base64')}`;
@@ -101,10 +104,9 @@ async function processImage(input: ProcessInput, opts: ImageProcessorOptions, bo
 type Ladder = { width: number; height: number; variants: ProducedVariant[]; hashSource: Raw };
 
 /**
- * One decode of the source into the largest rung, then each smaller rung resized from the one above.
- * The top rung's encode is most of the work; when the processor has an idle slot the smaller rungs
- * are made on it meanwhile (lower latency on a quiet server), otherwise one after the other (so a
- * busy server spends no extra CPU and keeps its throughput).
+ * One decode of the source into the largest rung, then each smaller rung resized from pixels already
+ * made, one after the other on the image's one slot: a busy server keeps its throughput, and the
+ * ladder costs little more than the single 1080 encode that dominates it.
  */
 async function stillLadder(
   sourcePath: string,
@@ -112,7 +114,6 @@ async function stillLadder(
   square: boolean,
   workDir: string,
   opts: ImageProcessorOptions,
-  borrowSlot: () => (() => void) | undefined,
 ): Promise<Ladder> {
   const [topRung, ...smaller] = [...LADDER].sort((a, b) => b.box - a.box) as [Rung, ...Rung[]];
   const topSize = rungSize(oriented, topRung.box, square);
@@ -128,37 +129,20 @@ async function stillLadder(
     throw decodeError(err);
   }
 
-  const encodeTop = () => encode(sharp(top.data, { raw: rawShape(top) }), topRung, workDir, topSize);
-  const cascade = async () => {
-    const variants: ProducedVariant[] = [];
-    let raw = top;
-    // The thumbhash wants at most 100 × 100: taken from the smallest rung that still has that detail.
-    let hashSource = top;
-    for (const rung of smaller) {
-      const size = rungSize(oriented, rung.box, square);
+  const variants = [await encode(sharp(top.data, { raw: rawShape(top) }), topRung, workDir, topSize)];
+  let raw = top;
+  for (const rung of smaller) {
+    const size = rungSize(oriented, rung.box, square);
+    if (rung.box >= KEEP_PIXELS_DOWN_TO) {
       if (size.width !== raw.width || size.height !== raw.height) raw = await resizeRaw(raw, size);
       variants.push(await encode(sharp(raw.data, { raw: rawShape(raw) }), rung, workDir, size));
-      if (rung.box >= 100) hashSource = raw;
-    }
-    return { variants, hashSource: await thumbhashInput(hashSource) };
-  };
-
-  const release = borrowSlot();
-  let results: [ProducedVariant, Awaited<ReturnType<typeof cascade>>];
-  try {
-    if (release) {
-      const settled = await Promise.allSettled([encodeTop(), cascade()] as const);
-      const failed = settled.find((r) => r.status === 'rejected');
-      if (failed) throw failed.reason;
-      results = settled.map((r) => (r as PromiseFulfilledResult<unknown>).value) as typeof results;
     } else {
-      results = [await encodeTop(), await cascade()];
+      // Small rungs resize and encode in one call: each sharp call has a fixed cost worth saving.
+      variants.push(await encode(sharp(raw.data, { raw: rawShape(raw) }).resize(size.width, size.height, { fit: 'fill' }), rung, workDir, size));
     }
-  } finally {
-    release?.();
   }
-  const [topVariant, rest] = results;
-  return { ...oriented, variants: byName([topVariant, ...rest.variants]), hashSource: rest.hashSource };
+  // The thumbhash wants at most 100 × 100 pixels, made from the smallest rung kept.
+  return { ...oriented, variants: byName(variants), hashSource: await thumbhashInput(raw) };
 }
 
 /** Animations are small by construction (frame cap, pixel budget): each rung decodes its own frames. */
@@ -276,17 +260,6 @@ function createLimiter(n: number) {
       } finally {
         release();
       }
-    },
-    /** Takes an idle slot if there is one and nobody is waiting; returns its release. */
-    tryAcquire(): (() => void) | undefined {
-      if (active >= n || waiting.length > 0) return undefined;
-      active++;
-      let released = false;
-      return () => {
-        if (released) return;
-        released = true;
-        release();
-      };
     },
   };
 }
