@@ -99,14 +99,18 @@ async function qualityTable(sources: string[]) {
   for (const source of sources) {
     const oriented = (await sharp(source).metadata()).autoOrient;
     const size6 = rungSize(oriented, 1080, false);
-    let { data, info } = await sharp(source).autoOrient().resize(size6.width, size6.height, { fit: 'fill' }).toColourspace('srgb').removeAlpha().raw().toBuffer({ resolveWithObject: true });
+    const { data, info } = await sharp(source).autoOrient().resize(size6.width, size6.height, { fit: 'fill' }).toColourspace('srgb').removeAlpha().raw().toBuffer({ resolveWithObject: true });
+    // As the processor does: 1080 → 640 → 320 from each other, the smaller rungs from the 320 pixels.
+    let kept = { data, info };
     for (const rung of [...LADDER].sort((a, b) => b.box - a.box)) {
       const size = rungSize(oriented, rung.box, false);
-      if (size.width !== info.width || size.height !== info.height) {
-        ({ data, info } = await sharp(data, { raw: { width: info.width, height: info.height, channels: 3 } }).resize(size.width, size.height, { fit: 'fill' }).raw().toBuffer({ resolveWithObject: true }));
+      let pixels = kept;
+      if (size.width !== kept.info.width || size.height !== kept.info.height) {
+        pixels = await sharp(kept.data, { raw: { width: kept.info.width, height: kept.info.height, channels: 3 } }).resize(size.width, size.height, { fit: 'fill' }).raw().toBuffer({ resolveWithObject: true });
       }
+      if (rung.box >= 320) kept = pixels;
       const list = refs.get(rung.name) ?? [];
-      list.push({ data, width: info.width, height: info.height, luma: luma(data) });
+      list.push({ data: pixels.data, width: pixels.info.width, height: pixels.info.height, luma: luma(pixels.data) });
       refs.set(rung.name, list);
     }
   }

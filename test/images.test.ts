@@ -210,6 +210,14 @@ describe('image variant ladder', () => {
     }
   });
 
+  it('square purposes crop animations to n × n too, keeping them animated', async () => {
+    const file = await uploadOk('images/formats/anim-loop3.gif', 'avatar'); // 370 × 285, 10 frames
+    expect(file.variants.filter((v) => v.n > 0).map((v) => [v.width, v.height])).toEqual([[10, 10], [40, 40], [160, 160], [285, 285], [285, 285], [285, 285]]);
+    const meta = await sharp(variantPath(file, 4), { animated: true }).metadata();
+    expect([meta.width, meta.pageHeight]).toEqual([285, 285]);
+    expect(meta.pages).toBeGreaterThan(1);
+  });
+
   it('beyond the frame cap an animation keeps only its first frame', async () => {
     const capped = await startChipmunk({ CHIPMUNK_MAX_FRAMES: '5' });
     try {
