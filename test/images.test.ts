@@ -221,10 +221,12 @@ describe('image variant ladder', () => {
   it('beyond the frame cap an animation keeps only its first frame', async () => {
     const capped = await startChipmunk({ CHIPMUNK_MAX_FRAMES: '5' });
     try {
-      const file = await uploadOk('images/formats/anim-rotating-squares.gif', 'image', capped); // 30 frames
+      const file = await uploadOk('images/formats/anim-rotating-squares.gif', 'image', capped); // 30 frames of 80 × 80
+      expect([file.width, file.height]).toEqual([80, 80]);
       for (let n = 1; n <= 6; n++) {
         const meta = await sharp(mediaPath(path.join(capped.dataDir, 'media'), file.id, `${n}.webp`), { animated: true }).metadata();
         expect(meta.pages ?? 1).toBe(1);
+        expect([meta.width, meta.height]).toEqual(n === 1 ? [10, 10] : n === 2 ? [40, 40] : [80, 80]);
       }
     } finally {
       await capped.close();

@@ -7,7 +7,7 @@ import type { MediaProcessor, ProcessInput, ProcessResult, ProducedVariant } fro
 
 // The only module that imports sharp. An image is decoded once (orientation applied, colour
 // converted to sRGB, shrunk to the largest rung on load), then every smaller rung is resized from
-// the rung above it and encoded to WebP. Animated GIF/WebP keep their frames up to a cap.
+// pixels already made and encoded to WebP. Animated GIF/WebP keep their frames up to a cap.
 
 export type Rung = { name: string; box: number; quality: number; effort: number };
 
@@ -86,9 +86,13 @@ async function processImage(input: ProcessInput, opts: ImageProcessorOptions): P
   // Beyond the frame cap (or the pixel budget over all frames) only the first frame is kept.
   const animated = pages > 1 && pages <= opts.maxFrames && framePixels * pages <= opts.maxPixels;
 
+  const frame = { width: meta.width, height: frameHeight };
+  // EXIF orientations 5-8 turn the picture a quarter. HEIF decoders apply their rotation box
+  // themselves and report no orientation, so nothing is turned twice.
+  const oriented = (meta.orientation ?? 1) >= 5 ? { width: frame.height, height: frame.width } : frame;
   const produced = animated
-    ? await animatedLadder(sourcePath, { width: meta.width, height: frameHeight }, square, workDir, opts)
-    : await stillLadder(sourcePath, meta.autoOrient, square, workDir, opts);
+    ? await animatedLadder(sourcePath, frame, square, workDir, opts)
+    : await stillLadder(sourcePath, oriented, square, workDir, opts);
 
   const placeholderFile = produced.variants.find((v) => v.name === '1')!.file;
   const placeholder = `data:image/webp;base64,${(await readFile(placeholderFile)).toString('base64')}`;
@@ -202,7 +206,7 @@ export function rungSize(source: { width: number; height: number }, box: number,
   return { width: Math.max(1, Math.round(source.width * scale)), height: Math.max(1, Math.round(source.height * scale)) };
 }
 
-type Header = { format: string; compression?: string; width: number; height: number; pageHeight?: number; pages?: number; autoOrient: { width: number; height: number } };
+type Header = { format: string; compression?: string; width: number; height: number; pageHeight?: number; pages?: number; orientation?: number };
 
 /** Reads the header only (no pixels), so the size checks happen before any decoding. */
 async function readHeader(sourcePath: string, mimeType: string, animated: boolean): Promise<Header> {
