@@ -147,6 +147,26 @@ describe('image variant ladder', () => {
     }
   });
 
+  it('turns a HEIF-family image once when it carries both a rotation box and EXIF orientation', async () => {
+    // libheif writes orientation 6 as an irot box and keeps EXIF Orientation = 6 as well: the trap.
+    const landscape = await sharp(corpus('images/orientation/Landscape_1.jpg')).resize(600).toBuffer();
+    const avif = await sharp(landscape).withMetadata({ orientation: 6 }).avif({ quality: 60, effort: 0 }).toBuffer();
+    const exif = (await sharp(avif).metadata()).exif!;
+    const tag = exif.indexOf(Buffer.from([0x01, 0x12, 0x00, 0x03]));
+    expect(tag >= 0 ? exif.readUInt16BE(tag + 8) : exif.readUInt16LE(exif.indexOf(Buffer.from([0x12, 0x01, 0x03, 0x00])) + 8)).toBe(6);
+    const token = await t.uploadToken('heif-rotation', 'image');
+    const result = await tusUpload(endpoint, avif, { token, metadata: { filename: 'turned.avif' } });
+    expect(result.ok).toBe(true);
+    if (!result.ok) return;
+    const file = result.body as FileJson;
+    expect([file.mimeType, file.width, file.height]).toEqual(['image/avif', 400, 600]);
+    const variant = await sharp(variantPath(file, 5)).metadata();
+    expect([variant.width, variant.height]).toEqual([400, 600]); // turned twice would be 600 × 400
+    const got = await signature(variantPath(file, 5));
+    expect(meanAbsDiff(got, await signature(await sharp(landscape).rotate(90).toBuffer()))).toBeLessThan(6);
+    expect(meanAbsDiff(got, await signature(await sharp(landscape).rotate(270).toBuffer()))).toBeGreaterThan(20);
+  });
+
   it('converts embedded colour profiles (ProPhoto, Adobe RGB, CMYK) to sRGB', async () => {
     for (const name of ['prophoto-icc-orion.jpg', 'cmyk-swop-icc.jpg', 'adobergb-a98-icc.jpg', 'display-p3-icc.png']) {
       const file = await uploadOk(`images/color/${name}`);
