@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import sharp, { type SharpOptions } from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createImageProcessor } from '../src/media/images.js';
+import { createImageProcessor, rungSize } from '../src/media/images.js';
 import { sniffFile } from '../src/media/sniff.js';
 import { mediaPath } from '../src/storage/local.js';
 import { corpus, startChipmunk, type TestChipmunk } from './helpers/chipmunk.js';
@@ -342,6 +342,15 @@ describe('hostile images', () => {
 });
 
 describe('image processor', () => {
+  it('sizes rungs inside the box, never above the source, never below one pixel', () => {
+    expect(rungSize({ width: 4000, height: 3000 }, 1080, false)).toEqual({ width: 1080, height: 810 });
+    expect(rungSize({ width: 3000, height: 4000 }, 10, false)).toEqual({ width: 8, height: 10 });
+    expect(rungSize({ width: 500, height: 300 }, 640, false)).toEqual({ width: 500, height: 300 });
+    expect(rungSize({ width: 10000, height: 3 }, 40, false)).toEqual({ width: 40, height: 1 });
+    expect(rungSize({ width: 500, height: 300 }, 320, true)).toEqual({ width: 300, height: 300 });
+    expect(rungSize({ width: 500, height: 300 }, 160, true)).toEqual({ width: 160, height: 160 });
+  });
+
   it('processes at most `concurrency` images at once; the rest queue', async () => {
     const processor = createImageProcessor({ maxPixels: 50_000_000, maxFrames: 100, concurrency: 1 });
     const source = corpus('images/photos/portrait-canal.jpg');
