@@ -13,11 +13,14 @@ export async function sweepExpiredUploads(deps: {
   logger: Logger;
   now?: number;
   batchSize?: number;
+  /** Checked between batches: a shutdown stops the sweep; the next start finishes it. */
+  shouldStop?: () => boolean;
 }): Promise<number> {
   const now = deps.now ?? Date.now();
   const batchSize = deps.batchSize ?? 100;
   let swept = 0;
   for (;;) {
+    if (deps.shouldStop?.()) break;
     const ids = deps.repo.expiredUploadIds(now, batchSize);
     if (ids.length === 0) break;
     for (const id of ids) {
