@@ -80,10 +80,6 @@ export async function fsck(deps: FsckDeps, opts: { repair?: boolean } = {}): Pro
     }
     const variants = repo.getVariants(file.id);
     const names = new Set(await storage.listNames(file.id));
-    if (names.size === 0 && variants.length > 0) {
-      problem('missing-folder', file.id, `the ${file.status} file's folder is missing (${variants.length} variants)`, false);
-      return;
-    }
     let sum = 0;
     for (const v of variants) {
       sum += v.bytes;
