@@ -173,7 +173,10 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
       if (server) {
         const s = server;
         const closed = new Promise<void>((resolve) => s.close(() => resolve()));
+        // Keep-alive connections whose request just finished would otherwise linger until their timeout.
+        const idle = setInterval(() => 'closeIdleConnections' in s && s.closeIdleConnections(), 100);
         await Promise.race([closed, until(deadline - Date.now())]);
+        clearInterval(idle);
         if ('closeAllConnections' in s) s.closeAllConnections();
         await closed;
       }

@@ -22,7 +22,7 @@ async function patch(t: TestChipmunk, id: string, offset: number, bytes: Buffer)
   return fetch(`${t.url}/uploads/${id}`, {
     method: 'PATCH',
     headers: { ...tusHeaders(), 'Upload-Offset': String(offset), 'Content-Type': 'application/offset+octet-stream' },
-    body: bytes,
+    body: new Uint8Array(bytes),
   });
 }
 
