@@ -170,6 +170,22 @@ export function createRepository(db: Db) {
       });
     },
 
+    /** releaseUpload for many uploads in one transaction (the expiry sweep); returns the ids released. */
+    releaseUploads(fileIds: string[]): string[] {
+      if (fileIds.length === 0) return [];
+      return db.transaction((tx) => {
+        const rows = tx.select().from(files).where(and(inArray(files.id, fileIds), eq(files.status, 'uploading'))).all();
+        const byUser = new Map<string, number>();
+        for (const f of rows) byUser.set(f.userId, (byUser.get(f.userId) ?? 0) + f.reservedBytes);
+        for (const [userId, bytes] of byUser) {
+          tx.update(users).set({ reservedBytes: sql`${users.reservedBytes} - ${bytes}` }).where(eq(users.id, userId)).run();
+        }
+        const ids = rows.map((f) => f.id);
+        if (ids.length) tx.delete(files).where(inArray(files.id, ids)).run();
+        return ids;
+      });
+    },
+
     /**
      * First half of a delete: the file stops being served and its bytes go back at once.
      * The folder is removed afterwards; a row left in 'deleting' by a crash is finished at start-up.

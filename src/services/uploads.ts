@@ -172,6 +172,17 @@ export function createUploadService(deps: UploadServiceDeps) {
       return committed;
     },
 
+    /**
+     * release() for a batch (the expiry sweep): one transaction for the rows and reservations, then
+     * the bytes. A crash between the two leaves upload files with no row: orphans recovery removes.
+     */
+    async releaseMany(fileIds: string[], discard: (id: string) => Promise<void>): Promise<number> {
+      const released = repo.releaseUploads(fileIds);
+      for (const id of released) await discard(id);
+      if (released.length) logger.info('uploads released', { count: released.length });
+      return released.length;
+    },
+
     /** Gives an unfinished upload's reservation back and removes its bytes. Safe to call twice. */
     async release(fileId: string, carrier: { sourcePath?: string; discardCarrier?: () => Promise<void> } = {}): Promise<boolean> {
       const released = repo.releaseUpload(fileId);
