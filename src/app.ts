@@ -8,13 +8,19 @@ import type { Repository } from './db/repository.js';
 import { AppError, errors, toAppError } from './errors.js';
 import type { Logger } from './log.js';
 import type { Purposes } from './purposes.js';
+import type { RequestContext } from './ops/request-context.js';
 import { fileRoutes } from './routes/files.js';
+import { opsRoutes } from './routes/ops.js';
 import { uploadTokenRoutes } from './routes/upload-tokens.js';
 import { userRoutes } from './routes/users.js';
 import type { FileService } from './services/files.js';
 import { TUS_PATH } from './uploads/tus.js';
 
 export type AppDeps = {
+  requestContext: RequestContext;
+  /** Requests being handled, for the graceful shutdown. */
+  inFlight: { requests: number };
+  ops: Parameters<typeof opsRoutes>[0];
   config: Config;
   repo: Repository;
   purposes: Purposes;
@@ -28,6 +34,15 @@ export function createApp(deps: AppDeps) {
   const { config, logger } = deps;
   const app = new Hono<{ Bindings: Partial<HttpBindings> }>();
 
+  app.use('*', deps.requestContext.middleware(logger));
+  app.use('*', async (_c, next) => {
+    deps.inFlight.requests++;
+    try {
+      await next();
+    } finally {
+      deps.inFlight.requests--;
+    }
+  });
   app.onError((err, c) => {
     const appError = err instanceof AppError ? err : toAppError(err);
     if (appError.status >= 500) logger.error('request failed', { method: c.req.method, path: c.req.path, err });
@@ -35,7 +50,7 @@ export function createApp(deps: AppDeps) {
   });
   app.notFound((c) => c.json(errors.notFound('Route').toJSON(), 404));
 
-  app.get('/health', (c) => c.json({ status: 'ok' }));
+  app.route('/', opsRoutes(deps.ops));
 
   // tus: on Node the upload body streams straight from the socket to the store; elsewhere
   // (app.request in tests) the web Request is handed over.

@@ -1,5 +1,5 @@
 import { serve, type ServerType } from '@hono/node-server';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { createApp } from './app.js';
 import type { Config } from './config.js';
@@ -9,24 +9,56 @@ import { createEventBus } from './events.js';
 import { createLogger, type Logger } from './log.js';
 import { createImageProcessor } from './media/images.js';
 import { originalOnlyProcessor } from './media/processor.js';
+import { createMetrics, observeEvents } from './ops/metrics.js';
+import { createReadiness, findFfmpegOnPath, statfsFreeBytes } from './ops/readiness.js';
+import { createRequestContext } from './ops/request-context.js';
+import { createWebhooks } from './ops/webhooks.js';
 import { loadPurposes } from './purposes.js';
 import { createFileService } from './services/files.js';
+import { recoverAtStartup, sweepMediaLeftovers, type RecoveryReport } from './services/recovery.js';
 import { createUploadService } from './services/uploads.js';
 import { createLocalStorage } from './storage/local.js';
+import { createUploadArea } from './uploads/area.js';
 import { sweepExpiredUploads } from './uploads/expiry.js';
 import { createTusServer } from './uploads/tus.js';
 
 // The composition root: builds every part from the config and wires them together.
 // Tests build a whole Chipmunk in a temporary data directory through this same function.
 
-export function createChipmunk(config: Config, opts: { logger?: Logger } = {}) {
-  const logger = opts.logger ?? createLogger(config.logLevel);
-  for (const dir of [config.uploadDir, config.mediaDir]) mkdirSync(dir, { recursive: true });
+export type ChipmunkOptions = {
+  /** A ready-made logger (tests pass a silent one); otherwise JSON lines on stdout with request ids. */
+  logger?: Logger;
+  /** Where log lines go when no logger is given (tests capture them). */
+  logWrite?: (line: string) => void;
+  /** Free bytes of the data volume; statfs by default (tests inject a small disk). */
+  freeBytes?: () => Promise<number>;
+  /** Finds ffmpeg for /ready; a PATH search by default. */
+  ffmpegPath?: () => Promise<string | undefined>;
+  /** Node's process metrics in /metrics (on by default). */
+  defaultMetrics?: boolean;
+};
+
+export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
+  const requestContext = createRequestContext();
+  const logger = opts.logger ?? createLogger(config.logLevel, {}, opts.logWrite, { context: requestContext.fields });
+  const workDir = path.join(config.dataDir, 'work');
+  for (const dir of [config.uploadDir, config.mediaDir, workDir]) mkdirSync(dir, { recursive: true });
   const db = openDatabase(config.databasePath);
   const repo = createRepository(db);
-  const storage = createLocalStorage({ mediaDir: config.mediaDir, workDir: path.join(config.dataDir, 'work') });
+  const storage = createLocalStorage({ mediaDir: config.mediaDir, workDir });
+  const area = createUploadArea(config.uploadDir);
   const purposes = loadPurposes(config.purposesFile);
   const events = createEventBus();
+  const disk = { freeBytes: opts.freeBytes ?? (() => statfsFreeBytes(config.dataDir)), marginBytes: config.diskMarginBytes };
+  const webhooks = config.webhook
+    ? createWebhooks({ repo, events, logger, options: config.webhook, onAttempt: (outcome) => metrics.webhookAttempt(outcome) })
+    : undefined;
+  const queueDepth = () => {
+    const jobs = repo.jobCounts();
+    return { jobs: jobs.queued + jobs.running, webhooks: webhooks?.pending() ?? 0 };
+  };
+  const metrics = createMetrics({ queueDepth, reservations: () => repo.reservationTotals() }, { defaultMetrics: opts.defaultMetrics });
+  observeEvents(events, metrics);
   const files = createFileService({ repo, storage, logger, events });
   const uploads = createUploadService({
     repo,
@@ -40,13 +72,56 @@ export function createChipmunk(config: Config, opts: { logger?: Logger } = {}) {
     events,
     defaultQuotaBytes: config.defaultQuotaBytes,
     uploadExpiryMs: config.uploadExpiryMs,
+    disk,
   });
-  const tus = createTusServer({ uploadDir: config.uploadDir, secret: config.secret, publicUrl: config.publicUrl, uploadExpiryMs: config.uploadExpiryMs, repo, uploads, files, logger });
-  const app = createApp({ config, repo, purposes, files, tus: tus.server, logger });
+  const tus = createTusServer({
+    area,
+    onBytesReceived: (n) => metrics.bytesReceived(n),
+    secret: config.secret,
+    publicUrl: config.publicUrl,
+    uploadExpiryMs: config.uploadExpiryMs,
+    repo,
+    uploads,
+    files,
+    logger,
+  });
+  const readiness = createReadiness({ repo, dataDir: config.dataDir, disk, ffmpegPath: opts.ffmpegPath ?? (() => findFfmpegOnPath()), queueDepth });
+  let stopping = false;
+  const inFlight = { requests: 0 };
+  const app = createApp({
+    config,
+    repo,
+    purposes,
+    files,
+    tus: tus.server,
+    logger,
+    requestContext,
+    inFlight,
+    ops: { ready: () => readiness.check(), metrics, isStopping: () => stopping },
+  });
 
-  const sweep = () => sweepExpiredUploads({ repo, uploads, discardUpload: tus.discardUpload, logger });
+  // Background work the process must let finish (or stop) before closing the database.
+  const background = new Set<Promise<unknown>>();
+  const track = <T>(work: Promise<T>): Promise<T> => {
+    background.add(work);
+    void work.finally(() => background.delete(work)).catch(() => {});
+    return work;
+  };
+  const shutdownHooks: Array<() => Promise<void>> = [];
+
+  let sweeping: Promise<number> | undefined;
+  const sweep = () => {
+    sweeping ??= track(
+      sweepExpiredUploads({ repo, uploads, discardUpload: area.discard, logger, shouldStop: () => stopping }).finally(() => {
+        sweeping = undefined;
+      }),
+    );
+    return sweeping;
+  };
+  const pidFile = path.join(config.dataDir, 'chipmunk.pid');
   let server: ServerType | undefined;
   let timer: NodeJS.Timeout | undefined;
+  let recovery: RecoveryReport | undefined;
 
   return {
     config,
@@ -54,31 +129,69 @@ export function createChipmunk(config: Config, opts: { logger?: Logger } = {}) {
     db,
     repo,
     storage,
+    area,
     uploads,
     files,
     events,
     logger,
+    metrics,
+    webhooks,
     sweepExpiredUploads: sweep,
-
-    /** Finishes work a previous process left half done, then listens. */
-    async listen(): Promise<{ port: number }> {
-      await files.finishInterruptedDeletes();
-      await sweep();
-      timer = setInterval(() => void sweep().catch((err) => logger.error('expiry sweep failed', { err })), config.expiryIntervalMs);
-      timer.unref();
-      return new Promise((resolve) => {
-        server = serve({ fetch: app.fetch, port: config.port, hostname: config.host }, (info) => resolve({ port: info.port }));
-      });
+    get recovery() {
+      return recovery;
+    },
+    /** Background work (audio jobs) registers how to stop it; close() awaits it before closing the database. */
+    onShutdown(hook: () => Promise<void>): void {
+      shutdownHooks.push(hook);
     },
 
+    /** Settles what a previous process left half done, then listens; slow cleanups continue in the background. */
+    async listen(): Promise<{ port: number }> {
+      // Lets `chipmunk fsck --repair` refuse to run beside a live server.
+      writeFileSync(pidFile, `${process.pid}\n`);
+      const startedAt = Date.now();
+      recovery = await recoverAtStartup({ repo, storage, area, uploads, files, logger });
+      const { port } = await new Promise<{ port: number }>((resolve) => {
+        server = serve({ fetch: app.fetch, port: config.port, hostname: config.host }, (info) => resolve({ port: info.port }));
+      });
+      void sweep().catch((err) => logger.error('expiry sweep failed', { err }));
+      track(sweepMediaLeftovers({ repo, storage, logger, startedAt, shouldStop: () => stopping })).catch((err) =>
+        logger.error('media leftovers sweep failed', { err }),
+      );
+      webhooks?.start();
+      timer = setInterval(() => void sweep().catch((err) => logger.error('expiry sweep failed', { err })), config.expiryIntervalMs);
+      timer.unref();
+      return { port };
+    },
+
+    /**
+     * Graceful stop: no new connections, requests and jobs in flight get until the shutdown
+     * deadline, then connections are cut; the database is closed last (checkpointing its WAL).
+     */
     async close(): Promise<void> {
+      if (stopping) return;
+      stopping = true;
       if (timer) clearInterval(timer);
+      const deadline = Date.now() + config.shutdownTimeoutMs;
+      const until = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, Math.max(0, ms)).unref());
       if (server) {
         const s = server;
-        await new Promise<void>((resolve) => s.close(() => resolve()));
+        const closed = new Promise<void>((resolve) => s.close(() => resolve()));
+        // Keep-alive connections whose request just finished would otherwise linger until their timeout.
+        const idle = setInterval(() => 'closeIdleConnections' in s && s.closeIdleConnections(), 100);
+        await Promise.race([closed, until(deadline - Date.now())]);
+        clearInterval(idle);
         if ('closeAllConnections' in s) s.closeAllConnections();
+        await closed;
       }
+      // A handler may still run after its socket was cut (a completion mid-processing): a short grace.
+      while (inFlight.requests > 0 && Date.now() < deadline + 5_000) await until(20);
+      await webhooks?.stop();
+      await Promise.allSettled(shutdownHooks.map((hook) => hook()));
+      await Promise.race([Promise.allSettled([...background]), until(deadline + 5_000 - Date.now())]);
       db.$client.close();
+      rmSync(pidFile, { force: true });
+      logger.info('chipmunk stopped');
     },
   };
 }

@@ -25,6 +25,11 @@ const envSchema = z.object({
   CHIPMUNK_MAX_FRAMES: bytes.default(100),
   CHIPMUNK_CONCURRENCY: bytes.default(Math.max(1, cpus().length)),
   CHIPMUNK_LOG_LEVEL: z.enum(['debug', 'info', 'warn', 'error', 'silent']).default('info'),
+  CHIPMUNK_DISK_MARGIN: z.coerce.number().int().min(0).default(100_000_000),
+  CHIPMUNK_SHUTDOWN_TIMEOUT: seconds.default(15),
+  CHIPMUNK_WEBHOOK_URL: z.url().optional(),
+  CHIPMUNK_WEBHOOK_SECRET: z.string().min(16, 'must be at least 16 characters').optional(),
+  CHIPMUNK_WEBHOOK_BACKOFF: seconds.default(5),
 });
 
 export type Secrets = { secret: string; apiKey: string };
@@ -47,6 +52,11 @@ export type Config = Readonly<{
   maxFrames: number;
   concurrency: number;
   logLevel: 'debug' | 'info' | 'warn' | 'error' | 'silent';
+  /** Free disk space kept back: a creation that would eat into it is refused with 507. */
+  diskMarginBytes: number;
+  /** How long a SIGTERM waits for requests and jobs in flight before cutting them. */
+  shutdownTimeoutMs: number;
+  webhook: { url: string; secret: string; backoffMs: number } | undefined;
   /** True when this start generated secrets the operator has not seen yet. */
   generatedSecrets: boolean;
 }>;
@@ -83,6 +93,15 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     maxFrames: e.CHIPMUNK_MAX_FRAMES,
     concurrency: e.CHIPMUNK_CONCURRENCY,
     logLevel: e.CHIPMUNK_LOG_LEVEL,
+    diskMarginBytes: e.CHIPMUNK_DISK_MARGIN,
+    shutdownTimeoutMs: e.CHIPMUNK_SHUTDOWN_TIMEOUT * 1000,
+    webhook: e.CHIPMUNK_WEBHOOK_URL
+      ? {
+          url: e.CHIPMUNK_WEBHOOK_URL,
+          secret: e.CHIPMUNK_WEBHOOK_SECRET ?? e.CHIPMUNK_SECRET ?? stored.secrets.secret,
+          backoffMs: e.CHIPMUNK_WEBHOOK_BACKOFF * 1000,
+        }
+      : undefined,
     generatedSecrets: stored.generated && (!e.CHIPMUNK_SECRET || !e.CHIPMUNK_API_KEY),
   });
 }

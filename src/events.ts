@@ -8,7 +8,12 @@ export type ChipmunkEvents = {
   'file.failed': [file: FileRow, reason: string];
   'file.deleted': [file: FileRow];
   'quota.exceeded': [info: { userId: string; purpose: string; neededBytes: number; freeBytes: number }];
-  'upload.refused': [info: { fileId: string; userId: string; purpose: string; code: string; status: number }];
+  /** An upload was admitted: its quota is reserved. */
+  'upload.started': [info: { fileId: string; userId: string; purpose: string; bytes: number }];
+  /** An upload was committed (ready, or processing in the background); ms = time to check, process and store it. */
+  'upload.stored': [file: FileRow, info: { ms: number }];
+  /** Refused at creation (no ms) or at completion (ms = time spent before the refusal). */
+  'upload.refused': [info: { fileId: string; userId: string; purpose: string; code: string; status: number; kind?: string; ms?: number }];
 };
 
 export type EventBus = {

@@ -24,14 +24,23 @@ export async function start(env: NodeJS.ProcessEnv = process.env): Promise<void>
         `  CHIPMUNK_API_KEY=${config.apiKey}\n  CHIPMUNK_SECRET=${config.secret}\n\n`,
     );
   }
+  // SIGTERM/SIGINT: stop accepting, let requests and jobs in flight finish within
+  // CHIPMUNK_SHUTDOWN_TIMEOUT, close the database. A second signal exits at once.
   let stopping = false;
   const stop = (signal: string) => {
-    if (stopping) return;
+    if (stopping) {
+      chipmunk.logger.warn('second signal, exiting now', { signal });
+      process.exit(1);
+    }
     stopping = true;
-    chipmunk.logger.info('shutting down', { signal });
+    chipmunk.logger.info('shutting down', { signal, timeoutMs: config.shutdownTimeoutMs });
+    setTimeout(() => process.exit(1), config.shutdownTimeoutMs + 10_000).unref();
     chipmunk.close().then(
       () => process.exit(0),
-      () => process.exit(1),
+      (err: unknown) => {
+        chipmunk.logger.error('shutdown failed', { err });
+        process.exit(1);
+      },
     );
   };
   process.on('SIGTERM', () => stop('SIGTERM'));

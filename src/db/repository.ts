@@ -1,7 +1,7 @@
-import { and, asc, desc, eq, inArray, lt, lte, ne, sql } from 'drizzle-orm';
+import { and, asc, desc, eq, gt, inArray, isNull, lt, lte, ne, sql } from 'drizzle-orm';
 import { errors, formatBytes } from '../errors.js';
 import type { Db } from './index.js';
-import { files, users, variants, type FileRow, type UserRow, type VariantRow, type Visibility } from './schema.js';
+import { files, jobs, users, variants, webhookDeliveries, type FileRow, type JobRow, type UserRow, type VariantRow, type Visibility } from './schema.js';
 
 // The only code that reads or writes SQL. Every change to usage or reservations happens
 // inside one transaction together with the file-state change that justifies it, so a crash
@@ -170,6 +170,22 @@ export function createRepository(db: Db) {
       });
     },
 
+    /** releaseUpload for many uploads in one transaction (the expiry sweep); returns the ids released. */
+    releaseUploads(fileIds: string[]): string[] {
+      if (fileIds.length === 0) return [];
+      return db.transaction((tx) => {
+        const rows = tx.select().from(files).where(and(inArray(files.id, fileIds), eq(files.status, 'uploading'))).all();
+        const byUser = new Map<string, number>();
+        for (const f of rows) byUser.set(f.userId, (byUser.get(f.userId) ?? 0) + f.reservedBytes);
+        for (const [userId, bytes] of byUser) {
+          tx.update(users).set({ reservedBytes: sql`${users.reservedBytes} - ${bytes}` }).where(eq(users.id, userId)).run();
+        }
+        const ids = rows.map((f) => f.id);
+        if (ids.length) tx.delete(files).where(inArray(files.id, ids)).run();
+        return ids;
+      });
+    },
+
     /**
      * First half of a delete: the file stops being served and its bytes go back at once.
      * The folder is removed afterwards; a row left in 'deleting' by a crash is finished at start-up.
@@ -287,6 +303,123 @@ export function createRepository(db: Db) {
 
     allUsers(): UserRow[] {
       return db.select().from(users).all();
+    },
+
+    // ---- operations: recovery, fsck, readiness, metrics, webhooks ----
+
+    /** Unfinished uploads holding a reservation, and the bytes they hold. */
+    reservationTotals(): { count: number; bytes: number } {
+      const row = db
+        .select({ count: sql<number>`count(*)`, bytes: sql<number>`coalesce(sum(${files.reservedBytes}), 0)` })
+        .from(files)
+        .where(eq(files.status, 'uploading'))
+        .get();
+      return { count: row?.count ?? 0, bytes: row?.bytes ?? 0 };
+    },
+
+    /** Every file row, page by page in id order (for recovery and fsck walks). */
+    filesPage(afterId: string, limit: number, status?: FileRow['status']): FileRow[] {
+      const conditions = [gt(files.id, afterId)];
+      if (status) conditions.push(eq(files.status, status));
+      return db.select().from(files).where(and(...conditions)).orderBy(asc(files.id)).limit(limit).all();
+    },
+
+    fileIdsExisting(ids: string[]): Set<string> {
+      if (ids.length === 0) return new Set();
+      return new Set(db.select({ id: files.id }).from(files).where(inArray(files.id, ids)).all().map((r) => r.id));
+    },
+
+    /** Sets a user's counters to the given values (fsck --repair). */
+    setUserCounters(userId: string, counters: { usedBytes: number; reservedBytes: number }): void {
+      db.update(users).set(counters).where(eq(users.id, userId)).run();
+    },
+
+    /** Makes a file's total agree with its variants, moving the difference into the user's usage (fsck --repair). */
+    setFileTotal(fileId: string, totalBytes: number): void {
+      db.transaction((tx) => {
+        const file = tx.select().from(files).where(eq(files.id, fileId)).get();
+        if (!file || !(storedStatuses as readonly string[]).includes(file.status)) return;
+        tx.update(users).set({ usedBytes: sql`${users.usedBytes} + ${totalBytes - file.totalBytes}` }).where(eq(users.id, file.userId)).run();
+        tx.update(files).set({ totalBytes, updatedAt: now() }).where(eq(files.id, fileId)).run();
+      });
+    },
+
+    jobCounts(): { queued: number; running: number; failed: number } {
+      const rows = db.select({ state: jobs.state, n: sql<number>`count(*)` }).from(jobs).groupBy(jobs.state).all();
+      const count = (state: string) => rows.find((r) => r.state === state)?.n ?? 0;
+      return { queued: count('queued'), running: count('running'), failed: count('failed') };
+    },
+
+    unfinishedJobs(limit = 1000): JobRow[] {
+      return db.select().from(jobs).where(inArray(jobs.state, ['queued', 'running'])).orderBy(asc(jobs.id)).limit(limit).all();
+    },
+
+    /** Jobs a killed process left 'running' go back to the queue; returns how many. */
+    requeueRunningJobs(): number {
+      return db.update(jobs).set({ state: 'queued', runAfter: now(), updatedAt: now() }).where(eq(jobs.state, 'running')).run().changes;
+    },
+
+    deleteJob(id: number): void {
+      db.delete(jobs).where(eq(jobs.id, id)).run();
+    },
+
+    /** Proves the database takes writes: a write in a transaction that is then rolled back. */
+    probeWrite(): void {
+      const rollback = new Error('rollback');
+      try {
+        db.transaction((tx) => {
+          tx.insert(users).values({ id: '\u0000ready-probe', quotaBytes: 0, createdAt: now() }).onConflictDoNothing().run();
+          throw rollback;
+        });
+      } catch (err) {
+        if (err !== rollback) throw err;
+      }
+    },
+
+    enqueueWebhook(event: string, payload: string, at = now()): number {
+      return db.insert(webhookDeliveries).values({ event, payload, nextAttemptAt: at, createdAt: at }).returning({ id: webhookDeliveries.id }).get()!.id;
+    },
+
+    dueWebhooks(at: number, maxAttempts: number, limit: number) {
+      return db
+        .select()
+        .from(webhookDeliveries)
+        .where(and(isNull(webhookDeliveries.deliveredAt), lte(webhookDeliveries.nextAttemptAt, at), lt(webhookDeliveries.attempts, maxAttempts)))
+        .orderBy(asc(webhookDeliveries.nextAttemptAt), asc(webhookDeliveries.id))
+        .limit(limit)
+        .all();
+    },
+
+    /** When the next undelivered webhook falls due, or undefined when none waits. */
+    nextWebhookAt(maxAttempts: number): number | undefined {
+      const row = db
+        .select({ at: sql<number | null>`min(${webhookDeliveries.nextAttemptAt})` })
+        .from(webhookDeliveries)
+        .where(and(isNull(webhookDeliveries.deliveredAt), lt(webhookDeliveries.attempts, maxAttempts)))
+        .get();
+      return row?.at ?? undefined;
+    },
+
+    pendingWebhookCount(maxAttempts: number): number {
+      return (
+        db
+          .select({ n: sql<number>`count(*)` })
+          .from(webhookDeliveries)
+          .where(and(isNull(webhookDeliveries.deliveredAt), lt(webhookDeliveries.attempts, maxAttempts)))
+          .get()?.n ?? 0
+      );
+    },
+
+    webhookDelivered(id: number, attempts: number, at = now()): void {
+      db.update(webhookDeliveries).set({ deliveredAt: at, attempts, lastError: null }).where(eq(webhookDeliveries.id, id)).run();
+    },
+
+    webhookFailed(id: number, attempts: number, nextAttemptAt: number, error: string): void {
+      db.update(webhookDeliveries).set({ attempts, nextAttemptAt, lastError: error.slice(0, 500) }).where(eq(webhookDeliveries.id, id)).run();
+    },
+
+    allWebhooks() {
+      return db.select().from(webhookDeliveries).orderBy(asc(webhookDeliveries.id)).all();
     },
 
     olderThan(status: FileRow['status'], at: number): FileRow[] {

@@ -89,8 +89,10 @@ export function createFileService(deps: { repo: Repository; storage: BlobStorage
     async remove(fileId: string): Promise<void> {
       const file = repo.beginDelete(fileId);
       if (!file) throw errors.notFound('File');
-      await finishDelete(fileId);
+      // Emitted with no await after the commit, so its webhook is recorded even if we crash now;
+      // the folder removal that follows is finished at start-up if interrupted.
       deps.events.emit('file.deleted', file);
+      await finishDelete(fileId);
     },
 
     /** Finishes deletes a crash interrupted: their bytes were already given back. */

@@ -1,7 +1,7 @@
 import { rm } from 'node:fs/promises';
 import type { Repository } from '../db/repository.js';
 import type { FileRow } from '../db/schema.js';
-import { AppError, errors, toAppError } from '../errors.js';
+import { AppError, errors, formatBytes, toAppError } from '../errors.js';
 import { newDeliveryToken, newFileId } from '../ids.js';
 import type { EventBus } from '../events.js';
 import type { Logger } from '../log.js';
@@ -40,6 +40,8 @@ export type UploadServiceDeps = {
   events: EventBus;
   defaultQuotaBytes: number;
   uploadExpiryMs: number;
+  /** Free space of the data volume and the margin to keep; absent: no disk check. */
+  disk?: { freeBytes(): Promise<number>; marginBytes: number };
   /** Called after a file is committed; background work (audio renditions) hooks in here. */
   onStored?: (file: FileRow) => void;
 };
@@ -54,6 +56,7 @@ export function createUploadService(deps: UploadServiceDeps) {
       const purpose = purposes.get(req.purpose);
       const { kind } = admitToPurpose(purpose, { length: req.length, mimeType: req.mimeType });
       let file: FileRow;
+      // A purpose name is only trusted once purposes.get has accepted it.
       try {
         file = repo.reserveUpload({
         userId: req.userId,
@@ -75,10 +78,32 @@ export function createUploadService(deps: UploadServiceDeps) {
           const freeBytes = user ? Math.max(0, user.quotaBytes - user.usedBytes - user.reservedBytes) : 0;
           deps.events.emit('quota.exceeded', { userId: req.userId, purpose: purpose.name, neededBytes: req.length, freeBytes });
         }
+        if (err instanceof AppError) {
+          deps.events.emit('upload.refused', { fileId: req.id ?? '', userId: req.userId, purpose: purpose.name, code: err.code, status: err.status });
+        }
         throw err;
       }
       logger.info('upload reserved', { fileId: file.id, userId: file.userId, purpose: file.purpose, bytes: req.length });
+      deps.events.emit('upload.started', { fileId: file.id, userId: file.userId, purpose: file.purpose, bytes: req.length });
       return file;
+    },
+
+    /**
+     * Refuses (507) an upload the disk cannot hold: free space, minus the operator's margin, minus
+     * what uploads in flight have reserved, must fit the declared length. Called before any byte
+     * is written; carriers call it before reserve().
+     */
+    async ensureDiskSpace(length: number): Promise<void> {
+      if (!deps.disk) return;
+      const free = await deps.disk.freeBytes();
+      const inFlight = repo.reservationTotals().bytes;
+      const usable = free - deps.disk.marginBytes - inFlight;
+      if (length > usable) {
+        logger.warn('upload refused for disk space', { bytes: length, freeBytes: free, marginBytes: deps.disk.marginBytes, reservedBytes: inFlight });
+        throw errors.insufficientStorage(
+          `The server is low on disk space: it can take ${formatBytes(Math.max(0, usable))} more right now and this upload needs ${formatBytes(length)}. Try again later or ask the operator to free space.`,
+        );
+      }
     },
 
     /**
@@ -91,13 +116,17 @@ export function createUploadService(deps: UploadServiceDeps) {
       const file = repo.getFile(fileId);
       if (!file || file.status !== 'uploading') throw errors.uploadGone();
       const purpose = purposes.get(file.purpose);
+      const started = performance.now();
+      let kind: string = file.kind;
       let workDir: string | undefined;
+      let committed: FileRow;
       try {
         const sniffed = await sniffFile(sourcePath);
         if (!sniffed) throw errors.unprocessable('The file is not a recognisable image or audio format.');
         if (sniffed.kind === 'other' || !purpose.kinds.includes(sniffed.kind)) {
           throw errors.unsupportedType(`"${purpose.name}" uploads take ${purpose.kinds.join(' or ')} files; this file is ${sniffed.mimeType}.`);
         }
+        kind = sniffed.kind;
         workDir = await storage.workspace(fileId);
         const result = await deps.processors[sniffed.kind].process({ fileId, sourcePath, sniffed, square: purpose.square, workDir });
         const originalName = `0.${sniffed.ext}`;
@@ -107,7 +136,7 @@ export function createUploadService(deps: UploadServiceDeps) {
           const bytes = await storage.adopt(fileId, v.storedAs, v.file);
           stored.push({ name: v.name, path: v.storedAs, mimeType: v.mimeType, bytes, width: v.width ?? null, height: v.height ?? null });
         }
-        const committed = repo.commitUpload(fileId, {
+        committed = repo.commitUpload(fileId, {
           status: result.status,
           mimeType: sniffed.mimeType,
           ext: sniffed.ext,
@@ -116,21 +145,42 @@ export function createUploadService(deps: UploadServiceDeps) {
           info: result.info,
           variants: stored,
         });
-        await req.discardCarrier?.();
-        logger.info('upload stored', { fileId, userId: committed.userId, purpose: committed.purpose, totalBytes: committed.totalBytes });
-        if (committed.status === 'ready') deps.events.emit('file.ready', committed);
-        deps.onStored?.(committed);
-        return committed;
       } catch (err) {
         const appError = toAppError(err);
-        await this.release(fileId, { sourcePath, discardCarrier: req.discardCarrier });
-        deps.events.emit('upload.refused', { fileId, userId: file.userId, purpose: file.purpose, code: appError.code, status: appError.status });
+        // Folder first, row last: a crash in between leaves an 'uploading' row that start-up
+        // recovery settles, never a folder that no row accounts for.
         await storage.removeFolder(fileId);
+        await this.release(fileId, { sourcePath, discardCarrier: req.discardCarrier });
+        deps.events.emit('upload.refused', { fileId, userId: file.userId, purpose: file.purpose, code: appError.code, status: appError.status, kind, ms: performance.now() - started });
         logger[appError.status >= 500 ? 'error' : 'info']('upload refused', { fileId, code: appError.code, status: appError.status, err: appError.status >= 500 ? err : undefined });
         throw appError;
       } finally {
         if (workDir) await storage.discardWorkspace(fileId);
       }
+      // Committed: from here on nothing may undo the file. Events go right after the commit,
+      // before any await: their listeners (the webhook outbox) write synchronously.
+      try {
+        deps.events.emit('upload.stored', committed, { ms: performance.now() - started });
+        if (committed.status === 'ready') deps.events.emit('file.ready', committed);
+      } catch (err) {
+        logger.error('an upload.stored listener failed', { fileId, err });
+      }
+      logger.info('upload stored', { fileId, userId: committed.userId, purpose: committed.purpose, totalBytes: committed.totalBytes });
+      // A leftover sidecar is an orphan that start-up recovery and fsck remove.
+      await req.discardCarrier?.().catch((err: unknown) => logger.warn('could not remove the finished upload\'s leftovers', { fileId, err }));
+      deps.onStored?.(committed);
+      return committed;
+    },
+
+    /**
+     * release() for a batch (the expiry sweep): one transaction for the rows and reservations, then
+     * the bytes. A crash between the two leaves upload files with no row: orphans recovery removes.
+     */
+    async releaseMany(fileIds: string[], discard: (id: string) => Promise<void>): Promise<number> {
+      const released = repo.releaseUploads(fileIds);
+      for (const id of released) await discard(id);
+      if (released.length) logger.info('uploads released', { count: released.length });
+      return released.length;
     },
 
     /** Gives an unfinished upload's reservation back and removes its bytes. Safe to call twice. */

@@ -85,6 +85,20 @@ export function createLocalStorage(opts: { mediaDir: string; workDir: string }):
       return createReadStream(mediaPath(mediaDir, fileId, name), range ? { start: range.start, end: range.end } : undefined);
     },
 
+    async removeName(fileId, name) {
+      await rm(mediaPath(mediaDir, fileId, name), { force: true });
+    },
+
+    async listWorkspaces() {
+      return readdirSafe(workDir);
+    },
+
+    async discardAllWorkspaces() {
+      const names = await readdirSafe(workDir);
+      for (const name of names) await rm(path.join(workDir, name), { recursive: true, force: true });
+      return names.length;
+    },
+
     async removeFolder(fileId) {
       await rm(mediaPath(mediaDir, fileId), { recursive: true, force: true });
     },

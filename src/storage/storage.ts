@@ -16,6 +16,12 @@ export interface BlobStorage {
   /** Size and modification time, or undefined when absent. */
   stat(fileId: string, name: string): Promise<{ size: number; mtimeMs: number } | undefined>;
   read(fileId: string, name: string, range?: { start: number; end: number }): Readable;
+  /** Removes one name from the file's folder (a leftover temporary file). Safe to call twice. */
+  removeName(fileId: string, name: string): Promise<void>;
+  /** Ids of the processing workspaces present (none survive a clean process; leftovers are a crash's). */
+  listWorkspaces(): Promise<string[]>;
+  /** Removes every processing workspace; only safe when no processing runs (at start-up). */
+  discardAllWorkspaces(): Promise<number>;
   /** Removes the file's whole folder. Safe to call twice. */
   removeFolder(fileId: string): Promise<void>;
   /** Ids of every file folder present, for consistency checks. */
@@ -27,3 +33,6 @@ export interface BlobStorage {
   /** An absolute local path for readers that need one (sharp, ffmpeg). */
   localPath(fileId: string, name: string): string;
 }
+
+/** Temporary names (`<name>.tmp-<hex>`) used while a blob is written, then renamed away. */
+export const isTempName = (name: string) => /\.tmp-[0-9a-f]+$/.test(name);

@@ -13,17 +13,18 @@ export async function sweepExpiredUploads(deps: {
   logger: Logger;
   now?: number;
   batchSize?: number;
+  /** Checked between batches: a shutdown stops the sweep; the next start finishes it. */
+  shouldStop?: () => boolean;
 }): Promise<number> {
   const now = deps.now ?? Date.now();
   const batchSize = deps.batchSize ?? 100;
   let swept = 0;
   for (;;) {
+    if (deps.shouldStop?.()) break;
     const ids = deps.repo.expiredUploadIds(now, batchSize);
     if (ids.length === 0) break;
-    for (const id of ids) {
-      await deps.uploads.release(id, { discardCarrier: () => deps.discardUpload(id) });
-      swept++;
-    }
+    // One transaction per batch; the files go one by one, each an await that lets requests in.
+    swept += await deps.uploads.releaseMany(ids, deps.discardUpload);
     await new Promise((resolve) => setImmediate(resolve));
   }
   if (swept) deps.logger.info('expired uploads swept', { count: swept });

@@ -1,10 +1,9 @@
 import { FileStore } from '@tus/file-store';
 import { Server, EVENTS } from '@tus/server';
-import { rm } from 'node:fs/promises';
-import path from 'node:path';
 import { bearerToken, verifyUploadToken } from '../auth/upload-tokens.js';
 import { errors, toAppError, toTusError } from '../errors.js';
-import { fileIdPattern, newFileId } from '../ids.js';
+import { newFileId } from '../ids.js';
+import type { UploadArea } from './area.js';
 import type { Logger } from '../log.js';
 import type { FileService } from '../services/files.js';
 import type { UploadService } from '../services/uploads.js';
@@ -16,7 +15,8 @@ import { requestBaseUrl } from '../http.js';
 export const TUS_PATH = '/uploads';
 
 export type TusDeps = {
-  uploadDir: string;
+  area: UploadArea;
+  onBytesReceived?: (bytes: number) => void;
   secret: string;
   publicUrl: string | undefined;
   uploadExpiryMs: number;
@@ -26,17 +26,27 @@ export type TusDeps = {
   logger: Logger;
 };
 
+/** The stock file store, counting the bytes each write lands (for the bytes-received metric). */
+class CountingFileStore extends FileStore {
+  constructor(
+    options: ConstructorParameters<typeof FileStore>[0],
+    private readonly onBytes: (bytes: number) => void,
+  ) {
+    super(options);
+  }
+
+  override async write(readable: Parameters<FileStore['write']>[0], id: string, offset: number): Promise<number> {
+    const end = await super.write(readable, id, offset);
+    this.onBytes(end - offset);
+    return end;
+  }
+}
+
 export function createTusServer(deps: TusDeps): { server: Server; uploadPath: (id: string) => string; discardUpload: (id: string) => Promise<void> } {
-  const { repo, uploads, files, logger } = deps;
-  const store = new FileStore({ directory: deps.uploadDir, expirationPeriodInMilliseconds: deps.uploadExpiryMs });
-  const uploadPath = (id: string) => {
-    if (!fileIdPattern.test(id)) throw errors.uploadGone();
-    return path.join(deps.uploadDir, id);
-  };
-  const discardUpload = async (id: string) => {
-    await rm(uploadPath(id), { force: true });
-    await rm(`${uploadPath(id)}.json`, { force: true });
-  };
+  const { repo, uploads, files, logger, area } = deps;
+  const store = new CountingFileStore({ directory: area.dir, expirationPeriodInMilliseconds: deps.uploadExpiryMs }, (n) => deps.onBytesReceived?.(n));
+  const uploadPath = area.dataPath;
+  const discardUpload = area.discard;
 
   const server = new Server({
     path: TUS_PATH,
@@ -68,6 +78,7 @@ export function createTusServer(deps: TusDeps): { server: Server; uploadPath: (i
           throw errors.forbidden(`This upload token is for "${grant.purpose}" uploads, not "${meta.purpose}".`);
         }
         if (upload.sizeIsDeferred || upload.size === undefined) throw errors.lengthRequired();
+        await uploads.ensureDiskSpace(upload.size);
         uploads.reserve({
           id: upload.id,
           userId: grant.userId,

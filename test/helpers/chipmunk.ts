@@ -1,7 +1,7 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { createChipmunk, type Chipmunk } from '../../src/chipmunk.js';
+import { createChipmunk, type Chipmunk, type ChipmunkOptions } from '../../src/chipmunk.js';
 import { loadConfig } from '../../src/config.js';
 import { silentLogger } from '../../src/log.js';
 
@@ -14,16 +14,23 @@ export type TestChipmunk = {
   /** Calls the /v1 API with the API key. */
   api(pathname: string, init?: RequestInit & { json?: unknown }): Promise<Response>;
   uploadToken(userId: string, purpose: string, expiresIn?: number): Promise<string>;
+  /** Stops the server and removes its data directory. */
   close(): Promise<void>;
+  /** Stops the server and keeps its data directory (to restart on it). */
+  stop(): Promise<void>;
 };
 
 export const corpus = (...parts: string[]) => path.resolve(import.meta.dirname, '../../../shared/corpus', ...parts);
 
-/** A real Chipmunk listening on a free loopback port, in its own temporary data directory. */
-export async function startChipmunk(env: Record<string, string> = {}): Promise<TestChipmunk> {
-  const dataDir = await mkdtemp(path.join(tmpdir(), 'chipmunk-test-'));
-  const config = loadConfig({ PORT: '0', HOST: '127.0.0.1', CHIPMUNK_DATA_DIR: dataDir, CHIPMUNK_LOG_LEVEL: 'silent', ...env });
-  const chipmunk = createChipmunk(config, { logger: silentLogger });
+/**
+ * A real Chipmunk listening on a free loopback port, in its own temporary data directory
+ * (or `opts.dataDir`, to restart on the data a previous one left).
+ */
+export async function startChipmunk(env: Record<string, string> = {}, opts: ChipmunkOptions & { dataDir?: string } = {}): Promise<TestChipmunk> {
+  const { dataDir: given, ...chipmunkOpts } = opts;
+  const dataDir = given ?? (await mkdtemp(path.join(tmpdir(), 'chipmunk-test-')));
+  const config = loadConfig({ PORT: '0', HOST: '127.0.0.1', CHIPMUNK_DATA_DIR: dataDir, CHIPMUNK_LOG_LEVEL: 'silent', CHIPMUNK_DISK_MARGIN: '0', ...env });
+  const chipmunk = createChipmunk(config, { defaultMetrics: false, ...(chipmunkOpts.logWrite ? {} : { logger: silentLogger }), ...chipmunkOpts });
   const { port } = await chipmunk.listen();
   const url = `http://127.0.0.1:${port}`;
   const api = (pathname: string, init: RequestInit & { json?: unknown } = {}) => {
@@ -52,5 +59,6 @@ export async function startChipmunk(env: Record<string, string> = {}): Promise<T
       await chipmunk.close();
       await rm(dataDir, { recursive: true, force: true });
     },
+    stop: () => chipmunk.close(),
   };
 }

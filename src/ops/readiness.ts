@@ -1,0 +1,77 @@
+import { constants } from 'node:fs';
+import { access, rm, statfs, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import type { Repository } from '../db/repository.js';
+
+// GET /ready: can this process do its job right now? Each check answers ok plus a detail; any
+// failed check makes the answer 503, so a load balancer stops sending uploads here.
+
+export type ReadinessCheck = { ok: boolean; detail?: string | number | Record<string, number> };
+export type ReadinessReport = { ready: boolean; checks: Record<string, ReadinessCheck> };
+
+export type ReadinessDeps = {
+  repo: Repository;
+  dataDir: string;
+  disk: { freeBytes(): Promise<number>; marginBytes: number };
+  /** The ffmpeg executable, or undefined when none is found. */
+  ffmpegPath: () => Promise<string | undefined>;
+  queueDepth: () => Record<string, number>;
+};
+
+/** Free bytes for an unprivileged writer on the volume holding `dir`. */
+export async function statfsFreeBytes(dir: string): Promise<number> {
+  const s = await statfs(dir);
+  return Number(s.bavail) * Number(s.bsize);
+}
+
+/** Finds ffmpeg the way `which` does: CHIPMUNK_FFMPEG/FFMPEG_PATH if set, else the first on PATH. */
+export async function findFfmpegOnPath(env: NodeJS.ProcessEnv = process.env): Promise<string | undefined> {
+  const candidates = [env.CHIPMUNK_FFMPEG, env.FFMPEG_PATH].filter((p): p is string => !!p);
+  for (const dir of (env.PATH ?? '').split(path.delimiter).filter(Boolean)) candidates.push(path.join(dir, 'ffmpeg'));
+  for (const candidate of candidates) {
+    try {
+      await access(candidate, constants.X_OK);
+      return candidate;
+    } catch {
+      // next
+    }
+  }
+  return undefined;
+}
+
+export function createReadiness(deps: ReadinessDeps) {
+  let ffmpeg: string | undefined;
+  return {
+    async check(): Promise<ReadinessReport> {
+      const checks: Record<string, ReadinessCheck> = {};
+      try {
+        deps.repo.probeWrite();
+        checks.database = { ok: true };
+      } catch (err) {
+        checks.database = { ok: false, detail: (err as Error).message };
+      }
+      const probe = path.join(deps.dataDir, `.ready-${process.pid}-${Date.now()}`);
+      try {
+        await writeFile(probe, 'ok');
+        await rm(probe, { force: true });
+        checks.dataDir = { ok: true };
+      } catch (err) {
+        checks.dataDir = { ok: false, detail: (err as NodeJS.ErrnoException).code ?? (err as Error).message };
+      }
+      try {
+        const free = await deps.disk.freeBytes();
+        checks.disk = { ok: free > deps.disk.marginBytes, detail: { freeBytes: free, marginBytes: deps.disk.marginBytes } };
+      } catch (err) {
+        checks.disk = { ok: false, detail: (err as Error).message };
+      }
+      ffmpeg ??= await deps.ffmpegPath();
+      checks.ffmpeg = ffmpeg ? { ok: true, detail: ffmpeg } : { ok: false, detail: 'ffmpeg not found (audio cannot be processed)' };
+      try {
+        checks.queue = { ok: true, detail: deps.queueDepth() };
+      } catch (err) {
+        checks.queue = { ok: false, detail: (err as Error).message };
+      }
+      return { ready: Object.values(checks).every((c) => c.ok), checks };
+    },
+  };
+}

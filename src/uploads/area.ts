@@ -1,0 +1,68 @@
+import { readdir, readFile, rm, stat } from 'node:fs/promises';
+import path from 'node:path';
+import { errors } from '../errors.js';
+import { fileIdPattern } from '../ids.js';
+
+// The tus upload area: `<id>` holds the bytes received so far, `<id>.json` tus's record of the
+// upload (its declared size and metadata). Only unfinished uploads live here.
+
+export type UploadEntry = { id: string; dataBytes?: number; hasSidecar: boolean };
+
+export type UploadArea = ReturnType<typeof createUploadArea>;
+
+export function createUploadArea(uploadDir: string) {
+  const dataPath = (id: string) => {
+    if (!fileIdPattern.test(id)) throw errors.uploadGone();
+    return path.join(uploadDir, id);
+  };
+
+  return {
+    dir: uploadDir,
+    dataPath,
+
+    /** Removes both files of an upload. Safe to call twice. */
+    async discard(id: string): Promise<void> {
+      await rm(dataPath(id), { force: true });
+      await rm(`${dataPath(id)}.json`, { force: true });
+    },
+
+    /** Every upload present, keyed by id; names that are not ours are left alone. */
+    async list(): Promise<Map<string, UploadEntry>> {
+      const entries = new Map<string, UploadEntry>();
+      let names: string[];
+      try {
+        names = await readdir(uploadDir);
+      } catch {
+        return entries;
+      }
+      for (const name of names) {
+        const id = name.endsWith('.json') ? name.slice(0, -5) : name;
+        if (!fileIdPattern.test(id)) continue;
+        const entry = entries.get(id) ?? { id, hasSidecar: false };
+        if (name.endsWith('.json')) entry.hasSidecar = true;
+        entries.set(id, entry);
+      }
+      return entries;
+    },
+
+    /** Bytes received so far, or undefined when the data file is gone. */
+    async receivedBytes(id: string): Promise<number | undefined> {
+      try {
+        const s = await stat(dataPath(id));
+        return s.isFile() ? s.size : undefined;
+      } catch {
+        return undefined;
+      }
+    },
+
+    /** True when tus's record of the upload is present and readable (a kill can leave it half written). */
+    async sidecarReadable(id: string): Promise<boolean> {
+      try {
+        const parsed = JSON.parse(await readFile(`${dataPath(id)}.json`, 'utf8')) as { id?: unknown };
+        return parsed?.id === id;
+      } catch {
+        return false;
+      }
+    },
+  };
+}
