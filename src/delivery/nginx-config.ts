@@ -95,6 +95,19 @@ ${cache ? `
     server {
         listen ${listen};
 
+        # nginx itself refuses NULs and encoded slashes that climb out of the root (400);
+        # under /f/ that is just a file that does not exist.
+        error_page 400 = /_chipmunk/bad-request;
+        location = /_chipmunk/bad-request {
+            internal;
+            default_type application/json;
+            add_header X-Content-Type-Options nosniff always;
+            if ($request ~ "^[A-Z]+ /f/") {
+                return 404 '{"error":{"code":"NOT_FOUND","message":"File not found."}}';
+            }
+            return 400 '{"error":{"code":"BAD_REQUEST","message":"Malformed request."}}';
+        }
+
         # Variants: Chipmunk decides, nginx sends the bytes.
         location /f/ {
             auth_request /_chipmunk/auth;
