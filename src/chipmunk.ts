@@ -1,6 +1,6 @@
 import { serve, type ServerType } from '@hono/node-server';
 import { mkdirSync } from 'node:fs';
-import { createServer, type Server } from 'node:http';
+import { createServer, type RequestListener, type Server } from 'node:http';
 import path from 'node:path';
 import { createApp } from './app.js';
 import type { Config } from './config.js';
@@ -13,6 +13,7 @@ import { createEventBus } from './events.js';
 import { createLogger, type Logger } from './log.js';
 import { originalOnlyProcessor } from './media/processor.js';
 import { loadPurposes } from './purposes.js';
+import { withDeliveryFastPath } from './routes/delivery.js';
 import { internalAuthListener } from './routes/internal-auth.js';
 import { createFileService } from './services/files.js';
 import { createUploadService } from './services/uploads.js';
@@ -32,7 +33,7 @@ export function createChipmunk(config: Config, opts: { logger?: Logger } = {}) {
   const purposes = loadPurposes(config.purposesFile);
   const events = createEventBus();
   const links = createDeliveryLinks({ repo, secret: config.secret });
-  const resolveDelivery = createDeliveryResolver({ repo, storage, secret: config.secret });
+  const resolveDelivery = createDeliveryResolver({ repo, secret: config.secret });
   const delivery = createDeliveryServer({ resolve: resolveDelivery, storage, logger });
   const files = createFileService({ repo, storage, logger, events, variantUrl: links.variantUrl });
   const uploads = createUploadService({
@@ -73,10 +74,12 @@ export function createChipmunk(config: Config, opts: { logger?: Logger } = {}) {
       timer = setInterval(() => void sweep().catch((err) => logger.error('expiry sweep failed', { err })), config.expiryIntervalMs);
       timer.unref();
       const { port } = await new Promise<{ port: number }>((resolve) => {
-        server = serve({ fetch: app.fetch, port: config.port, hostname: config.host }, (info) => resolve({ port: info.port }));
+        const withFastPath = ((options: object, listener: RequestListener) =>
+          createServer(options, withDeliveryFastPath(delivery, logger, listener))) as unknown as typeof createServer;
+        server = serve({ fetch: app.fetch, port: config.port, hostname: config.host, createServer: withFastPath }, (info) => resolve({ port: info.port }));
       });
       // nginx's auth_request endpoint lives on its own port so the public side can never reach it.
-      const internal = createServer(internalAuthListener({ resolve: resolveDelivery, authCacheSeconds: config.authCacheSeconds, logger }));
+      const internal = createServer(internalAuthListener({ resolve: resolveDelivery, relativePath: (id, name) => storage.relativePath(id, name), authCacheSeconds: config.authCacheSeconds, logger }));
       // Longer than nginx's upstream keepalive, so nginx always closes idle connections first.
       internal.keepAliveTimeout = 75_000;
       internalServer = internal;

@@ -231,6 +231,18 @@ describe.each(modes)('delivery access control: %s', (_name, viaNginx) => {
     expect((await fetch(url, { headers: { 'If-None-Match': '"other"' } })).status).toBe(200);
   });
 
+  it('streams a large original whole and in ranges', async () => {
+    const big = await readFile(corpus('images/photos/landscape-saw-6mp.jpg'));
+    const file = await upload('big', 'avatar', big, 'big.jpg');
+    const url = at(variant(file, 0).url);
+    const whole = await fetch(url);
+    expect(whole.headers.get('content-length')).toBe(String(big.length));
+    expect(sha256(Buffer.from(await whole.arrayBuffer()))).toBe(sha256(big));
+    const middle = await fetch(url, { headers: { Range: 'bytes=500000-599999' } });
+    expect(middle.status).toBe(206);
+    expect(Buffer.from(await middle.arrayBuffer()).equals(big.subarray(500_000, 600_000))).toBe(true);
+  });
+
   it('serves an audio original as an attachment', async () => {
     const file = await upload('music', 'audio', song, 'Déjà vu "live".mp3');
     const res = await fetch(at(variant(file, 0).url));

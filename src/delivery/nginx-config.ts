@@ -75,6 +75,10 @@ http {
     tcp_nodelay on;
     keepalive_timeout 65s;
     keepalive_requests 10000;
+    # Descriptors of media and auth-cache files. Safe to reuse briefly: a variant is never rewritten
+    # in place (new bytes arrive by rename), and access is decided by the auth answer, not the file.
+    open_file_cache max=10000 inactive=60s;
+    open_file_cache_valid 5s;
     types { }
     default_type application/octet-stream;
 ${cache ? `

@@ -1,18 +1,14 @@
-import type { Repository } from '../db/repository.js';
-import type { FileRow, VariantRow } from '../db/schema.js';
+import type { Deliverable, Repository } from '../db/repository.js';
 import { AppError, errors } from '../errors.js';
-import type { BlobStorage } from '../storage/storage.js';
-import { isValidDeliverySignature } from './signing.js';
+import { deliveryKey, isValidDeliverySignature } from './signing.js';
 
 // The one access decision for /f/<token>/<n>, shared by Chipmunk's own delivery and the nginx
 // auth endpoint: the raw request target (path + query, exactly as the client sent it) goes in,
 // the variant to serve and the headers to serve it with come out, or an AppError.
 
 export type Delivery = {
-  file: FileRow;
-  variant: VariantRow;
-  /** Path relative to the media root, as nginx serves it. */
-  relativePath: string;
+  /** The file and variant: fileId, name, path (inside the file's folder), mimeType, bytes, updatedAt… */
+  target: Deliverable;
   contentType: string;
   cacheControl: string;
   /** Set for originals that must not render inline (audio, anything not a plain image). */
@@ -35,27 +31,24 @@ const targetPattern = /^\/f\/([0-9a-z]{32})\/([0-9a-z][0-9a-z-]{0,31})(?:\?([^#]
 
 export type DeliveryResolver = (target: string) => Delivery;
 
-export function createDeliveryResolver(deps: { repo: Repository; storage: BlobStorage; secret: string; now?: () => number }): DeliveryResolver {
-  const { repo, storage, secret } = deps;
+export function createDeliveryResolver(deps: { repo: Repository; secret: string; now?: () => number }): DeliveryResolver {
+  const { repo } = deps;
+  const secret = deliveryKey(deps.secret);
   const now = deps.now ?? Date.now;
 
-  return (target) => {
-    const match = targetPattern.exec(target);
+  return (requestTarget) => {
+    const match = targetPattern.exec(requestTarget);
     if (!match) throw deliveryErrors.notFound();
     const [, token, name, query] = match as unknown as [string, string, string, string | undefined];
-    // Repository lookups exclude files being uploaded or deleted.
-    const file = repo.getStoredFileByToken(token);
-    if (!file) throw deliveryErrors.notFound();
-    const variant = repo.getVariant(file.id, name);
-    if (!variant) throw deliveryErrors.notFound();
+    // Excludes files being uploaded or deleted.
+    const target = repo.getDeliverable(token, name);
+    if (!target) throw deliveryErrors.notFound();
 
     let expiresAt: number | undefined;
     let cacheControl = `public, max-age=${YEAR}, immutable`;
-    if (file.visibility === 'private') {
-      const params = new URLSearchParams(query ?? '');
-      const exp = params.get('exp');
-      const sig = params.get('sig');
-      if (exp === null || sig === null) throw deliveryErrors.signatureRequired();
+    if (target.visibility === 'private') {
+      const { exp, sig } = signatureParams(query);
+      if (exp === undefined || sig === undefined) throw deliveryErrors.signatureRequired();
       if (!/^\d{1,12}$/.test(exp) || !isValidDeliverySignature(secret, `/f/${token}/${name}`, Number(exp), sig)) {
         throw deliveryErrors.invalidSignature();
       }
@@ -67,15 +60,24 @@ export function createDeliveryResolver(deps: { repo: Repository; storage: BlobSt
     }
 
     return {
-      file,
-      variant,
-      relativePath: storage.relativePath(file.id, variant.path),
-      contentType: variant.mimeType,
+      target,
+      contentType: target.mimeType,
       cacheControl,
-      contentDisposition: variant.name === '0' && !isInlineSafe(variant.mimeType) ? attachment(file.filename) : undefined,
+      contentDisposition: target.name === '0' && !isInlineSafe(target.mimeType) ? attachment(target.filename) : undefined,
       expiresAt,
     };
   };
+}
+
+/** exp and sig from the query string (first occurrence each); other parameters are ignored. */
+function signatureParams(query: string | undefined): { exp?: string; sig?: string } {
+  const out: { exp?: string; sig?: string } = {};
+  if (!query) return out;
+  for (const pair of query.split('&')) {
+    if (out.exp === undefined && pair.startsWith('exp=')) out.exp = pair.slice(4);
+    else if (out.sig === undefined && pair.startsWith('sig=')) out.sig = pair.slice(4);
+  }
+  return out;
 }
 
 /** Raster images render inline; audio, SVG and anything else are downloads. */

@@ -13,26 +13,84 @@ type Plan = {
   status: number;
   headers: Record<string, string>;
   /** Inclusive byte range to send; undefined for header-only answers. */
-  body?: { fileId: string; name: string; start: number; end: number };
+  body?: { fileId: string; name: string; start: number; end: number; memory: Buffer | undefined };
   error?: AppError;
 };
 
+/** What is known about one stored variant's bytes; small ones carry the bytes themselves. */
+type Blob = { size: number; etag: string; lastModified: string; mtime: number; bytes: Buffer | undefined };
+
+/**
+ * Small variants (thumbnails, avatars) are kept in memory, bounded by total size. Entries are keyed
+ * by the file's updatedAt and the variant's recorded size: bytes only change through a repository
+ * update (a re-run replacing a variant), which moves updatedAt, so a stale entry is never looked up.
+ */
+function createBlobCache(maxBytes: number, maxEntryBytes: number) {
+  const entries = new Map<string, Blob>();
+  let total = 0;
+  return {
+    maxEntryBytes,
+    get(key: string): Blob | undefined {
+      const hit = entries.get(key);
+      if (hit) {
+        // Refresh its place: Map order is the LRU order.
+        entries.delete(key);
+        entries.set(key, hit);
+      }
+      return hit;
+    },
+    set(key: string, blob: Blob): void {
+      if (!blob.bytes || blob.size > maxEntryBytes || entries.has(key)) return;
+      entries.set(key, blob);
+      total += blob.size;
+      for (const [k, old] of entries) {
+        if (total <= maxBytes) break;
+        entries.delete(k);
+        total -= old.size;
+      }
+    },
+  };
+}
+
 const methodNotAllowed = () => new AppError('METHOD_NOT_ALLOWED', 405, 'Files are read with GET or HEAD.');
 
-export function createDeliveryServer(deps: { resolve: DeliveryResolver; storage: BlobStorage; logger: Logger }) {
+export function createDeliveryServer(deps: {
+  resolve: DeliveryResolver;
+  storage: BlobStorage;
+  logger: Logger;
+  /** Memory for small variants' bytes (default 32 MB, variants up to 256 KB); 0 turns it off. */
+  memoryCacheBytes?: number;
+}) {
   const { resolve, storage, logger } = deps;
+  const cache = createBlobCache(deps.memoryCacheBytes ?? 32 * 1024 * 1024, 256 * 1024);
+
+  async function blobOf(fileId: string, name: string, key: string): Promise<Blob | undefined> {
+    const cached = cache.get(key);
+    if (cached) return cached;
+    const stat = await storage.stat(fileId, name);
+    if (!stat) return undefined;
+    const mtime = Math.floor(stat.mtimeMs / 1000);
+    const blob: Blob = {
+      size: stat.size,
+      mtime,
+      // nginx's format ("<mtime hex>-<size hex>"), so both delivery paths agree on validators.
+      etag: `"${mtime.toString(16)}-${stat.size.toString(16)}"`,
+      lastModified: new Date(mtime * 1000).toUTCString(),
+      bytes: stat.size <= cache.maxEntryBytes ? await readAll(storage.read(fileId, name)) : undefined,
+    };
+    if (blob.bytes && blob.bytes.length !== blob.size) return { ...blob, bytes: undefined };
+    cache.set(key, blob);
+    return blob;
+  }
 
   async function plan(method: string, target: string, header: (name: string) => string | undefined): Promise<Plan> {
     try {
       if (method !== 'GET' && method !== 'HEAD') throw methodNotAllowed();
       const d = resolve(target);
-      const stat = await storage.stat(d.file.id, d.variant.path);
-      if (!stat) throw deliveryErrors.notFound();
-      const size = stat.size;
-      const mtime = Math.floor(stat.mtimeMs / 1000);
-      // nginx's format ("<mtime hex>-<size hex>"), so both delivery paths agree on validators.
-      const etag = `"${mtime.toString(16)}-${size.toString(16)}"`;
-      const lastModified = new Date(mtime * 1000).toUTCString();
+      const v = d.target;
+      const blob = await blobOf(v.fileId, v.path, `${v.fileId}/${v.path}/${v.updatedAt}/${v.bytes}`);
+      if (!blob) throw deliveryErrors.notFound();
+      const { size, mtime, etag, lastModified } = blob;
       const headers: Record<string, string> = {
         'Content-Type': d.contentType,
         'Last-Modified': lastModified,
@@ -54,7 +112,7 @@ export function createDeliveryServer(deps: { resolve: DeliveryResolver; storage:
       const [start, end] = range ?? [0, size - 1];
       headers['Content-Length'] = String(Math.max(0, end - start + 1));
       if (range) headers['Content-Range'] = `bytes ${start}-${end}/${size}`;
-      const body = method === 'GET' && size > 0 ? { fileId: d.file.id, name: d.variant.path, start, end } : undefined;
+      const body = method === 'GET' && size > 0 ? { fileId: v.fileId, name: v.path, start, end, memory: blob.bytes } : undefined;
       return { status: range ? 206 : 200, headers, body };
     } catch (err) {
       const error = toAppError(err);
@@ -82,6 +140,10 @@ export function createDeliveryServer(deps: { resolve: DeliveryResolver; storage:
         res.end();
         return;
       }
+      if (p.body.memory) {
+        res.end(p.body.memory.subarray(p.body.start, p.body.end + 1));
+        return;
+      }
       const stream = storage.read(p.body.fileId, p.body.name, { start: p.body.start, end: p.body.end });
       stream.on('error', (err) => {
         logger.error('delivery read failed', { err });
@@ -96,6 +158,7 @@ export function createDeliveryServer(deps: { resolve: DeliveryResolver; storage:
       const url = new URL(req.url);
       const p = await plan(req.method, `${url.pathname}${url.search}`, (name) => req.headers.get(name) ?? undefined);
       if (p.error) return new Response(req.method === 'HEAD' ? null : JSON.stringify(p.error.toJSON()), { status: p.status, headers: p.headers });
+      if (p.body?.memory) return new Response(new Uint8Array(p.body.memory.subarray(p.body.start, p.body.end + 1)), { status: p.status, headers: p.headers });
       const body = p.body ? (Readable.toWeb(storage.read(p.body.fileId, p.body.name, { start: p.body.start, end: p.body.end })) as ReadableStream) : null;
       return new Response(body, { status: p.status, headers: p.headers });
     },
@@ -103,6 +166,12 @@ export function createDeliveryServer(deps: { resolve: DeliveryResolver; storage:
 }
 
 export type DeliveryServer = ReturnType<typeof createDeliveryServer>;
+
+async function readAll(stream: Readable): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of stream) chunks.push(chunk as Buffer);
+  return Buffer.concat(chunks);
+}
 
 function headerValue(v: string | string[] | undefined): string | undefined {
   return Array.isArray(v) ? v.join(', ') : v;

@@ -16,16 +16,19 @@ import type { DeliveryResolver } from '../delivery/resolve.js';
 
 export const INTERNAL_AUTH_PATH = '/internal/auth';
 
+/** BlobStorage.relativePath: where nginx finds a variant under the media root. */
+export type RelativePath = (fileId: string, name: string) => string;
+
 export type AuthAnswer = { status: number; headers: Record<string, string>; body: string };
 
-export function authAnswer(resolve: DeliveryResolver, originalUri: string | undefined, cacheSeconds: number, nowMs: number): AuthAnswer {
+export function authAnswer(resolve: DeliveryResolver, relativePath: RelativePath, originalUri: string | undefined, cacheSeconds: number, nowMs: number): AuthAnswer {
   try {
     if (!originalUri) throw new AppError('BAD_REQUEST', 400, 'X-Original-URI is missing: the nginx config must set it to $request_uri.');
     const d = resolve(originalUri);
     const left = d.expiresAt === undefined ? cacheSeconds : Math.min(cacheSeconds, Math.floor((d.expiresAt * 1000 - nowMs) / 1000));
     const headers: Record<string, string> = {
       'X-Chipmunk-Status': '200',
-      'X-Chipmunk-Path': d.relativePath,
+      'X-Chipmunk-Path': relativePath(d.target.fileId, d.target.path),
       'X-Chipmunk-Content-Type': d.contentType,
       'X-Chipmunk-Cache-Control': d.cacheControl,
       'X-Accel-Expires': String(Math.max(0, left)),
@@ -50,7 +53,7 @@ export function authAnswer(resolve: DeliveryResolver, originalUri: string | unde
 }
 
 /** The whole internal server: /internal/auth and nothing else. */
-export function internalAuthListener(deps: { resolve: DeliveryResolver; authCacheSeconds: number; logger: Logger; now?: () => number }): RequestListener {
+export function internalAuthListener(deps: { resolve: DeliveryResolver; relativePath: RelativePath; authCacheSeconds: number; logger: Logger; now?: () => number }): RequestListener {
   const now = deps.now ?? Date.now;
   return (req: IncomingMessage, res: ServerResponse) => {
     const url = req.url ?? '/';
@@ -61,7 +64,7 @@ export function internalAuthListener(deps: { resolve: DeliveryResolver; authCach
       answer = { status: 404, headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(error.toJSON()) };
     } else {
       const original = req.headers['x-original-uri'];
-      answer = authAnswer(deps.resolve, Array.isArray(original) ? original[0] : original, deps.authCacheSeconds, now());
+      answer = authAnswer(deps.resolve, deps.relativePath, Array.isArray(original) ? original[0] : original, deps.authCacheSeconds, now());
       if (answer.status >= 500) deps.logger.error('auth request failed', { status: answer.status, body: answer.body });
     }
     res.writeHead(answer.status, { ...answer.headers, 'Content-Length': Buffer.byteLength(answer.body) });
