@@ -7,6 +7,7 @@
 // Load comes from wrk (Debian: apt-get install wrk), which must be on PATH.
 import { execFile, execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { createServer } from 'node:http';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -16,7 +17,7 @@ import { tusUpload } from '../test/helpers/tus.js';
 
 const DURATION = Number(process.env.BENCH_SECONDS ?? 5);
 const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 32);
-const ROUNDS = 2;
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 
 try {
   execFileSync('wrk', ['--version'], { stdio: 'ignore' });
@@ -58,11 +59,20 @@ const staticLocation = `        location /static/ {\n            alias ${mediaDi
 const cached = await startNginx(t, { authCacheSeconds: 5, extraServerConfig: staticLocation });
 const uncached = await startNginx(t, { authCacheSeconds: 0 });
 
+// For context only: the same 10 KB from a bare Node http server (Node's own ceiling on this machine).
+const bare = createServer((_req, res) => {
+  res.writeHead(200, { 'Content-Type': 'image/webp', 'Content-Length': tenKb.length });
+  res.end(tenKb);
+});
+await new Promise<void>((resolve) => bare.listen(0, '127.0.0.1', resolve));
+const barePort = (bare.address() as { port: number }).port;
+
 const targets = {
   static: `${cached.url}${staticPath}`,
   nginxAuth: `${cached.url}${signedPath}`,
   nginxAuthUncached: `${uncached.url}${signedPath}`,
   app: `${t.url}${signedPath}`,
+  bareNode: `http://127.0.0.1:${barePort}/`,
 };
 for (const [name, url] of Object.entries(targets)) {
   const res = await fetch(url);
@@ -70,7 +80,7 @@ for (const [name, url] of Object.entries(targets)) {
   if (res.status !== 200 || !body.equals(tenKb)) throw new Error(`${name}: ${res.status}, ${body.length} bytes`);
 }
 
-const best: Record<keyof typeof targets, Run | undefined> = { static: undefined, nginxAuth: undefined, nginxAuthUncached: undefined, app: undefined };
+const best: Partial<Record<keyof typeof targets, Run>> = {};
 try {
   for (const url of Object.values(targets)) await wrk(url, 1); // warm-up
   // Interleaved rounds, best of each: a busy machine only ever makes a run slower.
@@ -85,6 +95,7 @@ try {
   await cached.close();
   await uncached.close();
   await t.close();
+  bare.close();
 }
 
 const s = best.static!;
@@ -96,6 +107,7 @@ console.log(line('nginx static (baseline)', s));
 console.log(line('nginx + auth_request (cached)', best.nginxAuth!));
 console.log(line('nginx + auth_request (uncached)', best.nginxAuthUncached!));
 console.log(line('Chipmunk alone', best.app!));
+console.log(line('(context) bare Node http, same bytes', best.bareNode!));
 console.log(
   JSON.stringify({
     nginxAuthOverStatic: ratio(best.nginxAuth!),
