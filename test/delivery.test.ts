@@ -283,3 +283,26 @@ describe.each(modes)('delivery access control: %s', (_name, viaNginx) => {
     expect((await fetch(`${base}/f/${'a'.repeat(32)}/0`, { method: 'POST' })).status).toBeGreaterThanOrEqual(404);
   });
 });
+
+describe('delivery without a Node server (app.request)', () => {
+  let t: TestChipmunk;
+  beforeAll(async () => {
+    t = await startChipmunk();
+  });
+  afterAll(() => t?.close());
+
+  it('serves and refuses through the Hono route as well', async () => {
+    const photo = await readFile(corpus('images/photos/portrait-canal.jpg'));
+    const result = await tusUpload(`${t.url}/uploads`, photo, { token: await t.uploadToken('web', 'image'), metadata: { filename: 'w.jpg' } });
+    if (!result.ok) throw result.error;
+    const url = new URL((result.body as FileJson).variants[0]!.url);
+    const res = await t.chipmunk.app.request(`${url.pathname}${url.search}`);
+    expect(res.status).toBe(200);
+    expect(sha256(Buffer.from(await res.arrayBuffer()))).toBe(sha256(photo));
+    const part = await t.chipmunk.app.request(`${url.pathname}${url.search}`, { headers: { Range: 'bytes=0-9' } });
+    expect(part.status).toBe(206);
+    expect(Buffer.from(await part.arrayBuffer()).equals(photo.subarray(0, 10))).toBe(true);
+    expect((await t.chipmunk.app.request(url.pathname)).status).toBe(401);
+    expect((await t.chipmunk.app.request(`${url.pathname}x`)).status).toBe(404);
+  });
+});
