@@ -90,6 +90,7 @@ export function createChipmunk(config: Config, opts: { logger?: Logger } = {}) {
           resolve(typeof address === 'object' && address ? address.port : config.internalPort);
         });
       });
+      logger.info('internal auth endpoint listening', { host: config.internalHost, port: internalPort });
       return { port, internalPort };
     },
 

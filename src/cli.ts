@@ -1,5 +1,5 @@
 import { parseArgs } from 'node:util';
-import { ConfigError, dataPaths, parseEnvironment } from './config.js';
+import { ConfigError, dataPaths, internalPort, parseEnvironment } from './config.js';
 import { renderNginxConfig } from './delivery/nginx-config.js';
 import { start } from './index.js';
 import { loadPurposes } from './purposes.js';
@@ -57,8 +57,10 @@ export function nginxConfigCommand(args: string[], env: NodeJS.ProcessEnv = proc
   try {
     let authUpstream = values['auth-upstream'];
     if (!authUpstream) {
+      const port = internalPort(e);
+      if (port === 0) throw new UsageError('CHIPMUNK_INTERNAL_PORT is 0 (a free port at start): give --auth-upstream or a fixed port.');
       const url = new URL(values.upstream);
-      url.port = String(e.CHIPMUNK_INTERNAL_PORT);
+      url.port = String(port);
       authUpstream = url.origin;
     }
     return renderNginxConfig({

@@ -24,7 +24,8 @@ const envSchema = z.object({
   CHIPMUNK_MAX_PIXELS: bytes.default(50_000_000),
   CHIPMUNK_MAX_FRAMES: bytes.default(100),
   CHIPMUNK_CONCURRENCY: bytes.default(Math.max(1, cpus().length)),
-  CHIPMUNK_INTERNAL_PORT: z.coerce.number().int().min(0).max(65535).default(8081),
+  // Unset: 8081, or a free port when PORT=0 (tests and parallel instances never collide).
+  CHIPMUNK_INTERNAL_PORT: z.coerce.number().int().min(0).max(65535).optional(),
   CHIPMUNK_INTERNAL_HOST: z.string().min(1).default('127.0.0.1'),
   CHIPMUNK_AUTH_CACHE: z.coerce.number().int().min(0).max(3600).default(5),
   CHIPMUNK_LOG_LEVEL: z.enum(['debug', 'info', 'warn', 'error', 'silent']).default('info'),
@@ -75,6 +76,11 @@ export function parseEnvironment(env: NodeJS.ProcessEnv = process.env): Environm
   return parsed.data;
 }
 
+/** The port of /internal/auth (nginx's access check). */
+export function internalPort(e: Environment): number {
+  return e.CHIPMUNK_INTERNAL_PORT ?? (e.PORT === 0 ? 0 : 8081);
+}
+
 /** Where everything lives inside the data directory. */
 export function dataPaths(dataDirSetting: string) {
   const dataDir = path.resolve(dataDirSetting);
@@ -107,7 +113,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     maxFrames: e.CHIPMUNK_MAX_FRAMES,
     concurrency: e.CHIPMUNK_CONCURRENCY,
     logLevel: e.CHIPMUNK_LOG_LEVEL,
-    internalPort: e.CHIPMUNK_INTERNAL_PORT,
+    internalPort: internalPort(e),
     internalHost: e.CHIPMUNK_INTERNAL_HOST,
     authCacheSeconds: e.CHIPMUNK_AUTH_CACHE,
     generatedSecrets: stored.generated && (!e.CHIPMUNK_SECRET || !e.CHIPMUNK_API_KEY),
