@@ -35,6 +35,18 @@ export function createDeliveryResolver(deps: { repo: Repository; secret: string;
   const { repo } = deps;
   const secret = deliveryKey(deps.secret);
   const now = deps.now ?? Date.now;
+  // Coarse expiry means the same signed URL is presented again and again; an HMAC costs more than
+  // the rest of the decision, so signatures already found valid are remembered (never refusals).
+  // Safe: the signed string fully determines the answer, and expiry is still checked every time.
+  const knownGood = new Set<string>();
+  const isValid = (path: string, exp: string, sig: string): boolean => {
+    const key = `${path}?exp=${exp}&sig=${sig}`;
+    if (knownGood.has(key)) return true;
+    if (!/^[1-9]\d{0,11}$/.test(exp) || !isValidDeliverySignature(secret, path, Number(exp), sig)) return false;
+    if (knownGood.size >= 10_000) knownGood.delete(knownGood.values().next().value!);
+    knownGood.add(key);
+    return true;
+  };
 
   return (requestTarget) => {
     const match = targetPattern.exec(requestTarget);
@@ -49,7 +61,7 @@ export function createDeliveryResolver(deps: { repo: Repository; secret: string;
     if (target.visibility === 'private') {
       const { exp, sig } = signatureParams(query);
       if (exp === undefined || sig === undefined) throw deliveryErrors.signatureRequired();
-      if (!/^\d{1,12}$/.test(exp) || !isValidDeliverySignature(secret, `/f/${token}/${name}`, Number(exp), sig)) {
+      if (!isValid(`/f/${token}/${name}`, exp, sig)) {
         throw deliveryErrors.invalidSignature();
       }
       expiresAt = Number(exp);
