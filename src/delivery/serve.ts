@@ -70,13 +70,23 @@ export function createDeliveryServer(deps: {
     const stat = await storage.stat(fileId, name);
     if (!stat) return undefined;
     const mtime = Math.floor(stat.mtimeMs / 1000);
+    let small: Buffer | undefined;
+    if (stat.size <= cache.maxEntryBytes) {
+      try {
+        small = await readAll(storage.read(fileId, name));
+      } catch (err) {
+        // Gone between stat and read: a delete finishing right now.
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+        throw err;
+      }
+    }
     const blob: Blob = {
       size: stat.size,
       mtime,
       // nginx's format ("<mtime hex>-<size hex>"), so both delivery paths agree on validators.
       etag: `"${mtime.toString(16)}-${stat.size.toString(16)}"`,
       lastModified: new Date(mtime * 1000).toUTCString(),
-      bytes: stat.size <= cache.maxEntryBytes ? await readAll(storage.read(fileId, name)) : undefined,
+      bytes: small,
     };
     if (blob.bytes && blob.bytes.length !== blob.size) return { ...blob, bytes: undefined };
     cache.set(key, blob);
