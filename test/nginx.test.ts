@@ -81,6 +81,25 @@ describe('tus uploads through nginx', () => {
   });
 });
 
+describe('nginx when Chipmunk is down', () => {
+  it('answers JSON 502 for the API and for files', async () => {
+    const t = await startChipmunk();
+    const nginx = await startNginx(t, { authCacheSeconds: 0 });
+    try {
+      await t.chipmunk.close();
+      for (const pathname of ['/v1/users/x', `/f/${'a'.repeat(32)}/0`]) {
+        const res = await fetch(`${nginx.url}${pathname}`);
+        expect(res.status).toBe(502);
+        expect(res.headers.get('content-type')).toBe('application/json');
+        expect(((await res.json()) as { error: { code: string } }).error.code).toMatch(/UNAVAILABLE/);
+      }
+    } finally {
+      await nginx.close();
+      await rm(t.dataDir, { recursive: true, force: true });
+    }
+  });
+});
+
 describe('chipmunk nginx-config', () => {
   const env = { CHIPMUNK_DATA_DIR: '/srv/chipmunk', CHIPMUNK_INTERNAL_PORT: '9091', CHIPMUNK_AUTH_CACHE: '3' };
 

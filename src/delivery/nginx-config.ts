@@ -102,6 +102,8 @@ ${cache ? `
         # nginx itself refuses NULs and encoded slashes that climb out of the root (400);
         # under /f/ that is just a file that does not exist.
         error_page 400 = /_chipmunk/bad-request;
+        error_page 502 503 504 = @chipmunk_unavailable;
+        error_page 413 = @chipmunk_too_large;
         location = /_chipmunk/bad-request {
             internal;
             default_type application/json;
@@ -172,6 +174,17 @@ ${cache ? `            proxy_cache chipmunk_auth;
                 return 404 $chipmunk_error;
             }
             return 502 '{"error":{"code":"AUTH_UNAVAILABLE","message":"Chipmunk did not answer the access check; try again shortly."}}';
+        }
+
+        location @chipmunk_unavailable {
+            default_type application/json;
+            add_header Retry-After 5 always;
+            return 502 '{"error":{"code":"UNAVAILABLE","message":"Chipmunk is not answering; try again shortly."}}';
+        }
+
+        location @chipmunk_too_large {
+            default_type application/json;
+            return 413 '{"error":{"code":"FILE_TOO_LARGE","message":"The request body is larger than any upload Chipmunk accepts."}}';
         }
 
         location @chipmunk_missing {

@@ -1,0 +1,30 @@
+import { randomBytes } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import { createServer } from 'node:http';
+import { spawn } from 'node:child_process';
+import { corpus, startChipmunk } from './test/helpers/chipmunk.js';
+import { tusUpload } from './test/helpers/tus.js';
+import { createDeliveryResolver } from './src/delivery/resolve.js';
+const t = await startChipmunk();
+const photo = await readFile(corpus('images/photos/portrait-canal.jpg'));
+const up = await tusUpload(`${t.url}/uploads`, photo, { token: await t.uploadToken('bench', 'image'), metadata: { filename: 'bench.jpg' } });
+const fileId = (up as any).body.id;
+const buf = randomBytes(10240);
+const bytes = await t.chipmunk.storage.write(fileId, 'bench.webp', buf);
+t.chipmunk.repo.addVariants(fileId, [{ name: 'bench', path: 'bench.webp', mimeType: 'image/webp', bytes, width: 64, height: 64 }]);
+const link = (await (await t.api(`/v1/files/${fileId}/url?variant=bench&expiresIn=86400`)).json()) as { url: string };
+const target = new URL(link.url).pathname + new URL(link.url).search;
+const resolve = createDeliveryResolver({ repo: t.chipmunk.repo, secret: t.secret });
+const headers = { 'Content-Type': 'image/webp', 'Last-Modified': new Date().toUTCString(), ETag: '"abc-2800"', 'Cache-Control': 'private, max-age=100, immutable', 'Accept-Ranges': 'bytes', 'X-Content-Type-Options': 'nosniff', 'Content-Length': '10240' };
+const mk = (fn: (req: any, res: any) => void) => new Promise<number>((r) => { const s = createServer(fn); s.listen(0, '127.0.0.1', () => r((s.address() as any).port)); });
+const bare = await mk((req, res) => { res.writeHead(200, { 'Content-Type': 'image/webp', 'Content-Length': 10240 }); res.end(buf); });
+const hdrs = await mk((req, res) => { res.writeHead(200, headers); res.end(buf); });
+const withResolve = await mk((req, res) => { resolve(req.url); res.writeHead(200, headers); res.end(buf); });
+const wrk = (u: string) => new Promise<string>((r) => { const w = spawn('wrk', ['-t1', '-c32', '-d3s', u]); let o = ''; w.stdout.on('data', (d) => (o += d)); w.on('exit', () => r(o.split('\n').find((l) => l.includes('Requests/sec'))!)); });
+for (let k = 0; k < 2; k++) {
+  console.log('bare', await wrk(`http://127.0.0.1:${bare}/`));
+  console.log('headers', await wrk(`http://127.0.0.1:${hdrs}/`));
+  console.log('resolve', await wrk(`http://127.0.0.1:${withResolve}${target}`));
+  console.log('chipmunk', await wrk(`${t.url}${target}`));
+}
+await t.close(); process.exit(0);
