@@ -1,10 +1,14 @@
 import { serve, type ServerType } from '@hono/node-server';
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer, type RequestListener, type Server } from 'node:http';
 import path from 'node:path';
 import { createApp } from './app.js';
 import type { Config } from './config.js';
 import { openDatabase } from './db/index.js';
 import { createRepository } from './db/repository.js';
+import { createDeliveryLinks } from './delivery/links.js';
+import { createDeliveryResolver } from './delivery/resolve.js';
+import { createDeliveryServer } from './delivery/serve.js';
 import { createEventBus } from './events.js';
 import { createLogger, type Logger } from './log.js';
 import { createImageProcessor } from './media/images.js';
@@ -14,6 +18,8 @@ import { createReadiness, findFfmpegOnPath, statfsFreeBytes } from './ops/readin
 import { createRequestContext } from './ops/request-context.js';
 import { createWebhooks } from './ops/webhooks.js';
 import { loadPurposes } from './purposes.js';
+import { withDeliveryFastPath } from './routes/delivery.js';
+import { internalAuthListener } from './routes/internal-auth.js';
 import { createFileService } from './services/files.js';
 import { recoverAtStartup, sweepMediaLeftovers, type RecoveryReport } from './services/recovery.js';
 import { createUploadService } from './services/uploads.js';
@@ -59,7 +65,10 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
   };
   const metrics = createMetrics({ queueDepth, reservations: () => repo.reservationTotals() }, { defaultMetrics: opts.defaultMetrics });
   observeEvents(events, metrics);
-  const files = createFileService({ repo, storage, logger, events });
+  const links = createDeliveryLinks({ repo, secret: config.secret });
+  const resolveDelivery = createDeliveryResolver({ repo, secret: config.secret });
+  const delivery = createDeliveryServer({ resolve: resolveDelivery, storage, logger, onAnswer: (status) => metrics.deliveryAnswered(status) });
+  const files = createFileService({ repo, storage, logger, events, variantUrl: links.variantUrl });
   const uploads = createUploadService({
     repo,
     storage,
@@ -94,6 +103,8 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
     purposes,
     files,
     tus: tus.server,
+    delivery,
+    links,
     logger,
     requestContext,
     inFlight,
@@ -120,6 +131,7 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
   };
   const pidFile = path.join(config.dataDir, 'chipmunk.pid');
   let server: ServerType | undefined;
+  let internalServer: Server | undefined;
   let timer: NodeJS.Timeout | undefined;
   let recovery: RecoveryReport | undefined;
 
@@ -132,6 +144,7 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
     area,
     uploads,
     files,
+    links,
     events,
     logger,
     metrics,
@@ -146,14 +159,32 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
     },
 
     /** Settles what a previous process left half done, then listens; slow cleanups continue in the background. */
-    async listen(): Promise<{ port: number }> {
+    async listen(): Promise<{ port: number; internalPort: number }> {
       // Lets `chipmunk fsck --repair` refuse to run beside a live server.
       writeFileSync(pidFile, `${process.pid}\n`);
       const startedAt = Date.now();
       recovery = await recoverAtStartup({ repo, storage, area, uploads, files, logger });
       const { port } = await new Promise<{ port: number }>((resolve) => {
-        server = serve({ fetch: app.fetch, port: config.port, hostname: config.host }, (info) => resolve({ port: info.port }));
+        // /f/ requests take a fast path before the router and any web Request object.
+        const withFastPath = ((options: object, listener: RequestListener) =>
+          createServer(options, withDeliveryFastPath(delivery, logger, listener))) as unknown as typeof createServer;
+        server = serve({ fetch: app.fetch, port: config.port, hostname: config.host, createServer: withFastPath }, (info) => resolve({ port: info.port }));
       });
+      // nginx's auth_request endpoint lives on its own port so the public side can never reach it.
+      const internal = createServer(
+        internalAuthListener({ resolve: resolveDelivery, relativePath: (id, name) => storage.relativePath(id, name), authCacheSeconds: config.authCacheSeconds, logger, onAnswer: (status) => metrics.deliveryAnswered(status) }),
+      );
+      // Longer than nginx's upstream keepalive, so nginx always closes idle connections first.
+      internal.keepAliveTimeout = 75_000;
+      internalServer = internal;
+      const internalPort = await new Promise<number>((resolve, reject) => {
+        internal.once('error', reject);
+        internal.listen(config.internalPort, config.internalHost, () => {
+          const address = internal.address();
+          resolve(typeof address === 'object' && address ? address.port : config.internalPort);
+        });
+      });
+      logger.info('internal auth endpoint listening', { host: config.internalHost, port: internalPort });
       void sweep().catch((err) => logger.error('expiry sweep failed', { err }));
       track(sweepMediaLeftovers({ repo, storage, logger, startedAt, shouldStop: () => stopping })).catch((err) =>
         logger.error('media leftovers sweep failed', { err }),
@@ -161,7 +192,7 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
       webhooks?.start();
       timer = setInterval(() => void sweep().catch((err) => logger.error('expiry sweep failed', { err })), config.expiryIntervalMs);
       timer.unref();
-      return { port };
+      return { port, internalPort };
     },
 
     /**
@@ -174,8 +205,8 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
       if (timer) clearInterval(timer);
       const deadline = Date.now() + config.shutdownTimeoutMs;
       const until = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, Math.max(0, ms)).unref());
-      if (server) {
-        const s = server;
+      for (const s of [server, internalServer]) {
+        if (!s) continue;
         const closed = new Promise<void>((resolve) => s.close(() => resolve()));
         // Keep-alive connections whose request just finished would otherwise linger until their timeout.
         const idle = setInterval(() => 'closeIdleConnections' in s && s.closeIdleConnections(), 100);

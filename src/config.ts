@@ -24,6 +24,10 @@ const envSchema = z.object({
   CHIPMUNK_MAX_PIXELS: bytes.default(50_000_000),
   CHIPMUNK_MAX_FRAMES: bytes.default(100),
   CHIPMUNK_CONCURRENCY: bytes.default(Math.max(1, cpus().length)),
+  // Unset: 8081, or a free port when PORT=0 (tests and parallel instances never collide).
+  CHIPMUNK_INTERNAL_PORT: z.coerce.number().int().min(0).max(65535).optional(),
+  CHIPMUNK_INTERNAL_HOST: z.string().min(1).default('127.0.0.1'),
+  CHIPMUNK_AUTH_CACHE: z.coerce.number().int().min(0).max(3600).default(5),
   CHIPMUNK_LOG_LEVEL: z.enum(['debug', 'info', 'warn', 'error', 'silent']).default('info'),
   CHIPMUNK_DISK_MARGIN: z.coerce.number().int().min(0).default(100_000_000),
   CHIPMUNK_SHUTDOWN_TIMEOUT: seconds.default(15),
@@ -57,6 +61,11 @@ export type Config = Readonly<{
   /** How long a SIGTERM waits for requests and jobs in flight before cutting them. */
   shutdownTimeoutMs: number;
   webhook: { url: string; secret: string; backoffMs: number } | undefined;
+  /** The internal port serving only /internal/auth to nginx; never expose it. */
+  internalPort: number;
+  internalHost: string;
+  /** Seconds nginx may cache an auth answer (never past a signed link's expiry). */
+  authCacheSeconds: number;
   /** True when this start generated secrets the operator has not seen yet. */
   generatedSecrets: boolean;
 }>;
@@ -65,23 +74,44 @@ export class ConfigError extends Error {
   override name = 'ConfigError';
 }
 
-export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+export type Environment = z.infer<typeof envSchema>;
+
+/** The environment parsed and checked, without touching the disk (operator commands such as nginx-config). */
+export function parseEnvironment(env: NodeJS.ProcessEnv = process.env): Environment {
   const parsed = envSchema.safeParse(env);
   if (!parsed.success) {
     const issue = parsed.error.issues[0]!;
     throw new ConfigError(`Invalid environment variable ${String(issue.path[0])}: ${issue.message}`);
   }
-  const e = parsed.data;
-  const dataDir = path.resolve(e.CHIPMUNK_DATA_DIR);
+  return parsed.data;
+}
+
+/** The port of /internal/auth (nginx's access check). */
+export function internalPort(e: Environment): number {
+  return e.CHIPMUNK_INTERNAL_PORT ?? (e.PORT === 0 ? 0 : 8081);
+}
+
+/** Where everything lives inside the data directory. */
+export function dataPaths(dataDirSetting: string) {
+  const dataDir = path.resolve(dataDirSetting);
+  return {
+    dataDir,
+    databasePath: path.join(dataDir, 'chipmunk.db'),
+    uploadDir: path.join(dataDir, 'uploads'),
+    mediaDir: path.join(dataDir, 'media'),
+  };
+}
+
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  const e = parseEnvironment(env);
+  const paths = dataPaths(e.CHIPMUNK_DATA_DIR);
+  const dataDir = paths.dataDir;
   mkdirSync(dataDir, { recursive: true });
   const stored = loadOrCreateSecrets(dataDir);
   return Object.freeze({
     port: e.PORT,
     host: e.HOST,
-    dataDir,
-    databasePath: path.join(dataDir, 'chipmunk.db'),
-    uploadDir: path.join(dataDir, 'uploads'),
-    mediaDir: path.join(dataDir, 'media'),
+    ...paths,
     publicUrl: e.CHIPMUNK_PUBLIC_URL?.replace(/\/+$/, ''),
     secret: e.CHIPMUNK_SECRET ?? stored.secrets.secret,
     apiKey: e.CHIPMUNK_API_KEY ?? stored.secrets.apiKey,
@@ -102,6 +132,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
           backoffMs: e.CHIPMUNK_WEBHOOK_BACKOFF * 1000,
         }
       : undefined,
+    internalPort: internalPort(e),
+    internalHost: e.CHIPMUNK_INTERNAL_HOST,
+    authCacheSeconds: e.CHIPMUNK_AUTH_CACHE,
     generatedSecrets: stored.generated && (!e.CHIPMUNK_SECRET || !e.CHIPMUNK_API_KEY),
   });
 }

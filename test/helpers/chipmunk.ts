@@ -8,6 +8,8 @@ import { silentLogger } from '../../src/log.js';
 export type TestChipmunk = {
   chipmunk: Chipmunk;
   url: string;
+  /** The internal port serving /internal/auth (nginx's auth_request). */
+  internalPort: number;
   apiKey: string;
   secret: string;
   dataDir: string;
@@ -29,9 +31,9 @@ export const corpus = (...parts: string[]) => path.resolve(import.meta.dirname, 
 export async function startChipmunk(env: Record<string, string> = {}, opts: ChipmunkOptions & { dataDir?: string } = {}): Promise<TestChipmunk> {
   const { dataDir: given, ...chipmunkOpts } = opts;
   const dataDir = given ?? (await mkdtemp(path.join(tmpdir(), 'chipmunk-test-')));
-  const config = loadConfig({ PORT: '0', HOST: '127.0.0.1', CHIPMUNK_DATA_DIR: dataDir, CHIPMUNK_LOG_LEVEL: 'silent', CHIPMUNK_DISK_MARGIN: '0', ...env });
+  const config = loadConfig({ PORT: '0', HOST: '127.0.0.1', CHIPMUNK_DATA_DIR: dataDir, CHIPMUNK_LOG_LEVEL: 'silent', CHIPMUNK_DISK_MARGIN: '0', CHIPMUNK_INTERNAL_PORT: '0', ...env });
   const chipmunk = createChipmunk(config, { defaultMetrics: false, ...(chipmunkOpts.logWrite ? {} : { logger: silentLogger }), ...chipmunkOpts });
-  const { port } = await chipmunk.listen();
+  const { port, internalPort } = await chipmunk.listen();
   const url = `http://127.0.0.1:${port}`;
   const api = (pathname: string, init: RequestInit & { json?: unknown } = {}) => {
     const headers = new Headers(init.headers);
@@ -46,6 +48,7 @@ export async function startChipmunk(env: Record<string, string> = {}, opts: Chip
   return {
     chipmunk,
     url,
+    internalPort,
     apiKey: config.apiKey,
     secret: config.secret,
     dataDir,
