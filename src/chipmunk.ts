@@ -167,7 +167,7 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
       const { port } = await new Promise<{ port: number }>((resolve) => {
         // /f/ requests take a fast path before the router and any web Request object.
         const withFastPath = ((options: object, listener: RequestListener) =>
-          createServer(options, withDeliveryFastPath(delivery, logger, listener))) as unknown as typeof createServer;
+          createServer(options, withDeliveryFastPath(delivery, logger, listener, (h) => requestContext.wrapNode(logger, h)))) as unknown as typeof createServer;
         server = serve({ fetch: app.fetch, port: config.port, hostname: config.host, createServer: withFastPath }, (info) => resolve({ port: info.port }));
       });
       // nginx's auth_request endpoint lives on its own port so the public side can never reach it.

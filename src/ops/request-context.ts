@@ -1,6 +1,7 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
 import type { HttpBindings } from '@hono/node-server';
 import type { MiddlewareHandler } from 'hono';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import { customAlphabet } from 'nanoid';
 import type { LogFields, Logger } from '../log.js';
 
@@ -23,6 +24,23 @@ export function createRequestContext() {
     /** The fields of the request being handled, if any (for the logger). */
     fields(): LogFields | undefined {
       return storage.getStore();
+    },
+
+    /** The same for a plain Node handler (the /f/ fast path, which runs before the router). */
+    wrapNode(logger: Logger, handler: (req: IncomingMessage, res: ServerResponse) => void): (req: IncomingMessage, res: ServerResponse) => void {
+      return (req, res) => {
+        const incoming = req.headers['x-request-id'];
+        const requestId = typeof incoming === 'string' && acceptableId.test(incoming) ? incoming : newRequestId();
+        const started = performance.now();
+        res.setHeader('x-request-id', requestId);
+        res.once('finish', () => {
+          const path = loggablePath((req.url ?? '/').split('?', 1)[0]!);
+          storage.run({ requestId }, () =>
+            logger.info('request', { method: req.method, path, status: res.statusCode, ms: Math.round((performance.now() - started) * 10) / 10 }),
+          );
+        });
+        storage.run({ requestId }, () => handler(req, res));
+      };
     },
 
     /** Gives the request an id (x-request-id in and out), runs it in that context and logs one line for it. */
