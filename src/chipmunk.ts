@@ -7,8 +7,12 @@ import { openDatabase } from './db/index.js';
 import { createRepository } from './db/repository.js';
 import { createEventBus } from './events.js';
 import { createLogger, type Logger } from './log.js';
+import { createJobRunner } from './jobs/runner.js';
+import { createAudioProcessor } from './media/audio.js';
+import { describeTools, resolveFfmpeg, type FfmpegTool } from './media/ffmpeg.js';
 import { originalOnlyProcessor } from './media/processor.js';
 import { loadPurposes } from './purposes.js';
+import { AUDIO_JOB, createAudioService } from './services/audio.js';
 import { createFileService } from './services/files.js';
 import { createUploadService } from './services/uploads.js';
 import { createLocalStorage } from './storage/local.js';
@@ -18,7 +22,7 @@ import { createTusServer } from './uploads/tus.js';
 // The composition root: builds every part from the config and wires them together.
 // Tests build a whole Chipmunk in a temporary data directory through this same function.
 
-export function createChipmunk(config: Config, opts: { logger?: Logger } = {}) {
+export function createChipmunk(config: Config, opts: { logger?: Logger; ffmpeg?: FfmpegTool | null } = {}) {
   const logger = opts.logger ?? createLogger(config.logLevel);
   for (const dir of [config.uploadDir, config.mediaDir]) mkdirSync(dir, { recursive: true });
   const db = openDatabase(config.databasePath);
@@ -27,15 +31,25 @@ export function createChipmunk(config: Config, opts: { logger?: Logger } = {}) {
   const purposes = loadPurposes(config.purposesFile);
   const events = createEventBus();
   const files = createFileService({ repo, storage, logger, events });
+  // ffmpeg: FFMPEG_PATH, then PATH, then the npm-packaged binary; `opts.ffmpeg: null` runs without (tests).
+  const ffmpeg = opts.ffmpeg === null ? undefined : (opts.ffmpeg ?? resolveFfmpeg({ ffmpegPath: config.ffmpegPath }));
+  const mediaTools = describeTools(ffmpeg, opts.ffmpeg === null ? 'off' : config.ffmpegPath);
+  const imageProcessor = originalOnlyProcessor;
+  const audio = createAudioService({ repo, storage, events, logger, ffmpeg, images: imageProcessor });
+  // Each audio job runs two ffmpeg processes side by side, so half as many jobs as cores.
+  const jobs = createJobRunner({ repo, logger, handlers: { [AUDIO_JOB]: audio.handler }, concurrency: Math.max(1, Math.floor(config.concurrency / 2)) });
   const uploads = createUploadService({
     repo,
     storage,
     purposes,
-    processors: { image: originalOnlyProcessor, audio: originalOnlyProcessor },
+    processors: { image: imageProcessor, audio: createAudioProcessor({ ffmpeg }) },
     logger,
     events,
     defaultQuotaBytes: config.defaultQuotaBytes,
     uploadExpiryMs: config.uploadExpiryMs,
+    onStored: (file) => {
+      if (audio.needsJob(file)) jobs.enqueue(file.id, AUDIO_JOB);
+    },
   });
   const tus = createTusServer({ uploadDir: config.uploadDir, secret: config.secret, publicUrl: config.publicUrl, uploadExpiryMs: config.uploadExpiryMs, repo, uploads, files, logger });
   const app = createApp({ config, repo, purposes, files, tus: tus.server, logger });
@@ -54,11 +68,19 @@ export function createChipmunk(config: Config, opts: { logger?: Logger } = {}) {
     files,
     events,
     logger,
+    jobs,
+    /** Which ffmpeg renders audio (or why none), for the start-up log and readiness checks. */
+    mediaTools,
     sweepExpiredUploads: sweep,
 
     /** Finishes work a previous process left half done, then listens. */
     async listen(): Promise<{ port: number }> {
+      if (mediaTools.ffmpeg) logger.info('ffmpeg found', mediaTools.ffmpeg);
+      else logger.warn('ffmpeg unavailable', { reason: mediaTools.ffmpegMissing });
       await files.finishInterruptedDeletes();
+      // A stop between an upload's commit and its enqueue leaves a track 'processing' with no job.
+      for (const file of repo.processingFilesWithoutJob('audio', AUDIO_JOB)) repo.enqueueJob(file.id, AUDIO_JOB);
+      jobs.start();
       await sweep();
       timer = setInterval(() => void sweep().catch((err) => logger.error('expiry sweep failed', { err })), config.expiryIntervalMs);
       timer.unref();
@@ -69,6 +91,7 @@ export function createChipmunk(config: Config, opts: { logger?: Logger } = {}) {
 
     async close(): Promise<void> {
       if (timer) clearInterval(timer);
+      await jobs.close();
       if (server) {
         const s = server;
         await new Promise<void>((resolve) => s.close(() => resolve()));

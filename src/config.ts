@@ -25,6 +25,7 @@ const envSchema = z.object({
   CHIPMUNK_MAX_FRAMES: bytes.default(100),
   CHIPMUNK_CONCURRENCY: bytes.default(Math.max(1, cpus().length)),
   CHIPMUNK_LOG_LEVEL: z.enum(['debug', 'info', 'warn', 'error', 'silent']).default('info'),
+  FFMPEG_PATH: z.string().min(1).optional(),
 });
 
 export type Secrets = { secret: string; apiKey: string };
@@ -47,6 +48,8 @@ export type Config = Readonly<{
   maxFrames: number;
   concurrency: number;
   logLevel: 'debug' | 'info' | 'warn' | 'error' | 'silent';
+  /** FFMPEG_PATH: an ffmpeg binary, or 'off'; unset means PATH, then the npm-packaged one. */
+  ffmpegPath: string | undefined;
   /** True when this start generated secrets the operator has not seen yet. */
   generatedSecrets: boolean;
 }>;
@@ -83,6 +86,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     maxFrames: e.CHIPMUNK_MAX_FRAMES,
     concurrency: e.CHIPMUNK_CONCURRENCY,
     logLevel: e.CHIPMUNK_LOG_LEVEL,
+    ffmpegPath: e.FFMPEG_PATH,
     generatedSecrets: stored.generated && (!e.CHIPMUNK_SECRET || !e.CHIPMUNK_API_KEY),
   });
 }
