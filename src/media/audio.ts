@@ -206,11 +206,16 @@ export async function renderAudio(input: {
       runFfmpeg(ffmpeg, withWaveform, { timeoutMs, signal: controller.signal, onStdout: (chunk) => reducer.push(chunk) }),
       runFfmpeg(ffmpeg, standard, { timeoutMs, signal: controller.signal }),
     ];
-    // One failing stops the other at once.
-    runs.forEach((r) => r.catch(abort));
-    const results = await Promise.allSettled(runs);
-    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-    if (failed) throw failed.reason;
+    // One failing stops the other at once; the first failure is the one that says why.
+    let firstFailure: unknown;
+    runs.forEach((r) =>
+      r.catch((err: unknown) => {
+        firstFailure ??= err;
+        abort();
+      }),
+    );
+    await Promise.allSettled(runs);
+    if (firstFailure) throw firstFailure;
   } catch (err) {
     if (input.signal?.aborted) throw err;
     if (err instanceof FfmpegError && (err.timedOut || err.exitCode !== null)) {
