@@ -24,6 +24,10 @@ import { createTusServer } from './uploads/tus.js';
 
 export function createChipmunk(config: Config, opts: { logger?: Logger; ffmpeg?: FfmpegTool | null } = {}) {
   const logger = opts.logger ?? createLogger(config.logLevel);
+  // ffmpeg: FFMPEG_PATH, then PATH, then the npm-packaged binary; `opts.ffmpeg: null` runs without.
+  // Resolved first: a wrong FFMPEG_PATH stops the start before anything is opened.
+  const ffmpeg = opts.ffmpeg === null ? undefined : (opts.ffmpeg ?? resolveFfmpeg({ ffmpegPath: config.ffmpegPath }));
+  const mediaTools = describeTools(ffmpeg, opts.ffmpeg === null ? 'off' : config.ffmpegPath);
   for (const dir of [config.uploadDir, config.mediaDir]) mkdirSync(dir, { recursive: true });
   const db = openDatabase(config.databasePath);
   const repo = createRepository(db);
@@ -31,9 +35,6 @@ export function createChipmunk(config: Config, opts: { logger?: Logger; ffmpeg?:
   const purposes = loadPurposes(config.purposesFile);
   const events = createEventBus();
   const files = createFileService({ repo, storage, logger, events });
-  // ffmpeg: FFMPEG_PATH, then PATH, then the npm-packaged binary; `opts.ffmpeg: null` runs without (tests).
-  const ffmpeg = opts.ffmpeg === null ? undefined : (opts.ffmpeg ?? resolveFfmpeg({ ffmpegPath: config.ffmpegPath }));
-  const mediaTools = describeTools(ffmpeg, opts.ffmpeg === null ? 'off' : config.ffmpegPath);
   const imageProcessor = originalOnlyProcessor;
   const audio = createAudioService({ repo, storage, events, logger, ffmpeg, images: imageProcessor });
   // Each audio job runs two ffmpeg processes side by side, so half as many jobs as cores.

@@ -30,7 +30,7 @@ export type AudioFileJson = {
 };
 
 /** Polls the file until its background work ends (or the bound passes, which fails the test). */
-export async function waitForFile(t: TestChipmunk, id: string, boundMs = 60_000): Promise<AudioFileJson> {
+export async function waitForFile(t: Pick<TestChipmunk, 'api'>, id: string, boundMs = 60_000): Promise<AudioFileJson> {
   const until = Date.now() + boundMs;
   for (;;) {
     const file = (await (await t.api(`/v1/files/${id}`)).json()) as AudioFileJson;
