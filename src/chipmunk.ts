@@ -10,7 +10,7 @@ import { createLogger, type Logger } from './log.js';
 import { createJobRunner } from './jobs/runner.js';
 import { createAudioProcessor } from './media/audio.js';
 import { describeTools, resolveFfmpeg, type FfmpegTool } from './media/ffmpeg.js';
-import { originalOnlyProcessor } from './media/processor.js';
+import { createImageProcessor } from './media/images.js';
 import { loadPurposes } from './purposes.js';
 import { AUDIO_JOB, createAudioService } from './services/audio.js';
 import { createFileService } from './services/files.js';
@@ -35,7 +35,8 @@ export function createChipmunk(config: Config, opts: { logger?: Logger; ffmpeg?:
   const purposes = loadPurposes(config.purposesFile);
   const events = createEventBus();
   const files = createFileService({ repo, storage, logger, events });
-  const imageProcessor = originalOnlyProcessor;
+  // One image processor (and its concurrency bound) for uploads and for tracks' cover ladders.
+  const imageProcessor = createImageProcessor({ maxPixels: config.maxPixels, maxFrames: config.maxFrames, concurrency: config.concurrency });
   const audio = createAudioService({ repo, storage, events, logger, ffmpeg, images: imageProcessor });
   // Each audio job runs two ffmpeg processes side by side, so half as many jobs as cores.
   const jobs = createJobRunner({ repo, logger, handlers: { [AUDIO_JOB]: audio.handler }, concurrency: Math.max(1, Math.floor(config.concurrency / 2)) });
