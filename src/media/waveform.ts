@@ -41,42 +41,47 @@ export class PeakReducer {
   push(chunk: Buffer): void {
     let offset = 0;
     if (this.leftover !== undefined && chunk.length > 0) {
-      this.addSample(((chunk[0]! << 8) | this.leftover) << 16 >> 16);
+      this.addRun(Int16Array.of((chunk[0]! << 8) | this.leftover));
       this.leftover = undefined;
       offset = 1;
     }
-    const end = offset + ((chunk.length - offset) & ~1);
+    const count = (chunk.length - offset) >> 1;
+    if (count > 0) {
+      const start = chunk.byteOffset + offset;
+      // A view when aligned (Node's pipe chunks are), else one copy; every platform Node runs on is little-endian.
+      const samples = start % 2 === 0 ? new Int16Array(chunk.buffer, start, count) : new Int16Array(Uint8Array.prototype.slice.call(chunk, offset, offset + count * 2).buffer);
+      this.addRun(samples);
+    }
+    const end = offset + count * 2;
+    if (end < chunk.length) this.leftover = chunk[end]!;
+  }
+
+  private addRun(samples: Int16Array): void {
+    const n = samples.length;
     let min = this.curMin;
     let max = this.curMax;
-    let count = this.curCount;
-    for (let i = offset; i < end; i += 2) {
-      const s = chunk.readInt16LE(i);
-      if (s < min) min = s;
-      if (s > max) max = s;
-      if (++count === this.fine) {
+    let filled = this.curCount;
+    let i = 0;
+    while (i < n) {
+      // Up to the end of the current bucket without a per-sample bucket check: this loop is the hot path.
+      const stop = Math.min(n, i + (this.fine - filled));
+      filled += stop - i;
+      for (; i < stop; i++) {
+        const s = samples[i]!;
+        if (s < min) min = s;
+        if (s > max) max = s;
+      }
+      if (filled === this.fine) {
         this.closeBucket(min, max);
         min = 32767;
         max = -32768;
-        count = 0;
+        filled = 0;
       }
     }
     this.curMin = min;
     this.curMax = max;
-    this.curCount = count;
-    this.totalSamples += (end - offset) / 2;
-    if (end < chunk.length) this.leftover = chunk[end]!;
-  }
-
-  private addSample(s: number): void {
-    if (s < this.curMin) this.curMin = s;
-    if (s > this.curMax) this.curMax = s;
-    this.totalSamples++;
-    if (++this.curCount === this.fine) {
-      this.closeBucket(this.curMin, this.curMax);
-      this.curMin = 32767;
-      this.curMax = -32768;
-      this.curCount = 0;
-    }
+    this.curCount = filled;
+    this.totalSamples += n;
   }
 
   private closeBucket(min: number, max: number): void {
