@@ -133,8 +133,8 @@ export function planRenditions(info: AudioInfo): RenditionPlan[] {
 
 export const renditionFiles = {
   // WebM rather than Ogg: WebM carries a seek index (Cues), so a player seeks with one range request
-  // instead of bisecting the file, and Safari plays Opus in WebM (macOS 11.3+/iOS 17.4+) where Ogg Opus
-  // only arrived in Safari 18.4.
+  // instead of bisecting the file, and Safari plays WebM audio (macOS 11.3+, iOS 15+) while Ogg reached it
+  // only in its latest versions, if at all.
   1: { storedAs: '1.webm', mimeType: 'audio/webm; codecs=opus', format: 'webm' },
   // AAC-LC in MP4 plays in every major browser; 'ipod' is ffmpeg's MP4 muxer with the M4A brand.
   2: { storedAs: '2.m4a', mimeType: 'audio/mp4', format: 'ipod' },
