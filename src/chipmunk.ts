@@ -50,7 +50,13 @@ export function createChipmunk(config: Config, opts: { logger?: Logger; ffmpeg?:
     defaultQuotaBytes: config.defaultQuotaBytes,
     uploadExpiryMs: config.uploadExpiryMs,
     onStored: (file) => {
-      if (audio.needsJob(file)) jobs.enqueue(file.id, AUDIO_JOB);
+      // Never throws back into the completion path (the file is committed); a missed enqueue is
+      // caught up at the next start (processingFilesWithoutJob).
+      try {
+        if (audio.needsJob(file)) jobs.enqueue(file.id, AUDIO_JOB);
+      } catch (err) {
+        logger.error('could not queue the audio job', { fileId: file.id, err });
+      }
     },
   });
   const tus = createTusServer({ uploadDir: config.uploadDir, secret: config.secret, publicUrl: config.publicUrl, uploadExpiryMs: config.uploadExpiryMs, repo, uploads, files, logger });

@@ -42,21 +42,29 @@ export function createJobRunner(opts: JobRunnerOptions) {
 
   function pump(): void {
     if (!started || closing) return;
-    while (running.size < opts.concurrency) {
-      const job = repo.claimJob(types);
-      if (!job) break;
-      const controller = new AbortController();
-      const settled = execute(job, controller.signal).finally(() => {
-        running.delete(job.id);
-        pump();
-      });
-      running.set(job.id, { controller, settled });
-    }
-    scheduleDelayed();
-    if (running.size === 0 && repo.nextJobDueAt(types) === undefined) {
-      const waiters = idleWaiters;
-      idleWaiters = [];
-      for (const resolve of waiters) resolve();
+    try {
+      while (running.size < opts.concurrency) {
+        const job = repo.claimJob(types);
+        if (!job) break;
+        const controller = new AbortController();
+        const settled = execute(job, controller.signal).finally(() => {
+          running.delete(job.id);
+          pump();
+        });
+        running.set(job.id, { controller, settled });
+      }
+      scheduleDelayed();
+      if (running.size === 0 && repo.nextJobDueAt(types) === undefined) {
+        const waiters = idleWaiters;
+        idleWaiters = [];
+        for (const resolve of waiters) resolve();
+      }
+    } catch (err) {
+      // The database refused (busy, disk full): never an exception out of a timer; try again shortly.
+      logger.error('job queue unavailable; retrying', { err });
+      if (timer) clearTimeout(timer);
+      timer = setTimeout(pump, 1_000);
+      timer.unref();
     }
   }
 
@@ -70,7 +78,16 @@ export function createJobRunner(opts: JobRunnerOptions) {
     timer.unref();
   }
 
+  /** Never rejects: whatever happens ends in the job's row (or, if even that fails, in the log and the next start). */
   async function execute(job: JobRow, signal: AbortSignal): Promise<void> {
+    try {
+      await attempt(job, signal);
+    } catch (err) {
+      logger.error('job bookkeeping failed; the next start resumes it', { jobId: job.id, fileId: job.fileId, err });
+    }
+  }
+
+  async function attempt(job: JobRow, signal: AbortSignal): Promise<void> {
     const handler = handlers[job.type]!;
     const log = logger.child({ jobId: job.id, jobType: job.type, fileId: job.fileId, attempt: job.attempts });
     if (job.attempts > maxAttempts) {
