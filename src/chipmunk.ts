@@ -1,10 +1,14 @@
 import { serve, type ServerType } from '@hono/node-server';
 import { mkdirSync } from 'node:fs';
+import { createServer, type RequestListener, type Server } from 'node:http';
 import path from 'node:path';
 import { createApp } from './app.js';
 import type { Config } from './config.js';
 import { openDatabase } from './db/index.js';
 import { createRepository } from './db/repository.js';
+import { createDeliveryLinks } from './delivery/links.js';
+import { createDeliveryResolver } from './delivery/resolve.js';
+import { createDeliveryServer } from './delivery/serve.js';
 import { createEventBus } from './events.js';
 import { createLogger, type Logger } from './log.js';
 import { createJobRunner } from './jobs/runner.js';
@@ -12,6 +16,8 @@ import { createAudioProcessor } from './media/audio.js';
 import { describeTools, resolveFfmpeg, type FfmpegTool } from './media/ffmpeg.js';
 import { createImageProcessor } from './media/images.js';
 import { loadPurposes } from './purposes.js';
+import { withDeliveryFastPath } from './routes/delivery.js';
+import { internalAuthListener } from './routes/internal-auth.js';
 import { AUDIO_JOB, createAudioService } from './services/audio.js';
 import { createFileService } from './services/files.js';
 import { createUploadService } from './services/uploads.js';
@@ -34,7 +40,10 @@ export function createChipmunk(config: Config, opts: { logger?: Logger; ffmpeg?:
   const storage = createLocalStorage({ mediaDir: config.mediaDir, workDir: path.join(config.dataDir, 'work') });
   const purposes = loadPurposes(config.purposesFile);
   const events = createEventBus();
-  const files = createFileService({ repo, storage, logger, events });
+  const links = createDeliveryLinks({ repo, secret: config.secret });
+  const resolveDelivery = createDeliveryResolver({ repo, secret: config.secret });
+  const delivery = createDeliveryServer({ resolve: resolveDelivery, storage, logger });
+  const files = createFileService({ repo, storage, logger, events, variantUrl: links.variantUrl });
   // One image processor (and its concurrency bound) for uploads and for tracks' cover ladders.
   const imageProcessor = createImageProcessor({ maxPixels: config.maxPixels, maxFrames: config.maxFrames, concurrency: config.concurrency });
   const audio = createAudioService({ repo, storage, events, logger, ffmpeg, images: imageProcessor });
@@ -60,10 +69,11 @@ export function createChipmunk(config: Config, opts: { logger?: Logger; ffmpeg?:
     },
   });
   const tus = createTusServer({ uploadDir: config.uploadDir, secret: config.secret, publicUrl: config.publicUrl, uploadExpiryMs: config.uploadExpiryMs, repo, uploads, files, logger });
-  const app = createApp({ config, repo, purposes, files, tus: tus.server, logger });
+  const app = createApp({ config, repo, purposes, files, tus: tus.server, delivery, links, logger });
 
   const sweep = () => sweepExpiredUploads({ repo, uploads, discardUpload: tus.discardUpload, logger });
   let server: ServerType | undefined;
+  let internalServer: Server | undefined;
   let timer: NodeJS.Timeout | undefined;
 
   return {
@@ -74,6 +84,7 @@ export function createChipmunk(config: Config, opts: { logger?: Logger; ffmpeg?:
     storage,
     uploads,
     files,
+    links,
     events,
     logger,
     jobs,
@@ -81,8 +92,8 @@ export function createChipmunk(config: Config, opts: { logger?: Logger; ffmpeg?:
     mediaTools,
     sweepExpiredUploads: sweep,
 
-    /** Finishes work a previous process left half done, then listens. */
-    async listen(): Promise<{ port: number }> {
+    /** Finishes work a previous process left half done, then listens (public port, then internal port). */
+    async listen(): Promise<{ port: number; internalPort: number }> {
       if (mediaTools.ffmpeg) logger.info('ffmpeg found', mediaTools.ffmpeg);
       else logger.warn('ffmpeg unavailable', { reason: mediaTools.ffmpegMissing });
       await files.finishInterruptedDeletes();
@@ -92,17 +103,35 @@ export function createChipmunk(config: Config, opts: { logger?: Logger; ffmpeg?:
       await sweep();
       timer = setInterval(() => void sweep().catch((err) => logger.error('expiry sweep failed', { err })), config.expiryIntervalMs);
       timer.unref();
-      return new Promise((resolve) => {
-        server = serve({ fetch: app.fetch, port: config.port, hostname: config.host }, (info) => resolve({ port: info.port }));
+      const { port } = await new Promise<{ port: number }>((resolve) => {
+        const withFastPath = ((options: object, listener: RequestListener) =>
+          createServer(options, withDeliveryFastPath(delivery, logger, listener))) as unknown as typeof createServer;
+        server = serve({ fetch: app.fetch, port: config.port, hostname: config.host, createServer: withFastPath }, (info) => resolve({ port: info.port }));
       });
+      // nginx's auth_request endpoint lives on its own port so the public side can never reach it.
+      const internal = createServer(internalAuthListener({ resolve: resolveDelivery, relativePath: (id, name) => storage.relativePath(id, name), authCacheSeconds: config.authCacheSeconds, logger }));
+      // Longer than nginx's upstream keepalive, so nginx always closes idle connections first.
+      internal.keepAliveTimeout = 75_000;
+      internalServer = internal;
+      const internalPort = await new Promise<number>((resolve, reject) => {
+        internal.once('error', reject);
+        internal.listen(config.internalPort, config.internalHost, () => {
+          const address = internal.address();
+          resolve(typeof address === 'object' && address ? address.port : config.internalPort);
+        });
+      });
+      logger.info('internal auth endpoint listening', { host: config.internalHost, port: internalPort });
+      return { port, internalPort };
     },
 
     async close(): Promise<void> {
       if (timer) clearInterval(timer);
       await jobs.close();
-      if (server) {
-        const s = server;
-        await new Promise<void>((resolve) => s.close(() => resolve()));
+      for (const s of [server, internalServer]) {
+        if (!s) continue;
+        const closed = new Promise<void>((resolve) => s.close(() => resolve()));
+        if ('closeIdleConnections' in s) s.closeIdleConnections();
+        await closed;
         if ('closeAllConnections' in s) s.closeAllConnections();
       }
       db.$client.close();

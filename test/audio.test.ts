@@ -137,7 +137,12 @@ describe('music from audio/ok', () => {
     // cover-0 is the picture itself, as variant 0 is an upload's original.
     const token = t.chipmunk.repo.getFile(file.id)!.deliveryToken;
     expect(coverRows.map((v) => v.name).sort()).toEqual(['cover-0', 'cover-1', 'cover-2', 'cover-3', 'cover-4', 'cover-5', 'cover-6']);
-    expect(file.cover?.variants).toEqual(['0', '1', '2', '3', '4', '5', '6'].map((n) => `${t.url}/f/${token}/cover-${n}`));
+    // Audio is private by default: the delivery layer (merged from branch `delivery`) signs each URL.
+    expect(file.cover?.variants.map((u) => u.split('?')[0])).toEqual(['0', '1', '2', '3', '4', '5', '6'].map((n) => `${t.url}/f/${token}/cover-${n}`));
+    const served = await fetch(file.cover!.variants[3]!);
+    expect(served.status).toBe(200);
+    expect(served.headers.get('content-type')).toBe('image/webp');
+    expect(Buffer.from(await served.arrayBuffer()).length).toBe(coverRows.find((v) => v.name === 'cover-3')!.bytes);
     expect(file.cover?.width).toBeGreaterThan(0);
     expect(file.cover?.height).toBeGreaterThan(0);
     const picture = coverRows.find((v) => v.name === 'cover-0')!;
@@ -157,15 +162,27 @@ describe('music from audio/ok', () => {
     expect(picture).toMatchObject({ mimeType: 'image/png', bytes: 9876 });
   });
 
-  it('serves byte ranges of a rendition that a player can seek into', async () => {
+  it('serves byte ranges of the renditions that a player can seek into, and the waveform, by their URLs', async () => {
     const result = await upload('ranges', corpus('audio/ok/flac-vorbis-picture.flac'));
     if (!result.ok) throw result.error;
     const file = await waitForFile(t, (result.body as AudioFileJson).id);
-    const whole = await readFile(stored(file.id, '2.m4a'));
-    const start = Math.floor(whole.length / 2);
-    const end = whole.length - 1;
-    const part = await buffer(t.chipmunk.storage.read(file.id, '2.m4a', { start, end }));
-    expect(part.equals(whole.subarray(start, end + 1))).toBe(true);
+    const url = (n: number | string) => file.variants.find((v) => v.n === n)!.url;
+    for (const [n, name] of [[1, '1.webm'], [2, '2.m4a']] as const) {
+      const whole = await readFile(stored(file.id, name));
+      const start = Math.floor(whole.length / 2);
+      const res = await fetch(url(n), { headers: { range: `bytes=${start}-` } });
+      expect(res.status).toBe(206);
+      expect(res.headers.get('content-range')).toBe(`bytes ${start}-${whole.length - 1}/${whole.length}`);
+      expect(res.headers.get('content-type')).toBe(file.variants.find((v) => v.n === n)!.mimeType);
+      expect(Buffer.from(await res.arrayBuffer()).equals(whole.subarray(start))).toBe(true);
+      // The storage interface answers the same range (what nginx or another backend would serve).
+      const part = await buffer(t.chipmunk.storage.read(file.id, name, { start, end: whole.length - 1 }));
+      expect(part.equals(whole.subarray(start))).toBe(true);
+    }
+    const waveform = await fetch(url('waveform'));
+    expect(waveform.status).toBe(200);
+    expect(waveform.headers.get('content-type')).toMatch(/^application\/json/);
+    expect(((await waveform.json()) as { version: number }).version).toBe(2);
     // With the index first, a decoder seeks straight to 2 s and decodes only the rest.
     const rest = decodedSamples(stored(file.id, '2.m4a'), 48_000);
     const fromTwo = await import('node:child_process').then(({ spawnSync }) =>

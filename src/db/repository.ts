@@ -35,6 +35,18 @@ export type StoredFile = {
 
 export type UserSummary = UserRow & { fileCount: number };
 
+/** Just what delivery needs to decide and serve one variant. */
+export type Deliverable = {
+  fileId: string;
+  visibility: Visibility;
+  filename: string;
+  updatedAt: number;
+  name: string;
+  path: string;
+  mimeType: string;
+  bytes: number;
+};
+
 const storedStatuses = ['processing', 'ready', 'failed'] as const;
 
 export function createRepository(db: Db) {
@@ -44,6 +56,23 @@ export function createRepository(db: Db) {
     db.insert(users).values({ id: userId, quotaBytes: defaultQuotaBytes, createdAt: now() }).onConflictDoNothing().run();
     return db.select().from(users).where(eq(users.id, userId)).get()!;
   }
+
+  // Delivery's hot path: one prepared join, built once (drizzle's query building costs more than the query).
+  const deliverableByToken = db
+    .select({
+      fileId: files.id,
+      visibility: files.visibility,
+      filename: files.filename,
+      updatedAt: files.updatedAt,
+      name: variants.name,
+      path: variants.path,
+      mimeType: variants.mimeType,
+      bytes: variants.bytes,
+    })
+    .from(files)
+    .innerJoin(variants, and(eq(variants.fileId, files.id), eq(variants.name, sql.placeholder('name'))))
+    .where(and(eq(files.deliveryToken, sql.placeholder('token')), inArray(files.status, [...storedStatuses])))
+    .prepare();
 
   return {
     /**
@@ -212,6 +241,11 @@ export function createRepository(db: Db) {
 
     getStoredFileByToken(token: string): FileRow | undefined {
       return db.select().from(files).where(and(eq(files.deliveryToken, token), inArray(files.status, [...storedStatuses]))).get();
+    },
+
+    /** A stored file's variant by delivery token and variant name, or undefined. */
+    getDeliverable(token: string, name: string): Deliverable | undefined {
+      return deliverableByToken.get({ token, name });
     },
 
     getVariants(fileId: string): VariantRow[] {

@@ -1,0 +1,118 @@
+// npm run bench:delivery — requests/s for one 10 KB variant served four ways, in the same run:
+//   static:          plain nginx static serving of the same file (the baseline)
+//   nginx+auth:      /f/ through nginx, auth_request answered from nginx's auth cache
+//   nginx+auth(nc):  /f/ through nginx with the auth cache off (every request asks Chipmunk)
+//   Chipmunk alone:  /f/ served by Chipmunk itself
+// Each as a ratio to static, with p99 latency; the last line is one JSON object.
+// Load comes from wrk (Debian: apt-get install wrk), which must be on PATH.
+import { execFile, execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { createServer } from 'node:http';
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { corpus, startChipmunk } from '../test/helpers/chipmunk.js';
+import { startNginx } from '../test/helpers/nginx.js';
+import { tusUpload } from '../test/helpers/tus.js';
+
+const DURATION = Number(process.env.BENCH_SECONDS ?? 5);
+const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 32);
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
+
+try {
+  execFileSync('wrk', ['--version'], { stdio: 'ignore' });
+} catch (err) {
+  // wrk --version exits 1 after printing; only a missing binary is fatal.
+  if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
+    process.stderr.write('bench:delivery needs wrk on PATH (Debian: apt-get install -y wrk).\n');
+    process.exit(2);
+  }
+}
+
+type Run = { rps: number; p99Ms: number; non2xx: number };
+
+async function wrk(url: string, seconds = DURATION): Promise<Run> {
+  const { stdout } = await promisify(execFile)('wrk', ['-t', '1', '-c', String(CONNECTIONS), '-d', `${seconds}s`, '--latency', url], { maxBuffer: 1 << 20 });
+  const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(stdout)?.[1]);
+  const p99 = /\s99%\s+([\d.]+)(us|ms|s)\b/.exec(stdout);
+  const non2xx = Number(/Non-2xx or 3xx responses:\s+(\d+)/.exec(stdout)?.[1] ?? 0);
+  if (!Number.isFinite(rps) || !p99) throw new Error(`could not read wrk output:\n${stdout}`);
+  const p99Ms = Number(p99[1]) * (p99[2] === 'us' ? 0.001 : p99[2] === 's' ? 1000 : 1);
+  return { rps, p99Ms, non2xx };
+}
+
+const t = await startChipmunk({ CHIPMUNK_LOG_LEVEL: 'silent' });
+const photo = await readFile(corpus('images/photos/portrait-canal.jpg'));
+const up = await tusUpload(`${t.url}/uploads`, photo, { token: await t.uploadToken('bench', 'image'), metadata: { filename: 'bench.jpg' } });
+if (!up.ok) throw up.error;
+const fileId = (up.body as { id: string }).id;
+// The 10 KB variant, recorded like any generated variant.
+const tenKb = randomBytes(10 * 1024);
+const bytes = await t.chipmunk.storage.write(fileId, 'bench.webp', tenKb);
+t.chipmunk.repo.addVariants(fileId, [{ name: 'bench', path: 'bench.webp', mimeType: 'image/webp', bytes, width: 64, height: 64 }]);
+const link = (await (await t.api(`/v1/files/${fileId}/url?variant=bench&expiresIn=86400`)).json()) as { url: string };
+const signedPath = new URL(link.url).pathname + new URL(link.url).search;
+const mediaDir = path.join(t.dataDir, 'media');
+const staticPath = `/static/${t.chipmunk.storage.relativePath(fileId, 'bench.webp')}`;
+const staticLocation = `        location /static/ {\n            alias ${mediaDir}/;\n        }`;
+
+const cached = await startNginx(t, { authCacheSeconds: 5, extraServerConfig: staticLocation });
+const uncached = await startNginx(t, { authCacheSeconds: 0 });
+
+// For context only: the same 10 KB from a bare Node http server (Node's own ceiling on this machine).
+const bare = createServer((_req, res) => {
+  res.writeHead(200, { 'Content-Type': 'image/webp', 'Content-Length': tenKb.length });
+  res.end(tenKb);
+});
+await new Promise<void>((resolve) => bare.listen(0, '127.0.0.1', resolve));
+const barePort = (bare.address() as { port: number }).port;
+
+const targets = {
+  static: `${cached.url}${staticPath}`,
+  nginxAuth: `${cached.url}${signedPath}`,
+  nginxAuthUncached: `${uncached.url}${signedPath}`,
+  app: `${t.url}${signedPath}`,
+  bareNode: `http://127.0.0.1:${barePort}/`,
+};
+for (const [name, url] of Object.entries(targets)) {
+  const res = await fetch(url);
+  const body = Buffer.from(await res.arrayBuffer());
+  if (res.status !== 200 || !body.equals(tenKb)) throw new Error(`${name}: ${res.status}, ${body.length} bytes`);
+}
+
+const best: Partial<Record<keyof typeof targets, Run>> = {};
+try {
+  for (const url of Object.values(targets)) await wrk(url, 1); // warm-up
+  // Interleaved rounds, best of each: a busy machine only ever makes a run slower.
+  for (let round = 0; round < ROUNDS; round++) {
+    for (const [name, url] of Object.entries(targets) as Array<[keyof typeof targets, string]>) {
+      const run = await wrk(url);
+      if (run.non2xx) throw new Error(`${name}: ${run.non2xx} non-2xx responses`);
+      if (!best[name] || run.rps > best[name].rps) best[name] = run;
+    }
+  }
+} finally {
+  await cached.close();
+  await uncached.close();
+  await t.close();
+  bare.close();
+}
+
+const s = best.static!;
+const ratio = (r: Run) => Math.round((r.rps / s.rps) * 100) / 100;
+const line = (label: string, r: Run) =>
+  `${label.padEnd(34)} ${r.rps.toFixed(0).padStart(8)} req/s  ${ratio(r).toFixed(2)}× static  p99 ${r.p99Ms.toFixed(2)} ms`;
+console.log(`10 KB variant, wrk -t1 -c${CONNECTIONS} -d${DURATION}s, best of ${ROUNDS} interleaved rounds`);
+console.log(line('nginx static (baseline)', s));
+console.log(line('nginx + auth_request (cached)', best.nginxAuth!));
+console.log(line('nginx + auth_request (uncached)', best.nginxAuthUncached!));
+console.log(line('Chipmunk alone', best.app!));
+console.log(line('(context) bare Node http, same bytes', best.bareNode!));
+console.log(
+  JSON.stringify({
+    nginxAuthOverStatic: ratio(best.nginxAuth!),
+    nginxAuthUncachedOverStatic: ratio(best.nginxAuthUncached!),
+    appOverStatic: ratio(best.app!),
+    p99Ms: Math.round(best.nginxAuth!.p99Ms * 100) / 100,
+  }),
+);

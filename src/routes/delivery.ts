@@ -1,0 +1,37 @@
+import type { HttpBindings } from '@hono/node-server';
+import { RESPONSE_ALREADY_SENT } from '@hono/node-server/utils/response';
+import { Hono } from 'hono';
+import type { RequestListener } from 'node:http';
+import type { DeliveryServer } from '../delivery/serve.js';
+import type { Logger } from '../log.js';
+
+// /f/<token>/<n>: Chipmunk's own delivery. The raw request target is matched by the resolver,
+// not by the router, so encoded slashes, dot segments and NULs never reach a lookup.
+
+export const DELIVERY_PREFIX = '/f/';
+
+export function deliveryRoutes(delivery: DeliveryServer) {
+  return new Hono<{ Bindings: Partial<HttpBindings> }>().all('/*', async (c) => {
+    // On Node the bytes go straight from storage to the socket; elsewhere (app.request) a web Response.
+    if (c.env?.incoming && c.env.outgoing) {
+      await delivery.handleNode(c.env.incoming, c.env.outgoing);
+      return RESPONSE_ALREADY_SENT;
+    }
+    return delivery.handleWeb(c.req.raw);
+  });
+}
+
+/**
+ * The listening server's fast path: /f/ requests go to delivery before any web Request object or
+ * router is built (the same handler the Hono route uses); everything else goes to the app.
+ */
+export function withDeliveryFastPath(delivery: DeliveryServer, logger: Logger, app: RequestListener): RequestListener {
+  return (req, res) => {
+    if (!req.url?.startsWith(DELIVERY_PREFIX)) return app(req, res);
+    delivery.handleNode(req, res).catch((err: unknown) => {
+      logger.error('delivery failed', { err });
+      if (!res.headersSent) res.writeHead(500, { 'Content-Type': 'application/json' });
+      res.end();
+    });
+  };
+}
