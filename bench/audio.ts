@@ -10,10 +10,10 @@ import { sniffFile } from '../src/media/sniff.js';
 // peaks of a 4-minute track generated here, through Chipmunk's code (renderAudio: two ffmpeg processes side
 // by side, the Opus one also piping mono PCM that Node reduces to peaks), against ffmpeg alone producing the
 // same two renditions with the same arguments and the same parallelism, in the same run. Each side runs
-// twice, alternating; the best of each counts (the machine is shared, the best run is the least disturbed).
+// three times, alternating; the best of each counts (the machine is shared, the best run is the least disturbed).
 
 const SECONDS = 240;
-const ROUNDS = 2;
+const ROUNDS = 3;
 
 const ffmpeg = resolveFfmpeg({ ffmpegPath: process.env.FFMPEG_PATH });
 if (!ffmpeg) {
