@@ -11,15 +11,18 @@ import { createDeliveryResolver } from './delivery/resolve.js';
 import { createDeliveryServer } from './delivery/serve.js';
 import { createEventBus } from './events.js';
 import { createLogger, type Logger } from './log.js';
+import { createJobRunner } from './jobs/runner.js';
+import { createAudioProcessor } from './media/audio.js';
+import { describeTools, resolveFfmpeg, type FfmpegTool } from './media/ffmpeg.js';
 import { createImageProcessor } from './media/images.js';
-import { originalOnlyProcessor } from './media/processor.js';
 import { createMetrics, observeEvents } from './ops/metrics.js';
-import { createReadiness, findFfmpegOnPath, statfsFreeBytes } from './ops/readiness.js';
+import { createReadiness, statfsFreeBytes } from './ops/readiness.js';
 import { createRequestContext } from './ops/request-context.js';
 import { createWebhooks } from './ops/webhooks.js';
 import { loadPurposes } from './purposes.js';
 import { withDeliveryFastPath } from './routes/delivery.js';
 import { internalAuthListener } from './routes/internal-auth.js';
+import { AUDIO_JOB, createAudioService } from './services/audio.js';
 import { createFileService } from './services/files.js';
 import { recoverAtStartup, sweepMediaLeftovers, type RecoveryReport } from './services/recovery.js';
 import { createUploadService } from './services/uploads.js';
@@ -38,15 +41,21 @@ export type ChipmunkOptions = {
   logWrite?: (line: string) => void;
   /** Free bytes of the data volume; statfs by default (tests inject a small disk). */
   freeBytes?: () => Promise<number>;
-  /** Finds ffmpeg for /ready; a PATH search by default. */
+  /** Finds ffmpeg for /ready; the ffmpeg audio uses by default. */
   ffmpegPath?: () => Promise<string | undefined>;
   /** Node's process metrics in /metrics (on by default). */
   defaultMetrics?: boolean;
+  /** An ffmpeg to use instead of FFMPEG_PATH/PATH/the npm one; `null` runs without renditions. */
+  ffmpeg?: FfmpegTool | null;
 };
 
 export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
   const requestContext = createRequestContext();
   const logger = opts.logger ?? createLogger(config.logLevel, {}, opts.logWrite, { context: requestContext.fields });
+  // ffmpeg: FFMPEG_PATH, then PATH, then the npm-packaged binary; `opts.ffmpeg: null` runs without.
+  // Resolved first: a wrong FFMPEG_PATH stops the start before anything is opened.
+  const ffmpeg = opts.ffmpeg === null ? undefined : (opts.ffmpeg ?? resolveFfmpeg({ ffmpegPath: config.ffmpegPath }));
+  const mediaTools = describeTools(ffmpeg, opts.ffmpeg === null ? 'off' : config.ffmpegPath);
   const workDir = path.join(config.dataDir, 'work');
   for (const dir of [config.uploadDir, config.mediaDir, workDir]) mkdirSync(dir, { recursive: true });
   const db = openDatabase(config.databasePath);
@@ -69,19 +78,30 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
   const resolveDelivery = createDeliveryResolver({ repo, secret: config.secret });
   const delivery = createDeliveryServer({ resolve: resolveDelivery, storage, logger, onAnswer: (status) => metrics.deliveryAnswered(status) });
   const files = createFileService({ repo, storage, logger, events, variantUrl: links.variantUrl });
+  // One image processor (and its concurrency bound) for uploads and for tracks' cover ladders.
+  const imageProcessor = createImageProcessor({ maxPixels: config.maxPixels, maxFrames: config.maxFrames, concurrency: config.concurrency });
+  const audio = createAudioService({ repo, storage, events, logger, ffmpeg, images: imageProcessor });
+  // Each audio job runs two ffmpeg processes side by side, so half as many jobs as cores.
+  const jobs = createJobRunner({ repo, logger, handlers: { [AUDIO_JOB]: audio.handler }, concurrency: Math.max(1, Math.floor(config.concurrency / 2)) });
   const uploads = createUploadService({
     repo,
     storage,
     purposes,
-    processors: {
-      image: createImageProcessor({ maxPixels: config.maxPixels, maxFrames: config.maxFrames, concurrency: config.concurrency }),
-      audio: originalOnlyProcessor,
-    },
+    processors: { image: imageProcessor, audio: createAudioProcessor({ ffmpeg }) },
     logger,
     events,
     defaultQuotaBytes: config.defaultQuotaBytes,
     uploadExpiryMs: config.uploadExpiryMs,
     disk,
+    onStored: (file) => {
+      // Never throws back into the completion path (the file is committed); a missed enqueue is
+      // caught up at the next start (processingFilesWithoutJob).
+      try {
+        if (audio.needsJob(file)) jobs.enqueue(file.id, AUDIO_JOB);
+      } catch (err) {
+        logger.error('could not queue the audio job', { fileId: file.id, err });
+      }
+    },
   });
   const tus = createTusServer({
     area,
@@ -94,7 +114,7 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
     files,
     logger,
   });
-  const readiness = createReadiness({ repo, dataDir: config.dataDir, disk, ffmpegPath: opts.ffmpegPath ?? (() => findFfmpegOnPath()), queueDepth });
+  const readiness = createReadiness({ repo, dataDir: config.dataDir, disk, ffmpegPath: opts.ffmpegPath ?? (async () => mediaTools.ffmpeg?.path), queueDepth });
   let stopping = false;
   const inFlight = { requests: 0 };
   const app = createApp({
@@ -149,6 +169,9 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
     logger,
     metrics,
     webhooks,
+    jobs,
+    /** Which ffmpeg renders audio (or why none), for the start-up log and readiness checks. */
+    mediaTools,
     sweepExpiredUploads: sweep,
     get recovery() {
       return recovery;
@@ -164,6 +187,11 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
       writeFileSync(pidFile, `${process.pid}\n`);
       const startedAt = Date.now();
       recovery = await recoverAtStartup({ repo, storage, area, uploads, files, logger });
+      if (mediaTools.ffmpeg) logger.info('ffmpeg found', mediaTools.ffmpeg);
+      else logger.warn('ffmpeg unavailable', { reason: mediaTools.ffmpegMissing });
+      // A stop between an upload's commit and its enqueue leaves a track 'processing' with no job.
+      for (const file of repo.processingFilesWithoutJob('audio', AUDIO_JOB)) repo.enqueueJob(file.id, AUDIO_JOB);
+      jobs.start();
       const { port } = await new Promise<{ port: number }>((resolve) => {
         // /f/ requests take a fast path before the router and any web Request object.
         const withFastPath = ((options: object, listener: RequestListener) =>
@@ -217,6 +245,9 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
       }
       // A handler may still run after its socket was cut (a completion mid-processing): a short grace.
       while (inFlight.requests > 0 && Date.now() < deadline + 5_000) await until(20);
+      // Audio jobs get what is left of the deadline; any still running are handed back to the queue.
+      await Promise.race([jobs.idle(), until(deadline - Date.now())]);
+      await jobs.close();
       await webhooks?.stop();
       await Promise.allSettled(shutdownHooks.map((hook) => hook()));
       await Promise.race([Promise.allSettled([...background]), until(deadline + 5_000 - Date.now())]);

@@ -34,6 +34,7 @@ const envSchema = z.object({
   CHIPMUNK_WEBHOOK_URL: z.url().optional(),
   CHIPMUNK_WEBHOOK_SECRET: z.string().min(16, 'must be at least 16 characters').optional(),
   CHIPMUNK_WEBHOOK_BACKOFF: seconds.default(5),
+  FFMPEG_PATH: z.string().min(1).optional(),
 });
 
 export type Secrets = { secret: string; apiKey: string };
@@ -61,6 +62,8 @@ export type Config = Readonly<{
   /** How long a SIGTERM waits for requests and jobs in flight before cutting them. */
   shutdownTimeoutMs: number;
   webhook: { url: string; secret: string; backoffMs: number } | undefined;
+  /** FFMPEG_PATH: an ffmpeg binary, or 'off'; unset means PATH, then the npm-packaged one. */
+  ffmpegPath: string | undefined;
   /** The internal port serving only /internal/auth to nginx; never expose it. */
   internalPort: number;
   internalHost: string;
@@ -132,6 +135,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
           backoffMs: e.CHIPMUNK_WEBHOOK_BACKOFF * 1000,
         }
       : undefined,
+    ffmpegPath: e.FFMPEG_PATH,
     internalPort: internalPort(e),
     internalHost: e.CHIPMUNK_INTERNAL_HOST,
     authCacheSeconds: e.CHIPMUNK_AUTH_CACHE,
