@@ -24,7 +24,7 @@ afterAll(() => rm(scratch, { recursive: true, force: true }));
 
 /** A Chipmunk on a given data directory, so a second one can take over the first one's data. */
 async function chipmunkOn(dataDir: string, env: Record<string, string> = {}) {
-  const config = loadConfig({ PORT: '0', HOST: '127.0.0.1', CHIPMUNK_DATA_DIR: dataDir, CHIPMUNK_LOG_LEVEL: 'silent', ...env });
+  const config = loadConfig({ PORT: '0', HOST: '127.0.0.1', CHIPMUNK_DATA_DIR: dataDir, CHIPMUNK_LOG_LEVEL: 'silent', CHIPMUNK_INTERNAL_PORT: '0', ...env });
   const chipmunk = createChipmunk(config, { logger: silentLogger });
   const { port } = await chipmunk.listen();
   const url = `http://127.0.0.1:${port}`;
@@ -42,7 +42,8 @@ async function uploadTo(c: { url: string; uploadToken: (u: string) => Promise<st
 describe('audio jobs', () => {
   it('a restart in the middle of a job finishes it', async () => {
     const dataDir = path.join(scratch, 'restart');
-    const first = await chipmunkOn(dataDir);
+    // A shutdown deadline too short for the job to finish, so the stop lands mid-job.
+    const first = await chipmunkOn(dataDir, { CHIPMUNK_SHUTDOWN_TIMEOUT: '0.05' });
     const uploaded = await uploadTo(first, 'ringo', longTrack);
     expect(uploaded.status).toBe('processing');
     // Wait until the job really runs (ffmpeg started), then stop the process under it.

@@ -76,6 +76,7 @@ export function createAudioProcessor(deps: { ffmpeg: FfmpegTool | undefined }): 
   return {
     async process({ sourcePath, sniffed }) {
       const { info, cover } = await readAudio(sourcePath, sniffed);
+      if (deps.ffmpeg) await proveDecodable(deps.ffmpeg, sourcePath);
       const extra: Record<string, unknown> = {};
       if (!deps.ffmpeg) extra.renditions = { available: false, reason: 'No ffmpeg on this server: only the original is served.' };
       // Without ffmpeg and without a cover there is nothing left to make.
@@ -83,6 +84,20 @@ export function createAudioProcessor(deps: { ffmpeg: FfmpegTool | undefined }): 
       return { info: { ...info, ...extra }, variants: [], status: background ? 'processing' : 'ready' };
     },
   };
+}
+
+/**
+ * Tags can parse while the audio behind them is a fragment no player opens (a truncated MP3):
+ * as with images, only a decode proves it. The first seconds are decoded at completion, so such a
+ * file is refused with a 422 instead of being stored and failing in the background.
+ */
+async function proveDecodable(ffmpeg: FfmpegTool, sourcePath: string): Promise<void> {
+  try {
+    await runFfmpeg(ffmpeg, ['-xerror', '-t', '2', '-i', sourcePath, '-map', '0:a:0', '-f', 'null', '-'], { timeoutMs: 30_000 });
+  } catch (err) {
+    if (err instanceof FfmpegError && err.timedOut) throw err;
+    throw errors.unprocessable(`The audio cannot be decoded${err instanceof FfmpegError && err.message ? ` (${err.message})` : ''}.`, err);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
