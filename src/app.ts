@@ -9,9 +9,11 @@ import { AppError, errors, toAppError } from './errors.js';
 import type { Logger } from './log.js';
 import type { Purposes } from './purposes.js';
 import { fileRoutes } from './routes/files.js';
+import { ingestRoutes } from './routes/ingest.js';
 import { uploadTokenRoutes } from './routes/upload-tokens.js';
 import { userRoutes } from './routes/users.js';
 import type { FileService } from './services/files.js';
+import type { Ingest } from './uploads/ingest.js';
 import { TUS_PATH } from './uploads/tus.js';
 
 export type AppDeps = {
@@ -20,6 +22,7 @@ export type AppDeps = {
   purposes: Purposes;
   files: FileService;
   tus: TusServer;
+  ingest: Ingest;
   logger: Logger;
 };
 
@@ -50,6 +53,9 @@ export function createApp(deps: AppDeps) {
   app.all(`${TUS_PATH}/*`, tusHandler);
 
   const v1 = new Hono();
+  // POST /v1/files also takes an upload token instead of the API key (the signup avatar), so it
+  // authenticates itself and is mounted ahead of the API-key check that guards everything else.
+  v1.route('/files', ingestRoutes({ ingest: deps.ingest, files: deps.files, apiKey: config.apiKey, secret: config.secret, publicUrl: config.publicUrl }));
   v1.use('*', requireApiKey(config.apiKey));
   v1.route('/upload-tokens', uploadTokenRoutes({ secret: config.secret, purposes: deps.purposes }));
   v1.route('/files', fileRoutes({ files: deps.files, publicUrl: config.publicUrl }));

@@ -13,6 +13,7 @@ import { createFileService } from './services/files.js';
 import { createUploadService } from './services/uploads.js';
 import { createLocalStorage } from './storage/local.js';
 import { sweepExpiredUploads } from './uploads/expiry.js';
+import { createIngest } from './uploads/ingest.js';
 import { createTusServer } from './uploads/tus.js';
 
 // The composition root: builds every part from the config and wires them together.
@@ -38,7 +39,16 @@ export function createChipmunk(config: Config, opts: { logger?: Logger } = {}) {
     uploadExpiryMs: config.uploadExpiryMs,
   });
   const tus = createTusServer({ uploadDir: config.uploadDir, secret: config.secret, publicUrl: config.publicUrl, uploadExpiryMs: config.uploadExpiryMs, repo, uploads, files, logger });
-  const app = createApp({ config, repo, purposes, files, tus: tus.server, logger });
+  const ingest = createIngest({
+    dir: path.join(config.dataDir, 'ingest'),
+    uploads,
+    repo,
+    purposes,
+    defaultQuotaBytes: config.defaultQuotaBytes,
+    logger,
+    maxBase64Bytes: 100_000_000,
+  });
+  const app = createApp({ config, repo, purposes, files, tus: tus.server, ingest, logger });
 
   const sweep = () => sweepExpiredUploads({ repo, uploads, discardUpload: tus.discardUpload, logger });
   let server: ServerType | undefined;
@@ -59,6 +69,7 @@ export function createChipmunk(config: Config, opts: { logger?: Logger } = {}) {
     /** Finishes work a previous process left half done, then listens. */
     async listen(): Promise<{ port: number }> {
       await files.finishInterruptedDeletes();
+      await ingest.recoverInterrupted();
       await sweep();
       timer = setInterval(() => void sweep().catch((err) => logger.error('expiry sweep failed', { err })), config.expiryIntervalMs);
       timer.unref();

@@ -1,0 +1,43 @@
+import { Transform, type Readable } from 'node:stream';
+import type { AppError } from '../errors.js';
+
+// Request bodies read with a ceiling: the count is kept while the bytes stream, so a body with no
+// Content-Length (chunked) is stopped as soon as it passes the cap, before it is ever held whole.
+
+/** Passes bytes through and fails with `tooMany()` once more than `max` have gone by. */
+export function byteLimit(max: number, tooMany: () => AppError): Transform & { bytes: () => number } {
+  let seen = 0;
+  const limiter = new Transform({
+    transform(chunk: Buffer, _encoding, callback) {
+      seen += chunk.length;
+      if (seen > max) callback(tooMany());
+      else callback(null, chunk);
+    },
+  });
+  return Object.assign(limiter, { bytes: () => seen });
+}
+
+/**
+ * Reads a whole (small) body into one buffer, refusing it as soon as it passes `max` bytes.
+ * On refusal the body is left paused, not destroyed, so the answer can still reach the client
+ * (the route closes the connection after it).
+ */
+export function readCapped(body: Readable, max: number, tooMany: () => AppError): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let total = 0;
+    const stop = (err: unknown) => {
+      body.off('data', onData);
+      body.pause();
+      reject(err);
+    };
+    const onData = (chunk: Buffer) => {
+      total += chunk.length;
+      if (total > max) stop(tooMany());
+      else chunks.push(chunk);
+    };
+    body.on('data', onData);
+    body.once('error', stop);
+    body.once('end', () => resolve(Buffer.concat(chunks, total)));
+  });
+}
