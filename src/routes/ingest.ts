@@ -51,14 +51,7 @@ export function ingestRoutes(deps: { ingest: Ingest; files: FileService; apiKey:
         const tooLarge = () =>
           errors.tooLarge(`JSON upload bodies may be at most ${formatBytes(cap)}${token ? ` for "${token.purpose}"` : ''}; send larger files as multipart/form-data or with tus.`);
         if (contentLength !== undefined && contentLength > cap) throw tooLarge();
-        const raw = await readCapped(requestBody(c), cap, tooLarge);
-        let json: unknown;
-        try {
-          json = JSON.parse(raw.toString('utf8'));
-        } catch {
-          throw errors.invalidInput('The request body must be JSON.');
-        }
-        const body = parseWith(ingestJsonRequest, json, 'request body');
+        const body = parseWith(ingestJsonRequest, parseJson(await readCapped(requestBody(c), cap, tooLarge, contentLength)), 'request body');
         const grant = ingest.resolveGrant(token, body);
         stored = await ingest.fromBase64({ ...grant, filename: body.filename, data: body.data });
       } else {
@@ -71,6 +64,15 @@ export function ingestRoutes(deps: { ingest: Ingest; files: FileService; apiKey:
     }
     return c.json(deps.files.describe(stored.id, requestBaseUrl(deps.publicUrl, c.req.raw)), 201);
   });
+}
+
+// Its own function so the raw body and its text are garbage as soon as the JSON is parsed.
+function parseJson(raw: Buffer): unknown {
+  try {
+    return JSON.parse(raw.toString('utf8'));
+  } catch {
+    throw errors.invalidInput('The request body must be JSON.');
+  }
 }
 
 function declaredLength(header: string | undefined): number | undefined {

@@ -18,13 +18,15 @@ export function byteLimit(max: number, tooMany: () => AppError): Transform & { b
 }
 
 /**
- * Reads a whole (small) body into one buffer, refusing it as soon as it passes `max` bytes.
- * On refusal the body is left paused, not destroyed, so the answer can still reach the client
- * (the route closes the connection after it).
+ * Reads a whole (small) body into one buffer, refusing it as soon as it passes `max` bytes. With a
+ * known length the buffer is allocated once and chunks are copied in as they come, so the body is
+ * held once, not twice. On refusal the body is left paused, not destroyed, so the answer can still
+ * reach the client (the route closes the connection after it).
  */
-export function readCapped(body: Readable, max: number, tooMany: () => AppError): Promise<Buffer> {
+export function readCapped(body: Readable, max: number, tooMany: () => AppError, expectedLength?: number): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
+    const whole = expectedLength !== undefined && expectedLength <= max ? Buffer.allocUnsafe(expectedLength) : undefined;
     let total = 0;
     const stop = (err: unknown) => {
       body.off('data', onData);
@@ -32,12 +34,16 @@ export function readCapped(body: Readable, max: number, tooMany: () => AppError)
       reject(err);
     };
     const onData = (chunk: Buffer) => {
-      total += chunk.length;
-      if (total > max) stop(tooMany());
+      if (total + chunk.length > max) return stop(tooMany());
+      if (whole && total + chunk.length <= whole.length) chunk.copy(whole, total);
       else chunks.push(chunk);
+      total += chunk.length;
     };
     body.on('data', onData);
     body.once('error', stop);
-    body.once('end', () => resolve(Buffer.concat(chunks, total)));
+    body.once('end', () => {
+      if (whole && total === whole.length) resolve(whole);
+      else resolve(Buffer.concat(whole ? [whole.subarray(0, Math.min(total, whole.length)), ...chunks] : chunks, total));
+    });
   });
 }
