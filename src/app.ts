@@ -7,6 +7,7 @@ import type { Config } from './config.js';
 import type { Repository } from './db/repository.js';
 import { AppError, errors, toAppError } from './errors.js';
 import type { Logger } from './log.js';
+import { openApiDocument, servedRoutes } from './openapi.js';
 import type { Purposes } from './purposes.js';
 import { fileRoutes } from './routes/files.js';
 import { ingestRoutes } from './routes/ingest.js';
@@ -39,6 +40,9 @@ export function createApp(deps: AppDeps) {
   app.notFound((c) => c.json(errors.notFound('Route').toJSON(), 404));
 
   app.get('/health', (c) => c.json({ status: 'ok' }));
+  // Built on first request, once every route is mounted: it documents exactly what the app serves.
+  let openApi: Record<string, unknown> | undefined;
+  app.get('/openapi.json', (c) => c.json((openApi ??= openApiDocument(servedRoutes(app), { serverUrl: config.publicUrl }).document)));
 
   // tus: on Node the upload body streams straight from the socket to the store; elsewhere
   // (app.request in tests) the web Request is handed over.

@@ -39,6 +39,22 @@ export const ingestFormFields = z.object({
 
 export const ingestForm = ingestFormFields.extend({ file: z.file().describe('the file; must be the last part') });
 
+// The tus endpoint's request headers (checked by @tus/server and the creation hook).
+export const tusHeaders = z.object({ 'Tus-Resumable': z.literal('1.0.0') });
+export const tusCreateHeaders = tusHeaders.extend({
+  'Upload-Length': z.string().regex(/^\d+$/).describe('the whole upload\'s size in bytes; deferred length is refused'),
+  'Upload-Metadata': z
+    .string()
+    .optional()
+    .describe('comma-separated "key base64(value)" pairs: filename, filetype, and optionally purpose (must equal the token\'s)'),
+  Authorization: z.string().regex(/^Bearer \S+$/).describe('"Bearer <upload token>"'),
+  'Content-Type': z.literal('application/offset+octet-stream').optional().describe('only with a first chunk in the creation request'),
+});
+export const tusPatchHeaders = tusHeaders.extend({
+  'Upload-Offset': z.string().regex(/^\d+$/).describe('where these bytes start; must equal the server\'s offset'),
+  'Content-Type': z.literal('application/offset+octet-stream'),
+});
+
 // Routes built by the delivery work; their request shapes are part of the public contract.
 export const setVisibilityRequest = z.object({ visibility: z.enum(['public', 'private']) });
 export const deliveryParams = z.object({ token: z.string().regex(/^[0-9a-z]{32}$/), n: z.string().regex(/^[0-9a-z-]{1,32}$/) });
