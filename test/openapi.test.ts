@@ -21,7 +21,7 @@ afterAll(() => t?.close());
 it('is a valid OpenAPI 3.1 document', async () => {
   expect(doc.openapi).toBe('3.1.0');
   const validator = new Validator();
-  const result = await validator.validate(structuredClone(doc) as object);
+  const result = await validator.validate(structuredClone(doc) as unknown as Record<string, unknown>);
   expect(result.errors ?? []).toEqual([]);
   expect(result.valid).toBe(true);
   expect(validator.version).toBe('3.1');
