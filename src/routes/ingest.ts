@@ -8,7 +8,7 @@ import type { FileRow } from '../db/schema.js';
 import { errors, formatBytes } from '../errors.js';
 import { requestBaseUrl } from '../http.js';
 import type { FileService } from '../services/files.js';
-import { readCapped } from '../uploads/body.js';
+import { discardRest, readCapped } from '../uploads/body.js';
 import type { Grant, Ingest } from '../uploads/ingest.js';
 import { ingestFormFields, ingestJsonRequest } from './schemas.js';
 import { parseWith } from './validate.js';
@@ -58,8 +58,8 @@ export function ingestRoutes(deps: { ingest: Ingest; files: FileService; apiKey:
         throw errors.unsupportedType('POST /v1/files takes application/json (base64 "data") or multipart/form-data (a "file" part).');
       }
     } catch (err) {
-      // The body may be unread or half read: answer, then close rather than drain it.
-      c.header('Connection', 'close');
+      // The body may be unread or half read: let the answer reach a client that is still sending.
+      if (c.env?.incoming) discardRest(c.env.incoming);
       throw err;
     }
     return c.json(deps.files.describe(stored.id, requestBaseUrl(deps.publicUrl, c.req.raw)), 201);

@@ -47,3 +47,18 @@ export function readCapped(body: Readable, max: number, tooMany: () => AppError,
     });
   });
 }
+
+/**
+ * After an early refusal, the client may still be sending. Closing at once makes its kernel drop the
+ * answer (a reset), so the rest of the body is read and dropped for a moment; a body that has not
+ * ended by then has its connection cut.
+ */
+export function discardRest(body: Readable, graceMs = 2000): void {
+  if (body.readableEnded || body.destroyed) return;
+  const timer = setTimeout(() => body.destroy(), graceMs);
+  timer.unref();
+  const stop = () => clearTimeout(timer);
+  body.once('end', stop).once('close', stop);
+  body.on('data', () => undefined);
+  body.resume();
+}
