@@ -191,15 +191,37 @@ export const routeDocs: RouteDoc[] = [
     operations: { post: { summary: 'Give a file a new delivery token; earlier URLs stop working', auth: 'apiKey', params: s.fileIdParams, replies: { 200: fileReply }, errors: [400, 401, 404] } },
   },
   {
-    serves: 'GET /f/:token/:n',
+    serves: 'GET /v1/files/:id/url',
+    path: '/v1/files/{id}/url',
+    operations: {
+      get: {
+        summary: 'A signed delivery link to one variant',
+        auth: 'apiKey',
+        params: s.fileIdParams,
+        query: s.signedLinkQuery,
+        replies: { 200: { description: 'the link and when it expires', body: s.signedLinkResponse } },
+        errors: [400, 401, 404],
+      },
+    },
+  },
+  {
+    serves: 'ALL /f/*',
     path: '/f/{token}/{n}',
     operations: {
       get: {
-        summary: 'Deliver a variant (public, or private with a signed URL)',
+        summary: 'Deliver a variant (public, or private with a signed link)',
         auth: 'none',
         params: s.deliveryParams,
         query: s.deliveryQuery,
-        replies: { 200: { description: 'the variant\'s bytes', body: 'binary', contentType: '*/*' } },
+        replies: { 200: { description: 'the variant\'s bytes (Range requests answer 206)', body: 'binary', contentType: '*/*' } },
+        errors: [403, 404],
+      },
+      head: {
+        summary: 'A variant\'s headers, without its bytes',
+        auth: 'none',
+        params: s.deliveryParams,
+        query: s.deliveryQuery,
+        replies: { 200: { description: 'the variant\'s headers' } },
         errors: [403, 404],
       },
     },

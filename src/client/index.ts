@@ -207,6 +207,12 @@ export function createChipmunk(options: ChipmunkOptions) {
       return call<ChipmunkFile>('POST', `/v1/files/${enc(fileId)}/rotate-token`);
     },
 
+    /** Asks the server for a signed link to one variant (`variant` defaults to the original, '0'). */
+    signedUrl(fileId: string, opts: { variant?: string | number; expiresIn?: number } = {}): Promise<{ url: string; expiresAt: string }> {
+      const query = new URLSearchParams({ variant: String(opts.variant ?? '0'), expiresIn: String(opts.expiresIn ?? 3600) });
+      return call('GET', `/v1/files/${enc(fileId)}/url?${query}`);
+    },
+
     /**
      * Signs a delivery URL locally: `url` is a variant's `url` from the file JSON (or its
      * `/f/<token>/<n>` path). The answer ends in `?exp=<unix seconds>&sig=<base64url HMAC-SHA256>`.

@@ -57,6 +57,11 @@ export const tusPatchHeaders = tusHeaders.extend({
 
 // Routes built by the delivery work; their request shapes are part of the public contract.
 export const setVisibilityRequest = z.object({ visibility: z.enum(['public', 'private']) });
+export const signedLinkQuery = z.object({
+  variant: z.string().regex(/^[0-9a-z][0-9a-z-]{0,31}$/, 'a variant name such as 0, 3 or waveform').default('0'),
+  expiresIn: z.coerce.number().int().min(1).max(7 * 24 * 3600).default(3600).describe('seconds'),
+});
+export const signedLinkResponse = z.object({ url: z.url(), expiresAt: z.iso.datetime() });
 export const deliveryParams = z.object({ token: z.string().regex(/^[0-9a-z]{32}$/), n: z.string().regex(/^[0-9a-z-]{1,32}$/) });
 export const deliveryQuery = z.object({
   exp: z.coerce.number().int().positive().optional().describe('expiry of a signed URL, unix seconds'),
