@@ -9,6 +9,10 @@ import { AppError, errors, toAppError } from './errors.js';
 import type { Logger } from './log.js';
 import { openApiDocument, servedRoutes } from './openapi.js';
 import type { Purposes } from './purposes.js';
+import type { DeliveryLinks } from './delivery/links.js';
+import type { DeliveryServer } from './delivery/serve.js';
+import { deliveryRoutes } from './routes/delivery.js';
+import { fileDeliveryRoutes } from './routes/file-delivery.js';
 import { fileRoutes } from './routes/files.js';
 import { ingestRoutes } from './routes/ingest.js';
 import { uploadTokenRoutes } from './routes/upload-tokens.js';
@@ -24,6 +28,8 @@ export type AppDeps = {
   files: FileService;
   tus: TusServer;
   ingest: Ingest;
+  delivery: DeliveryServer;
+  links: DeliveryLinks;
   logger: Logger;
 };
 
@@ -56,12 +62,15 @@ export function createApp(deps: AppDeps) {
   app.all(TUS_PATH, tusHandler);
   app.all(`${TUS_PATH}/*`, tusHandler);
 
+  app.route('/f', deliveryRoutes(deps.delivery));
+
   const v1 = new Hono();
   // POST /v1/files also takes an upload token instead of the API key (the signup avatar), so it
   // authenticates itself and is mounted ahead of the API-key check that guards everything else.
   v1.route('/files', ingestRoutes({ ingest: deps.ingest, files: deps.files, apiKey: config.apiKey, secret: config.secret, publicUrl: config.publicUrl }));
   v1.use('*', requireApiKey(config.apiKey));
   v1.route('/upload-tokens', uploadTokenRoutes({ secret: config.secret, purposes: deps.purposes }));
+  v1.route('/files', fileDeliveryRoutes({ files: deps.files, links: deps.links, publicUrl: config.publicUrl }));
   v1.route('/files', fileRoutes({ files: deps.files, publicUrl: config.publicUrl }));
   v1.route('/users', userRoutes({ repo: deps.repo, files: deps.files, defaultQuotaBytes: config.defaultQuotaBytes, publicUrl: config.publicUrl }));
   app.route('/v1', v1);

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { MAX_LINK_SECONDS } from '../delivery/signing.js';
 
 // The request shapes the /v1 routes validate with; the OpenAPI document is generated from these.
 
@@ -55,11 +56,11 @@ export const tusPatchHeaders = tusHeaders.extend({
   'Content-Type': z.literal('application/offset+octet-stream'),
 });
 
-// Routes built by the delivery work; their request shapes are part of the public contract.
+// Delivery controls (routes/file-delivery.ts) and delivery itself (/f/<token>/<n>).
 export const setVisibilityRequest = z.object({ visibility: z.enum(['public', 'private']) });
 export const signedLinkQuery = z.object({
   variant: z.string().regex(/^[0-9a-z][0-9a-z-]{0,31}$/, 'a variant name such as 0, 3 or waveform').default('0'),
-  expiresIn: z.coerce.number().int().min(1).max(7 * 24 * 3600).default(3600).describe('seconds'),
+  expiresIn: z.coerce.number().int().min(1).max(MAX_LINK_SECONDS).default(3600).describe('seconds'),
 });
 export const signedLinkResponse = z.object({ url: z.url(), expiresAt: z.iso.datetime() });
 export const deliveryParams = z.object({ token: z.string().regex(/^[0-9a-z]{32}$/), n: z.string().regex(/^[0-9a-z-]{1,32}$/) });
