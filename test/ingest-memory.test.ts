@@ -103,6 +103,8 @@ it('keeps a base64 upload within a small multiple of its size', async () => {
   }
   const growth = Math.max(peak, rssOf(pid)) - before;
   console.log(`base64: server RSS growth ${(growth / 2 ** 20).toFixed(1)} MiB for a ${size / 1e6} MB file (${(data.length / 1e6).toFixed(0)} MB of base64)`);
-  // The body (4/3 of the file), its text, the parsed string and the decoded bytes: about 4 to 5 times the file.
-  expect(growth).toBeLessThan(6 * size);
+  // Everything a base64 upload allocates, if no garbage were collected meanwhile: the socket's chunks,
+  // the body they are copied into, its text and the parsed string (4/3 of the file each) and the
+  // decoded bytes: 6.3 times the file. Measured: about 4 on a quiet machine, 6 on a loaded one.
+  expect(growth).toBeLessThan(8 * size);
 });

@@ -127,6 +127,26 @@ describe('POST /v1/files through the kit', () => {
     expect(await kit.getUser('mallory')).toMatchObject({ usedBytes: 0, reservedBytes: 0 });
   });
 
+  it('works through app.request too (a web Request, no Node socket)', async () => {
+    const app = t.chipmunk.app;
+    const json = await app.request('/v1/files', {
+      method: 'POST',
+      headers: { authorization: `Bearer ${t.apiKey}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ userId: 'webreq', purpose: 'avatar', filename: 'a.png', data: png.toString('base64') }),
+    });
+    expect(json.status).toBe(201);
+    const form = new FormData();
+    form.set('userId', 'webreq');
+    form.set('purpose', 'image');
+    form.set('file', new Blob([new Uint8Array(photo)], { type: 'image/jpeg' }), 'canal.jpg');
+    const multipart = await app.request('/v1/files', { method: 'POST', headers: { authorization: `Bearer ${t.apiKey}` }, body: form });
+    expect(multipart.status).toBe(201);
+    expect(await multipart.json()).toMatchObject({ userId: 'webreq', filename: 'canal.jpg', bytes: photo.length });
+    const noBoundary = await app.request('/v1/files', { method: 'POST', headers: { authorization: `Bearer ${t.apiKey}`, 'content-type': 'multipart/form-data' }, body: 'x' });
+    expect(noBoundary.status).toBe(400);
+    expect(await kit.getUser('webreq')).toMatchObject({ fileCount: 2, reservedBytes: 0 });
+  });
+
   it('streams a file without a declared size (chunked) and charges its real size', async () => {
     const file = await kit.uploadStream({ userId: 'streamer', purpose: 'image', filename: 'canal.jpg', stream: repeat(photo, 1) });
     expect(file).toMatchObject({ bytes: photo.length, userId: 'streamer' });

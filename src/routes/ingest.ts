@@ -38,7 +38,7 @@ export function ingestRoutes(deps: { ingest: Ingest; files: FileService; apiKey:
       const token = await uploaderOf(c);
       const contentType = c.req.header('content-type') ?? '';
       const contentLength = declaredLength(c.req.header('content-length'));
-      if (/^multipart\/form-data\s*;/i.test(contentType)) {
+      if (/^multipart\/form-data\b/i.test(contentType)) {
         stored = await ingest.fromMultipart({
           headers: requestHeaders(c),
           body: requestBody(c),
