@@ -68,6 +68,25 @@ export const routeDocs: RouteDoc[] = [
     operations: { get: { summary: 'Liveness', auth: 'none', replies: { 200: { description: 'up', body: z.object({ status: z.literal('ok') }) } } } },
   },
   {
+    serves: 'GET /ready',
+    path: '/ready',
+    operations: {
+      get: {
+        summary: 'Readiness: database, disk and shutdown checks',
+        auth: 'none',
+        replies: {
+          200: { description: 'ready', body: z.object({ ready: z.boolean(), checks: z.record(z.string(), z.unknown()) }).catchall(z.unknown()) },
+          503: { description: 'not ready (a check failed, or shutting down)', body: z.object({ ready: z.boolean(), checks: z.record(z.string(), z.unknown()) }).catchall(z.unknown()) },
+        },
+      },
+    },
+  },
+  {
+    serves: 'GET /metrics',
+    path: '/metrics',
+    operations: { get: { summary: 'Prometheus metrics', auth: 'none', replies: { 200: { description: 'the text exposition format', body: z.string(), contentType: 'text/plain' } } } },
+  },
+  {
     serves: 'GET /openapi.json',
     path: '/openapi.json',
     operations: { get: { summary: 'This document', auth: 'none', replies: { 200: { description: 'OpenAPI 3.1', body: z.record(z.string(), z.unknown()) } } } },
