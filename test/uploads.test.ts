@@ -128,6 +128,25 @@ describe('tus uploads', () => {
     expect(await uploadDirEntries()).toEqual([]);
   });
 
+  it('answers 404 to a HEAD after a refused final PATCH, so a client cannot mistake it for success', async () => {
+    const token = await t.uploadToken('erin2', 'image');
+    const text = Buffer.from('plain text, not an image '.repeat(50));
+    const create = await fetch(endpoint, {
+      method: 'POST',
+      headers: { 'Tus-Resumable': '1.0.0', 'Upload-Length': String(text.length), Authorization: `Bearer ${token}` },
+    });
+    const location = create.headers.get('location')!;
+    const patch = await fetch(location, {
+      method: 'PATCH',
+      headers: { 'Tus-Resumable': '1.0.0', 'Upload-Offset': '0', 'Content-Type': 'application/offset+octet-stream' },
+      body: text,
+    });
+    expect(patch.status).toBe(422);
+    const head = await fetch(location, { method: 'HEAD', headers: { 'Tus-Resumable': '1.0.0' } });
+    expect(head.status).toBe(404);
+    expect(head.headers.get('upload-offset')).toBeNull();
+  });
+
   it('refuses a type the purpose does not take, by declared type and by bytes', async () => {
     const token = await t.uploadToken('frank', 'avatar');
     const declared = await tusUpload(endpoint, photo, { token, metadata: { filetype: 'text/plain' } });
