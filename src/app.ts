@@ -7,6 +7,7 @@ import type { Config } from './config.js';
 import type { Repository } from './db/repository.js';
 import { AppError, errors, toAppError } from './errors.js';
 import type { Logger } from './log.js';
+import { openApiDocument, servedRoutes } from './openapi.js';
 import type { Purposes } from './purposes.js';
 import type { RequestContext } from './ops/request-context.js';
 import type { DeliveryLinks } from './delivery/links.js';
@@ -15,9 +16,11 @@ import { deliveryRoutes } from './routes/delivery.js';
 import { fileDeliveryRoutes } from './routes/file-delivery.js';
 import { fileRoutes } from './routes/files.js';
 import { opsRoutes } from './routes/ops.js';
+import { ingestRoutes } from './routes/ingest.js';
 import { uploadTokenRoutes } from './routes/upload-tokens.js';
 import { userRoutes } from './routes/users.js';
 import type { FileService } from './services/files.js';
+import type { Ingest } from './uploads/ingest.js';
 import { TUS_PATH } from './uploads/tus.js';
 
 export type AppDeps = {
@@ -30,6 +33,7 @@ export type AppDeps = {
   purposes: Purposes;
   files: FileService;
   tus: TusServer;
+  ingest: Ingest;
   delivery: DeliveryServer;
   links: DeliveryLinks;
   logger: Logger;
@@ -56,7 +60,9 @@ export function createApp(deps: AppDeps) {
   });
   app.notFound((c) => c.json(errors.notFound('Route').toJSON(), 404));
 
-  app.route('/', opsRoutes(deps.ops));
+  // Built on first request, once every route is mounted: it documents exactly what the app serves.
+  let openApi: Record<string, unknown> | undefined;
+  app.get('/openapi.json', (c) => c.json((openApi ??= openApiDocument(servedRoutes(app), { serverUrl: config.publicUrl }).document)));
 
   // tus: on Node the upload body streams straight from the socket to the store; elsewhere
   // (app.request in tests) the web Request is handed over.
@@ -73,6 +79,9 @@ export function createApp(deps: AppDeps) {
   app.route('/f', deliveryRoutes(deps.delivery));
 
   const v1 = new Hono();
+  // POST /v1/files also takes an upload token instead of the API key (the signup avatar), so it
+  // authenticates itself and is mounted ahead of the API-key check that guards everything else.
+  v1.route('/files', ingestRoutes({ ingest: deps.ingest, files: deps.files, apiKey: config.apiKey, secret: config.secret, publicUrl: config.publicUrl }));
   v1.use('*', requireApiKey(config.apiKey));
   v1.route('/upload-tokens', uploadTokenRoutes({ secret: config.secret, purposes: deps.purposes }));
   v1.route('/files', fileDeliveryRoutes({ files: deps.files, links: deps.links, publicUrl: config.publicUrl }));

@@ -29,6 +29,7 @@ import { createUploadService } from './services/uploads.js';
 import { createLocalStorage } from './storage/local.js';
 import { createUploadArea } from './uploads/area.js';
 import { sweepExpiredUploads } from './uploads/expiry.js';
+import { createIngest } from './uploads/ingest.js';
 import { createTusServer } from './uploads/tus.js';
 
 // The composition root: builds every part from the config and wires them together.
@@ -117,12 +118,22 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
   const readiness = createReadiness({ repo, dataDir: config.dataDir, disk, ffmpegPath: opts.ffmpegPath ?? (async () => mediaTools.ffmpeg?.path), queueDepth });
   let stopping = false;
   const inFlight = { requests: 0 };
+  const ingest = createIngest({
+    dir: path.join(config.dataDir, 'ingest'),
+    uploads,
+    repo,
+    purposes,
+    defaultQuotaBytes: config.defaultQuotaBytes,
+    logger,
+    maxBase64Bytes: 100_000_000,
+  });
   const app = createApp({
     config,
     repo,
     purposes,
     files,
     tus: tus.server,
+    ingest,
     delivery,
     links,
     logger,
@@ -192,6 +203,7 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
       // A stop between an upload's commit and its enqueue leaves a track 'processing' with no job.
       for (const file of repo.processingFilesWithoutJob('audio', AUDIO_JOB)) repo.enqueueJob(file.id, AUDIO_JOB);
       jobs.start();
+      await ingest.recoverInterrupted();
       const { port } = await new Promise<{ port: number }>((resolve) => {
         // /f/ requests take a fast path before the router and any web Request object.
         const withFastPath = ((options: object, listener: RequestListener) =>

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { MAX_LINK_SECONDS } from '../delivery/signing.js';
 
 // The request shapes the /v1 routes validate with; the OpenAPI document is generated from these.
 
@@ -19,4 +20,97 @@ export const setQuotaRequest = z.object({ quotaBytes: z.number().int().nonnegati
 export const listFilesQuery = z.object({
   limit: z.coerce.number().int().min(1).max(200).default(50),
   cursor: z.string().regex(/^[0-9a-z]{24}$/).optional(),
+});
+
+// POST /v1/files. With an upload token, userId and purpose come from the token (and may only repeat it).
+export const ingestJsonRequest = z.object({
+  userId: userIdSchema.optional(),
+  purpose: purposeNameSchema.optional(),
+  filename: z.string().min(1).max(255).optional(),
+  data: z.string().min(1).describe('the file as base64 (standard or URL-safe alphabet), or a data:<type>;base64,… URI'),
+});
+
+/** The text fields of a multipart upload; they come before the `file` part. */
+export const ingestFormFields = z.object({
+  userId: userIdSchema.optional(),
+  purpose: purposeNameSchema.optional(),
+  filename: z.string().min(1).max(255).optional(),
+  size: z.coerce.number().int().nonnegative().optional().describe('the file\'s exact length in bytes, making the quota reservation exact'),
+});
+
+export const ingestForm = ingestFormFields.extend({ file: z.file().describe('the file; must be the last part') });
+
+// The tus endpoint's request headers (checked by @tus/server and the creation hook).
+export const tusHeaders = z.object({ 'Tus-Resumable': z.literal('1.0.0') });
+export const tusCreateHeaders = tusHeaders.extend({
+  'Upload-Length': z.string().regex(/^\d+$/).describe('the whole upload\'s size in bytes; deferred length is refused'),
+  'Upload-Metadata': z
+    .string()
+    .optional()
+    .describe('comma-separated "key base64(value)" pairs: filename, filetype, and optionally purpose (must equal the token\'s)'),
+  Authorization: z.string().regex(/^Bearer \S+$/).describe('"Bearer <upload token>"'),
+  'Content-Type': z.literal('application/offset+octet-stream').optional().describe('only with a first chunk in the creation request'),
+});
+export const tusPatchHeaders = tusHeaders.extend({
+  'Upload-Offset': z.string().regex(/^\d+$/).describe('where these bytes start; must equal the server\'s offset'),
+  'Content-Type': z.literal('application/offset+octet-stream'),
+});
+
+// Delivery controls (routes/file-delivery.ts) and delivery itself (/f/<token>/<n>).
+export const setVisibilityRequest = z.object({ visibility: z.enum(['public', 'private']) });
+export const signedLinkQuery = z.object({
+  variant: z.string().regex(/^[0-9a-z][0-9a-z-]{0,31}$/, 'a variant name such as 0, 3 or waveform').default('0'),
+  expiresIn: z.coerce.number().int().min(1).max(MAX_LINK_SECONDS).default(3600).describe('seconds'),
+});
+export const signedLinkResponse = z.object({ url: z.url(), expiresAt: z.iso.datetime() });
+export const deliveryParams = z.object({ token: z.string().regex(/^[0-9a-z]{32}$/), n: z.string().regex(/^[0-9a-z-]{1,32}$/) });
+export const deliveryQuery = z.object({
+  exp: z.coerce.number().int().positive().optional().describe('expiry of a signed URL, unix seconds'),
+  sig: z.string().regex(/^[A-Za-z0-9_-]{43}$/).optional().describe('unpadded base64url HMAC-SHA256 of "/f/<token>/<n>?exp=<exp>" keyed with CHIPMUNK_SECRET'),
+});
+
+// What the routes answer. Documentation only: the answers are built by the services.
+
+export const errorResponse = z.object({ error: z.object({ code: z.string(), message: z.string() }) });
+
+export const uploadTokenResponse = z.object({ token: z.string(), expiresAt: z.iso.datetime() });
+
+export const variantJson = z.object({
+  n: z.union([z.number().int(), z.string()]),
+  width: z.number().int().optional(),
+  height: z.number().int().optional(),
+  bytes: z.number().int(),
+  mimeType: z.string(),
+  url: z.url(),
+});
+
+export const fileJson = z
+  .object({
+    id: z.string(),
+    userId: z.string(),
+    purpose: z.string(),
+    kind: z.enum(['image', 'audio']),
+    status: z.enum(['processing', 'ready', 'failed']),
+    visibility: z.enum(['public', 'private']),
+    filename: z.string(),
+    mimeType: z.string().nullable(),
+    bytes: z.number().int().describe('the original'),
+    totalBytes: z.number().int().describe('original plus everything generated: what the user is charged'),
+    width: z.number().int().optional(),
+    height: z.number().int().optional(),
+    variants: z.array(variantJson),
+    error: z.string().optional(),
+    createdAt: z.iso.datetime(),
+    updatedAt: z.iso.datetime(),
+  })
+  .catchall(z.unknown());
+
+export const fileListResponse = z.object({ files: z.array(fileJson), nextCursor: z.string().nullable() });
+
+export const userJson = z.object({
+  id: z.string(),
+  quotaBytes: z.number().int(),
+  usedBytes: z.number().int(),
+  reservedBytes: z.number().int(),
+  fileCount: z.number().int(),
 });

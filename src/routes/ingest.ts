@@ -1,0 +1,97 @@
+import type { HttpBindings } from '@hono/node-server';
+import { Hono, type Context } from 'hono';
+import { Readable } from 'node:stream';
+import type { IncomingHttpHeaders } from 'node:http';
+import { isApiKey } from '../auth/api-key.js';
+import { bearerToken, verifyUploadToken } from '../auth/upload-tokens.js';
+import type { FileRow } from '../db/schema.js';
+import { errors, formatBytes } from '../errors.js';
+import { requestBaseUrl } from '../http.js';
+import type { FileService } from '../services/files.js';
+import { discardRest, readCapped } from '../uploads/body.js';
+import type { Grant, Ingest } from '../uploads/ingest.js';
+import { ingestFormFields, ingestJsonRequest } from './schemas.js';
+import { parseWith } from './validate.js';
+
+type Env = { Bindings: Partial<HttpBindings> };
+
+// POST /v1/files: a whole file from the app backend (API key) or from a client holding an upload
+// token, as JSON with base64 `data` or as multipart/form-data. Both end in the tus completion path.
+
+export function ingestRoutes(deps: { ingest: Ingest; files: FileService; apiKey: string; secret: string; publicUrl: string | undefined }) {
+  const { ingest } = deps;
+
+  /** undefined for the API key (the request names user and purpose), else the upload token's grant. */
+  async function uploaderOf(c: Context<Env>): Promise<Grant | undefined> {
+    const presented = bearerToken(c.req.header('authorization'));
+    if (isApiKey(deps.apiKey, presented)) return undefined;
+    if (!presented || presented.split('.').length !== 3) {
+      throw errors.unauthorized('POST /v1/files needs the API key or an upload token: send it as "Authorization: Bearer <key or token>".');
+    }
+    const grant = await verifyUploadToken(deps.secret, presented);
+    return { userId: grant.userId, purpose: grant.purpose };
+  }
+
+  return new Hono<Env>().post('/', async (c) => {
+    let stored: FileRow;
+    try {
+      const token = await uploaderOf(c);
+      const contentType = c.req.header('content-type') ?? '';
+      const contentLength = declaredLength(c.req.header('content-length'));
+      if (/^multipart\/form-data\b/i.test(contentType)) {
+        stored = await ingest.fromMultipart({
+          headers: requestHeaders(c),
+          body: requestBody(c),
+          contentLength,
+          token,
+          parseFields: (fields) => parseWith(ingestFormFields, fields, 'form fields'),
+        });
+      } else if (/^application\/(json|[\w.+-]+\+json)\s*(;|$)/i.test(contentType)) {
+        const cap = ingest.jsonBodyCap(token?.purpose);
+        const tooLarge = () =>
+          errors.tooLarge(`JSON upload bodies may be at most ${formatBytes(cap)}${token ? ` for "${token.purpose}"` : ''}; send larger files as multipart/form-data or with tus.`);
+        if (contentLength !== undefined && contentLength > cap) throw tooLarge();
+        const body = parseWith(ingestJsonRequest, parseJson(await readCapped(requestBody(c), cap, tooLarge, contentLength)), 'request body');
+        const grant = ingest.resolveGrant(token, body);
+        stored = await ingest.fromBase64({ ...grant, filename: body.filename, data: body.data });
+      } else {
+        throw errors.unsupportedType('POST /v1/files takes application/json (base64 "data") or multipart/form-data (a "file" part).');
+      }
+    } catch (err) {
+      // The body may be unread or half read: let the answer reach a client that is still sending.
+      if (c.env?.incoming) discardRest(c.env.incoming);
+      throw err;
+    }
+    return c.json(deps.files.describe(stored.id, requestBaseUrl(deps.publicUrl, c.req.raw)), 201);
+  });
+}
+
+// Its own function so the raw body and its text are garbage as soon as the JSON is parsed.
+function parseJson(raw: Buffer): unknown {
+  try {
+    return JSON.parse(raw.toString('utf8'));
+  } catch {
+    throw errors.invalidInput('The request body must be JSON.');
+  }
+}
+
+function declaredLength(header: string | undefined): number | undefined {
+  if (header === undefined || !/^\d+$/.test(header.trim())) return undefined;
+  return Number(header);
+}
+
+// On Node the body streams straight from the socket; elsewhere (app.request in tests) from the web Request.
+function requestBody(c: Context<Env>): Readable {
+  if (c.env?.incoming) return c.env.incoming;
+  const body = c.req.raw.body;
+  return body ? Readable.fromWeb(body as import('node:stream/web').ReadableStream) : Readable.from([]);
+}
+
+function requestHeaders(c: Context<Env>): IncomingHttpHeaders {
+  if (c.env?.incoming) return c.env.incoming.headers;
+  const headers: IncomingHttpHeaders = {};
+  c.req.raw.headers.forEach((value, name) => {
+    headers[name] = value;
+  });
+  return headers;
+}
