@@ -64,6 +64,7 @@ async function startChipmunkProcess(work: string): Promise<ChipmunkProcess> {
     env: {
       ...process.env,
       PORT: String(port),
+      CHIPMUNK_INTERNAL_PORT: '0',
       HOST: '127.0.0.1',
       CHIPMUNK_DATA_DIR: dataDir,
       CHIPMUNK_PURPOSES_FILE: purposes,

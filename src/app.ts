@@ -60,6 +60,8 @@ export function createApp(deps: AppDeps) {
   });
   app.notFound((c) => c.json(errors.notFound('Route').toJSON(), 404));
 
+  app.route('/', opsRoutes(deps.ops));
+
   // Built on first request, once every route is mounted: it documents exactly what the app serves.
   let openApi: Record<string, unknown> | undefined;
   app.get('/openapi.json', (c) => c.json((openApi ??= openApiDocument(servedRoutes(app), { serverUrl: config.publicUrl }).document)));

@@ -44,7 +44,8 @@ export type ServerProcess = {
 };
 
 export async function spawnServer(env: Record<string, string>, opts: { readyTimeoutMs?: number } = {}): Promise<ServerProcess> {
-  const proc = spawn(process.execPath, [entry], { cwd: root, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  // A free internal (auth) port, so servers started side by side never collide on the default 8081.
+  const proc = spawn(process.execPath, [entry], { cwd: root, env: { ...process.env, CHIPMUNK_INTERNAL_PORT: '0', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   proc.stdout!.on('data', (d) => (out += d));
   proc.stderr!.on('data', (d) => (out += d));
