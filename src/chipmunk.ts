@@ -5,6 +5,7 @@ import { createApp } from './app.js';
 import type { Config } from './config.js';
 import { openDatabase } from './db/index.js';
 import { createRepository } from './db/repository.js';
+import { loadDemoAssets } from './demo/assets.js';
 import { createEventBus } from './events.js';
 import { createLogger, type Logger } from './log.js';
 import { originalOnlyProcessor } from './media/processor.js';
@@ -38,7 +39,7 @@ export function createChipmunk(config: Config, opts: { logger?: Logger } = {}) {
     uploadExpiryMs: config.uploadExpiryMs,
   });
   const tus = createTusServer({ uploadDir: config.uploadDir, secret: config.secret, publicUrl: config.publicUrl, uploadExpiryMs: config.uploadExpiryMs, repo, uploads, files, logger });
-  const app = createApp({ config, repo, purposes, files, tus: tus.server, logger });
+  const app = createApp({ config, repo, purposes, files, tus: tus.server, logger, demoAssets: config.demo ? loadDemoAssets() : undefined });
 
   const sweep = () => sweepExpiredUploads({ repo, uploads, discardUpload: tus.discardUpload, logger });
   let server: ServerType | undefined;

@@ -25,6 +25,9 @@ const envSchema = z.object({
   CHIPMUNK_MAX_FRAMES: bytes.default(100),
   CHIPMUNK_CONCURRENCY: bytes.default(Math.max(1, cpus().length)),
   CHIPMUNK_LOG_LEVEL: z.enum(['debug', 'info', 'warn', 'error', 'silent']).default('info'),
+  // The demo page at / and its /demo/api routes; unset means on, except when NODE_ENV=production.
+  CHIPMUNK_DEMO: z.enum(['on', 'off'], { error: 'must be "on" or "off"' }).optional(),
+  NODE_ENV: z.string().optional(),
 });
 
 export type Secrets = { secret: string; apiKey: string };
@@ -47,6 +50,8 @@ export type Config = Readonly<{
   maxFrames: number;
   concurrency: number;
   logLevel: 'debug' | 'info' | 'warn' | 'error' | 'silent';
+  /** The demo page and its token-minting routes (a developer's machine only). */
+  demo: boolean;
   /** True when this start generated secrets the operator has not seen yet. */
   generatedSecrets: boolean;
 }>;
@@ -83,6 +88,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     maxFrames: e.CHIPMUNK_MAX_FRAMES,
     concurrency: e.CHIPMUNK_CONCURRENCY,
     logLevel: e.CHIPMUNK_LOG_LEVEL,
+    demo: (e.CHIPMUNK_DEMO ?? (e.NODE_ENV === 'production' ? 'off' : 'on')) === 'on',
     generatedSecrets: stored.generated && (!e.CHIPMUNK_SECRET || !e.CHIPMUNK_API_KEY),
   });
 }
