@@ -10,6 +10,10 @@ import type { Repository } from './db/repository.js';
 import { AppError, errors, toAppError } from './errors.js';
 import type { Logger } from './log.js';
 import type { Purposes } from './purposes.js';
+import type { DeliveryLinks } from './delivery/links.js';
+import type { DeliveryServer } from './delivery/serve.js';
+import { deliveryRoutes } from './routes/delivery.js';
+import { fileDeliveryRoutes } from './routes/file-delivery.js';
 import { fileRoutes } from './routes/files.js';
 import { uploadTokenRoutes } from './routes/upload-tokens.js';
 import { userRoutes } from './routes/users.js';
@@ -22,6 +26,8 @@ export type AppDeps = {
   purposes: Purposes;
   files: FileService;
   tus: TusServer;
+  delivery: DeliveryServer;
+  links: DeliveryLinks;
   logger: Logger;
   /** Present only when the demo is on (config.demo): the page's files. */
   demoAssets?: Map<string, DemoAsset>;
@@ -53,9 +59,12 @@ export function createApp(deps: AppDeps) {
   app.all(TUS_PATH, tusHandler);
   app.all(`${TUS_PATH}/*`, tusHandler);
 
+  app.route('/f', deliveryRoutes(deps.delivery));
+
   const v1 = new Hono();
   v1.use('*', requireApiKey(config.apiKey));
   v1.route('/upload-tokens', uploadTokenRoutes({ secret: config.secret, purposes: deps.purposes }));
+  v1.route('/files', fileDeliveryRoutes({ files: deps.files, links: deps.links, publicUrl: config.publicUrl }));
   v1.route('/files', fileRoutes({ files: deps.files, publicUrl: config.publicUrl }));
   v1.route('/users', userRoutes({ repo: deps.repo, files: deps.files, defaultQuotaBytes: config.defaultQuotaBytes, publicUrl: config.publicUrl }));
   app.route('/v1', v1);

@@ -1,15 +1,21 @@
 import { serve, type ServerType } from '@hono/node-server';
 import { mkdirSync } from 'node:fs';
+import { createServer, type Server } from 'node:http';
 import path from 'node:path';
 import { createApp } from './app.js';
 import type { Config } from './config.js';
 import { openDatabase } from './db/index.js';
 import { createRepository } from './db/repository.js';
 import { loadDemoAssets } from './demo/assets.js';
+import { createDeliveryLinks } from './delivery/links.js';
+import { createDeliveryResolver } from './delivery/resolve.js';
+import { createDeliveryServer } from './delivery/serve.js';
 import { createEventBus } from './events.js';
 import { createLogger, type Logger } from './log.js';
+import { createImageProcessor } from './media/images.js';
 import { originalOnlyProcessor } from './media/processor.js';
 import { loadPurposes } from './purposes.js';
+import { internalAuthListener } from './routes/internal-auth.js';
 import { createFileService } from './services/files.js';
 import { createUploadService } from './services/uploads.js';
 import { createLocalStorage } from './storage/local.js';
@@ -27,22 +33,29 @@ export function createChipmunk(config: Config, opts: { logger?: Logger } = {}) {
   const storage = createLocalStorage({ mediaDir: config.mediaDir, workDir: path.join(config.dataDir, 'work') });
   const purposes = loadPurposes(config.purposesFile);
   const events = createEventBus();
-  const files = createFileService({ repo, storage, logger, events });
+  const links = createDeliveryLinks({ repo, secret: config.secret });
+  const resolveDelivery = createDeliveryResolver({ repo, storage, secret: config.secret });
+  const delivery = createDeliveryServer({ resolve: resolveDelivery, storage, logger });
+  const files = createFileService({ repo, storage, logger, events, variantUrl: links.variantUrl });
   const uploads = createUploadService({
     repo,
     storage,
     purposes,
-    processors: { image: originalOnlyProcessor, audio: originalOnlyProcessor },
+    processors: {
+      image: createImageProcessor({ maxPixels: config.maxPixels, maxFrames: config.maxFrames, concurrency: config.concurrency }),
+      audio: originalOnlyProcessor,
+    },
     logger,
     events,
     defaultQuotaBytes: config.defaultQuotaBytes,
     uploadExpiryMs: config.uploadExpiryMs,
   });
   const tus = createTusServer({ uploadDir: config.uploadDir, secret: config.secret, publicUrl: config.publicUrl, uploadExpiryMs: config.uploadExpiryMs, repo, uploads, files, logger });
-  const app = createApp({ config, repo, purposes, files, tus: tus.server, logger, demoAssets: config.demo ? loadDemoAssets() : undefined });
+  const app = createApp({ config, repo, purposes, files, tus: tus.server, delivery, links, logger, demoAssets: config.demo ? loadDemoAssets() : undefined });
 
   const sweep = () => sweepExpiredUploads({ repo, uploads, discardUpload: tus.discardUpload, logger });
   let server: ServerType | undefined;
+  let internalServer: Server | undefined;
   let timer: NodeJS.Timeout | undefined;
 
   return {
@@ -53,26 +66,42 @@ export function createChipmunk(config: Config, opts: { logger?: Logger } = {}) {
     storage,
     uploads,
     files,
+    links,
     events,
     logger,
     sweepExpiredUploads: sweep,
 
-    /** Finishes work a previous process left half done, then listens. */
-    async listen(): Promise<{ port: number }> {
+    /** Finishes work a previous process left half done, then listens (public port, then internal port). */
+    async listen(): Promise<{ port: number; internalPort: number }> {
       await files.finishInterruptedDeletes();
       await sweep();
       timer = setInterval(() => void sweep().catch((err) => logger.error('expiry sweep failed', { err })), config.expiryIntervalMs);
       timer.unref();
-      return new Promise((resolve) => {
+      const { port } = await new Promise<{ port: number }>((resolve) => {
         server = serve({ fetch: app.fetch, port: config.port, hostname: config.host }, (info) => resolve({ port: info.port }));
       });
+      // nginx's auth_request endpoint lives on its own port so the public side can never reach it.
+      const internal = createServer(internalAuthListener({ resolve: resolveDelivery, authCacheSeconds: config.authCacheSeconds, logger }));
+      // Longer than nginx's upstream keepalive, so nginx always closes idle connections first.
+      internal.keepAliveTimeout = 75_000;
+      internalServer = internal;
+      const internalPort = await new Promise<number>((resolve, reject) => {
+        internal.once('error', reject);
+        internal.listen(config.internalPort, config.internalHost, () => {
+          const address = internal.address();
+          resolve(typeof address === 'object' && address ? address.port : config.internalPort);
+        });
+      });
+      return { port, internalPort };
     },
 
     async close(): Promise<void> {
       if (timer) clearInterval(timer);
-      if (server) {
-        const s = server;
-        await new Promise<void>((resolve) => s.close(() => resolve()));
+      for (const s of [server, internalServer]) {
+        if (!s) continue;
+        const closed = new Promise<void>((resolve) => s.close(() => resolve()));
+        if ('closeIdleConnections' in s) s.closeIdleConnections();
+        await closed;
         if ('closeAllConnections' in s) s.closeAllConnections();
       }
       db.$client.close();

@@ -1,14 +1,76 @@
+import { parseArgs } from 'node:util';
+import { ConfigError, dataPaths, parseEnvironment } from './config.js';
+import { renderNginxConfig } from './delivery/nginx-config.js';
 import { start } from './index.js';
+import { loadPurposes } from './purposes.js';
 
-// `chipmunk <command>`: start (default) runs the server; later commands add operator tools.
+// `chipmunk <command>`: start (default) runs the server; the others are operator tools.
 export async function main(argv: string[]): Promise<void> {
-  const [command = 'start'] = argv;
-  switch (command) {
-    case 'start':
-      await start();
-      return;
-    default:
-      process.stderr.write(`chipmunk: unknown command "${command}". Commands: start\n`);
+  const [command = 'start', ...rest] = argv;
+  try {
+    switch (command) {
+      case 'start':
+        await start();
+        return;
+      case 'nginx-config':
+        process.stdout.write(nginxConfigCommand(rest));
+        return;
+      default:
+        process.stderr.write(`chipmunk: unknown command "${command}". Commands: start, nginx-config\n`);
+        process.exit(2);
+    }
+  } catch (err) {
+    if (err instanceof ConfigError || err instanceof UsageError) {
+      process.stderr.write(`chipmunk ${command}: ${err.message}\n`);
       process.exit(2);
+    }
+    throw err;
+  }
+}
+
+class UsageError extends Error {}
+
+const nginxUsage =
+  'usage: chipmunk nginx-config --listen <host:port> --upstream <http://chipmunk:port> [--auth-upstream <http://chipmunk:internal-port>] [--user <worker user>]';
+
+/**
+ * Renders the nginx config for the Chipmunk this environment describes: the media folder from
+ * CHIPMUNK_DATA_DIR, the auth endpoint on CHIPMUNK_INTERNAL_PORT (same host as --upstream unless
+ * --auth-upstream says otherwise), the auth cache time from CHIPMUNK_AUTH_CACHE and the upload body
+ * limit from the purposes. Reads the environment only; writes nothing.
+ */
+export function nginxConfigCommand(args: string[], env: NodeJS.ProcessEnv = process.env): string {
+  let values: { listen?: string; upstream?: string; 'auth-upstream'?: string; user?: string };
+  try {
+    ({ values } = parseArgs({
+      args,
+      options: { listen: { type: 'string' }, upstream: { type: 'string' }, 'auth-upstream': { type: 'string' }, user: { type: 'string' } },
+      strict: true,
+      allowPositionals: false,
+    }));
+  } catch (err) {
+    throw new UsageError(`${(err as Error).message}\n${nginxUsage}`);
+  }
+  if (!values.listen || !values.upstream) throw new UsageError(`--listen and --upstream are required.\n${nginxUsage}`);
+  const e = parseEnvironment(env);
+  const purposes = loadPurposes(e.CHIPMUNK_PURPOSES_FILE);
+  try {
+    let authUpstream = values['auth-upstream'];
+    if (!authUpstream) {
+      const url = new URL(values.upstream);
+      url.port = String(e.CHIPMUNK_INTERNAL_PORT);
+      authUpstream = url.origin;
+    }
+    return renderNginxConfig({
+      listen: values.listen,
+      upstream: values.upstream,
+      authUpstream,
+      mediaDir: dataPaths(e.CHIPMUNK_DATA_DIR).mediaDir,
+      authCacheSeconds: e.CHIPMUNK_AUTH_CACHE,
+      maxUploadBytes: Math.max(...purposes.all().map((p) => p.maxBytes)),
+      user: values.user,
+    });
+  } catch (err) {
+    throw new UsageError((err as Error).message);
   }
 }

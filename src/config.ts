@@ -24,6 +24,9 @@ const envSchema = z.object({
   CHIPMUNK_MAX_PIXELS: bytes.default(50_000_000),
   CHIPMUNK_MAX_FRAMES: bytes.default(100),
   CHIPMUNK_CONCURRENCY: bytes.default(Math.max(1, cpus().length)),
+  CHIPMUNK_INTERNAL_PORT: z.coerce.number().int().min(0).max(65535).default(8081),
+  CHIPMUNK_INTERNAL_HOST: z.string().min(1).default('127.0.0.1'),
+  CHIPMUNK_AUTH_CACHE: z.coerce.number().int().min(0).max(3600).default(5),
   CHIPMUNK_LOG_LEVEL: z.enum(['debug', 'info', 'warn', 'error', 'silent']).default('info'),
   // The demo page at / and its /demo/api routes; unset means on, except when NODE_ENV=production.
   CHIPMUNK_DEMO: z.enum(['on', 'off'], { error: 'must be "on" or "off"' }).optional(),
@@ -52,6 +55,11 @@ export type Config = Readonly<{
   logLevel: 'debug' | 'info' | 'warn' | 'error' | 'silent';
   /** The demo page and its token-minting routes (a developer's machine only). */
   demo: boolean;
+  /** The internal port serving only /internal/auth to nginx; never expose it. */
+  internalPort: number;
+  internalHost: string;
+  /** Seconds nginx may cache an auth answer (never past a signed link's expiry). */
+  authCacheSeconds: number;
   /** True when this start generated secrets the operator has not seen yet. */
   generatedSecrets: boolean;
 }>;
@@ -60,23 +68,39 @@ export class ConfigError extends Error {
   override name = 'ConfigError';
 }
 
-export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+export type Environment = z.infer<typeof envSchema>;
+
+/** The environment parsed and checked, without touching the disk (operator commands such as nginx-config). */
+export function parseEnvironment(env: NodeJS.ProcessEnv = process.env): Environment {
   const parsed = envSchema.safeParse(env);
   if (!parsed.success) {
     const issue = parsed.error.issues[0]!;
     throw new ConfigError(`Invalid environment variable ${String(issue.path[0])}: ${issue.message}`);
   }
-  const e = parsed.data;
-  const dataDir = path.resolve(e.CHIPMUNK_DATA_DIR);
+  return parsed.data;
+}
+
+/** Where everything lives inside the data directory. */
+export function dataPaths(dataDirSetting: string) {
+  const dataDir = path.resolve(dataDirSetting);
+  return {
+    dataDir,
+    databasePath: path.join(dataDir, 'chipmunk.db'),
+    uploadDir: path.join(dataDir, 'uploads'),
+    mediaDir: path.join(dataDir, 'media'),
+  };
+}
+
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  const e = parseEnvironment(env);
+  const paths = dataPaths(e.CHIPMUNK_DATA_DIR);
+  const dataDir = paths.dataDir;
   mkdirSync(dataDir, { recursive: true });
   const stored = loadOrCreateSecrets(dataDir);
   return Object.freeze({
     port: e.PORT,
     host: e.HOST,
-    dataDir,
-    databasePath: path.join(dataDir, 'chipmunk.db'),
-    uploadDir: path.join(dataDir, 'uploads'),
-    mediaDir: path.join(dataDir, 'media'),
+    ...paths,
     publicUrl: e.CHIPMUNK_PUBLIC_URL?.replace(/\/+$/, ''),
     secret: e.CHIPMUNK_SECRET ?? stored.secrets.secret,
     apiKey: e.CHIPMUNK_API_KEY ?? stored.secrets.apiKey,
@@ -89,6 +113,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     concurrency: e.CHIPMUNK_CONCURRENCY,
     logLevel: e.CHIPMUNK_LOG_LEVEL,
     demo: (e.CHIPMUNK_DEMO ?? (e.NODE_ENV === 'production' ? 'off' : 'on')) === 'on',
+    internalPort: e.CHIPMUNK_INTERNAL_PORT,
+    internalHost: e.CHIPMUNK_INTERNAL_HOST,
+    authCacheSeconds: e.CHIPMUNK_AUTH_CACHE,
     generatedSecrets: stored.generated && (!e.CHIPMUNK_SECRET || !e.CHIPMUNK_API_KEY),
   });
 }

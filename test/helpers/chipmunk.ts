@@ -8,6 +8,8 @@ import { silentLogger } from '../../src/log.js';
 export type TestChipmunk = {
   chipmunk: Chipmunk;
   url: string;
+  /** The internal port serving /internal/auth (nginx's auth_request). */
+  internalPort: number;
   apiKey: string;
   secret: string;
   dataDir: string;
@@ -22,9 +24,9 @@ export const corpus = (...parts: string[]) => path.resolve(import.meta.dirname, 
 /** A real Chipmunk listening on a free loopback port, in its own temporary data directory. */
 export async function startChipmunk(env: Record<string, string> = {}): Promise<TestChipmunk> {
   const dataDir = await mkdtemp(path.join(tmpdir(), 'chipmunk-test-'));
-  const config = loadConfig({ PORT: '0', HOST: '127.0.0.1', CHIPMUNK_DATA_DIR: dataDir, CHIPMUNK_LOG_LEVEL: 'silent', ...env });
+  const config = loadConfig({ PORT: '0', HOST: '127.0.0.1', CHIPMUNK_DATA_DIR: dataDir, CHIPMUNK_LOG_LEVEL: 'silent', CHIPMUNK_INTERNAL_PORT: '0', ...env });
   const chipmunk = createChipmunk(config, { logger: silentLogger });
-  const { port } = await chipmunk.listen();
+  const { port, internalPort } = await chipmunk.listen();
   const url = `http://127.0.0.1:${port}`;
   const api = (pathname: string, init: RequestInit & { json?: unknown } = {}) => {
     const headers = new Headers(init.headers);
@@ -39,6 +41,7 @@ export async function startChipmunk(env: Record<string, string> = {}): Promise<T
   return {
     chipmunk,
     url,
+    internalPort,
     apiKey: config.apiKey,
     secret: config.secret,
     dataDir,

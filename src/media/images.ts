@@ -1,0 +1,245 @@
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import sharp, { type Sharp } from 'sharp';
+import { rgbaToThumbHash } from 'thumbhash';
+import { AppError, errors } from '../errors.js';
+import type { MediaProcessor, ProcessInput, ProcessResult, ProducedVariant } from './processor.js';
+
+// The only module that imports sharp. An image is decoded once (orientation applied, colour
+// converted to sRGB, shrunk to the largest rung on load), then every smaller rung is resized from
+// the rung above it and encoded to WebP. Animated GIF/WebP keep their frames up to a cap.
+
+export type Rung = { name: string; box: number; quality: number; effort: number };
+
+/**
+ * The variant ladder. Quality falls with size (the placeholder is compressed hardest, the 1080 cap
+ * least); libwebp's effort 4 is spent only where the bytes are (the 1080 rung, ~4% smaller than
+ * effort 2 for 2.5× the CPU), effort 2 below it so the whole ladder costs little more than one
+ * 1080 encode. The measurements behind it are printed by `npm run bench:variants` (README).
+ */
+export const LADDER: readonly Rung[] = Object.freeze([
+  { name: '1', box: 10, quality: 20, effort: 6 },
+  { name: '2', box: 40, quality: 60, effort: 4 },
+  { name: '3', box: 160, quality: 70, effort: 2 },
+  { name: '4', box: 320, quality: 75, effort: 2 },
+  { name: '5', box: 640, quality: 78, effort: 2 },
+  { name: '6', box: 1080, quality: 80, effort: 4 },
+]);
+
+export type ImageProcessorOptions = {
+  /** Largest width × height (per frame) accepted, checked from the header before decoding. */
+  maxPixels: number;
+  /** Animations with more frames than this are reduced to their first frame. */
+  maxFrames: number;
+  /** Images processed at once; the rest wait their turn. */
+  concurrency: number;
+};
+
+type Raw = { data: Buffer; width: number; height: number; channels: 1 | 2 | 3 | 4 };
+
+/** Formats the bundled libvips decodes; anything else that sniffs as an image is refused by name. */
+const decodable = new Set(['jpeg', 'png', 'webp', 'gif', 'tiff', 'heif']);
+const animatable = new Set(['image/gif', 'image/webp']);
+
+export function createImageProcessor(opts: ImageProcessorOptions): MediaProcessor & { readonly queued: number; readonly active: number } {
+  // Uploads are unique files: libvips' operation cache would only hold memory. Parallelism comes
+  // from processing several images at once (bounded below), not from threads inside one image.
+  sharp.cache(false);
+  sharp.concurrency(1);
+  const limit = createLimiter(Math.max(1, opts.concurrency));
+
+  return {
+    get queued() {
+      return limit.queued;
+    },
+    get active() {
+      return limit.active;
+    },
+    process: (input) => limit.run(() => processImage(input, opts)),
+  };
+}
+
+async function processImage(input: ProcessInput, opts: ImageProcessorOptions): Promise<ProcessResult> {
+  const { sourcePath, sniffed, square, workDir } = input;
+  const canAnimate = animatable.has(sniffed.mimeType);
+  const meta = await readHeader(sourcePath, sniffed.mimeType, canAnimate);
+
+  if (meta.format === 'heif' && meta.compression === 'hevc') {
+    throw errors.unsupportedType(
+      'This is a HEIC photo (HEVC-coded HEIF), which this server cannot decode. Export it as JPEG, or set the iPhone to ' +
+        'Settings → Camera → Formats → Most Compatible, and upload again.',
+    );
+  }
+  if (!decodable.has(meta.format)) throw errors.unsupportedType(`Images in ${meta.format} format are not supported; upload JPEG, PNG, WebP, GIF, AVIF or TIFF.`);
+
+  const frameHeight = meta.pageHeight ?? meta.height;
+  const framePixels = meta.width * frameHeight;
+  if (framePixels > opts.maxPixels) {
+    throw errors.tooLarge(
+      `The image is ${meta.width} × ${frameHeight} pixels (${megapixels(framePixels)}); at most ${megapixels(opts.maxPixels)} are accepted. Scale it down and upload again.`,
+    );
+  }
+  const pages = canAnimate ? (meta.pages ?? 1) : 1;
+  // Beyond the frame cap (or the pixel budget over all frames) only the first frame is kept.
+  const animated = pages > 1 && pages <= opts.maxFrames && framePixels * pages <= opts.maxPixels;
+
+  const produced = animated
+    ? await animatedLadder(sourcePath, { width: meta.width, height: frameHeight }, square, workDir, opts)
+    : await stillLadder(sourcePath, meta.autoOrient, square, workDir, opts);
+
+  const placeholderFile = produced.variants.find((v) => v.name === '1')!.file;
+  const placeholder = `data:image/webp;base64,${(await readFile(placeholderFile)).toString('base64')}`;
+  return {
+    width: produced.width,
+    height: produced.height,
+    info: { placeholder, thumbhash: Buffer.from(rgbaToThumbHash(produced.hashSource.width, produced.hashSource.height, produced.hashSource.data)).toString('base64') },
+    variants: produced.variants,
+    status: 'ready',
+  };
+}
+
+type Ladder = { width: number; height: number; variants: ProducedVariant[]; hashSource: Raw };
+
+/** One decode of the source into the largest rung, then each smaller rung from the one above. */
+async function stillLadder(sourcePath: string, oriented: { width: number; height: number }, square: boolean, workDir: string, opts: ImageProcessorOptions): Promise<Ladder> {
+  const rungs = [...LADDER].sort((a, b) => b.box - a.box);
+  const top = rungSize(oriented, rungs[0]!.box, square);
+  let raw: Raw;
+  try {
+    const decoder = sharp(sourcePath, { limitInputPixels: opts.maxPixels, failOn: 'warning' })
+      .autoOrient()
+      .resize(top.width, top.height, square ? { fit: 'cover', position: 'attention' } : { fit: 'fill' })
+      .toColourspace('srgb');
+    const { data, info } = await decoder.raw({ depth: 'uchar' }).toBuffer({ resolveWithObject: true });
+    raw = { data, width: info.width, height: info.height, channels: info.channels };
+  } catch (err) {
+    throw decodeError(err);
+  }
+
+  const variants: ProducedVariant[] = [];
+  let hashSource: Raw | undefined;
+  for (const rung of rungs) {
+    const size = rungSize(oriented, rung.box, square);
+    if (size.width !== raw.width || size.height !== raw.height) raw = await resizeRaw(raw, size);
+    variants.push(await encode(sharp(raw.data, { raw: rawShape(raw) }), rung, workDir, size));
+    // The thumbhash wants at most 100 × 100: taken from the smallest rung that still has that detail.
+    if (rung.box >= 100) hashSource = raw;
+  }
+  return { ...oriented, variants: byName(variants), hashSource: await thumbhashInput(hashSource ?? raw) };
+}
+
+/** Animations are small by construction (frame cap, pixel budget): each rung decodes its own frames. */
+async function animatedLadder(sourcePath: string, frame: { width: number; height: number }, square: boolean, workDir: string, opts: ImageProcessorOptions): Promise<Ladder> {
+  const variants: ProducedVariant[] = [];
+  try {
+    for (const rung of LADDER) {
+      const size = rungSize(frame, rung.box, square);
+      // The placeholder is inlined in pages: its first frame is enough.
+      const frames = rung.name === '1' ? { pages: 1 } : { animated: true };
+      const pipeline = sharp(sourcePath, { ...frames, limitInputPixels: opts.maxPixels, failOn: 'warning' })
+        .resize(size.width, size.height, square ? { fit: 'cover', position: 'centre' } : { fit: 'fill' })
+        .toColourspace('srgb');
+      variants.push(await encode(pipeline, rung, workDir, size));
+    }
+    const first = await sharp(sourcePath, { pages: 1, failOn: 'warning' })
+      .resize(rungSize(frame, 100, square).width, rungSize(frame, 100, square).height, square ? { fit: 'cover', position: 'centre' } : { fit: 'fill' })
+      .ensureAlpha()
+      .raw({ depth: 'uchar' })
+      .toBuffer({ resolveWithObject: true });
+    return { ...frame, variants, hashSource: { data: first.data, width: first.info.width, height: first.info.height, channels: 4 } };
+  } catch (err) {
+    throw decodeError(err);
+  }
+}
+
+async function encode(pipeline: Sharp, rung: Rung, workDir: string, size: { width: number; height: number }): Promise<ProducedVariant> {
+  const storedAs = `${rung.name}.webp`;
+  const file = path.join(workDir, storedAs);
+  await pipeline.webp({ quality: rung.quality, effort: rung.effort }).toFile(file);
+  return { name: rung.name, file, storedAs, mimeType: 'image/webp', width: size.width, height: size.height };
+}
+
+async function resizeRaw(raw: Raw, size: { width: number; height: number }): Promise<Raw> {
+  const { data, info } = await sharp(raw.data, { raw: rawShape(raw) }).resize(size.width, size.height, { fit: 'fill' }).raw().toBuffer({ resolveWithObject: true });
+  return { data, width: info.width, height: info.height, channels: info.channels };
+}
+
+async function thumbhashInput(raw: Raw): Promise<Raw> {
+  const size = rungSize(raw, 100, false);
+  const { data, info } = await sharp(raw.data, { raw: rawShape(raw) }).resize(size.width, size.height, { fit: 'fill' }).ensureAlpha().raw().toBuffer({ resolveWithObject: true });
+  return { data, width: info.width, height: info.height, channels: 4 };
+}
+
+const rawShape = (raw: Raw) => ({ width: raw.width, height: raw.height, channels: raw.channels });
+
+/**
+ * The size of one rung: square purposes get n × n (n capped by the shorter side), others fit
+ * inside n × n keeping the aspect ratio. Never larger than the source, never below 1 pixel.
+ */
+export function rungSize(source: { width: number; height: number }, box: number, square: boolean): { width: number; height: number } {
+  if (square) {
+    const side = Math.min(box, source.width, source.height);
+    return { width: side, height: side };
+  }
+  const scale = Math.min(1, box / Math.max(source.width, source.height));
+  return { width: Math.max(1, Math.round(source.width * scale)), height: Math.max(1, Math.round(source.height * scale)) };
+}
+
+type Header = { format: string; compression?: string; width: number; height: number; pageHeight?: number; pages?: number; autoOrient: { width: number; height: number } };
+
+/** Reads the header only (no pixels), so the size checks happen before any decoding. */
+async function readHeader(sourcePath: string, mimeType: string, animated: boolean): Promise<Header> {
+  try {
+    // No pixel limit here: the header's declared size is what the caller checks, with a clear message.
+    const meta = await sharp(sourcePath, { limitInputPixels: false, ...(animated ? { animated: true } : {}) }).metadata();
+    if (!meta.width || !meta.height) throw new Error('no dimensions in the header');
+    return { ...meta, format: meta.format, width: meta.width, height: meta.height };
+  } catch (err) {
+    if ((mimeType === 'image/avif' || mimeType === 'image/heif') && /unsupported image format/i.test(String((err as Error).message))) {
+      throw errors.unsupportedType('This AVIF/HEIF variant (for example an image sequence) is not supported; upload a still AVIF, JPEG, PNG, WebP or GIF.');
+    }
+    if (mimeType === 'image/bmp' && /unsupported image format/i.test(String((err as Error).message))) {
+      throw errors.unsupportedType('BMP images are not supported; convert it to PNG or JPEG and upload again.');
+    }
+    throw decodeError(err);
+  }
+}
+
+/** A decoder failure is the content's fault: the client gets a 4xx and the cause goes to the logs. */
+function decodeError(err: unknown): AppError {
+  if (err instanceof AppError) return err;
+  const message = String((err as Error)?.message ?? err);
+  if (/exceeds pixel limit/i.test(message)) return errors.tooLarge('The image has more pixels than this server accepts. Scale it down and upload again.');
+  return errors.unprocessable('The image is corrupt or truncated and cannot be decoded.', err);
+}
+
+const megapixels = (pixels: number) => `${Number((pixels / 1e6).toFixed(1))} megapixels`;
+
+function byName(variants: ProducedVariant[]): ProducedVariant[] {
+  return [...variants].sort((a, b) => Number(a.name) - Number(b.name));
+}
+
+/** At most `n` tasks run at once; the rest wait in arrival order. */
+function createLimiter(n: number) {
+  let active = 0;
+  const waiting: Array<() => void> = [];
+  return {
+    get active() {
+      return active;
+    },
+    get queued() {
+      return waiting.length;
+    },
+    async run<T>(task: () => Promise<T>): Promise<T> {
+      if (active >= n) await new Promise<void>((resolve) => waiting.push(resolve));
+      else active++;
+      try {
+        return await task();
+      } finally {
+        const next = waiting.shift();
+        if (next) next();
+        else active--;
+      }
+    },
+  };
+}

@@ -1,0 +1,70 @@
+import type { IncomingMessage, RequestListener, ServerResponse } from 'node:http';
+import { AppError, toAppError } from '../errors.js';
+import type { Logger } from '../log.js';
+import type { DeliveryResolver } from '../delivery/resolve.js';
+
+// GET /internal/auth, for nginx's auth_request. It listens only on the internal port
+// (CHIPMUNK_INTERNAL_PORT, bound to CHIPMUNK_INTERNAL_HOST), never on the public one, and is a bare
+// Node handler: no routing or middleware between nginx and the one access decision.
+//
+// nginx sends the client's raw request target in X-Original-URI. The answer:
+//   200: X-Chipmunk-Path (relative to the media root), X-Chipmunk-Content-Type, X-Chipmunk-Cache-Control,
+//        X-Chipmunk-Content-Disposition (downloads only)
+//   401 / 403 / 404: the refusal, with its JSON body also in X-Chipmunk-Error
+// Every answer carries X-Chipmunk-Status (nginx maps a 404 back from its auth_request 500 with it)
+// and X-Accel-Expires: how long nginx may cache it — the auth cache time, never past a link's expiry.
+
+export const INTERNAL_AUTH_PATH = '/internal/auth';
+
+export type AuthAnswer = { status: number; headers: Record<string, string>; body: string };
+
+export function authAnswer(resolve: DeliveryResolver, originalUri: string | undefined, cacheSeconds: number, nowMs: number): AuthAnswer {
+  try {
+    if (!originalUri) throw new AppError('BAD_REQUEST', 400, 'X-Original-URI is missing: the nginx config must set it to $request_uri.');
+    const d = resolve(originalUri);
+    const left = d.expiresAt === undefined ? cacheSeconds : Math.min(cacheSeconds, Math.floor((d.expiresAt * 1000 - nowMs) / 1000));
+    const headers: Record<string, string> = {
+      'X-Chipmunk-Status': '200',
+      'X-Chipmunk-Path': d.relativePath,
+      'X-Chipmunk-Content-Type': d.contentType,
+      'X-Chipmunk-Cache-Control': d.cacheControl,
+      'X-Accel-Expires': String(Math.max(0, left)),
+    };
+    if (d.contentDisposition) headers['X-Chipmunk-Content-Disposition'] = d.contentDisposition;
+    return { status: 200, headers, body: '' };
+  } catch (err) {
+    const error = toAppError(err);
+    const json = JSON.stringify(error.toJSON());
+    return {
+      status: error.status,
+      headers: {
+        'Content-Type': 'application/json',
+        'X-Chipmunk-Status': String(error.status),
+        // Header-safe: our messages are ASCII; anything else is escaped by JSON.stringify below.
+        'X-Chipmunk-Error': json.replace(/[^\x20-\x7e]/g, (ch) => `\\u${ch.charCodeAt(0).toString(16).padStart(4, '0')}`),
+        'X-Accel-Expires': String(error.status >= 500 ? 0 : cacheSeconds),
+      },
+      body: json,
+    };
+  }
+}
+
+/** The whole internal server: /internal/auth and nothing else. */
+export function internalAuthListener(deps: { resolve: DeliveryResolver; authCacheSeconds: number; logger: Logger; now?: () => number }): RequestListener {
+  const now = deps.now ?? Date.now;
+  return (req: IncomingMessage, res: ServerResponse) => {
+    const url = req.url ?? '/';
+    const path = url.split('?', 1)[0];
+    let answer: AuthAnswer;
+    if (path !== INTERNAL_AUTH_PATH) {
+      const error = new AppError('NOT_FOUND', 404, 'Route not found.');
+      answer = { status: 404, headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(error.toJSON()) };
+    } else {
+      const original = req.headers['x-original-uri'];
+      answer = authAnswer(deps.resolve, Array.isArray(original) ? original[0] : original, deps.authCacheSeconds, now());
+      if (answer.status >= 500) deps.logger.error('auth request failed', { status: answer.status, body: answer.body });
+    }
+    res.writeHead(answer.status, { ...answer.headers, 'Content-Length': Buffer.byteLength(answer.body) });
+    res.end(req.method === 'HEAD' ? undefined : answer.body);
+  };
+}

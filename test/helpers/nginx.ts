@@ -1,0 +1,72 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { chmod, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { nginxConfigCommand } from '../../src/cli.js';
+import type { TestChipmunk } from './chipmunk.js';
+
+export const NGINX_BIN = ['/usr/sbin/nginx', '/usr/local/sbin/nginx', '/usr/bin/nginx'].find((p) => existsSync(p)) ?? 'nginx';
+
+export type TestNginx = { url: string; prefix: string; config: string; close(): Promise<void> };
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address() as { port: number };
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/**
+ * Real nginx in front of a test Chipmunk, configured by the very command operators run
+ * (`chipmunk nginx-config`, reading the same environment as that Chipmunk), on a free port.
+ */
+export async function startNginx(t: TestChipmunk, opts: { authCacheSeconds?: number; extraServerConfig?: string } = {}): Promise<TestNginx> {
+  const prefix = await mkdtemp(path.join(tmpdir(), 'chipmunk-nginx-'));
+  // When the tests run as root, nginx's workers run as nobody: they must reach the media and the prefix.
+  await chmod(prefix, 0o755);
+  await chmod(t.dataDir, 0o755);
+  const port = await freePort();
+  const env = {
+    CHIPMUNK_DATA_DIR: t.dataDir,
+    CHIPMUNK_INTERNAL_PORT: String(t.internalPort),
+    CHIPMUNK_AUTH_CACHE: String(opts.authCacheSeconds ?? 5),
+  };
+  let config = nginxConfigCommand(['--listen', `127.0.0.1:${port}`, '--upstream', t.url], env);
+  if (opts.extraServerConfig) config = config.replace(/\n    }\n}\n$/, `\n${opts.extraServerConfig}\n    }\n}\n`);
+  const file = path.join(prefix, 'nginx.conf');
+  await writeFile(file, config);
+  const proc: ChildProcess = spawn(NGINX_BIN, ['-p', prefix, '-c', file, '-g', 'daemon off;'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  proc.stderr?.on('data', (d) => (stderr += String(d)));
+  const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()));
+  const url = `http://127.0.0.1:${port}`;
+  for (let i = 0; ; i++) {
+    if (proc.exitCode !== null) throw new Error(`nginx exited (${proc.exitCode}): ${stderr}${await readFile(path.join(prefix, 'error.log'), 'utf8').catch(() => '')}`);
+    try {
+      const res = await fetch(`${url}/health`);
+      if (res.ok) break;
+    } catch {
+      // not listening yet
+    }
+    if (i > 200) throw new Error(`nginx did not start: ${stderr}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return {
+    url,
+    prefix,
+    config,
+    async close() {
+      if (proc.exitCode === null) {
+        proc.kill('SIGTERM');
+        await exited;
+      }
+      await rm(prefix, { recursive: true, force: true });
+    },
+  };
+}
