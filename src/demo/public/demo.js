@@ -12,6 +12,8 @@ const state = {
   upload: null,
   uploadPaused: false,
   file: null,
+  /** The user whose usage and files are on screen. */
+  shownUser: '',
   poll: null,
   waveform: null,
 };
@@ -169,7 +171,13 @@ async function refreshFiles() {
 
 function fileListItem(file) {
   const thumb = thumbnailOf(file);
-  const item = el('li', { 'data-file-id': file.id, class: state.file && state.file.id === file.id ? 'current' : '', onclick: () => showFile(file) }, [
+  const open = () => {
+    showFile(file);
+    // On a phone the result is far from the list: bring it up.
+    const top = $('result').getBoundingClientRect().top;
+    if (top < 0 || top > window.innerHeight * 0.6) $('result').scrollIntoView({ block: 'start' });
+  };
+  const item = el('li', { 'data-file-id': file.id, class: state.file && state.file.id === file.id ? 'current' : '', onclick: open }, [
     thumb ? el('img', { class: 'file-thumb', src: thumb, alt: '' }) : el('span', { class: 'file-thumb' }),
     el('div', { class: 'file-meta' }, [
       el('div', { class: 'file-name', text: file.filename, title: file.filename }),
@@ -438,7 +446,7 @@ function showVariants(file) {
   $('ladder').replaceChildren(
     ...ladder.map((v) =>
       el('figure', { 'data-variant': String(v.n) }, [
-        el('img', { src: v.url, width: String(v.width), height: String(v.height), alt: `Variant ${v.n}`, loading: 'lazy', decoding: 'async' }),
+        el('img', { src: v.url, width: String(v.width), height: String(v.height), alt: `Variant ${v.n}`, decoding: 'async' }),
         el('figcaption', { text: `${v.n} · ${v.width}×${v.height} · ${formatBytes(v.bytes)}` }),
       ]),
     ),
@@ -597,6 +605,8 @@ async function changeUser() {
     return;
   }
   clearError();
+  if (id === state.shownUser) return;
+  state.shownUser = id;
   localStorage.setItem('chipmunk-demo-user', id);
   state.file = null;
   $('result').hidden = true;
@@ -678,6 +688,7 @@ async function init() {
     if (!$('music').hidden) drawWaveform();
   });
 
+  state.shownUser = $('user').value.trim();
   await Promise.all([refreshUsage(), refreshFiles()]);
   document.body.dataset.ready = 'true';
 }
