@@ -80,7 +80,7 @@ describe('demo page', () => {
 
     // The ladder the server made, all of it, on the page.
     expect(file.variants.map((v) => v.n)).toEqual([0, 1, 2, 3, 4, 5, 6]);
-    const rows = await page.$$eval('[data-variant-row]', (trs) => trs.map((tr) => [...tr.querySelectorAll('td')].slice(0, 2).map((td) => td.textContent)));
+    const rows = await page.$$eval('[data-variant-row]', (trs) => trs.map((tr) => Array.from(tr.querySelectorAll('td')).slice(0, 2).map((td) => td.textContent)));
     expect(rows).toEqual(file.variants.map((v) => [v.n === 0 ? '0 (original)' : String(v.n), `${v.width}×${v.height}`]));
 
     // Each rung is drawn from its real URL at its real size.
