@@ -12,10 +12,13 @@ import { createDeliveryResolver } from './delivery/resolve.js';
 import { createDeliveryServer } from './delivery/serve.js';
 import { createEventBus } from './events.js';
 import { createLogger, type Logger } from './log.js';
+import { createJobRunner } from './jobs/runner.js';
+import { createAudioProcessor } from './media/audio.js';
+import { describeTools, resolveFfmpeg, type FfmpegTool } from './media/ffmpeg.js';
 import { createImageProcessor } from './media/images.js';
-import { originalOnlyProcessor } from './media/processor.js';
 import { loadPurposes } from './purposes.js';
 import { internalAuthListener } from './routes/internal-auth.js';
+import { AUDIO_JOB, createAudioService } from './services/audio.js';
 import { createFileService } from './services/files.js';
 import { createUploadService } from './services/uploads.js';
 import { createLocalStorage } from './storage/local.js';
@@ -25,8 +28,12 @@ import { createTusServer } from './uploads/tus.js';
 // The composition root: builds every part from the config and wires them together.
 // Tests build a whole Chipmunk in a temporary data directory through this same function.
 
-export function createChipmunk(config: Config, opts: { logger?: Logger } = {}) {
+export function createChipmunk(config: Config, opts: { logger?: Logger; ffmpeg?: FfmpegTool | null } = {}) {
   const logger = opts.logger ?? createLogger(config.logLevel);
+  // ffmpeg: FFMPEG_PATH, then PATH, then the npm-packaged binary; `opts.ffmpeg: null` runs without.
+  // Resolved first: a wrong FFMPEG_PATH stops the start before anything is opened.
+  const ffmpeg = opts.ffmpeg === null ? undefined : (opts.ffmpeg ?? resolveFfmpeg({ ffmpegPath: config.ffmpegPath }));
+  const mediaTools = describeTools(ffmpeg, opts.ffmpeg === null ? 'off' : config.ffmpegPath);
   for (const dir of [config.uploadDir, config.mediaDir]) mkdirSync(dir, { recursive: true });
   const db = openDatabase(config.databasePath);
   const repo = createRepository(db);
@@ -37,18 +44,22 @@ export function createChipmunk(config: Config, opts: { logger?: Logger } = {}) {
   const resolveDelivery = createDeliveryResolver({ repo, storage, secret: config.secret });
   const delivery = createDeliveryServer({ resolve: resolveDelivery, storage, logger });
   const files = createFileService({ repo, storage, logger, events, variantUrl: links.variantUrl });
+  const imageProcessor = createImageProcessor({ maxPixels: config.maxPixels, maxFrames: config.maxFrames, concurrency: config.concurrency });
+  const audio = createAudioService({ repo, storage, events, logger, ffmpeg, images: imageProcessor });
+  // Each audio job runs two ffmpeg processes side by side, so half as many jobs as cores.
+  const jobs = createJobRunner({ repo, logger, handlers: { [AUDIO_JOB]: audio.handler }, concurrency: Math.max(1, Math.floor(config.concurrency / 2)) });
   const uploads = createUploadService({
     repo,
     storage,
     purposes,
-    processors: {
-      image: createImageProcessor({ maxPixels: config.maxPixels, maxFrames: config.maxFrames, concurrency: config.concurrency }),
-      audio: originalOnlyProcessor,
-    },
+    processors: { image: imageProcessor, audio: createAudioProcessor({ ffmpeg }) },
     logger,
     events,
     defaultQuotaBytes: config.defaultQuotaBytes,
     uploadExpiryMs: config.uploadExpiryMs,
+    onStored: (file) => {
+      if (audio.needsJob(file)) jobs.enqueue(file.id, AUDIO_JOB);
+    },
   });
   const tus = createTusServer({ uploadDir: config.uploadDir, secret: config.secret, publicUrl: config.publicUrl, uploadExpiryMs: config.uploadExpiryMs, repo, uploads, files, logger });
   const app = createApp({ config, repo, purposes, files, tus: tus.server, delivery, links, logger, demoAssets: config.demo ? loadDemoAssets() : undefined });
@@ -69,11 +80,19 @@ export function createChipmunk(config: Config, opts: { logger?: Logger } = {}) {
     links,
     events,
     logger,
+    jobs,
+    /** Which ffmpeg renders audio (or why none), for the start-up log and readiness checks. */
+    mediaTools,
     sweepExpiredUploads: sweep,
 
     /** Finishes work a previous process left half done, then listens (public port, then internal port). */
     async listen(): Promise<{ port: number; internalPort: number }> {
+      if (mediaTools.ffmpeg) logger.info('ffmpeg found', mediaTools.ffmpeg);
+      else logger.warn('ffmpeg unavailable', { reason: mediaTools.ffmpegMissing });
       await files.finishInterruptedDeletes();
+      // A stop between an upload's commit and its enqueue leaves a track 'processing' with no job.
+      for (const file of repo.processingFilesWithoutJob('audio', AUDIO_JOB)) repo.enqueueJob(file.id, AUDIO_JOB);
+      jobs.start();
       await sweep();
       timer = setInterval(() => void sweep().catch((err) => logger.error('expiry sweep failed', { err })), config.expiryIntervalMs);
       timer.unref();
@@ -97,6 +116,7 @@ export function createChipmunk(config: Config, opts: { logger?: Logger } = {}) {
 
     async close(): Promise<void> {
       if (timer) clearInterval(timer);
+      await jobs.close();
       for (const s of [server, internalServer]) {
         if (!s) continue;
         const closed = new Promise<void>((resolve) => s.close(() => resolve()));

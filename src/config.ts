@@ -31,6 +31,7 @@ const envSchema = z.object({
   // The demo page at / and its /demo/api routes; unset means on, except when NODE_ENV=production.
   CHIPMUNK_DEMO: z.enum(['on', 'off'], { error: 'must be "on" or "off"' }).optional(),
   NODE_ENV: z.string().optional(),
+  FFMPEG_PATH: z.string().min(1).optional(),
 });
 
 export type Secrets = { secret: string; apiKey: string };
@@ -60,6 +61,8 @@ export type Config = Readonly<{
   internalHost: string;
   /** Seconds nginx may cache an auth answer (never past a signed link's expiry). */
   authCacheSeconds: number;
+  /** FFMPEG_PATH: an ffmpeg binary, or 'off'; unset means PATH, then the npm-packaged one. */
+  ffmpegPath: string | undefined;
   /** True when this start generated secrets the operator has not seen yet. */
   generatedSecrets: boolean;
 }>;
@@ -116,6 +119,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     internalPort: e.CHIPMUNK_INTERNAL_PORT,
     internalHost: e.CHIPMUNK_INTERNAL_HOST,
     authCacheSeconds: e.CHIPMUNK_AUTH_CACHE,
+    ffmpegPath: e.FFMPEG_PATH,
     generatedSecrets: stored.generated && (!e.CHIPMUNK_SECRET || !e.CHIPMUNK_API_KEY),
   });
 }

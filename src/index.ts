@@ -4,8 +4,10 @@ import { createChipmunk } from './chipmunk.js';
 // Starts the process: config, database + migrations, HTTP server, graceful shutdown.
 export async function start(env: NodeJS.ProcessEnv = process.env): Promise<void> {
   let config;
+  let chipmunk;
   try {
     config = loadConfig(env);
+    chipmunk = createChipmunk(config);
   } catch (err) {
     if (err instanceof ConfigError) {
       process.stderr.write(`chipmunk: ${err.message}\n`);
@@ -13,7 +15,6 @@ export async function start(env: NodeJS.ProcessEnv = process.env): Promise<void>
     }
     throw err;
   }
-  const chipmunk = createChipmunk(config);
   const { port } = await chipmunk.listen();
   const url = config.publicUrl ?? `http://${config.host === '0.0.0.0' ? 'localhost' : config.host}:${port}`;
   chipmunk.logger.info('chipmunk listening', { url, dataDir: config.dataDir });

@@ -1,7 +1,7 @@
-import { and, asc, desc, eq, inArray, lt, lte, ne, sql } from 'drizzle-orm';
+import { and, asc, desc, eq, inArray, lt, lte, ne, notExists, sql } from 'drizzle-orm';
 import { errors, formatBytes } from '../errors.js';
 import type { Db } from './index.js';
-import { files, users, variants, type FileRow, type UserRow, type VariantRow, type Visibility } from './schema.js';
+import { files, jobs, users, variants, type FileRow, type JobRow, type UserRow, type VariantRow, type Visibility } from './schema.js';
 
 // The only code that reads or writes SQL. Every change to usage or reservations happens
 // inside one transaction together with the file-state change that justifies it, so a crash
@@ -291,6 +291,107 @@ export function createRepository(db: Db) {
 
     olderThan(status: FileRow['status'], at: number): FileRow[] {
       return db.select().from(files).where(and(eq(files.status, status), lt(files.updatedAt, at))).all();
+    },
+
+    // Background jobs (audio renditions). A job is queued → running → done | failed; a process that
+    // stops mid-job leaves it 'running', and the next start puts it back in the queue.
+
+    /** Queues a job unless the same one is already waiting or running for the file. */
+    enqueueJob(fileId: string, type: string, runAfter = now()): JobRow {
+      return db.transaction((tx) => {
+        const pending = tx
+          .select()
+          .from(jobs)
+          .where(and(eq(jobs.fileId, fileId), eq(jobs.type, type), inArray(jobs.state, ['queued', 'running'])))
+          .get();
+        if (pending) return pending;
+        const at = now();
+        return tx.insert(jobs).values({ fileId, type, state: 'queued', runAfter, createdAt: at, updatedAt: at }).returning().get();
+      });
+    },
+
+    /** Takes the oldest due job and marks it running, counting the attempt. */
+    claimJob(types: string[], at = now()): JobRow | undefined {
+      return db.transaction((tx) => {
+        const next = tx
+          .select({ id: jobs.id })
+          .from(jobs)
+          .where(and(eq(jobs.state, 'queued'), lte(jobs.runAfter, at), inArray(jobs.type, types)))
+          .orderBy(asc(jobs.runAfter), asc(jobs.id))
+          .limit(1)
+          .get();
+        if (!next) return undefined;
+        return tx
+          .update(jobs)
+          .set({ state: 'running', attempts: sql`${jobs.attempts} + 1`, updatedAt: now() })
+          .where(eq(jobs.id, next.id))
+          .returning()
+          .get();
+      });
+    },
+
+    finishJob(id: number, outcome: { state: 'done' | 'failed'; error?: string }): void {
+      db.update(jobs)
+        .set({ state: outcome.state, error: outcome.error ?? null, updatedAt: now() })
+        .where(eq(jobs.id, id))
+        .run();
+    },
+
+    /** Puts a running job back in the queue; `refundAttempt` when it was stopped by a shutdown, not by its own fault. */
+    requeueJob(id: number, opts: { runAfter?: number; error?: string; refundAttempt?: boolean } = {}): void {
+      db.update(jobs)
+        .set({
+          state: 'queued',
+          runAfter: opts.runAfter ?? now(),
+          error: opts.error ?? null,
+          attempts: opts.refundAttempt ? sql`max(0, ${jobs.attempts} - 1)` : jobs.attempts,
+          updatedAt: now(),
+        })
+        .where(and(eq(jobs.id, id), eq(jobs.state, 'running')))
+        .run();
+    },
+
+    /** At start-up: jobs a stopped process left running go back in the queue. */
+    requeueRunningJobs(): number {
+      return db.update(jobs).set({ state: 'queued', updatedAt: now() }).where(eq(jobs.state, 'running')).run().changes;
+    },
+
+    /** When the next queued job becomes due, for a timer; undefined when none waits. */
+    nextJobDueAt(types: string[]): number | undefined {
+      const row = db
+        .select({ at: sql<number>`min(${jobs.runAfter})` })
+        .from(jobs)
+        .where(and(eq(jobs.state, 'queued'), inArray(jobs.type, types)))
+        .get();
+      return row?.at ?? undefined;
+    },
+
+    jobsForFile(fileId: string): JobRow[] {
+      return db.select().from(jobs).where(eq(jobs.fileId, fileId)).orderBy(asc(jobs.id)).all();
+    },
+
+    unfinishedJobs(): JobRow[] {
+      return db.select().from(jobs).where(inArray(jobs.state, ['queued', 'running'])).all();
+    },
+
+    /** Files of a kind left 'processing' with no job waiting for them (a stop between commit and enqueue). */
+    processingFilesWithoutJob(kind: FileRow['kind'], type: string): FileRow[] {
+      return db
+        .select()
+        .from(files)
+        .where(
+          and(
+            eq(files.status, 'processing'),
+            eq(files.kind, kind),
+            notExists(
+              db
+                .select({ id: jobs.id })
+                .from(jobs)
+                .where(and(eq(jobs.fileId, files.id), eq(jobs.type, type), inArray(jobs.state, ['queued', 'running']))),
+            ),
+          ),
+        )
+        .all();
     },
   };
 }

@@ -55,11 +55,11 @@ export function createImageProcessor(opts: ImageProcessorOptions): MediaProcesso
     get active() {
       return limit.active;
     },
-    process: (input) => limit.run(() => processImage(input, opts)),
+    process: (input) => limit.run(() => processImage(input, opts, limit.tryAcquire)),
   };
 }
 
-async function processImage(input: ProcessInput, opts: ImageProcessorOptions): Promise<ProcessResult> {
+async function processImage(input: ProcessInput, opts: ImageProcessorOptions, borrowSlot: () => (() => void) | undefined): Promise<ProcessResult> {
   const { sourcePath, sniffed, square, workDir } = input;
   const canAnimate = animatable.has(sniffed.mimeType);
   const meta = await readHeader(sourcePath, sniffed.mimeType, canAnimate);
@@ -85,7 +85,7 @@ async function processImage(input: ProcessInput, opts: ImageProcessorOptions): P
 
   const produced = animated
     ? await animatedLadder(sourcePath, { width: meta.width, height: frameHeight }, square, workDir, opts)
-    : await stillLadder(sourcePath, meta.autoOrient, square, workDir, opts);
+    : await stillLadder(sourcePath, meta.autoOrient, square, workDir, opts, borrowSlot);
 
   const placeholderFile = produced.variants.find((v) => v.name === '1')!.file;
   const placeholder = `data:image/webp;base64,${(await readFile(placeholderFile)).toString('base64')}`;
@@ -100,32 +100,65 @@ async function processImage(input: ProcessInput, opts: ImageProcessorOptions): P
 
 type Ladder = { width: number; height: number; variants: ProducedVariant[]; hashSource: Raw };
 
-/** One decode of the source into the largest rung, then each smaller rung from the one above. */
-async function stillLadder(sourcePath: string, oriented: { width: number; height: number }, square: boolean, workDir: string, opts: ImageProcessorOptions): Promise<Ladder> {
-  const rungs = [...LADDER].sort((a, b) => b.box - a.box);
-  const top = rungSize(oriented, rungs[0]!.box, square);
-  let raw: Raw;
+/**
+ * One decode of the source into the largest rung, then each smaller rung resized from the one above.
+ * The top rung's encode is most of the work; when the processor has an idle slot the smaller rungs
+ * are made on it meanwhile (lower latency on a quiet server), otherwise one after the other (so a
+ * busy server spends no extra CPU and keeps its throughput).
+ */
+async function stillLadder(
+  sourcePath: string,
+  oriented: { width: number; height: number },
+  square: boolean,
+  workDir: string,
+  opts: ImageProcessorOptions,
+  borrowSlot: () => (() => void) | undefined,
+): Promise<Ladder> {
+  const [topRung, ...smaller] = [...LADDER].sort((a, b) => b.box - a.box) as [Rung, ...Rung[]];
+  const topSize = rungSize(oriented, topRung.box, square);
+  let top: Raw;
   try {
     const decoder = sharp(sourcePath, { limitInputPixels: opts.maxPixels, failOn: 'warning' })
       .autoOrient()
-      .resize(top.width, top.height, square ? { fit: 'cover', position: 'attention' } : { fit: 'fill' })
+      .resize(topSize.width, topSize.height, square ? { fit: 'cover', position: 'attention' } : { fit: 'fill' })
       .toColourspace('srgb');
     const { data, info } = await decoder.raw({ depth: 'uchar' }).toBuffer({ resolveWithObject: true });
-    raw = { data, width: info.width, height: info.height, channels: info.channels };
+    top = { data, width: info.width, height: info.height, channels: info.channels };
   } catch (err) {
     throw decodeError(err);
   }
 
-  const variants: ProducedVariant[] = [];
-  let hashSource: Raw | undefined;
-  for (const rung of rungs) {
-    const size = rungSize(oriented, rung.box, square);
-    if (size.width !== raw.width || size.height !== raw.height) raw = await resizeRaw(raw, size);
-    variants.push(await encode(sharp(raw.data, { raw: rawShape(raw) }), rung, workDir, size));
+  const encodeTop = () => encode(sharp(top.data, { raw: rawShape(top) }), topRung, workDir, topSize);
+  const cascade = async () => {
+    const variants: ProducedVariant[] = [];
+    let raw = top;
     // The thumbhash wants at most 100 × 100: taken from the smallest rung that still has that detail.
-    if (rung.box >= 100) hashSource = raw;
+    let hashSource = top;
+    for (const rung of smaller) {
+      const size = rungSize(oriented, rung.box, square);
+      if (size.width !== raw.width || size.height !== raw.height) raw = await resizeRaw(raw, size);
+      variants.push(await encode(sharp(raw.data, { raw: rawShape(raw) }), rung, workDir, size));
+      if (rung.box >= 100) hashSource = raw;
+    }
+    return { variants, hashSource: await thumbhashInput(hashSource) };
+  };
+
+  const release = borrowSlot();
+  let results: [ProducedVariant, Awaited<ReturnType<typeof cascade>>];
+  try {
+    if (release) {
+      const settled = await Promise.allSettled([encodeTop(), cascade()] as const);
+      const failed = settled.find((r) => r.status === 'rejected');
+      if (failed) throw failed.reason;
+      results = settled.map((r) => (r as PromiseFulfilledResult<unknown>).value) as typeof results;
+    } else {
+      results = [await encodeTop(), await cascade()];
+    }
+  } finally {
+    release?.();
   }
-  return { ...oriented, variants: byName(variants), hashSource: await thumbhashInput(hashSource ?? raw) };
+  const [topVariant, rest] = results;
+  return { ...oriented, variants: byName([topVariant, ...rest.variants]), hashSource: rest.hashSource };
 }
 
 /** Animations are small by construction (frame cap, pixel budget): each rung decodes its own frames. */
@@ -223,6 +256,11 @@ function byName(variants: ProducedVariant[]): ProducedVariant[] {
 function createLimiter(n: number) {
   let active = 0;
   const waiting: Array<() => void> = [];
+  const release = () => {
+    const next = waiting.shift();
+    if (next) next();
+    else active--;
+  };
   return {
     get active() {
       return active;
@@ -236,10 +274,19 @@ function createLimiter(n: number) {
       try {
         return await task();
       } finally {
-        const next = waiting.shift();
-        if (next) next();
-        else active--;
+        release();
       }
+    },
+    /** Takes an idle slot if there is one and nobody is waiting; returns its release. */
+    tryAcquire(): (() => void) | undefined {
+      if (active >= n || waiting.length > 0) return undefined;
+      active++;
+      let released = false;
+      return () => {
+        if (released) return;
+        released = true;
+        release();
+      };
     },
   };
 }

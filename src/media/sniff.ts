@@ -11,11 +11,35 @@ export async function sniffFile(filePath: string): Promise<Sniffed | undefined> 
   const handle = await open(filePath, 'r');
   try {
     const buffer = Buffer.alloc(SNIFF_BYTES);
-    const { bytesRead } = await handle.read(buffer, 0, SNIFF_BYTES, 0);
-    return sniffBytes(buffer.subarray(0, bytesRead));
+    let { bytesRead } = await handle.read(buffer, 0, SNIFF_BYTES, 0);
+    let head = buffer.subarray(0, bytesRead);
+    // An ID3v2 tag (often with a cover, far longer than the sniffed head) may precede MP3 frames, but
+    // also ADTS AAC or FLAC written by taggers that prepend one: look at what follows the tag(s).
+    let offset = 0;
+    for (let tags = 0; tags < 4 && id3v2Size(head) !== undefined; tags++) {
+      offset += id3v2Size(head)!;
+      ({ bytesRead } = await handle.read(buffer, 0, SNIFF_BYTES, offset));
+      head = buffer.subarray(0, bytesRead);
+    }
+    if (offset === 0) return sniffBytes(head);
+    const after = sniffBytes(head);
+    if (after && after.kind === 'audio') return after;
+    // Padding or a damaged stream after the tag: taken as MP3, the parser decides whether it plays.
+    return mp3;
   } finally {
     await handle.close();
   }
+}
+
+const mp3: Sniffed = { kind: 'audio', mimeType: 'audio/mpeg', ext: 'mp3' };
+
+/** Total size of an ID3v2 tag starting at b[0] (header, syncsafe body size, footer), or undefined. */
+function id3v2Size(b: Uint8Array): number | undefined {
+  if (b.length < 10 || ascii(b, 0, 3) !== 'ID3' || b[3]! > 4 || b[3] === 0xff) return undefined;
+  if ((b[6]! | b[7]! | b[8]! | b[9]!) & 0x80) return undefined;
+  const body = (b[6]! << 21) | (b[7]! << 14) | (b[8]! << 7) | b[9]!;
+  const footer = b[5]! & 0x10 ? 10 : 0;
+  return 10 + body + footer;
 }
 
 const ascii = (b: Uint8Array, start: number, end: number) => Buffer.from(b.subarray(start, end)).toString('latin1');
@@ -62,20 +86,40 @@ export function sniffBytes(b: Uint8Array): Sniffed | undefined {
     return { kind: 'audio', mimeType: 'audio/aiff', ext: 'aiff' };
   }
   if (ascii(b, 0, 4) === 'OggS') {
-    const head = ascii(b, 0, Math.min(b.length, 128));
-    if (head.includes('OpusHead')) return { kind: 'audio', mimeType: 'audio/ogg; codecs=opus', ext: 'opus' };
-    return { kind: 'audio', mimeType: 'audio/ogg', ext: 'ogg' };
+    // The first page holds the first packet of the first stream: its codec's identification header.
+    const first = b.length >= 27 ? ascii(b, 27 + (b[26] ?? 0), Math.min(b.length, 27 + (b[26] ?? 0) + 8)) : '';
+    if (first.startsWith('OpusHead')) return { kind: 'audio', mimeType: 'audio/ogg; codecs=opus', ext: 'opus' };
+    if (first.startsWith('\x01vorbis') || first.startsWith('\x7fFLAC') || first.startsWith('Speex   ')) return { kind: 'audio', mimeType: 'audio/ogg', ext: 'ogg' };
+    // Theora video, Ogg skeletons, …: not music.
+    return { kind: 'other', mimeType: 'application/ogg', ext: 'ogx' };
   }
-  if (ascii(b, 0, 3) === 'ID3') return { kind: 'audio', mimeType: 'audio/mpeg', ext: 'mp3' };
-  // An MPEG audio frame sync (11 set bits) with a valid layer; ADTS AAC has layer bits 00.
-  if (b[0] === 0xff && ((b[1] ?? 0) & 0xe0) === 0xe0) {
-    const layer = ((b[1] ?? 0) >> 1) & 0x03;
-    if (layer === 0) return { kind: 'audio', mimeType: 'audio/aac', ext: 'aac' };
-    return { kind: 'audio', mimeType: 'audio/mpeg', ext: 'mp3' };
-  }
+  if (id3v2Size(b) !== undefined) return mp3;
+  const frame = mpegAudioFrame(b);
+  if (frame) return frame;
   if (startsWith(b, [0x42, 0x4d]) && b.length >= 26) return { kind: 'image', mimeType: 'image/bmp', ext: 'bmp' };
   if (looksLikeSvg(b)) return { kind: 'other', mimeType: 'image/svg+xml', ext: 'svg' };
   return undefined;
+}
+
+/**
+ * A headerless MPEG audio stream starts with a frame header: 11 sync bits, then fields that must not hold
+ * their reserved values. ADTS (raw AAC) has 12 sync bits and layer 00.
+ */
+function mpegAudioFrame(b: Uint8Array): Sniffed | undefined {
+  if (b.length < 4 || b[0] !== 0xff) return undefined;
+  const b1 = b[1]!;
+  const b2 = b[2]!;
+  if ((b1 & 0xf6) === 0xf0) {
+    // ADTS: sampling frequency index 13–15 is reserved.
+    return ((b2 >> 2) & 0x0f) <= 12 ? { kind: 'audio', mimeType: 'audio/aac', ext: 'aac' } : undefined;
+  }
+  if ((b1 & 0xe0) !== 0xe0) return undefined;
+  const version = (b1 >> 3) & 0x03;
+  const layer = (b1 >> 1) & 0x03;
+  const bitrateIndex = b2 >> 4;
+  const rateIndex = (b2 >> 2) & 0x03;
+  if (version === 1 || layer === 0 || bitrateIndex === 0x0f || rateIndex === 3) return undefined;
+  return mp3;
 }
 
 function looksLikeSvg(b: Uint8Array): boolean {

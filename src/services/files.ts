@@ -28,6 +28,9 @@ export type FileJson = {
   updatedAt: string;
 } & Record<string, unknown>;
 
+/** `width`/`height` of the square ladder when the image processor reports them; `variants` are URLs, 'cover-0' first. */
+export type CoverJson = { width?: number; height?: number; variants: string[] } & Record<string, unknown>;
+
 /** Builds the URL of one variant; delivery decides whether it needs a signature. */
 export type VariantUrl = (file: FileRow, variantName: string, baseUrl: string) => string;
 
@@ -60,11 +63,23 @@ export function createFileService(deps: { repo: Repository; storage: BlobStorage
         mimeType: v.mimeType,
         url: variantUrl(file, v.name, baseUrl),
       })),
+      ...coverJson(file, variantRows, baseUrl),
       ...(file.error ? { error: file.error } : {}),
       createdAt: new Date(file.createdAt).toISOString(),
       updatedAt: new Date(file.updatedAt).toISOString(),
     };
     return json;
+  }
+
+  /** A track's embedded cover, stored as its own square ladder 'cover-0' (the picture) … 'cover-6'. */
+  function coverJson(file: FileRow, variantRows: VariantRow[], baseUrl: string): { cover?: CoverJson } {
+    if (file.kind !== 'audio') return {};
+    const ladder = variantRows
+      .filter((v) => /^cover-\d+$/.test(v.name))
+      .sort((a, b) => Number(a.name.slice(6)) - Number(b.name.slice(6)));
+    if (!ladder.length) return {};
+    const facts = (file.info.cover ?? {}) as Record<string, unknown>;
+    return { cover: { ...facts, variants: ladder.map((v) => variantUrl(file, v.name, baseUrl)) } };
   }
 
   return {

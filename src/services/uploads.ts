@@ -117,6 +117,9 @@ export function createUploadService(deps: UploadServiceDeps) {
           variants: stored,
         });
         await req.discardCarrier?.();
+        // Before onStored: background work for this file uses the same scratch folder.
+        await storage.discardWorkspace(fileId);
+        workDir = undefined;
         logger.info('upload stored', { fileId, userId: committed.userId, purpose: committed.purpose, totalBytes: committed.totalBytes });
         if (committed.status === 'ready') deps.events.emit('file.ready', committed);
         deps.onStored?.(committed);

@@ -1,0 +1,38 @@
+import { describe, expect, it } from 'vitest';
+import type { Delivery, DeliveryResolver } from '../delivery/resolve.js';
+import { deliveryErrors } from '../delivery/resolve.js';
+import { authAnswer } from './internal-auth.js';
+
+const now = 1_800_000_000_000;
+const resolved = (expiresAt: number | undefined): DeliveryResolver => () =>
+  ({
+    relativePath: 'ab/cd/abcd/3.webp',
+    contentType: 'image/webp',
+    cacheControl: 'private, max-age=2, immutable',
+    contentDisposition: undefined,
+    expiresAt,
+  }) as Delivery;
+
+describe('nginx auth answers', () => {
+  it('allow with the path and headers nginx serves with', () => {
+    const a = authAnswer(resolved(undefined), '/f/x/3', 5, now);
+    expect(a.status).toBe(200);
+    expect(a.headers).toMatchObject({ 'X-Chipmunk-Path': 'ab/cd/abcd/3.webp', 'X-Chipmunk-Content-Type': 'image/webp', 'X-Accel-Expires': '5' });
+  });
+
+  it('are never cached past the link expiry', () => {
+    expect(authAnswer(resolved(now / 1000 + 2), '/f/x/3', 5, now).headers['X-Accel-Expires']).toBe('2');
+    expect(authAnswer(resolved(now / 1000 + 3600), '/f/x/3', 5, now).headers['X-Accel-Expires']).toBe('5');
+    expect(authAnswer(resolved(now / 1000 + 0.5), '/f/x/3', 5, now).headers['X-Accel-Expires']).toBe('0');
+  });
+
+  it('refuse with the real status, mirrored in headers nginx maps back', () => {
+    const a = authAnswer(() => {
+      throw deliveryErrors.notFound();
+    }, '/f/x/3', 5, now);
+    expect(a.status).toBe(404);
+    expect(a.headers['X-Chipmunk-Status']).toBe('404');
+    expect(JSON.parse(a.headers['X-Chipmunk-Error']!)).toEqual(JSON.parse(a.body));
+    expect(authAnswer(resolved(undefined), undefined, 5, now).status).toBe(400);
+  });
+});

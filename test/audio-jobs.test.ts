@@ -1,0 +1,193 @@
+import Database from 'better-sqlite3';
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createChipmunk } from '../src/chipmunk.js';
+import { ConfigError, loadConfig } from '../src/config.js';
+import { silentLogger } from '../src/log.js';
+import { corpus, startChipmunk } from './helpers/chipmunk.js';
+import { decodedSamples, generateTrack, waitForFile, type AudioFileJson } from './helpers/audio.js';
+import { tusUpload } from './helpers/tus.js';
+
+// Background audio jobs: restarts, deletes mid-job, the concurrency bound, running without ffmpeg.
+
+let scratch: string;
+let longTrack: string;
+beforeAll(async () => {
+  scratch = await mkdtemp(path.join(tmpdir(), 'chipmunk-audio-jobs-'));
+  longTrack = path.join(scratch, 'three-minutes.flac');
+  generateTrack(longTrack, 180);
+});
+afterAll(() => rm(scratch, { recursive: true, force: true }));
+
+/** A Chipmunk on a given data directory, so a second one can take over the first one's data. */
+async function chipmunkOn(dataDir: string, env: Record<string, string> = {}) {
+  const config = loadConfig({ PORT: '0', HOST: '127.0.0.1', CHIPMUNK_DATA_DIR: dataDir, CHIPMUNK_LOG_LEVEL: 'silent', ...env });
+  const chipmunk = createChipmunk(config, { logger: silentLogger });
+  const { port } = await chipmunk.listen();
+  const url = `http://127.0.0.1:${port}`;
+  const api = (p: string, init: RequestInit = {}) => fetch(`${url}${p}`, { ...init, headers: { authorization: `Bearer ${config.apiKey}`, 'content-type': 'application/json', ...init.headers } });
+  const uploadToken = async (userId: string) => ((await (await api('/v1/upload-tokens', { method: 'POST', body: JSON.stringify({ userId, purpose: 'audio' }) })).json()) as { token: string }).token;
+  return { chipmunk, url, api, uploadToken, dataDir };
+}
+
+async function uploadTo(c: { url: string; uploadToken: (u: string) => Promise<string> }, userId: string, file: string): Promise<AudioFileJson> {
+  const result = await tusUpload(`${c.url}/uploads`, await readFile(file), { token: await c.uploadToken(userId), metadata: { filename: path.basename(file) } });
+  if (!result.ok) throw result.error;
+  return result.body as AudioFileJson;
+}
+
+describe('audio jobs', () => {
+  it('a restart in the middle of a job finishes it', async () => {
+    const dataDir = path.join(scratch, 'restart');
+    const first = await chipmunkOn(dataDir);
+    const uploaded = await uploadTo(first, 'ringo', longTrack);
+    expect(uploaded.status).toBe('processing');
+    // Wait until the job really runs (ffmpeg started), then stop the process under it.
+    await until(() => first.chipmunk.repo.jobsForFile(uploaded.id)[0]?.state === 'running');
+    await first.chipmunk.close();
+
+    let db = new Database(path.join(dataDir, 'chipmunk.db'));
+    const afterStop = db.prepare('select state, attempts from jobs where file_id = ?').get(uploaded.id) as { state: string; attempts: number };
+    // A clean stop puts the job back in the queue without counting the attempt…
+    expect(afterStop).toEqual({ state: 'queued', attempts: 0 });
+    expect(db.prepare('select status from files where id = ?').get(uploaded.id)).toEqual({ status: 'processing' });
+    // …and a crash would have left it 'running' with half-written outputs in the scratch folder: do that.
+    db.prepare("update jobs set state = 'running', attempts = 1 where file_id = ?").run(uploaded.id);
+    db.close();
+    const scratchDir = path.join(dataDir, 'work', uploaded.id);
+    await mkdir(scratchDir, { recursive: true });
+    await writeFile(path.join(scratchDir, '1.webm'), 'half a rendition');
+
+    const second = await chipmunkOn(dataDir);
+    try {
+      const done = await waitForFile(second, uploaded.id, 120_000);
+      expect(done.status).toBe('ready');
+      expect(done.variants.map((v) => v.n)).toEqual([0, 1, 2, 'waveform']);
+      await second.chipmunk.jobs.idle();
+      const jobs = second.chipmunk.repo.jobsForFile(uploaded.id);
+      expect(jobs.map((j) => [j.state, j.attempts])).toEqual([['done', 2]]);
+      expect(existsSync(scratchDir)).toBe(false);
+      // A long track keeps its exact length through the restart (±1%, no special allowance needed).
+      const source = decodedSamples(longTrack);
+      for (const name of ['1.webm', '2.m4a']) {
+        expect(Math.abs(decodedSamples(second.chipmunk.storage.localPath(uploaded.id, name)) - source)).toBeLessThanOrEqual(source * 0.01);
+      }
+      const user = (await (await second.api('/v1/users/ringo')).json()) as { usedBytes: number };
+      expect(user.usedBytes).toBe(done.totalBytes);
+    } finally {
+      await second.chipmunk.close();
+    }
+  });
+
+  it('a job whose process keeps stopping ends failed, not stuck', async () => {
+    const dataDir = path.join(scratch, 'poison');
+    const first = await chipmunkOn(dataDir, { FFMPEG_PATH: 'off' });
+    const uploaded = await uploadTo(first, 'paul', corpus('audio/ok/opus-cover.opus'));
+    await waitForFile(first, uploaded.id);
+    await first.chipmunk.close();
+    // As if three processes in a row had died during this job.
+    const db = new Database(path.join(dataDir, 'chipmunk.db'));
+    db.prepare("update files set status = 'processing' where id = ?").run(uploaded.id);
+    db.prepare("update jobs set state = 'running', attempts = 3 where file_id = ?").run(uploaded.id);
+    db.close();
+    const second = await chipmunkOn(dataDir, { FFMPEG_PATH: 'off' });
+    try {
+      const file = await waitForFile(second, uploaded.id);
+      expect(file.status).toBe('failed');
+      expect(file.error).toMatch(/interrupted 3 times/);
+      expect(second.chipmunk.repo.unfinishedJobs()).toEqual([]);
+    } finally {
+      await second.chipmunk.close();
+    }
+  });
+
+  it('deleting a track while its job runs leaves no folder and no charge', async () => {
+    const t = await startChipmunk();
+    try {
+      const token = await t.uploadToken('george', 'audio');
+      const result = await tusUpload(`${t.url}/uploads`, await readFile(longTrack), { token, metadata: { filename: 'long.flac' } });
+      if (!result.ok) throw result.error;
+      const id = (result.body as AudioFileJson).id;
+      await until(() => t.chipmunk.repo.jobsForFile(id)[0]?.state === 'running');
+      expect((await t.api(`/v1/files/${id}`, { method: 'DELETE' })).status).toBe(204);
+      await t.chipmunk.jobs.idle();
+      expect(existsSync(path.dirname(t.chipmunk.storage.localPath(id, '0.flac')))).toBe(false);
+      expect(existsSync(path.join(t.dataDir, 'work', id))).toBe(false);
+      const user = (await (await t.api('/v1/users/george')).json()) as { usedBytes: number; fileCount: number };
+      expect(user).toMatchObject({ usedBytes: 0, fileCount: 0 });
+    } finally {
+      await t.close();
+    }
+  });
+
+  it('runs a bounded number of jobs at once', async () => {
+    // CHIPMUNK_CONCURRENCY=2 → one audio job at a time (each runs two ffmpeg processes).
+    const t = await startChipmunk({ CHIPMUNK_CONCURRENCY: '2' });
+    let most = 0;
+    const sampler = setInterval(() => (most = Math.max(most, t.chipmunk.jobs.active)), 5);
+    try {
+      const token = await t.uploadToken('john', 'audio');
+      const data = await readFile(corpus('audio/ok/flac-vorbis-picture.flac'));
+      const ids: string[] = [];
+      for (let i = 0; i < 3; i++) {
+        const result = await tusUpload(`${t.url}/uploads`, data, { token, metadata: { filename: `take-${i}.flac` } });
+        if (!result.ok) throw result.error;
+        ids.push((result.body as AudioFileJson).id);
+      }
+      for (const id of ids) expect((await waitForFile(t, id)).status).toBe('ready');
+      expect(most).toBe(1);
+    } finally {
+      clearInterval(sampler);
+      await t.close();
+    }
+  });
+});
+
+describe('without ffmpeg', () => {
+  let t: Awaited<ReturnType<typeof startChipmunk>>;
+  beforeAll(async () => {
+    t = await startChipmunk({ FFMPEG_PATH: 'off' });
+  });
+  afterAll(() => t?.close());
+
+  it('stores tracks with their metadata and says renditions are unavailable', async () => {
+    expect(t.chipmunk.mediaTools.ffmpeg).toBeNull();
+    const token = await t.uploadToken('yoko', 'audio');
+    const plain = await tusUpload(`${t.url}/uploads`, await readFile(corpus('audio/ok/mp3-id3v23-nocover.mp3')), { token });
+    if (!plain.ok) throw plain.error;
+    // Nothing to make in the background: ready at once.
+    expect(plain.body).toMatchObject({ status: 'ready', title: 'Silence', durationMs: 3709, renditions: { available: false } });
+    expect((plain.body as AudioFileJson).variants.map((v) => v.n)).toEqual([0]);
+
+    const withCover = await tusUpload(`${t.url}/uploads`, await readFile(corpus('audio/ok/flac-vorbis-picture.flac')), { token });
+    if (!withCover.ok) throw withCover.error;
+    const file = await waitForFile(t, (withCover.body as AudioFileJson).id);
+    // The cover ladder needs no ffmpeg.
+    expect(file).toMatchObject({ status: 'ready', renditions: { available: false } });
+    expect(file.variants.map((v) => v.n)).toEqual([0]);
+    expect(file.cover?.variants).toHaveLength(t.chipmunk.repo.getVariants(file.id).filter((v) => v.name.startsWith('cover-')).length);
+    expect(file.cover?.variants.length).toBeGreaterThanOrEqual(1);
+  });
+
+  it('a wrong FFMPEG_PATH stops the start with a sentence naming the variable', async () => {
+    const dataDir = await mkdtemp(path.join(tmpdir(), 'chipmunk-ffmpeg-path-'));
+    try {
+      const config = loadConfig({ CHIPMUNK_DATA_DIR: dataDir, FFMPEG_PATH: path.join(dataDir, 'no-such-ffmpeg') });
+      expect(() => createChipmunk(config, { logger: silentLogger })).toThrow(ConfigError);
+      expect(() => createChipmunk(config, { logger: silentLogger })).toThrow(/FFMPEG_PATH/);
+    } finally {
+      await rm(dataDir, { recursive: true, force: true });
+    }
+  });
+});
+
+async function until(condition: () => boolean, boundMs = 30_000): Promise<void> {
+  const end = Date.now() + boundMs;
+  while (!condition()) {
+    if (Date.now() > end) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}

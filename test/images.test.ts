@@ -1,0 +1,345 @@
+import { createHash } from 'node:crypto';
+import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import sharp, { type SharpOptions } from 'sharp';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createImageProcessor } from '../src/media/images.js';
+import { sniffFile } from '../src/media/sniff.js';
+import { mediaPath } from '../src/storage/local.js';
+import { corpus, startChipmunk, type TestChipmunk } from './helpers/chipmunk.js';
+import { tusUpload } from './helpers/tus.js';
+
+// End to end through the real tus-js-client and a listening Chipmunk; variants are read back from
+// the media folder and inspected with sharp.
+
+type Variant = { n: number; width?: number; height?: number; bytes: number; mimeType: string; url: string };
+type FileJson = {
+  id: string;
+  mimeType: string;
+  width?: number;
+  height?: number;
+  bytes: number;
+  totalBytes: number;
+  placeholder?: string;
+  thumbhash?: string;
+  variants: Variant[];
+};
+type UserJson = { usedBytes: number; reservedBytes: number; fileCount: number };
+
+let t: TestChipmunk;
+let endpoint: string;
+let userSeq = 0;
+
+beforeAll(async () => {
+  t = await startChipmunk();
+  endpoint = `${t.url}/uploads`;
+});
+afterAll(() => t?.close());
+
+const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+const mediaDir = () => path.join(t.dataDir, 'media');
+const variantPath = (file: FileJson, n: number) => mediaPath(mediaDir(), file.id, `${n}.webp`);
+const user = async (id: string) => (await (await t.api(`/v1/users/${id}`)).json()) as UserJson;
+
+async function upload(relPath: string, purpose = 'image', opts: { userId?: string; server?: TestChipmunk } = {}) {
+  const server = opts.server ?? t;
+  const userId = opts.userId ?? `u${++userSeq}`;
+  const data = await readFile(corpus(relPath));
+  const token = await server.uploadToken(userId, purpose);
+  const result = await tusUpload(`${server.url}/uploads`, data, { token, metadata: { filename: path.basename(relPath) } });
+  return { result, data, userId };
+}
+
+async function uploadOk(relPath: string, purpose = 'image', server?: TestChipmunk): Promise<FileJson> {
+  const { result } = await upload(relPath, purpose, { server });
+  if (!result.ok) throw new Error(`${relPath}: ${result.status} ${result.body}`);
+  return result.body as FileJson;
+}
+
+/** A small greyscale thumbnail of any image, for comparing pictures rather than bytes. */
+async function signature(input: string | Buffer, size = 24): Promise<Buffer> {
+  return sharp(input).resize(size, size, { fit: 'fill' }).greyscale().raw().toBuffer();
+}
+const meanAbsDiff = (a: Buffer, b: Buffer) => a.reduce((sum, x, i) => sum + Math.abs(x - b[i]!), 0) / a.length;
+
+describe('image variant ladder', () => {
+  it('gives a photo its ladder 1-6 in WebP, with sizes, placeholder and thumbhash in the file JSON', async () => {
+    const { result, data, userId } = await upload('images/photos/portrait-canal.jpg');
+    expect(result.ok).toBe(true);
+    if (!result.ok) return;
+    const file = result.body as FileJson;
+    expect(file).toMatchObject({ mimeType: 'image/jpeg', width: 600, height: 800, bytes: data.length });
+    expect(file.variants.map((v) => v.n)).toEqual([0, 1, 2, 3, 4, 5, 6]);
+    const sizes = Object.fromEntries(file.variants.map((v) => [v.n, [v.width, v.height]]));
+    // Fit inside the box, aspect kept, never upscaled (600 × 800 is below the 1080 box).
+    expect(sizes).toEqual({ 0: [600, 800], 1: [8, 10], 2: [30, 40], 3: [120, 160], 4: [240, 320], 5: [480, 640], 6: [600, 800] });
+    for (const v of file.variants.filter((x) => x.n > 0)) {
+      expect(v.mimeType).toBe('image/webp');
+      expect(v.url).toMatch(/\/\d$/);
+      const onDisk = variantPath(file, v.n);
+      expect((await stat(onDisk)).size).toBe(v.bytes);
+      const meta = await sharp(onDisk).metadata();
+      expect([meta.format, meta.width, meta.height]).toEqual(['webp', v.width, v.height]);
+    }
+    expect(file.totalBytes).toBe(file.variants.reduce((sum, v) => sum + v.bytes, 0));
+    expect((await user(userId)).usedBytes).toBe(file.totalBytes);
+    // The original is untouched.
+    expect(sha256(await readFile(mediaPath(mediaDir(), file.id, '0.jpg')))).toBe(sha256(data));
+
+    // The placeholder is variant 1 itself, inlined.
+    expect(file.placeholder).toMatch(/^data:image\/webp;base64,/);
+    const placeholder = Buffer.from(file.placeholder!.split(',')[1]!, 'base64');
+    expect(placeholder.equals(await readFile(variantPath(file, 1)))).toBe(true);
+    expect(placeholder.length).toBeLessThan(400);
+    const thumbhash = Buffer.from(file.thumbhash!, 'base64');
+    expect(thumbhash.length).toBeGreaterThan(5);
+    expect(thumbhash.length).toBeLessThan(40);
+    const described = (await (await t.api(`/v1/files/${file.id}`)).json()) as FileJson;
+    expect(described).toMatchObject({ width: 600, height: 800, placeholder: file.placeholder, thumbhash: file.thumbhash });
+    expect(described.variants).toEqual(file.variants);
+  });
+
+  it('square purposes get exactly n × n, capped by the shorter side, cropped where the content is', async () => {
+    const wide = await uploadOk('images/photos/landscape-cardinal-bird-2mp.jpg', 'avatar'); // 1920 × 1080
+    expect(wide.variants.filter((v) => v.n > 0).map((v) => [v.n, v.width, v.height])).toEqual([
+      [1, 10, 10], [2, 40, 40], [3, 160, 160], [4, 320, 320], [5, 640, 640], [6, 1080, 1080],
+    ]);
+    const headshot = await uploadOk('images/photos/person-headshot-canon.jpg', 'avatar'); // 800 × 533
+    expect(headshot.variants.filter((v) => v.n > 0).map((v) => v.width)).toEqual([10, 40, 160, 320, 533, 533]);
+    for (const file of [wide, headshot]) {
+      for (const v of file.variants.filter((x) => x.n > 0)) {
+        const meta = await sharp(variantPath(file, v.n)).metadata();
+        expect([meta.width, meta.height]).toEqual([v.width, v.width]);
+      }
+    }
+    // The crop is content-aware (sharp's attention strategy), not the dead centre.
+    for (const [file, rel] of [[wide, 'landscape-cardinal-bird-2mp.jpg'], [headshot, 'person-headshot-canon.jpg']] as const) {
+      const crop = async (position: string) => signature(await sharp(corpus(`images/photos/${rel}`)).resize(160, 160, { fit: 'cover', position }).toBuffer());
+      const got = await signature(variantPath(file, 3));
+      expect(meanAbsDiff(got, await crop('attention')), rel).toBeLessThan(6);
+      expect(meanAbsDiff(got, await crop('centre')), rel).toBeGreaterThan(12);
+    }
+  });
+
+  it('never upscales: a tiny source still gets every variant 1-6, none larger than itself', async () => {
+    const file = await uploadOk('images/color/png8-rgba-basn6a08.png'); // 32 × 32
+    expect(file.variants.map((v) => [v.n, v.width, v.height])).toEqual([
+      [0, 32, 32], [1, 10, 10], [2, 32, 32], [3, 32, 32], [4, 32, 32], [5, 32, 32], [6, 32, 32],
+    ]);
+    const one = await uploadOk('images/hostile/bomb-png-ztxt.png', 'avatar'); // 1 × 1
+    expect(one.variants.filter((v) => v.n > 0).map((v) => [v.width, v.height])).toEqual(Array(6).fill([1, 1]));
+  });
+
+  it('applies EXIF orientation exactly once: all 8 orientations come out upright', async () => {
+    for (const shape of ['Landscape', 'Portrait']) {
+      const reference = await uploadOk(`images/orientation/${shape}_1.jpg`);
+      const upright = await signature(variantPath(reference, 3));
+      const turned = await signature(await sharp(variantPath(reference, 3)).rotate(90).toBuffer());
+      for (const n of [0, 2, 3, 4, 5, 6, 7, 8]) {
+        const file = await uploadOk(`images/orientation/${shape}_${n}.jpg`);
+        expect([file.width, file.height], `${shape}_${n}`).toEqual([reference.width, reference.height]);
+        const sig = await signature(variantPath(file, 3));
+        // Same picture as orientation 1 (only re-encoding noise), far from a quarter-turned one.
+        expect(meanAbsDiff(sig, upright), `${shape}_${n}`).toBeLessThan(6);
+        expect(meanAbsDiff(sig, turned), `${shape}_${n}`).toBeGreaterThan(20);
+      }
+    }
+  });
+
+  it('converts embedded colour profiles (ProPhoto, Adobe RGB, CMYK) to sRGB', async () => {
+    for (const name of ['prophoto-icc-orion.jpg', 'cmyk-swop-icc.jpg', 'adobergb-a98-icc.jpg', 'display-p3-icc.png']) {
+      const file = await uploadOk(`images/color/${name}`);
+      const variant = variantPath(file, 6);
+      const meta = await sharp(variant).metadata();
+      expect(meta.space, name).toBe('srgb');
+      expect(meta.icc, name).toBeUndefined();
+      const mean = async (input: string, opts: SharpOptions = {}) => [...(await sharp(input, opts).resize(1, 1, { fit: 'fill' }).removeAlpha().raw().toBuffer())];
+      const converted = await mean(corpus(`images/color/${name}`));
+      const naive = await mean(corpus(`images/color/${name}`), { ignoreIcc: true });
+      const got = await mean(variant);
+      const dist = (a: number[], b: number[]) => Math.hypot(...a.map((x, i) => x - b[i]!));
+      // The variant's colour is the profile-converted one, not the raw numbers read as sRGB.
+      if (dist(converted, naive) > 8) expect(dist(got, converted), name).toBeLessThan(dist(got, naive));
+      expect(dist(got, converted), name).toBeLessThan(6);
+    }
+  });
+
+  it('strips EXIF, GPS, XMP and ICC from every variant', async () => {
+    for (const rel of ['images/photos/gps-tagged-samsung.jpg', 'images/photos/landscape-canon-adobergb-2mp.jpg', 'images/formats/avif-iphone-orientation6-p3.avif']) {
+      const source = await sharp(corpus(rel)).metadata();
+      expect(source.exif ?? source.xmp, rel).toBeDefined();
+      const file = await uploadOk(rel);
+      for (let n = 1; n <= 6; n++) {
+        const meta = await sharp(variantPath(file, n)).metadata();
+        expect({ exif: meta.exif, xmp: meta.xmp, iptc: meta.iptc, icc: meta.icc }, `${rel} ${n}`).toEqual({ exif: undefined, xmp: undefined, iptc: undefined, icc: undefined });
+      }
+    }
+  });
+
+  it('keeps transparency and handles 16-bit and greyscale inputs', async () => {
+    for (const name of ['png8-rgba-basn6a08.png', 'png16-rgba-basn6a16.png', 'png8-rgb-trns-tbrn2c08.png']) {
+      const file = await uploadOk(`images/color/${name}`);
+      const meta = await sharp(variantPath(file, 6)).metadata();
+      expect(meta.hasAlpha, name).toBe(true);
+      const stats = await sharp(variantPath(file, 6)).stats();
+      expect(stats.isOpaque, name).toBe(false);
+    }
+    for (const name of ['png16-grey-basn0g16.png', 'png16-rgb-basn2c16.png', 'grey-jpeg-concert.jpg', 'grey-png-basn0g08.png']) {
+      const file = await uploadOk(`images/color/${name}`);
+      const original = await signature(corpus(`images/color/${name}`), 8);
+      expect(meanAbsDiff(await signature(variantPath(file, 6), 8), original), name).toBeLessThan(8);
+    }
+  });
+
+  it('turns animated GIF and WebP into animated WebP variants, keeping timing and loop count', async () => {
+    for (const name of ['anim-rotating-squares.gif', 'anim-loop3.webp', 'anim-loop3.gif']) {
+      const source = await sharp(corpus(`images/formats/${name}`), { animated: true }).metadata();
+      const file = await uploadOk(`images/formats/${name}`);
+      expect([file.width, file.height]).toEqual([source.width, source.pageHeight]);
+      for (let n = 2; n <= 6; n++) {
+        const meta = await sharp(variantPath(file, n), { animated: true }).metadata();
+        expect(meta.pages, `${name} ${n}`).toBeGreaterThan(1);
+        expect(meta.loop, `${name} ${n}`).toBe(source.loop);
+        // Identical neighbouring frames may be merged by the encoder; the running time is the same.
+        expect(meta.delay!.reduce((a, b) => a + b, 0)).toBe(source.delay!.reduce((a, b) => a + b, 0));
+        expect(meta.pageHeight).toBe(file.variants.find((v) => v.n === n)!.height);
+      }
+      // The inlined placeholder is the first frame only.
+      expect((await sharp(variantPath(file, 1), { animated: true }).metadata()).pages ?? 1).toBe(1);
+    }
+  });
+
+  it('beyond the frame cap an animation keeps only its first frame', async () => {
+    const capped = await startChipmunk({ CHIPMUNK_MAX_FRAMES: '5' });
+    try {
+      const file = await uploadOk('images/formats/anim-rotating-squares.gif', 'image', capped); // 30 frames
+      for (let n = 1; n <= 6; n++) {
+        const meta = await sharp(mediaPath(path.join(capped.dataDir, 'media'), file.id, `${n}.webp`), { animated: true }).metadata();
+        expect(meta.pages ?? 1).toBe(1);
+      }
+    } finally {
+      await capped.close();
+    }
+  });
+
+  it('checks the pixel limit from the header, before decoding, and says so', async () => {
+    const small = await startChipmunk({ CHIPMUNK_MAX_PIXELS: '1000000' });
+    try {
+      const { result, userId } = await upload('images/photos/landscape-saw-6mp.jpg', 'image', { server: small });
+      expect(result.ok).toBe(false);
+      if (result.ok) return;
+      expect(result.status).toBe(413);
+      expect(JSON.parse(result.body!).error.message).toContain('2725 × 2225');
+      const u = (await (await small.api(`/v1/users/${userId}`)).json()) as UserJson;
+      expect(u).toMatchObject({ usedBytes: 0, reservedBytes: 0, fileCount: 0 });
+    } finally {
+      await small.close();
+    }
+    // A 4-gigapixel declaration is refused by its header: the message names the declared size.
+    const { result } = await upload('images/hostile/bomb-65536x65536-uint32.png');
+    expect(result.ok === false && result.status).toBe(413);
+    if (!result.ok) expect(JSON.parse(result.body!).error.message).toContain('65536 × 65536');
+  });
+
+  it('refuses iPhone HEIC with a 415 that names the format and says what to do', async () => {
+    const { result, userId } = await upload('images/formats/heic-iphone8plus-orientation6.heic');
+    expect(result.ok).toBe(false);
+    if (result.ok) return;
+    expect(result.status).toBe(415);
+    const message = JSON.parse(result.body!).error.message as string;
+    expect(message).toContain('HEIC');
+    expect(message).toMatch(/JPEG/);
+    expect(message).toMatch(/Most Compatible/);
+    expect(await user(userId)).toMatchObject({ usedBytes: 0, reservedBytes: 0, fileCount: 0 });
+  });
+});
+
+describe('hostile images', () => {
+  // Valid images under a misleading name (SOURCES.md), and a valid 1×1 PNG carrying zTXt chunks.
+  const validByBytes: Record<string, string> = {
+    'looks-like-svg.webp': 'image/webp',
+    'png-content-with-jpg-extension.jpg': 'image/png',
+    'jpeg-content-with-png-extension.png': 'image/jpeg',
+    'bomb-png-ztxt.png': 'image/png',
+  };
+
+  it('refuses every invalid file in hostile/ with a 4xx and leaves nothing charged or stored', async () => {
+    // A server of its own, so its media folder holds only what this test stored.
+    const h = await startChipmunk();
+    try {
+      await uploadAllHostile(h);
+    } finally {
+      await h.close();
+    }
+  });
+
+  async function uploadAllHostile(h: TestChipmunk) {
+    const names = [
+      ...(await readdir(corpus('images/hostile'))).filter((n) => n !== 'pngsuite'),
+      ...(await readdir(corpus('images/hostile/pngsuite'))).map((n) => `pngsuite/${n}`),
+    ];
+    expect(names.length).toBeGreaterThan(30);
+    const userId = 'hostile';
+    const token = await h.uploadToken(userId, 'image');
+    const accepted: FileJson[] = [];
+    for (const name of names) {
+      const data = await readFile(corpus('images/hostile', name));
+      const result = await tusUpload(`${h.url}/uploads`, data, { token, metadata: { filename: path.basename(name) } });
+      if (name in validByBytes) {
+        expect(result.ok, name).toBe(true);
+        if (result.ok) {
+          expect((result.body as FileJson).mimeType, name).toBe(validByBytes[name]);
+          accepted.push(result.body as FileJson);
+        }
+        continue;
+      }
+      expect(result.ok, name).toBe(false);
+      if (result.ok) continue;
+      expect(result.status, name).toBeGreaterThanOrEqual(400);
+      expect(result.status, name).toBeLessThan(500);
+      expect(JSON.parse(result.body!).error.code, name).toMatch(/^[A-Z_]+$/);
+    }
+    const u = (await (await h.api(`/v1/users/${userId}`)).json()) as UserJson;
+    expect(u).toMatchObject({ reservedBytes: 0, fileCount: accepted.length, usedBytes: accepted.reduce((s, f) => s + f.totalBytes, 0) });
+    // Nothing but the accepted files' folders in the media folder, nothing left in the upload area.
+    const folders: string[] = [];
+    for await (const id of h.chipmunk.storage.listFolders()) folders.push(id);
+    expect(folders.sort()).toEqual(accepted.map((f) => f.id).sort());
+    expect((await readdir(path.join(h.dataDir, 'uploads'))).filter((n) => !n.startsWith('.'))).toEqual([]);
+    expect(await readdir(path.join(h.dataDir, 'work')).catch(() => [])).toEqual([]);
+  }
+});
+
+describe('image processor', () => {
+  it('processes at most `concurrency` images at once; the rest queue', async () => {
+    const processor = createImageProcessor({ maxPixels: 50_000_000, maxFrames: 100, concurrency: 1 });
+    const source = corpus('images/photos/portrait-canal.jpg');
+    const sniffed = (await sniffFile(source))!;
+    const dirs = await Promise.all([1, 2, 3].map(() => mkdtemp(path.join(tmpdir(), 'chipmunk-img-'))));
+    try {
+      let maxActive = 0;
+      const runs = dirs.map((workDir) => processor.process({ fileId: 'f', sourcePath: source, sniffed, square: false, workDir }).finally(() => (maxActive = Math.max(maxActive, processor.active))));
+      expect(processor.active).toBe(1);
+      expect(processor.queued).toBe(2);
+      const results = await Promise.all(runs);
+      expect(maxActive).toBe(1);
+      expect(results.every((r) => r.variants.length === 6)).toBe(true);
+      expect(processor.active + processor.queued).toBe(0);
+
+      // With room for two, one image may borrow the idle slot for its smaller rungs, never more.
+      const two = createImageProcessor({ maxPixels: 50_000_000, maxFrames: 100, concurrency: 2 });
+      let peak = 0;
+      const probe = setInterval(() => (peak = Math.max(peak, two.active)), 1);
+      try {
+        await Promise.all(dirs.map((workDir) => two.process({ fileId: 'f', sourcePath: source, sniffed, square: false, workDir })));
+      } finally {
+        clearInterval(probe);
+      }
+      expect(peak).toBe(2);
+      expect(two.active + two.queued).toBe(0);
+    } finally {
+      await Promise.all(dirs.map((d) => rm(d, { recursive: true, force: true })));
+    }
+  });
+});

@@ -1,0 +1,120 @@
+import { createHash } from 'node:crypto';
+import { execFile } from 'node:child_process';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { Upload } from 'tus-js-client';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { nginxConfigCommand } from '../src/cli.js';
+import { corpus, startChipmunk, type TestChipmunk } from './helpers/chipmunk.js';
+import { NGINX_BIN, startNginx, type TestNginx } from './helpers/nginx.js';
+import { tusUpload } from './helpers/tus.js';
+
+const sha256 = (b: Buffer | Uint8Array) => createHash('sha256').update(b).digest('hex');
+type FileJson = { id: string; bytes: number; variants: Array<{ n: number; url: string }> };
+
+describe('tus uploads through nginx', () => {
+  let t: TestChipmunk;
+  let nginx: TestNginx;
+  let photo: Buffer;
+
+  beforeAll(async () => {
+    t = await startChipmunk();
+    nginx = await startNginx(t);
+    photo = await readFile(corpus('images/photos/portrait-canal.jpg'));
+  });
+  afterAll(async () => {
+    await nginx?.close();
+    await t?.close();
+  });
+
+  it('uploads in one request, with Location and file URLs pointing at nginx', async () => {
+    const token = await t.uploadToken('alice', 'image');
+    const result = await tusUpload(`${nginx.url}/uploads`, photo, { token, metadata: { filename: 'canal.jpg' } });
+    expect(result.ok).toBe(true);
+    if (!result.ok) return;
+    expect(result.url.startsWith(`${nginx.url}/uploads/`)).toBe(true);
+    const file = result.body as FileJson;
+    expect(file.bytes).toBe(photo.length);
+    const original = file.variants.find((v) => v.n === 0)!;
+    expect(original.url.startsWith(`${nginx.url}/f/`)).toBe(true);
+    const res = await fetch(original.url);
+    expect(res.status).toBe(200);
+    expect(sha256(Buffer.from(await res.arrayBuffer()))).toBe(sha256(photo));
+  });
+
+  it('resumes an interrupted upload through nginx', async () => {
+    const token = await t.uploadToken('bob', 'image');
+    const data = Buffer.concat([photo, Buffer.alloc(300_000, 7)]);
+    const firstUrl = await new Promise<string>((resolve, reject) => {
+      const upload: Upload = new Upload(data, {
+        endpoint: `${nginx.url}/uploads`,
+        chunkSize: 100_000,
+        retryDelays: [],
+        headers: { Authorization: `Bearer ${token}` },
+        metadata: { filename: 'resume.jpg' },
+        onChunkComplete: () => {
+          void upload.abort(false).then(() => resolve(upload.url!));
+        },
+        onError: reject,
+      });
+      upload.start();
+    });
+    expect(firstUrl.startsWith(`${nginx.url}/uploads/`)).toBe(true);
+    const head = await fetch(firstUrl, { method: 'HEAD', headers: { 'Tus-Resumable': '1.0.0' } });
+    const offset = Number(head.headers.get('upload-offset'));
+    expect(offset).toBeGreaterThan(0);
+    expect(offset).toBeLessThan(data.length);
+    const result = await tusUpload(`${nginx.url}/uploads`, data, { token, uploadUrl: firstUrl, chunkSize: 100_000 });
+    expect(result.ok).toBe(true);
+    if (!result.ok) return;
+    const file = result.body as FileJson;
+    const res = await fetch(file.variants.find((v) => v.n === 0)!.url);
+    expect(sha256(Buffer.from(await res.arrayBuffer()))).toBe(sha256(data));
+  });
+
+  it('passes API calls and their errors through to Chipmunk', async () => {
+    const res = await fetch(`${nginx.url}/v1/users/alice`);
+    expect(res.status).toBe(401);
+    expect(((await res.json()) as { error: { code: string } }).error.code).toBe('UNAUTHORIZED');
+  });
+});
+
+describe('chipmunk nginx-config', () => {
+  const env = { CHIPMUNK_DATA_DIR: '/srv/chipmunk', CHIPMUNK_INTERNAL_PORT: '9091', CHIPMUNK_AUTH_CACHE: '3' };
+
+  it('renders a config nginx accepts, from the server environment', async () => {
+    const config = nginxConfigCommand(['--listen', '127.0.0.1:8088', '--upstream', 'http://127.0.0.1:8080'], env);
+    expect(config).toContain('root /srv/chipmunk/media;');
+    expect(config).toContain('server 127.0.0.1:9091;');
+    expect(config).toContain('proxy_cache_valid 200 401 403 404 3s;');
+    expect(config).not.toMatch(/^\s*daemon/m);
+    const prefix = await mkdtemp(path.join(tmpdir(), 'chipmunk-nginx-t-'));
+    try {
+      await writeFile(path.join(prefix, 'nginx.conf'), config);
+      const { stderr } = await promisify(execFile)(NGINX_BIN, ['-t', '-p', prefix, '-c', path.join(prefix, 'nginx.conf')]);
+      expect(stderr).toContain('test is successful');
+    } finally {
+      await rm(prefix, { recursive: true, force: true });
+    }
+  });
+
+  it('turns the auth cache off with CHIPMUNK_AUTH_CACHE=0 and refuses bad arguments', () => {
+    const config = nginxConfigCommand(['--listen', '8088', '--upstream', 'http://chipmunk:8080'], { ...env, CHIPMUNK_AUTH_CACHE: '0' });
+    expect(config).not.toContain('proxy_cache ');
+    expect(config).toContain('server chipmunk:9091;');
+    expect(() => nginxConfigCommand(['--listen', '8088'], env)).toThrow(/--upstream/);
+    expect(() => nginxConfigCommand(['--listen', '8088', '--upstream', 'https://x:1/'], env)).toThrow(/http:\/\//);
+    expect(() => nginxConfigCommand(['--listen', '80; evil', '--upstream', 'http://x:1'], env)).toThrow(/cannot go into an nginx config/);
+  });
+
+  it('is the config shipped in nginx/ for docker compose', async () => {
+    const shipped = await readFile(path.resolve(import.meta.dirname, '../nginx/chipmunk.conf'), 'utf8');
+    const rendered = nginxConfigCommand(['--listen', '8088', '--upstream', 'http://chipmunk:8080'], {
+      CHIPMUNK_DATA_DIR: '/data',
+      CHIPMUNK_INTERNAL_PORT: '8081',
+    });
+    expect(shipped).toBe(rendered);
+  });
+});
