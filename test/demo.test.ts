@@ -129,6 +129,49 @@ describe('demo page', () => {
     await phone.close();
   });
 
+  it('shows a song with its cover, its waveform and a player of its renditions', async () => {
+    const page = await openPage('listener');
+    await page.selectOption('#purpose', 'audio');
+    await page.setInputFiles('#file-input', corpus('audio/ok/m4a-aac-cover.m4a'));
+    // Renditions, waveform and cover are made in the background; the page polls until ready.
+    const file = (await waitForReadyFile(page)) as FileJson & { cover?: { variants: string[] } };
+    const names = file.variants.map((v) => String(v.n));
+    expect(names).toEqual(expect.arrayContaining(['0', '1', '2', 'waveform']));
+    expect(await page.isVisible('#music')).toBe(true);
+    expect(await page.isEnabled('#play')).toBe(true);
+    const audioSrc = await page.$eval('#audio', (el: HTMLAudioElement) => el.src);
+    expect([file.variants.find((v) => v.n === 1)!.url, file.variants.find((v) => v.n === 2)!.url]).toContain(audioSrc);
+    // The rendition really plays in this browser: its duration arrives.
+    await expect.poll(() => page.$eval('#audio', (el: HTMLAudioElement) => el.duration), { timeout: 20_000 }).toBeGreaterThan(0);
+
+    // The waveform is drawn from the peaks: some bars are taller than the flat line drawn without data.
+    await expect
+      .poll(() =>
+        page.$eval('#waveform', (canvas: HTMLCanvasElement) => {
+          const ctx = canvas.getContext('2d')!;
+          const { data } = ctx.getImageData(0, 0, canvas.width, canvas.height);
+          let inked = 0;
+          for (let i = 3; i < data.length; i += 4) if (data[i]! > 0) inked++;
+          return inked / (canvas.width * canvas.height);
+        }),
+      )
+      .toBeGreaterThan(0.1);
+
+    // The cover: its sharp rung replaces the placeholder, and its ladder is listed.
+    expect(file.cover?.variants.length).toBeGreaterThan(1);
+    await expect.poll(() => page.$eval('#cover', (el: HTMLImageElement) => el.src)).toBe(await page.evaluate(() => document.querySelector<HTMLImageElement>('.ladder figure:nth-child(4) img')?.src ?? ''));
+    expect(await page.locator('.ladder figure').count()).toBe(file.cover!.variants.length - 1);
+
+    // Clicking the waveform seeks.
+    const box = (await page.locator('#waveform').boundingBox())!;
+    await page.mouse.click(box.x + box.width / 2, box.y + box.height / 2);
+    await expect.poll(() => page.$eval('#audio', (el: HTMLAudioElement) => el.currentTime / el.duration)).toBeCloseTo(0.5, 1);
+
+    await page.screenshot({ path: path.join(artifacts, 'demo-music-laptop.png'), fullPage: true });
+    expect(pageErrors(page)).toEqual([]);
+    await page.close();
+  });
+
   it('shows the sentence the server sent when the quota is full or the type is wrong', async () => {
     const page = await openPage('quota');
     await page.selectOption('#quota', '1000000');

@@ -198,19 +198,34 @@ function imageVariants(variants) {
   return (variants ?? []).filter((v) => typeof v.n === 'number' && v.n > 0 && String(v.mimeType).startsWith('image/') && v.width);
 }
 
-/** The cover's own ladder, however the audio processor nests it. */
+/**
+ * A track's cover: { width, height, placeholder, thumbhash, variants: [url of cover-0 (the picture),
+ * cover-1 … cover-6] }. Its rungs carry no sizes in the JSON; they are read off the loaded images.
+ */
 function coverOf(file) {
   const cover = file.cover;
-  if (!cover) return undefined;
-  if (Array.isArray(cover)) return { variants: cover };
-  return cover;
+  if (!cover || !Array.isArray(cover.variants)) return undefined;
+  const rungs = cover.variants.map((v, n) => (typeof v === 'string' ? { n, url: v } : { n, ...v }));
+  return { ...cover, rungs };
+}
+
+/** The ladder's boxes (rungs 1…6), as the image processor makes them; a small cover may stop short. */
+const RUNG_BOXES = [10, 40, 160, 320, 640, 1080];
+
+/** The cover rung that fills `cssSize` pixels sharply, else the largest there is. */
+function coverRung(cover, cssSize) {
+  const want = cssSize * (window.devicePixelRatio || 1);
+  const ladder = cover.rungs.filter((r) => r.n > 0);
+  return ladder.find((r) => (r.width ?? RUNG_BOXES[r.n - 1] ?? 0) >= want) ?? ladder[ladder.length - 1] ?? cover.rungs[0];
 }
 
 function thumbnailOf(file) {
-  const source = file.kind === 'audio' ? coverOf(file) : file;
-  if (!source) return undefined;
-  const small = imageVariants(source.variants).find((v) => v.width >= 80);
-  return small?.url ?? source.placeholder;
+  if (file.kind === 'audio') {
+    const cover = coverOf(file);
+    return cover ? coverRung(cover, 40).url : undefined;
+  }
+  const small = imageVariants(file.variants).find((v) => v.width >= 80);
+  return small?.url ?? file.placeholder;
 }
 
 // ---------- uploading ----------
@@ -440,27 +455,40 @@ function replayBlur() {
   setTimeout(() => frame.classList.add('loaded'), 700);
 }
 
+function ladderFigure(n, url, width, height, bytes) {
+  const caption = el('figcaption', { text: width ? `${n} · ${width}×${height} · ${formatBytes(bytes)}` : `${n}` });
+  const img = el('img', { src: url, alt: `Variant ${n}`, decoding: 'async', width: width ? String(width) : undefined, height: height ? String(height) : undefined });
+  // Cover rungs come without sizes in the JSON: the caption says what arrived.
+  if (!width) img.addEventListener('load', () => (caption.textContent = `${n} · ${img.naturalWidth}×${img.naturalHeight}`));
+  return el('figure', { 'data-variant': String(n) }, [img, caption]);
+}
+
 function showVariants(file) {
-  const ladderSource = file.kind === 'audio' ? coverOf(file) : file;
-  const ladder = imageVariants(ladderSource?.variants).sort((a, b) => a.width - b.width);
-  $('ladder').replaceChildren(
-    ...ladder.map((v) =>
-      el('figure', { 'data-variant': String(v.n) }, [
-        el('img', { src: v.url, width: String(v.width), height: String(v.height), alt: `Variant ${v.n}`, decoding: 'async' }),
-        el('figcaption', { text: `${v.n} · ${v.width}×${v.height} · ${formatBytes(v.bytes)}` }),
-      ]),
-    ),
-  );
-  $('ladder').hidden = ladder.length === 0;
+  let figures;
+  if (file.kind === 'audio') {
+    const cover = coverOf(file);
+    figures = (cover?.rungs ?? []).filter((r) => r.n > 0).map((r) => ladderFigure(`cover ${r.n}`, r.url));
+    $('ladder-title').textContent = figures.length ? 'Cover ladder' : 'Variants';
+  } else {
+    const ladder = imageVariants(file.variants).sort((a, b) => a.width - b.width);
+    figures = ladder.map((v) => ladderFigure(v.n, v.url, v.width, v.height, v.bytes));
+    $('ladder-title').textContent = 'Variants';
+  }
+  $('ladder').replaceChildren(...figures);
+  $('ladder').hidden = figures.length === 0;
+  $('ladder-note').hidden = figures.length === 0;
 
   const rows = [...(file.variants ?? [])];
-  if (file.kind === 'audio') for (const v of coverOf(file)?.variants ?? []) rows.push({ ...v, n: `cover ${v.n}` });
+  if (file.kind === 'audio') {
+    const picture = coverOf(file)?.rungs[0];
+    if (picture) rows.push({ n: 'cover 0', url: picture.url, width: file.cover.width, height: file.cover.height, mimeType: 'the embedded picture' });
+  }
   $('variant-rows').replaceChildren(
     ...rows.map((v) =>
       el('tr', { 'data-variant-row': String(v.n) }, [
         el('td', { text: v.n === 0 ? '0 (original)' : String(v.n) }),
         el('td', { text: v.width && v.height ? `${v.width}×${v.height}` : '–' }),
-        el('td', { class: 'num', text: formatBytes(v.bytes) }),
+        el('td', { class: 'num', text: v.bytes !== undefined ? formatBytes(v.bytes) : '–' }),
         el('td', { class: 'muted', text: v.mimeType }),
         el('td', { class: 'num' }, el('a', { href: v.url, target: '_blank', rel: 'noopener', class: 'link', text: 'open' })),
       ]),
@@ -472,18 +500,29 @@ function showVariants(file) {
 
 function showMusic(file) {
   $('music').hidden = false;
-  const tags = file.tags ?? file.metadata ?? {};
-  $('track-title').textContent = tags.title ?? file.title ?? file.filename;
-  const duration = file.durationSeconds ?? file.duration ?? tags.duration;
-  $('track-sub').textContent = [tags.artist ?? file.artist, tags.album ?? file.album, duration ? formatTime(duration) : undefined].filter(Boolean).join(' · ');
+  $('track-title').textContent = file.title ?? file.filename;
+  const facts = [
+    file.artist,
+    file.album,
+    file.durationMs ? formatTime(file.durationMs / 1000) : undefined,
+    file.codec ? `${file.codec}${file.lossless ? ', lossless' : ''}` : undefined,
+  ];
+  $('track-sub').textContent = facts.filter(Boolean).join(' · ');
 
   const cover = coverOf(file);
-  const coverVariant = cover ? pickVariant(imageVariants(cover.variants), 168) : undefined;
   const coverImg = $('cover');
-  coverImg.classList.toggle('none', !coverVariant && !cover?.placeholder);
-  if (coverVariant) coverImg.src = coverVariant.url;
-  else if (cover?.placeholder) coverImg.src = cover.placeholder;
-  else coverImg.removeAttribute('src');
+  coverImg.classList.toggle('none', !cover);
+  if (cover) {
+    // The placeholder shows at once; the sharp rung replaces it when it has arrived.
+    coverImg.src = cover.placeholder ?? coverRung(cover, 168).url;
+    const sharp = new Image();
+    sharp.onload = () => {
+      if (state.file && state.file.id === file.id) coverImg.src = sharp.src;
+    };
+    sharp.src = coverRung(cover, 168).url;
+  } else {
+    coverImg.removeAttribute('src');
+  }
 
   const byName = (name) => (file.variants ?? []).find((v) => String(v.n) === name);
   const audio = $('audio');
