@@ -34,7 +34,7 @@ const user = async (id: string) => (await (await t.api(`/v1/users/${id}`)).json(
 const fileJson = async (id: string) => (await (await t.api(`/v1/files/${id}`)).json()) as FileJson;
 
 /** Opens the page as the demo user demo-<name>, failing the test on any script error. */
-async function openPage(name: string, viewport = { width: 1280, height: 800 }): Promise<Page> {
+async function openPage(name: string, viewport = { width: 1280, height: 800 }, purpose = 'image'): Promise<Page> {
   const page = await browser.context.newPage();
   await page.setViewportSize(viewport);
   const problems: string[] = [];
@@ -44,6 +44,8 @@ async function openPage(name: string, viewport = { width: 1280, height: 800 }): 
   await page.waitForSelector('body[data-ready="true"]');
   await page.fill('#user', name);
   await page.locator('#user').blur();
+  // The page remembers the last purpose (localStorage, shared by this browser profile): set it.
+  await page.selectOption('#purpose', purpose);
   await expect.poll(() => page.textContent('#usage-quota')).toContain('of');
   return page;
 }
@@ -130,8 +132,7 @@ describe('demo page', () => {
   });
 
   it('shows a song with its cover, its waveform and a player of its renditions', async () => {
-    const page = await openPage('listener');
-    await page.selectOption('#purpose', 'audio');
+    const page = await openPage('listener', undefined, 'audio');
     await page.setInputFiles('#file-input', corpus('audio/ok/m4a-aac-cover.m4a'));
     // Renditions, waveform and cover are made in the background; the page polls until ready.
     const file = (await waitForReadyFile(page)) as FileJson & { cover?: { variants: string[] } };
