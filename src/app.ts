@@ -4,6 +4,8 @@ import type { HttpBindings } from '@hono/node-server';
 import { RESPONSE_ALREADY_SENT } from '@hono/node-server/utils/response';
 import { requireApiKey } from './auth/api-key.js';
 import type { Config } from './config.js';
+import type { DemoAsset } from './demo/assets.js';
+import { demoRoutes } from './demo/routes.js';
 import type { Repository } from './db/repository.js';
 import { AppError, errors, toAppError } from './errors.js';
 import type { Logger } from './log.js';
@@ -37,6 +39,8 @@ export type AppDeps = {
   delivery: DeliveryServer;
   links: DeliveryLinks;
   logger: Logger;
+  /** Present only when the demo is on (config.demo): the page's files. */
+  demoAssets?: Map<string, DemoAsset>;
 };
 
 // Builds the HTTP app from its dependencies; importing this module does no I/O.
@@ -90,6 +94,10 @@ export function createApp(deps: AppDeps) {
   v1.route('/files', fileRoutes({ files: deps.files, publicUrl: config.publicUrl }));
   v1.route('/users', userRoutes({ repo: deps.repo, files: deps.files, defaultQuotaBytes: config.defaultQuotaBytes, publicUrl: config.publicUrl }));
   app.route('/v1', v1);
+
+  if (config.demo && deps.demoAssets) {
+    app.route('/', demoRoutes({ repo: deps.repo, files: deps.files, purposes: deps.purposes, secret: config.secret, defaultQuotaBytes: config.defaultQuotaBytes, publicUrl: config.publicUrl, assets: deps.demoAssets }));
+  }
 
   return app;
 }

@@ -34,6 +34,9 @@ const envSchema = z.object({
   CHIPMUNK_WEBHOOK_URL: z.url().optional(),
   CHIPMUNK_WEBHOOK_SECRET: z.string().min(16, 'must be at least 16 characters').optional(),
   CHIPMUNK_WEBHOOK_BACKOFF: seconds.default(5),
+  // The demo page at / and its /demo/api routes; unset means on, except when NODE_ENV=production.
+  CHIPMUNK_DEMO: z.enum(['on', 'off'], { error: 'must be "on" or "off"' }).optional(),
+  NODE_ENV: z.string().optional(),
   FFMPEG_PATH: z.string().min(1).optional(),
 });
 
@@ -64,6 +67,8 @@ export type Config = Readonly<{
   webhook: { url: string; secret: string; backoffMs: number } | undefined;
   /** FFMPEG_PATH: an ffmpeg binary, or 'off'; unset means PATH, then the npm-packaged one. */
   ffmpegPath: string | undefined;
+  /** The demo page and its token-minting routes (a developer's machine only). */
+  demo: boolean;
   /** The internal port serving only /internal/auth to nginx; never expose it. */
   internalPort: number;
   internalHost: string;
@@ -139,6 +144,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     internalPort: internalPort(e),
     internalHost: e.CHIPMUNK_INTERNAL_HOST,
     authCacheSeconds: e.CHIPMUNK_AUTH_CACHE,
+    demo: (e.CHIPMUNK_DEMO ?? (e.NODE_ENV === 'production' ? 'off' : 'on')) === 'on',
     generatedSecrets: stored.generated && (!e.CHIPMUNK_SECRET || !e.CHIPMUNK_API_KEY),
   });
 }

@@ -18,6 +18,9 @@ export async function start(env: NodeJS.ProcessEnv = process.env): Promise<void>
   const { port } = await chipmunk.listen();
   const url = config.publicUrl ?? `http://${config.host === '0.0.0.0' ? 'localhost' : config.host}:${port}`;
   chipmunk.logger.info('chipmunk listening', { url, dataDir: config.dataDir });
+  if (config.demo) {
+    process.stdout.write(`\nTry Chipmunk in your browser: ${url}/  (demo mode; CHIPMUNK_DEMO=off or NODE_ENV=production turns it off)\n\n`);
+  }
   if (config.generatedSecrets) {
     // Printed once, on the start that generated them; they stay in <data dir>/secrets.json.
     process.stdout.write(

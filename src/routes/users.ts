@@ -7,18 +7,20 @@ import { jsonBody, parseWith } from './validate.js';
 
 export type UserJson = { id: string; quotaBytes: number; usedBytes: number; reservedBytes: number; fileCount: number };
 
-export function userRoutes(deps: { repo: Repository; files: FileService; defaultQuotaBytes: number; publicUrl: string | undefined }) {
-  // A user Chipmunk has not seen yet has the default quota and nothing stored.
-  const describe = (id: string): UserJson => {
-    const user = deps.repo.getUser(id);
-    return {
-      id,
-      quotaBytes: user?.quotaBytes ?? deps.defaultQuotaBytes,
-      usedBytes: user?.usedBytes ?? 0,
-      reservedBytes: user?.reservedBytes ?? 0,
-      fileCount: user?.fileCount ?? 0,
-    };
+/** A user Chipmunk has not seen yet has the default quota and nothing stored. */
+export function describeUser(repo: Repository, id: string, defaultQuotaBytes: number): UserJson {
+  const user = repo.getUser(id);
+  return {
+    id,
+    quotaBytes: user?.quotaBytes ?? defaultQuotaBytes,
+    usedBytes: user?.usedBytes ?? 0,
+    reservedBytes: user?.reservedBytes ?? 0,
+    fileCount: user?.fileCount ?? 0,
   };
+}
+
+export function userRoutes(deps: { repo: Repository; files: FileService; defaultQuotaBytes: number; publicUrl: string | undefined }) {
+  const describe = (id: string) => describeUser(deps.repo, id, deps.defaultQuotaBytes);
   return new Hono()
     .get('/:id', (c) => {
       const { id } = parseWith(userIdParams, c.req.param(), 'user id');
