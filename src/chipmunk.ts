@@ -141,6 +141,7 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
     requestContext,
     inFlight,
     ops: { ready: () => readiness.check(), metrics, isStopping: () => stopping },
+    demoAssets: config.demo ? loadDemoAssets() : undefined,
   });
 
   // Background work the process must let finish (or stop) before closing the database.

@@ -2,6 +2,7 @@ import type { Hono } from 'hono';
 import { inspectRoutes } from 'hono/dev';
 import { z } from 'zod';
 import * as s from './routes/schemas.js';
+import { demoTokenRequest, demoUserId } from './demo/routes.js';
 
 // The OpenAPI 3.1 document, generated from the zod schemas in routes/schemas.ts (the ones the routes
 // validate with) and from the routes the app really serves: a documented route the app does not
@@ -264,7 +265,53 @@ export const routeDocs: RouteDoc[] = [
       get: { summary: 'A user\'s files, newest first, page by page', auth: 'apiKey', params: s.userIdParams, query: s.listFilesQuery, replies: { 200: { description: 'one page', body: s.fileListResponse } }, errors: [400, 401] },
     },
   },
+  // Demo mode only (CHIPMUNK_DEMO=on, the default outside production): the page and the routes it uses.
+  {
+    serves: 'GET /',
+    path: '/',
+    operations: { get: { summary: 'Demo page (demo mode only)', auth: 'none', replies: { 200: { description: 'the demo page', body: z.string(), contentType: 'text/html' } } } },
+  },
+  {
+    serves: 'GET /demo/assets/:name',
+    path: '/demo/assets/{name}',
+    operations: {
+      get: { summary: 'Demo page scripts and styles, served from npm packages (demo mode only)', auth: 'none', params: z.object({ name: z.string() }), replies: { 200: { description: 'the asset', body: 'binary' } }, errors: [404] },
+    },
+  },
+  demoDoc('GET /demo/api/config', '/demo/api/config', 'get', { summary: 'Purposes and limits for the demo page', replies: { 200: { description: 'the page\'s settings', body: z.record(z.string(), z.unknown()) } } }),
+  demoDoc('POST /demo/api/upload-tokens', '/demo/api/upload-tokens', 'post', {
+    summary: 'Mint a 15-minute upload token for a demo-… user',
+    body: { 'application/json': demoTokenRequest },
+    replies: { 201: { description: 'an upload token', body: s.uploadTokenResponse } },
+    errors: [400, 403],
+  }),
+  demoDoc('GET /demo/api/users/:id', '/demo/api/users/{id}', 'get', { summary: 'A demo user\'s quota and usage', params: z.object({ id: demoUserId }), replies: { 200: { description: 'quota and usage', body: s.userJson } }, errors: [400, 403] }),
+  demoDoc('PUT /demo/api/users/:id/quota', '/demo/api/users/{id}/quota', 'put', {
+    summary: 'Set a demo user\'s quota',
+    params: z.object({ id: demoUserId }),
+    body: { 'application/json': s.setQuotaRequest },
+    replies: { 200: { description: 'quota and usage', body: s.userJson } },
+    errors: [400, 403],
+  }),
+  demoDoc('GET /demo/api/users/:id/files', '/demo/api/users/{id}/files', 'get', {
+    summary: 'A demo user\'s files',
+    params: z.object({ id: demoUserId }),
+    query: s.listFilesQuery,
+    replies: { 200: { description: 'one page', body: s.fileListResponse } },
+    errors: [400, 403],
+  }),
+  demoDoc('GET /demo/api/files/:id', '/demo/api/files/{id}', 'get', { summary: 'A demo user\'s file', params: s.fileIdParams, replies: { 200: fileReply }, errors: [400, 403, 404] }),
+  demoDoc('DELETE /demo/api/files/:id', '/demo/api/files/{id}', 'delete', { summary: 'Delete a demo user\'s file', params: s.fileIdParams, replies: { 204: { description: 'deleted' } }, errors: [400, 403, 404] }),
 ];
+
+/** A demo route: no credentials, answered only to same-origin browsers on this machine. */
+function demoDoc(serves: string, path: string, method: Method, op: Omit<Operation, 'auth'>): RouteDoc {
+  return {
+    serves,
+    path,
+    operations: { [method]: { ...op, auth: 'none', description: 'Demo mode only; answers only same-origin requests from the machine Chipmunk runs on, for users named demo-….' } },
+  };
+}
 
 /** The routes an app serves, as `METHOD /path` the way Hono registered them (middleware left out). */
 export function servedRoutes(app: Hono<any, any, any>): string[] {

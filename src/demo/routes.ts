@@ -24,10 +24,10 @@ export const DEMO_USER_PREFIX = 'demo-';
 /** Tokens the demo mints live long enough for a slow upload, not for reuse. */
 const DEMO_TOKEN_SECONDS = 15 * 60;
 
-const demoUserId = userIdSchema.refine((id) => id.startsWith(DEMO_USER_PREFIX) && id.length > DEMO_USER_PREFIX.length, {
+export const demoUserId = userIdSchema.refine((id) => id.startsWith(DEMO_USER_PREFIX) && id.length > DEMO_USER_PREFIX.length, {
   message: `demo users are named ${DEMO_USER_PREFIX}…`,
 });
-const demoTokenRequest = z.object({ userId: demoUserId, purpose: purposeNameSchema });
+export const demoTokenRequest = z.object({ userId: demoUserId, purpose: purposeNameSchema });
 
 export type DemoDeps = {
   repo: Repository;
