@@ -74,6 +74,13 @@ export function createRepository(db: Db) {
     .where(and(eq(files.deliveryToken, sql.placeholder('token')), inArray(files.status, [...storedStatuses])))
     .prepare();
 
+  // Every /f/ request reads one deliverable; they are kept in memory until the next write that could
+  // change any of them (a rotated token, a visibility change, a delete, replaced variants), so
+  // rotation and deletion still take effect at once. One process owns the database (the embedded
+  // default); a shared PostgreSQL backend would need a short TTL here instead.
+  const deliverables = new Map<string, Deliverable>();
+  const deliverablesChanged = () => deliverables.clear();
+
   return {
     /**
      * Admits an upload only when used + reserved + length ≤ quota, in one transaction with the
@@ -158,6 +165,7 @@ export function createRepository(db: Db) {
 
     /** Adds generated files to a stored file (audio renditions, covers), charging their bytes. */
     addVariants(fileId: string, added: NewVariant[], patch: { status?: FileRow['status']; info?: Record<string, unknown>; error?: string | null } = {}): FileRow | undefined {
+      deliverablesChanged();
       return db.transaction((tx) => {
         const file = tx.select().from(files).where(eq(files.id, fileId)).get();
         if (!file || file.status === 'deleting' || file.status === 'uploading') return undefined;
@@ -220,6 +228,7 @@ export function createRepository(db: Db) {
      * The folder is removed afterwards; a row left in 'deleting' by a crash is finished at start-up.
      */
     beginDelete(fileId: string): FileRow | undefined {
+      deliverablesChanged();
       return db.transaction((tx) => {
         const file = tx.select().from(files).where(and(eq(files.id, fileId), inArray(files.status, [...storedStatuses]))).get();
         if (!file) return undefined;
@@ -229,6 +238,7 @@ export function createRepository(db: Db) {
     },
 
     finishDelete(fileId: string): void {
+      deliverablesChanged();
       db.delete(files).where(and(eq(files.id, fileId), eq(files.status, 'deleting'))).run();
     },
 
@@ -261,7 +271,16 @@ export function createRepository(db: Db) {
 
     /** A stored file's variant by delivery token and variant name, or undefined. */
     getDeliverable(token: string, name: string): Deliverable | undefined {
-      return deliverableByToken.get({ token, name });
+      const key = `${token}/${name}`;
+      const known = deliverables.get(key);
+      if (known) return known;
+      const found = deliverableByToken.get({ token, name });
+      // Misses are not remembered: a file that finishes uploading becomes deliverable with no write here.
+      if (found) {
+        if (deliverables.size >= 10_000) deliverables.delete(deliverables.keys().next().value!);
+        deliverables.set(key, found);
+      }
+      return found;
     },
 
     getVariants(fileId: string): VariantRow[] {
@@ -293,6 +312,7 @@ export function createRepository(db: Db) {
     },
 
     updateFile(fileId: string, patch: Partial<Pick<FileRow, 'visibility' | 'deliveryToken' | 'status' | 'error' | 'info'>>): FileRow | undefined {
+      deliverablesChanged();
       return db
         .update(files)
         .set({ ...patch, updatedAt: now() })
@@ -370,6 +390,7 @@ export function createRepository(db: Db) {
 
     /** Makes a file's total agree with its variants, moving the difference into the user's usage (fsck --repair). */
     setFileTotal(fileId: string, totalBytes: number): void {
+      deliverablesChanged();
       db.transaction((tx) => {
         const file = tx.select().from(files).where(eq(files.id, fileId)).get();
         if (!file || !(storedStatuses as readonly string[]).includes(file.status)) return;

@@ -95,58 +95,74 @@ export function createDeliveryServer(deps: {
     return blob;
   }
 
-  async function plan(method: string, target: string, header: (name: string) => string | undefined): Promise<Plan> {
-    const p = await decide(method, target, header);
-    deps.onAnswer?.(p.status);
-    return p;
-  }
-
-  async function decide(method: string, target: string, header: (name: string) => string | undefined): Promise<Plan> {
+  /**
+   * The answer to one request. Synchronous when the variant's bytes are already in memory (the hot
+   * path: no promise, no tick); otherwise it waits for the disk once.
+   */
+  function plan(method: string, target: string, header: (name: string) => string | undefined): Plan | Promise<Plan> {
+    const answered = (p: Plan) => {
+      deps.onAnswer?.(p.status);
+      return p;
+    };
     try {
       if (method !== 'GET' && method !== 'HEAD') throw methodNotAllowed();
       const d = resolve(target);
       const v = d.target;
-      const blob = await blobOf(v.fileId, v.path, `${v.fileId}/${v.path}/${v.updatedAt}/${v.bytes}`);
-      if (!blob) throw deliveryErrors.notFound();
-      const { size, mtime, etag, lastModified } = blob;
-      const headers: Record<string, string> = {
-        'Content-Type': d.contentType,
-        'Last-Modified': lastModified,
-        ETag: etag,
-        'Cache-Control': d.cacheControl,
-        'Accept-Ranges': 'bytes',
-        'X-Content-Type-Options': 'nosniff',
-      };
-      if (d.contentDisposition) headers['Content-Disposition'] = d.contentDisposition;
-
-      if (notModified(header('if-none-match'), header('if-modified-since'), etag, mtime)) {
-        delete headers['Content-Type'];
-        return { status: 304, headers };
-      }
-      const range = usableRange(header('range'), header('if-range'), etag, lastModified, size);
-      if (range === 'unsatisfiable') {
-        return { status: 416, headers: { 'Content-Range': `bytes */${size}`, 'X-Content-Type-Options': 'nosniff', 'Content-Length': '0' } };
-      }
-      const [start, end] = range ?? [0, size - 1];
-      headers['Content-Length'] = String(Math.max(0, end - start + 1));
-      if (range) headers['Content-Range'] = `bytes ${start}-${end}/${size}`;
-      const body = method === 'GET' && size > 0 ? { fileId: v.fileId, name: v.path, start, end, memory: blob.bytes } : undefined;
-      return { status: range ? 206 : 200, headers, body };
+      const key = `${v.fileId}/${v.path}/${v.updatedAt}/${v.bytes}`;
+      const cached = cache.get(key);
+      if (cached) return answered(planFor(method, d, cached, header));
+      return blobOf(v.fileId, v.path, key).then(
+        (blob) => answered(blob ? planFor(method, d, blob, header) : refusal(deliveryErrors.notFound())),
+        (err: unknown) => answered(refusal(err)),
+      );
     } catch (err) {
-      const error = toAppError(err);
-      if (error.status >= 500) logger.error('delivery failed', { err });
-      return {
-        status: error.status,
-        headers: { 'Content-Type': 'application/json', 'Cache-Control': 'no-store', 'X-Content-Type-Options': 'nosniff', ...(error.status === 405 ? { Allow: 'GET, HEAD' } : {}) },
-        error,
-      };
+      return answered(refusal(err));
     }
+  }
+
+  function planFor(method: string, d: ReturnType<DeliveryResolver>, blob: Blob, header: (name: string) => string | undefined): Plan {
+    const v = d.target;
+    const { size, mtime, etag, lastModified } = blob;
+    const headers: Record<string, string> = {
+      'Content-Type': d.contentType,
+      'Last-Modified': lastModified,
+      ETag: etag,
+      'Cache-Control': d.cacheControl,
+      'Accept-Ranges': 'bytes',
+      'X-Content-Type-Options': 'nosniff',
+    };
+    if (d.contentDisposition) headers['Content-Disposition'] = d.contentDisposition;
+
+    if (notModified(header('if-none-match'), header('if-modified-since'), etag, mtime)) {
+      delete headers['Content-Type'];
+      return { status: 304, headers };
+    }
+    const range = usableRange(header('range'), header('if-range'), etag, lastModified, size);
+    if (range === 'unsatisfiable') {
+      return { status: 416, headers: { 'Content-Range': `bytes */${size}`, 'X-Content-Type-Options': 'nosniff', 'Content-Length': '0' } };
+    }
+    const [start, end] = range ?? [0, size - 1];
+    headers['Content-Length'] = String(Math.max(0, end - start + 1));
+    if (range) headers['Content-Range'] = `bytes ${start}-${end}/${size}`;
+    const body = method === 'GET' && size > 0 ? { fileId: v.fileId, name: v.path, start, end, memory: blob.bytes } : undefined;
+    return { status: range ? 206 : 200, headers, body };
+  }
+
+  function refusal(err: unknown): Plan {
+    const error = toAppError(err);
+    if (error.status >= 500) logger.error('delivery failed', { err });
+    return {
+      status: error.status,
+      headers: { 'Content-Type': 'application/json', 'Cache-Control': 'no-store', 'X-Content-Type-Options': 'nosniff', ...(error.status === 405 ? { Allow: 'GET, HEAD' } : {}) },
+      error,
+    };
   }
 
   return {
     /** On Node: writes straight to the socket (the fast path). `target` is the raw request target. */
     async handleNode(req: IncomingMessage, res: ServerResponse): Promise<void> {
-      const p = await plan(req.method ?? 'GET', req.url ?? '/', (name) => headerValue(req.headers[name]));
+      const planned = plan(req.method ?? 'GET', req.url ?? '/', (name) => headerValue(req.headers[name]));
+      const p = planned instanceof Promise ? await planned : planned;
       if (p.error) {
         const json = JSON.stringify(p.error.toJSON());
         res.writeHead(p.status, { ...p.headers, 'Content-Length': Buffer.byteLength(json) });
