@@ -1,15 +1,14 @@
 import Database from 'better-sqlite3';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readdir, readFile, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { SignJWT } from 'jose';
 import { Upload } from 'tus-js-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mediaPath } from '../src/storage/local.js';
 import { corpus } from './helpers/chipmunk.js';
-import { ensureBuilt, freePort, runCli, spawnServer, type ServerProcess } from './helpers/server-process.js';
+import { runCli, serverEnvironment, spawnServer, type ServerProcess } from './helpers/server-process.js';
 
 // The crash test: the real server as a child process, concurrent tus uploads and deletes, and a
 // kill -9 at a random moment of each round, then a restart on the same data. At the end the data
@@ -26,22 +25,13 @@ let env: Record<string, string>;
 let base: Buffer;
 
 beforeAll(async () => {
-  ensureBuilt();
-  dataDir = await mkdtemp(path.join(tmpdir(), 'chipmunk-crash-'));
-  env = {
-    PORT: String(await freePort()),
-    HOST: '127.0.0.1',
-    CHIPMUNK_DATA_DIR: dataDir,
-    CHIPMUNK_API_KEY: `ck_${randomBytes(18).toString('base64url')}`,
-    CHIPMUNK_SECRET: randomBytes(32).toString('base64url'),
-    CHIPMUNK_LOG_LEVEL: 'warn',
-    CHIPMUNK_DISK_MARGIN: '0',
+  ({ dataDir, env } = await serverEnvironment('crash', {
     CHIPMUNK_SHUTDOWN_TIMEOUT: '10',
     // Uploads whose creation answer a kill swallowed are dead (the client has no URL to resume):
     // a short expiry lets the sweep release them within the test.
     CHIPMUNK_UPLOAD_EXPIRY: '12',
     CHIPMUNK_EXPIRY_INTERVAL: '1',
-  };
+  }));
   base = await readFile(corpus('images/photos/portrait-canal.jpg'));
 }, 120_000);
 afterAll(async () => {

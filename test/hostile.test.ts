@@ -1,11 +1,9 @@
-import { randomBytes } from 'node:crypto';
-import { readdir, readFile, rm, mkdtemp } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { SignJWT } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { corpus } from './helpers/chipmunk.js';
-import { ensureBuilt, freePort, runCli, spawnServer, type ServerProcess } from './helpers/server-process.js';
+import { runCli, serverEnvironment, spawnServer, type ServerProcess } from './helpers/server-process.js';
 import { tusUpload, type TusResult } from './helpers/tus.js';
 
 // The hostile corpus through tus while normal uploads run, against the real server process.
@@ -76,17 +74,7 @@ let env: Record<string, string>;
 let server: ServerProcess;
 
 beforeAll(async () => {
-  ensureBuilt();
-  dataDir = await mkdtemp(path.join(tmpdir(), 'chipmunk-hostile-'));
-  env = {
-    PORT: String(await freePort()),
-    HOST: '127.0.0.1',
-    CHIPMUNK_DATA_DIR: dataDir,
-    CHIPMUNK_API_KEY: `ck_${randomBytes(18).toString('base64url')}`,
-    CHIPMUNK_SECRET: randomBytes(32).toString('base64url'),
-    CHIPMUNK_LOG_LEVEL: 'warn',
-    CHIPMUNK_DISK_MARGIN: '0',
-  };
+  ({ dataDir, env } = await serverEnvironment('hostile'));
   server = await spawnServer(env);
 }, 120_000);
 afterAll(async () => {

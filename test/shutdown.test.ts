@@ -1,29 +1,16 @@
-import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { SignJWT } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { corpus } from './helpers/chipmunk.js';
-import { ensureBuilt, freePort, runCli, spawnServer } from './helpers/server-process.js';
+import { runCli, serverEnvironment, spawnServer } from './helpers/server-process.js';
 
 let dataDir: string;
 let env: Record<string, string>;
 
 beforeAll(async () => {
-  ensureBuilt();
-  dataDir = await mkdtemp(path.join(tmpdir(), 'chipmunk-shutdown-'));
-  env = {
-    PORT: String(await freePort()),
-    HOST: '127.0.0.1',
-    CHIPMUNK_DATA_DIR: dataDir,
-    CHIPMUNK_API_KEY: `ck_${randomBytes(18).toString('base64url')}`,
-    CHIPMUNK_SECRET: randomBytes(32).toString('base64url'),
-    CHIPMUNK_LOG_LEVEL: 'info',
-    CHIPMUNK_DISK_MARGIN: '0',
-    CHIPMUNK_SHUTDOWN_TIMEOUT: '20',
-  };
+  ({ dataDir, env } = await serverEnvironment('shutdown', { CHIPMUNK_LOG_LEVEL: 'info', CHIPMUNK_SHUTDOWN_TIMEOUT: '20' }));
 }, 120_000);
 afterAll(async () => {
   if (dataDir) await rm(dataDir, { recursive: true, force: true });

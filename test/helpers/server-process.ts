@@ -1,5 +1,8 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { existsSync, readdirSync, statSync } from 'node:fs';
+import { mkdtemp } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { createServer } from 'node:net';
 import path from 'node:path';
 
@@ -81,4 +84,24 @@ export function runCli(args: string[], env: Record<string, string>): Promise<{ c
     proc.stderr.on('data', (d) => (stderr += d));
     proc.once('exit', (code) => resolve({ code, stdout, stderr }));
   });
+}
+
+/**
+ * A fresh data directory and the environment for a server process on a free port, with the secrets
+ * set by the test (so it can mint tokens); `extra` adds or overrides variables.
+ */
+export async function serverEnvironment(name: string, extra: Record<string, string> = {}): Promise<{ dataDir: string; env: Record<string, string> }> {
+  ensureBuilt();
+  const dataDir = await mkdtemp(path.join(tmpdir(), `chipmunk-${name}-`));
+  const env = {
+    PORT: String(await freePort()),
+    HOST: '127.0.0.1',
+    CHIPMUNK_DATA_DIR: dataDir,
+    CHIPMUNK_API_KEY: `ck_${randomBytes(18).toString('base64url')}`,
+    CHIPMUNK_SECRET: randomBytes(32).toString('base64url'),
+    CHIPMUNK_LOG_LEVEL: 'warn',
+    CHIPMUNK_DISK_MARGIN: '0',
+    ...extra,
+  };
+  return { dataDir, env };
 }
