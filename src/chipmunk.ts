@@ -3,7 +3,7 @@ import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type RequestListener, type Server } from 'node:http';
 import path from 'node:path';
 import { createApp } from './app.js';
-import type { Config } from './config.js';
+import { ConfigError, type Config } from './config.js';
 import { openDatabase } from './db/index.js';
 import { createRepository } from './db/repository.js';
 import { loadDemoAssets } from './demo/assets.js';
@@ -206,11 +206,14 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
       for (const file of repo.processingFilesWithoutJob('audio', AUDIO_JOB)) repo.enqueueJob(file.id, AUDIO_JOB);
       jobs.start();
       await ingest.recoverInterrupted();
-      const { port } = await new Promise<{ port: number }>((resolve) => {
+      const { port } = await new Promise<{ port: number }>((resolve, reject) => {
         // /f/ requests take a fast path before the router and any web Request object.
         const withFastPath = ((options: object, listener: RequestListener) =>
           createServer(options, withDeliveryFastPath(delivery, logger, listener, (h) => requestContext.wrapNode(logger, h)))) as unknown as typeof createServer;
         server = serve({ fetch: app.fetch, port: config.port, hostname: config.host, createServer: withFastPath }, (info) => resolve({ port: info.port }));
+        server.once('error', (err: NodeJS.ErrnoException) =>
+          reject(err.code === 'EADDRINUSE' ? new ConfigError(`Port ${config.port} on ${config.host} is already in use: stop the other server or set PORT.`) : err),
+        );
       });
       // nginx's auth_request endpoint lives on its own port so the public side can never reach it.
       const internal = createServer(
@@ -220,7 +223,13 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
       internal.keepAliveTimeout = 75_000;
       internalServer = internal;
       const internalPort = await new Promise<number>((resolve, reject) => {
-        internal.once('error', reject);
+        internal.once('error', (err: NodeJS.ErrnoException) =>
+          reject(
+            err.code === 'EADDRINUSE'
+              ? new ConfigError(`Internal port ${config.internalPort} on ${config.internalHost} is already in use: stop the other server or set CHIPMUNK_INTERNAL_PORT.`)
+              : err,
+          ),
+        );
         internal.listen(config.internalPort, config.internalHost, () => {
           const address = internal.address();
           resolve(typeof address === 'object' && address ? address.port : config.internalPort);

@@ -15,7 +15,14 @@ export async function start(env: NodeJS.ProcessEnv = process.env): Promise<void>
     }
     throw err;
   }
-  const { port } = await chipmunk.listen();
+  let port: number;
+  try {
+    ({ port } = await chipmunk.listen());
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    process.stderr.write(`chipmunk: ${err.message}\n`);
+    process.exit(2);
+  }
   const url = config.publicUrl ?? `http://${config.host === '0.0.0.0' ? 'localhost' : config.host}:${port}`;
   chipmunk.logger.info('chipmunk listening', { url, dataDir: config.dataDir });
   if (config.demo) {
