@@ -48,6 +48,18 @@ export function renderNginxConfig(o: NginxConfigOptions): string {
   const media = safeValue(o.mediaDir.replace(/\/+$/, ''), 'the media directory');
   const cache = o.authCacheSeconds > 0;
   const bodyLimit = Math.max(1, Math.ceil(o.maxUploadBytes / 1_000_000) + 1);
+  // Both app locations pass requests the same way: keepalive upstream, the client's host and scheme.
+  const proxyToApp = [
+    'proxy_pass http://chipmunk_app;',
+    'proxy_http_version 1.1;',
+    'proxy_set_header Connection "";',
+    'proxy_set_header Host $http_host;',
+    'proxy_set_header X-Forwarded-Host $http_host;',
+    'proxy_set_header X-Forwarded-Proto $scheme;',
+    'proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;',
+  ]
+    .map((line) => `            ${line}`)
+    .join('\n');
   const extra = o.extraServerConfig ? `\n${indent(o.extraServerConfig.trim(), 8)}\n` : '';
 
   return `# Chipmunk's nginx, rendered by \`chipmunk nginx-config\`. Run it as
@@ -210,13 +222,7 @@ ${cache ? `            proxy_cache chipmunk_auth;
         # tus: bodies stream straight through (a PATCH may carry a whole file), and the forwarded
         # headers make Chipmunk's upload Location point back at this server.
         location /uploads {
-            proxy_pass http://chipmunk_app;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host $http_host;
-            proxy_set_header X-Forwarded-Host $http_host;
-            proxy_set_header X-Forwarded-Proto $scheme;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+${proxyToApp}
             proxy_request_buffering off;
             proxy_buffering off;
             client_max_body_size ${bodyLimit}m;
@@ -225,13 +231,7 @@ ${cache ? `            proxy_cache chipmunk_auth;
         }
 
         location / {
-            proxy_pass http://chipmunk_app;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host $http_host;
-            proxy_set_header X-Forwarded-Host $http_host;
-            proxy_set_header X-Forwarded-Proto $scheme;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+${proxyToApp}
             client_max_body_size 1m;
         }
 ${extra}    }
