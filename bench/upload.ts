@@ -9,6 +9,7 @@ import http from 'node:http';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Upload } from 'tus-js-client';
+import { wavHeader } from '../test/helpers/wav.js';
 import { startRawSink } from './lib/raw-sink.js';
 
 const SIZE = Number(process.env.BENCH_UPLOAD_BYTES ?? 1024 ** 3);
@@ -123,19 +124,7 @@ function rawUpload(url: string, file: string): Promise<void> {
 async function writeWav(file: string, size: number): Promise<void> {
   // A valid 16-bit stereo PCM WAV, so the upload passes completion like a real track would.
   const dataBytes = size - 44;
-  const header = Buffer.alloc(44);
-  header.write('RIFF', 0);
-  header.writeUInt32LE(size - 8, 4);
-  header.write('WAVEfmt ', 8);
-  header.writeUInt32LE(16, 16);
-  header.writeUInt16LE(1, 20);
-  header.writeUInt16LE(2, 22);
-  header.writeUInt32LE(44100, 24);
-  header.writeUInt32LE(44100 * 4, 28);
-  header.writeUInt16LE(4, 32);
-  header.writeUInt16LE(16, 34);
-  header.write('data', 36);
-  header.writeUInt32LE(dataBytes, 40);
+  const header = wavHeader(dataBytes);
   const handle = await open(file, 'w');
   try {
     await handle.write(header);

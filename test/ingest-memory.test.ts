@@ -4,6 +4,7 @@ import { createInterface } from 'node:readline';
 import path from 'node:path';
 import { createChipmunk } from 'chipmunk/client';
 import { afterAll, beforeAll, expect, it } from 'vitest';
+import { wavHeader } from './helpers/wav.js';
 
 // A 200 MB multipart upload must stream to disk: the server's resident memory may not grow with it.
 // The server runs in its own process so its RSS is measured alone (from /proc, sampled while the
@@ -36,19 +37,7 @@ const rssOf = (pid: number) => Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/pr
 
 /** A valid PCM WAV (16-bit stereo, 44.1 kHz) of `dataBytes` bytes of a tone, made as it streams. */
 async function* wav(dataBytes: number) {
-  const header = Buffer.alloc(44);
-  header.write('RIFF', 0);
-  header.writeUInt32LE(36 + dataBytes, 4);
-  header.write('WAVEfmt ', 8);
-  header.writeUInt32LE(16, 16);
-  header.writeUInt16LE(1, 20); // PCM
-  header.writeUInt16LE(2, 22); // stereo
-  header.writeUInt32LE(44_100, 24);
-  header.writeUInt32LE(44_100 * 4, 28);
-  header.writeUInt16LE(4, 32);
-  header.writeUInt16LE(16, 34);
-  header.write('data', 36);
-  header.writeUInt32LE(dataBytes, 40);
+  const header = wavHeader(dataBytes);
   yield header;
   const chunk = Buffer.alloc(1 << 20);
   for (let i = 0; i < chunk.length / 4; i++) {
