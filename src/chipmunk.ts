@@ -209,7 +209,7 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
       const { port } = await new Promise<{ port: number }>((resolve, reject) => {
         // /f/ requests take a fast path before the router and any web Request object.
         const withFastPath = ((options: object, listener: RequestListener) =>
-          createServer(options, withDeliveryFastPath(delivery, logger, listener, (h) => requestContext.wrapNode(logger, h)))) as unknown as typeof createServer;
+          createServer(options, withDeliveryFastPath(delivery, logger, listener, (req, res) => requestContext.trackNode(logger, req, res)))) as unknown as typeof createServer;
         server = serve({ fetch: app.fetch, port: config.port, hostname: config.host, createServer: withFastPath }, (info) => resolve({ port: info.port }));
         server.once('error', (err: NodeJS.ErrnoException) =>
           reject(err.code === 'EADDRINUSE' ? new ConfigError(`Port ${config.port} on ${config.host} is already in use: stop the other server or set PORT.`) : err),

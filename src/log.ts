@@ -11,6 +11,8 @@ export type Logger = {
   warn(msg: string, fields?: LogFields): void;
   error(msg: string, fields?: LogFields): void;
   child(fields: LogFields): Logger;
+  /** Whether lines at this level are written: lets hot paths skip building fields nobody reads. */
+  enabled(level: Exclude<LogLevel, 'silent'>): boolean;
 };
 
 export type LoggerOptions = {
@@ -37,6 +39,7 @@ export function createLogger(
     warn: (m, f) => emit('warn', m, f),
     error: (m, f) => emit('error', m, f),
     child: (fields) => createLogger(level, { ...base, ...fields }, write, opts),
+    enabled: (at) => order[at] >= order[level],
   };
 }
 

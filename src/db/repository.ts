@@ -79,7 +79,11 @@ export function createRepository(db: Db) {
   // rotation and deletion still take effect at once. One process owns the database (the embedded
   // default); a shared PostgreSQL backend would need a short TTL here instead.
   const deliverables = new Map<string, Deliverable>();
-  const deliverablesChanged = () => deliverables.clear();
+  let deliverablesGeneration = 0;
+  const deliverablesChanged = () => {
+    deliverables.clear();
+    deliverablesGeneration++;
+  };
 
   return {
     /**
@@ -270,6 +274,9 @@ export function createRepository(db: Db) {
     },
 
     /** A stored file's variant by delivery token and variant name, or undefined. */
+    /** Moves on at every write that could change a deliverable: memos built on them compare it. */
+    deliverablesGeneration: () => deliverablesGeneration,
+
     getDeliverable(token: string, name: string): Deliverable | undefined {
       const key = `${token}/${name}`;
       const known = deliverables.get(key);

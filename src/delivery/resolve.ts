@@ -31,7 +31,7 @@ const targetPattern = /^\/f\/([0-9a-z]{32})\/([0-9a-z][0-9a-z-]{0,31})(?:\?([^#]
 
 export type DeliveryResolver = (target: string) => Delivery;
 
-export function createDeliveryResolver(deps: { repo: Repository; secret: string; now?: () => number }): DeliveryResolver {
+export function createDeliveryResolver(deps: { repo: Pick<Repository, 'getDeliverable' | 'deliverablesGeneration'>; secret: string; now?: () => number }): DeliveryResolver {
   const { repo } = deps;
   const secret = deliveryKey(deps.secret);
   const now = deps.now ?? Date.now;
@@ -48,7 +48,27 @@ export function createDeliveryResolver(deps: { repo: Repository; secret: string;
     return true;
   };
 
+  // The same target is asked for again and again (a thumbnail on a busy page): grants already made
+  // are remembered by the raw target, until the next write that could change a deliverable.
+  // Private grants still expire on time, and their max-age is recomputed as the seconds pass.
+  const granted = new Map<string, Grant>();
+
   return (requestTarget) => {
+    const nowMs = now();
+    const known = granted.get(requestTarget);
+    if (known && known.generation === repo.deliverablesGeneration()) {
+      if (known.delivery.expiresAt === undefined) return known.delivery;
+      const second = Math.ceil(nowMs / 1000);
+      if (second === known.second) return known.delivery;
+      if (second < known.delivery.expiresAt) {
+        known.second = second;
+        known.delivery = { ...known.delivery, cacheControl: privateCacheControl(known.delivery.expiresAt - second) };
+        return known.delivery;
+      }
+      granted.delete(requestTarget);
+    }
+
+    const generation = repo.deliverablesGeneration();
     const match = targetPattern.exec(requestTarget);
     if (!match) throw deliveryErrors.notFound();
     const [, token, name, query] = match as unknown as [string, string, string, string | undefined];
@@ -58,6 +78,8 @@ export function createDeliveryResolver(deps: { repo: Repository; secret: string;
 
     let expiresAt: number | undefined;
     let cacheControl = `public, max-age=${YEAR}, immutable`;
+    // ⌈now⌉ in seconds: left = ⌊(exp·1000 − now) / 1000⌋ = exp − ⌈now / 1000⌉.
+    const second = Math.ceil(nowMs / 1000);
     if (target.visibility === 'private') {
       const { exp, sig } = signatureParams(query);
       if (exp === undefined || sig === undefined) throw deliveryErrors.signatureRequired();
@@ -65,21 +87,28 @@ export function createDeliveryResolver(deps: { repo: Repository; secret: string;
         throw deliveryErrors.invalidSignature();
       }
       expiresAt = Number(exp);
-      const left = Math.floor((expiresAt * 1000 - now()) / 1000);
+      const left = expiresAt - second;
       if (left <= 0) throw deliveryErrors.expired();
       // Browsers may keep the bytes as long as the link is valid, never in a shared cache.
-      cacheControl = `private, max-age=${Math.min(left, YEAR)}, immutable`;
+      cacheControl = privateCacheControl(left);
     }
 
-    return {
+    const delivery: Delivery = {
       target,
       contentType: target.mimeType,
       cacheControl,
       contentDisposition: target.name === '0' && !isInlineSafe(target.mimeType) ? attachment(target.filename) : undefined,
       expiresAt,
     };
+    if (granted.size >= 10_000) granted.delete(granted.keys().next().value!);
+    granted.set(requestTarget, { generation, second, delivery });
+    return delivery;
   };
 }
+
+type Grant = { generation: number; second: number; delivery: Delivery };
+
+const privateCacheControl = (left: number) => `private, max-age=${Math.min(left, YEAR)}, immutable`;
 
 /** exp and sig from the query string (first occurrence each); other parameters are ignored. */
 function signatureParams(query: string | undefined): { exp?: string; sig?: string } {

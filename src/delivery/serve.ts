@@ -1,7 +1,9 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { Readable } from 'node:stream';
 import { AppError, toAppError } from '../errors.js';
+import { rawHeader } from '../http.js';
 import type { Logger } from '../log.js';
+import type { Deliverable } from '../db/repository.js';
 import type { BlobStorage } from '../storage/storage.js';
 import { deliveryErrors, type DeliveryResolver } from './resolve.js';
 
@@ -65,6 +67,17 @@ export function createDeliveryServer(deps: {
 }) {
   const { resolve, storage, logger } = deps;
   const cache = createBlobCache(deps.memoryCacheBytes ?? 32 * 1024 * 1024, 256 * 1024);
+  // Each deliverable's cache key is built once: the repository hands out the same object until a
+  // write replaces it, so the hot path neither concatenates nor hashes a new string.
+  const keys = new WeakMap<Deliverable, string>();
+  const blobKey = (v: Deliverable): string => {
+    let key = keys.get(v);
+    if (key === undefined) {
+      key = `${v.fileId}/${v.path}/${v.updatedAt}/${v.bytes}`;
+      keys.set(v, key);
+    }
+    return key;
+  };
 
   async function blobOf(fileId: string, name: string, key: string): Promise<Blob | undefined> {
     const cached = cache.get(key);
@@ -97,27 +110,29 @@ export function createDeliveryServer(deps: {
 
   /**
    * The answer to one request. Synchronous when the variant's bytes are already in memory (the hot
-   * path: no promise, no tick); otherwise it waits for the disk once.
+   * path: no promise, no tick); otherwise it waits for the disk once. `requestId` goes on the lines
+   * it logs (the fast path runs outside the request's async context).
    */
-  function plan(method: string, target: string, header: (name: string) => string | undefined): Plan | Promise<Plan> {
-    const answered = (p: Plan) => {
-      deps.onAnswer?.(p.status);
-      return p;
-    };
+  function plan(method: string, target: string, header: (name: string) => string | undefined, requestId: string | undefined): Plan | Promise<Plan> {
     try {
       if (method !== 'GET' && method !== 'HEAD') throw methodNotAllowed();
       const d = resolve(target);
       const v = d.target;
-      const key = `${v.fileId}/${v.path}/${v.updatedAt}/${v.bytes}`;
+      const key = blobKey(v);
       const cached = cache.get(key);
       if (cached) return answered(planFor(method, d, cached, header));
       return blobOf(v.fileId, v.path, key).then(
-        (blob) => answered(blob ? planFor(method, d, blob, header) : refusal(deliveryErrors.notFound())),
-        (err: unknown) => answered(refusal(err)),
+        (blob) => answered(blob ? planFor(method, d, blob, header) : refusal(deliveryErrors.notFound(), requestId)),
+        (err: unknown) => answered(refusal(err, requestId)),
       );
     } catch (err) {
-      return answered(refusal(err));
+      return answered(refusal(err, requestId));
     }
+  }
+
+  function answered(p: Plan): Plan {
+    deps.onAnswer?.(p.status);
+    return p;
   }
 
   function planFor(method: string, d: ReturnType<DeliveryResolver>, blob: Blob, header: (name: string) => string | undefined): Plan {
@@ -148,9 +163,9 @@ export function createDeliveryServer(deps: {
     return { status: range ? 206 : 200, headers, body };
   }
 
-  function refusal(err: unknown): Plan {
+  function refusal(err: unknown, requestId: string | undefined): Plan {
     const error = toAppError(err);
-    if (error.status >= 500) logger.error('delivery failed', { err });
+    if (error.status >= 500) logger.error('delivery failed', { err, requestId });
     return {
       status: error.status,
       headers: { 'Content-Type': 'application/json', 'Cache-Control': 'no-store', 'X-Content-Type-Options': 'nosniff', ...(error.status === 405 ? { Allow: 'GET, HEAD' } : {}) },
@@ -158,39 +173,50 @@ export function createDeliveryServer(deps: {
     };
   }
 
-  return {
-    /** On Node: writes straight to the socket (the fast path). `target` is the raw request target. */
-    async handleNode(req: IncomingMessage, res: ServerResponse): Promise<void> {
-      const planned = plan(req.method ?? 'GET', req.url ?? '/', (name) => headerValue(req.headers[name]));
-      const p = planned instanceof Promise ? await planned : planned;
-      if (p.error) {
-        const json = JSON.stringify(p.error.toJSON());
-        res.writeHead(p.status, { ...p.headers, 'Content-Length': Buffer.byteLength(json) });
-        res.end(req.method === 'HEAD' ? undefined : json);
-        return;
-      }
+  function send(req: IncomingMessage, res: ServerResponse, p: Plan, requestId: string | undefined): void {
+    // One writeHead with every header: a setHeader before it sends Node down its slow merging path.
+    if (requestId) p.headers['x-request-id'] = requestId;
+    if (p.error) {
+      const json = JSON.stringify(p.error.toJSON());
+      p.headers['Content-Length'] = String(Buffer.byteLength(json));
       res.writeHead(p.status, p.headers);
-      if (!p.body) {
-        res.end();
-        return;
-      }
-      if (p.body.memory) {
-        res.end(p.body.memory.subarray(p.body.start, p.body.end + 1));
-        return;
-      }
-      const stream = storage.read(p.body.fileId, p.body.name, { start: p.body.start, end: p.body.end });
-      stream.on('error', (err) => {
-        logger.error('delivery read failed', { err });
-        res.destroy(err);
-      });
-      res.on('close', () => stream.destroy());
-      stream.pipe(res);
+      res.end(req.method === 'HEAD' ? undefined : json);
+      return;
+    }
+    res.writeHead(p.status, p.headers);
+    if (!p.body) {
+      res.end();
+      return;
+    }
+    if (p.body.memory) {
+      res.end(p.body.start === 0 && p.body.end === p.body.memory.length - 1 ? p.body.memory : p.body.memory.subarray(p.body.start, p.body.end + 1));
+      return;
+    }
+    const stream = storage.read(p.body.fileId, p.body.name, { start: p.body.start, end: p.body.end });
+    stream.on('error', (err) => {
+      logger.error('delivery read failed', { err, requestId });
+      res.destroy(err);
+    });
+    res.on('close', () => stream.destroy());
+    stream.pipe(res);
+  }
+
+  return {
+    /**
+     * On Node: writes straight to the socket (the fast path). `target` is the raw request target;
+     * `requestId`, when given, is answered as x-request-id. Returns a promise only when it had to
+     * wait for the disk: a thumbnail already in memory is answered within the call.
+     */
+    handleNode(req: IncomingMessage, res: ServerResponse, requestId?: string): void | Promise<void> {
+      const planned = plan(req.method ?? 'GET', req.url ?? '/', (name) => rawHeader(req.rawHeaders, name), requestId);
+      if (planned instanceof Promise) return planned.then((p) => send(req, res, p, requestId));
+      send(req, res, planned, requestId);
     },
 
     /** Anywhere else (app.request in tests): a web Response. */
     async handleWeb(req: Request): Promise<Response> {
       const url = new URL(req.url);
-      const p = await plan(req.method, `${url.pathname}${url.search}`, (name) => req.headers.get(name) ?? undefined);
+      const p = await plan(req.method, `${url.pathname}${url.search}`, (name) => req.headers.get(name) ?? undefined, undefined);
       if (p.error) return new Response(req.method === 'HEAD' ? null : JSON.stringify(p.error.toJSON()), { status: p.status, headers: p.headers });
       if (p.body?.memory) return new Response(new Uint8Array(p.body.memory.subarray(p.body.start, p.body.end + 1)), { status: p.status, headers: p.headers });
       const body = p.body ? (Readable.toWeb(storage.read(p.body.fileId, p.body.name, { start: p.body.start, end: p.body.end })) as ReadableStream) : null;
@@ -205,10 +231,6 @@ async function readAll(stream: Readable): Promise<Buffer> {
   const chunks: Buffer[] = [];
   for await (const chunk of stream) chunks.push(chunk as Buffer);
   return Buffer.concat(chunks);
-}
-
-function headerValue(v: string | string[] | undefined): string | undefined {
-  return Array.isArray(v) ? v.join(', ') : v;
 }
 
 /** If-None-Match wins over If-Modified-Since (RFC 9110 §13.2.2). */

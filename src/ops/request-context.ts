@@ -3,6 +3,7 @@ import type { HttpBindings } from '@hono/node-server';
 import type { MiddlewareHandler } from 'hono';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { customAlphabet } from 'nanoid';
+import { rawHeader } from '../http.js';
 import type { LogFields, Logger } from '../log.js';
 
 // Every log line written while a request is handled carries its request id, including the lines
@@ -26,21 +27,26 @@ export function createRequestContext() {
       return storage.getStore();
     },
 
-    /** The same for a plain Node handler (the /f/ fast path, which runs before the router). */
-    wrapNode(logger: Logger, handler: (req: IncomingMessage, res: ServerResponse) => void): (req: IncomingMessage, res: ServerResponse) => void {
-      return (req, res) => {
-        const incoming = req.headers['x-request-id'];
-        const requestId = typeof incoming === 'string' && acceptableId.test(incoming) ? incoming : newRequestId();
+    /**
+     * The same for the /f/ fast path, which runs before the router and outside the async context
+     * (entering it costs more than serving a cached thumbnail): the request id to answer with, and
+     * one request line when the response finishes. Files served are debug lines (a page of
+     * thumbnails is dozens of them); refusals are info. The handler puts the id on its own lines.
+     */
+    trackNode(logger: Logger, req: IncomingMessage, res: ServerResponse): string {
+      const incoming = rawHeader(req.rawHeaders, 'x-request-id');
+      const requestId = incoming !== undefined && acceptableId.test(incoming) ? incoming : newRequestId();
+      if (logger.enabled('info')) {
         const started = performance.now();
-        res.setHeader('x-request-id', requestId);
         res.once('finish', () => {
+          if (res.statusCode < 400 && !logger.enabled('debug')) return;
           const path = loggablePath((req.url ?? '/').split('?', 1)[0]!);
-          storage.run({ requestId }, () =>
-            logger.info('request', { method: req.method, path, status: res.statusCode, ms: Math.round((performance.now() - started) * 10) / 10 }),
-          );
+          const fields = { requestId, method: req.method, path, status: res.statusCode, ms: Math.round((performance.now() - started) * 10) / 10 };
+          if (res.statusCode < 400) logger.debug('request', fields);
+          else logger.info('request', fields);
         });
-        storage.run({ requestId }, () => handler(req, res));
-      };
+      }
+      return requestId;
     },
 
     /** Gives the request an id (x-request-id in and out), runs it in that context and logs one line for it. */

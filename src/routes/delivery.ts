@@ -1,7 +1,7 @@
 import type { HttpBindings } from '@hono/node-server';
 import { RESPONSE_ALREADY_SENT } from '@hono/node-server/utils/response';
 import { Hono } from 'hono';
-import type { RequestListener } from 'node:http';
+import type { IncomingMessage, RequestListener, ServerResponse } from 'node:http';
 import type { DeliveryServer } from '../delivery/serve.js';
 import type { Logger } from '../log.js';
 
@@ -25,13 +25,21 @@ export function deliveryRoutes(delivery: DeliveryServer) {
  * The listening server's fast path: /f/ requests go to delivery before any web Request object or
  * router is built (the same handler the Hono route uses); everything else goes to the app.
  */
-export function withDeliveryFastPath(delivery: DeliveryServer, logger: Logger, app: RequestListener, wrap: (handler: RequestListener) => RequestListener = (h) => h): RequestListener {
-  const deliver = wrap((req, res) => {
-    delivery.handleNode(req, res).catch((err: unknown) => {
-      logger.error('delivery failed', { err });
-      if (!res.headersSent) res.writeHead(500, { 'Content-Type': 'application/json' });
-      res.end();
-    });
-  });
-  return (req, res) => (req.url?.startsWith(DELIVERY_PREFIX) ? deliver(req, res) : app(req, res));
+export function withDeliveryFastPath(
+  delivery: DeliveryServer,
+  logger: Logger,
+  app: RequestListener,
+  requestIdFor: (req: IncomingMessage, res: ServerResponse) => string | undefined = () => undefined,
+): RequestListener {
+  return (req, res) => {
+    if (!req.url?.startsWith(DELIVERY_PREFIX)) return app(req, res);
+    const requestId = requestIdFor(req, res);
+    const answered = delivery.handleNode(req, res, requestId);
+    if (answered)
+      answered.catch((err: unknown) => {
+        logger.error('delivery failed', { err, requestId });
+        if (!res.headersSent) res.writeHead(500, { 'Content-Type': 'application/json' });
+        res.end();
+      });
+  };
 }

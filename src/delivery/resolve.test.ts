@@ -1,0 +1,79 @@
+import { describe, expect, it } from 'vitest';
+import type { Deliverable } from '../db/repository.js';
+import { createDeliveryResolver } from './resolve.js';
+import { signDeliveryUrl } from './signing.js';
+
+// The resolver remembers grants by raw target; these pin down that the memory never outlives the
+// truth: a write to the deliverables, a link's expiry, or the seconds its max-age counts down.
+
+const secret = 'x'.repeat(40);
+const token = 'a'.repeat(32);
+
+function fakeRepository(visibility: 'public' | 'private') {
+  let generation = 0;
+  let current: Deliverable | undefined = {
+    fileId: 'f'.repeat(24),
+    visibility,
+    filename: 'photo.jpg',
+    updatedAt: 1,
+    name: '3',
+    path: '3.webp',
+    mimeType: 'image/webp',
+    bytes: 100,
+  };
+  let lookups = 0;
+  return {
+    repo: {
+      deliverablesGeneration: () => generation,
+      getDeliverable: (t: string, name: string) => {
+        lookups++;
+        return t === token && name === current?.name ? current : undefined;
+      },
+    },
+    /** A write that could change deliverables: here, the file's deletion. */
+    remove() {
+      current = undefined;
+      generation++;
+    },
+    lookups: () => lookups,
+  };
+}
+
+describe('delivery resolver', () => {
+  it('answers a repeated target from memory until a write moves the generation', () => {
+    const store = fakeRepository('public');
+    const resolve = createDeliveryResolver({ repo: store.repo, secret });
+    const target = `/f/${token}/3`;
+    expect(resolve(target).target.path).toBe('3.webp');
+    expect(resolve(target).target.path).toBe('3.webp');
+    expect(store.lookups()).toBe(1);
+    store.remove();
+    expect(() => resolve(target)).toThrow(expect.objectContaining({ status: 404 }));
+  });
+
+  it('counts a private grant’s max-age down with the clock and refuses it once expired', () => {
+    const store = fakeRepository('private');
+    let nowMs = 1_700_000_000_000;
+    const resolve = createDeliveryResolver({ repo: store.repo, secret, now: () => nowMs });
+    const exp = 1_700_000_100;
+    const target = signDeliveryUrl(secret, token, '3', exp);
+    expect(resolve(target).cacheControl).toBe('private, max-age=100, immutable');
+    nowMs += 500;
+    expect(resolve(target).cacheControl).toBe('private, max-age=99, immutable');
+    nowMs += 40_000;
+    expect(resolve(target).cacheControl).toBe('private, max-age=59, immutable');
+    expect(store.lookups()).toBe(1);
+    nowMs = exp * 1000;
+    expect(() => resolve(target)).toThrow(expect.objectContaining({ code: 'LINK_EXPIRED' }));
+  });
+
+  it('never remembers a refusal', () => {
+    const store = fakeRepository('private');
+    const resolve = createDeliveryResolver({ repo: store.repo, secret, now: () => 1_700_000_000_000 });
+    const good = signDeliveryUrl(secret, token, '3', 1_700_000_100);
+    const tampered = `${good.slice(0, -2)}AA`;
+    expect(() => resolve(tampered)).toThrow(expect.objectContaining({ code: 'INVALID_SIGNATURE' }));
+    expect(resolve(good).target.name).toBe('3');
+    expect(() => resolve(tampered)).toThrow(expect.objectContaining({ code: 'INVALID_SIGNATURE' }));
+  });
+});
