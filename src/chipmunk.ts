@@ -15,7 +15,7 @@ import { createLogger, type Logger } from './log.js';
 import { createJobRunner } from './jobs/runner.js';
 import { createAudioProcessor } from './media/audio.js';
 import { describeTools, resolveFfmpeg, type FfmpegTool } from './media/ffmpeg.js';
-import { createImageProcessor } from './media/images.js';
+import { createImageWorkerPool } from './media/image-pool.js';
 import { createMetrics, observeEvents } from './ops/metrics.js';
 import { createReadiness, statfsFreeBytes } from './ops/readiness.js';
 import { createRequestContext } from './ops/request-context.js';
@@ -80,8 +80,8 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
   const resolveDelivery = createDeliveryResolver({ repo, secret: config.secret });
   const delivery = createDeliveryServer({ resolve: resolveDelivery, storage, logger, onAnswer: (status) => metrics.deliveryAnswered(status) });
   const files = createFileService({ repo, storage, logger, events, variantUrl: links.variantUrl });
-  // One image processor (and its concurrency bound) for uploads and for tracks' cover ladders.
-  const imageProcessor = createImageProcessor({ maxPixels: config.maxPixels, maxFrames: config.maxFrames, concurrency: config.concurrency });
+  // One pool of image workers (and its concurrency bound) for uploads and for tracks' cover ladders.
+  const imageProcessor = createImageWorkerPool({ maxPixels: config.maxPixels, maxFrames: config.maxFrames, concurrency: config.concurrency, logger });
   const audio = createAudioService({ repo, storage, events, logger, ffmpeg, images: imageProcessor });
   // Each audio job runs two ffmpeg processes side by side, so half as many jobs as cores.
   const jobs = createJobRunner({ repo, logger, handlers: { [AUDIO_JOB]: audio.handler }, concurrency: Math.max(1, Math.floor(config.concurrency / 2)) });
@@ -274,6 +274,7 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
       await webhooks?.stop();
       await Promise.allSettled(shutdownHooks.map((hook) => hook()));
       await Promise.race([Promise.allSettled([...background]), until(deadline + 5_000 - Date.now())]);
+      await imageProcessor.close();
       db.$client.close();
       rmSync(pidFile, { force: true });
       logger.info('chipmunk stopped');

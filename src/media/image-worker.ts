@@ -1,0 +1,35 @@
+import { AppError } from '../errors.js';
+import { createImageProcessor, type ImageProcessorOptions } from './images.js';
+import type { ProcessInput, ProcessResult } from './processor.js';
+
+// One image worker process (forked by image-pool.ts): it runs the image processor for one image at
+// a time and answers over the IPC channel. Refusals travel as their code, status and message.
+
+export type WorkerRequest = { id: number; input: ProcessInput };
+export type WorkerError = { code: string; status: number; message: string; cause?: string };
+export type WorkerReply = { id: number; result: ProcessResult } | { id: number; error: WorkerError };
+
+const options = JSON.parse(process.argv[2] ?? '{}') as Omit<ImageProcessorOptions, 'concurrency'>;
+const processor = createImageProcessor({ ...options, concurrency: 1 });
+
+process.on('message', (request: WorkerRequest) => {
+  processor.process(request.input).then(
+    (result) => reply({ id: request.id, result }),
+    (err: unknown) => reply({ id: request.id, error: describe(err) }),
+  );
+});
+// The pool closing the channel (or dying) ends the worker.
+process.on('disconnect', () => process.exit(0));
+// Ctrl-C reaches the whole process group: the server decides when its workers stop (after the
+// images in flight), so the terminal's interrupt is left to it.
+process.on('SIGINT', () => {});
+
+function reply(message: WorkerReply): void {
+  process.send?.(message);
+}
+
+function describe(err: unknown): WorkerError {
+  const cause = err instanceof Error && err.cause instanceof Error ? err.cause.message : undefined;
+  if (err instanceof AppError) return { code: err.code, status: err.status, message: err.message, cause };
+  return { code: 'INTERNAL', status: 500, message: String((err as Error)?.stack ?? err) };
+}

@@ -1,0 +1,58 @@
+import { mkdir, mkdtemp, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { createImageWorkerPool } from '../src/media/image-pool.js';
+import { sniffFile } from '../src/media/sniff.js';
+import { silentLogger } from '../src/log.js';
+import { corpus } from './helpers/chipmunk.js';
+
+// The worker processes behind image processing: results and refusals cross the process boundary
+// intact, a worker that dies fails only the image it held, and close() leaves no process behind.
+
+const work = await mkdtemp(path.join(tmpdir(), 'chipmunk-pool-'));
+afterAll(() => rm(work, { recursive: true, force: true }));
+let dirs = 0;
+const input = async (rel: string) => {
+  const sourcePath = corpus(rel);
+  const workDir = path.join(work, String(++dirs));
+  await mkdir(workDir);
+  return { fileId: 'pool-test', sourcePath, sniffed: (await sniffFile(sourcePath))!, square: false, workDir };
+};
+const alive = (pid: number) => {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+};
+
+describe('image worker pool', () => {
+  it('makes the ladder in a worker, refuses bad bytes with the processor’s own error, survives a worker’s death and closes clean', async () => {
+    const pool = createImageWorkerPool({ maxPixels: 50_000_000, maxFrames: 100, concurrency: 1, logger: silentLogger });
+    try {
+      const made = await pool.process(await input('images/photos/portrait-canal.jpg'));
+      expect(made.variants.map((v) => v.name)).toEqual(['1', '2', '3', '4', '5', '6']);
+      expect((await stat(made.variants[5]!.file)).size).toBeGreaterThan(1000);
+      expect(made.info.thumbhash).toEqual(expect.any(String));
+
+      await expect(pool.process(await input('images/hostile/truncated-photo.jpg'))).rejects.toMatchObject({ status: 422, code: 'UNPROCESSABLE_MEDIA' });
+
+      const [first] = pool.pids;
+      expect(first).toBeGreaterThan(0);
+      const dying = pool.process(await input('images/photos/landscape-leaf-jolla-8mp.jpg'));
+      process.kill(first!, 'SIGKILL');
+      await expect(dying).rejects.toMatchObject({ status: 422, code: 'UNPROCESSABLE_MEDIA' });
+
+      const again = await pool.process(await input('images/photos/person-headshot-canon.jpg'));
+      expect(again.variants).toHaveLength(6);
+      expect(pool.pids).not.toContain(first);
+    } finally {
+      const pids = pool.pids;
+      await pool.close();
+      expect(pool.pids).toEqual([]);
+      for (const pid of pids) expect(alive(pid)).toBe(false);
+    }
+  });
+});
