@@ -17,7 +17,7 @@ import { tusUpload } from '../test/helpers/tus.js';
 
 const DURATION = Number(process.env.BENCH_SECONDS ?? 5);
 const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 32);
-const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5);
 
 try {
   execFileSync('wrk', ['--version'], { stdio: 'ignore' });
