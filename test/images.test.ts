@@ -3,8 +3,9 @@ import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import sharp, { type SharpOptions } from 'sharp';
+import { thumbHashToAverageRGBA } from 'thumbhash';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createImageProcessor, rungSize } from '../src/media/images.js';
+import { createImageProcessor, rungSize, thumbhashInput } from '../src/media/images.js';
 import { sniffFile } from '../src/media/sniff.js';
 import { mediaPath } from '../src/storage/local.js';
 import { corpus, startChipmunk, type TestChipmunk } from './helpers/chipmunk.js';
@@ -96,6 +97,10 @@ describe('image variant ladder', () => {
     const thumbhash = Buffer.from(file.thumbhash!, 'base64');
     expect(thumbhash.length).toBeGreaterThan(5);
     expect(thumbhash.length).toBeLessThan(40);
+    // It describes this photo: its average colour is the photo's, within a few percent.
+    const average = thumbHashToAverageRGBA(thumbhash);
+    const stats = await sharp(variantPath(file, 3)).stats();
+    for (const [i, channel] of (['r', 'g', 'b'] as const).entries()) expect(Math.abs(average[channel] - stats.channels[i]!.mean / 255), channel).toBeLessThan(0.05);
     const described = (await (await t.api(`/v1/files/${file.id}`)).json()) as FileJson;
     expect(described).toMatchObject({ width: 600, height: 800, placeholder: file.placeholder, thumbhash: file.thumbhash });
     expect(described.variants).toEqual(file.variants);
@@ -370,5 +375,22 @@ describe('image processor', () => {
     } finally {
       await Promise.all(dirs.map((d) => rm(d, { recursive: true, force: true })));
     }
+  });
+});
+
+describe('thumbhash input', () => {
+  it('box-averages any pixels down to at most 100 × 100 RGBA, grey and missing alpha included', () => {
+    // 200 × 100 RGB: left half red, right half blue.
+    const rgb = Buffer.alloc(200 * 100 * 3);
+    for (let i = 0; i < 200 * 100; i++) rgb.set((i % 200) < 100 ? [255, 0, 0] : [0, 0, 255], i * 3);
+    const small = thumbhashInput({ data: rgb, width: 200, height: 100, channels: 3 });
+    expect([small.width, small.height, small.channels]).toEqual([100, 50, 4]);
+    expect([...small.data.subarray(0, 4)]).toEqual([255, 0, 0, 255]);
+    expect([...small.data.subarray(99 * 4, 100 * 4)]).toEqual([0, 0, 255, 255]);
+    // Grey with alpha: the grey repeats, the alpha is averaged.
+    const greyAlpha = Buffer.from([10, 0, 30, 255]);
+    const grey = thumbhashInput({ data: greyAlpha, width: 2, height: 1, channels: 2 });
+    expect([grey.width, grey.height]).toEqual([2, 1]);
+    expect([...grey.data]).toEqual([10, 10, 10, 0, 30, 30, 30, 255]);
   });
 });

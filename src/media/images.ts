@@ -39,8 +39,8 @@ export type ImageProcessorOptions = {
   concurrency: number;
 };
 
-/** Rungs at least this big are kept as pixels for the next rung down; smaller ones are made from the last kept. */
-const KEEP_PIXELS_DOWN_TO = 320;
+/** This rung's pixels are kept for the smaller rungs and the thumbhash; larger ones come from the top rung's. */
+const KEEP_PIXELS_AT = 320;
 
 type Raw = { data: Buffer; width: number; height: number; channels: 1 | 2 | 3 | 4 };
 
@@ -139,19 +139,20 @@ async function stillLadder(
   }
 
   const variants = [await encode(sharp(top.data, { raw: rawShape(top) }), topRung, workDir, topSize)];
-  let raw = top;
+  // Rungs down to 320 are resized from the top rung's pixels and encoded in the same call; the 320
+  // rung's pixels are kept for the smaller ones and the thumbhash. Each sharp call has a fixed cost
+  // (about a millisecond) worth saving on a ladder of small images.
+  let kept = top;
   for (const rung of smaller) {
     const size = rungSize(oriented, rung.box, square);
-    if (rung.box >= KEEP_PIXELS_DOWN_TO) {
-      if (size.width !== raw.width || size.height !== raw.height) raw = await resizeRaw(raw, size);
-      variants.push(await encode(sharp(raw.data, { raw: rawShape(raw) }), rung, workDir, size));
+    if (rung.box === KEEP_PIXELS_AT) {
+      if (size.width !== kept.width || size.height !== kept.height) kept = await resizeRaw(kept, size);
+      variants.push(await encode(sharp(kept.data, { raw: rawShape(kept) }), rung, workDir, size));
     } else {
-      // Small rungs resize and encode in one call: each sharp call has a fixed cost worth saving.
-      variants.push(await encode(sharp(raw.data, { raw: rawShape(raw) }).resize(size.width, size.height, { fit: 'fill' }), rung, workDir, size));
+      variants.push(await encode(sharp(kept.data, { raw: rawShape(kept) }).resize(size.width, size.height, { fit: 'fill' }), rung, workDir, size));
     }
   }
-  // The thumbhash wants at most 100 × 100 pixels, made from the smallest rung kept.
-  return { ...oriented, variants: byName(variants), hashSource: await thumbhashInput(raw) };
+  return { ...oriented, variants: byName(variants), hashSource: thumbhashInput(kept) };
 }
 
 /** Animations are small by construction (frame cap, pixel budget): each rung decodes its own frames. */
@@ -190,10 +191,43 @@ async function resizeRaw(raw: Raw, size: { width: number; height: number }): Pro
   return { data, width: info.width, height: info.height, channels: info.channels };
 }
 
-async function thumbhashInput(raw: Raw): Promise<Raw> {
-  const size = rungSize(raw, 100, false);
-  const { data, info } = await sharp(raw.data, { raw: rawShape(raw) }).resize(size.width, size.height, { fit: 'fill' }).ensureAlpha().raw().toBuffer({ resolveWithObject: true });
-  return { data, width: info.width, height: info.height, channels: 4 };
+/**
+ * The thumbhash's input: at most 100 × 100 RGBA, box-averaged here from pixels already made (the
+ * hash keeps only a few low frequencies, so a box filter loses nothing it would keep).
+ */
+export function thumbhashInput(raw: Raw): Raw {
+  const { width, height } = rungSize(raw, 100, false);
+  const out = Buffer.alloc(width * height * 4);
+  const c = raw.channels;
+  for (let y = 0; y < height; y++) {
+    const y0 = Math.floor((y * raw.height) / height);
+    const y1 = Math.max(y0 + 1, Math.floor(((y + 1) * raw.height) / height));
+    for (let x = 0; x < width; x++) {
+      const x0 = Math.floor((x * raw.width) / width);
+      const x1 = Math.max(x0 + 1, Math.floor(((x + 1) * raw.width) / width));
+      let r = 0;
+      let g = 0;
+      let b = 0;
+      let a = 0;
+      for (let sy = y0; sy < y1; sy++) {
+        for (let sx = x0; sx < x1; sx++) {
+          const i = (sy * raw.width + sx) * c;
+          // Grey (1–2 channels) repeats its one value; a missing alpha is opaque.
+          r += raw.data[i]!;
+          g += raw.data[i + (c >= 3 ? 1 : 0)]!;
+          b += raw.data[i + (c >= 3 ? 2 : 0)]!;
+          a += c === 4 ? raw.data[i + 3]! : c === 2 ? raw.data[i + 1]! : 255;
+        }
+      }
+      const n = (y1 - y0) * (x1 - x0);
+      const o = (y * width + x) * 4;
+      out[o] = Math.round(r / n);
+      out[o + 1] = Math.round(g / n);
+      out[o + 2] = Math.round(b / n);
+      out[o + 3] = Math.round(a / n);
+    }
+  }
+  return { data: out, width, height, channels: 4 };
 }
 
 const rawShape = (raw: Raw) => ({ width: raw.width, height: raw.height, channels: raw.channels });
