@@ -80,16 +80,19 @@ for (const [name, url] of Object.entries(targets)) {
   if (res.status !== 200 || !body.equals(tenKb)) throw new Error(`${name}: ${res.status}, ${body.length} bytes`);
 }
 
-const best: Partial<Record<keyof typeof targets, Run>> = {};
+// Each round measures every target once, back to back; each ratio is taken within its round (the
+// machine's pace drifts between rounds), and the medians over the rounds are reported.
+const rounds: Array<Record<keyof typeof targets, Run>> = [];
 try {
   for (const url of Object.values(targets)) await wrk(url, 1); // warm-up
-  // Interleaved rounds, best of each: a busy machine only ever makes a run slower.
   for (let round = 0; round < ROUNDS; round++) {
+    const runs = {} as Record<keyof typeof targets, Run>;
     for (const [name, url] of Object.entries(targets) as Array<[keyof typeof targets, string]>) {
       const run = await wrk(url);
       if (run.non2xx) throw new Error(`${name}: ${run.non2xx} non-2xx responses`);
-      if (!best[name] || run.rps > best[name].rps) best[name] = run;
+      runs[name] = run;
     }
+    rounds.push(runs);
   }
 } finally {
   await cached.close();
@@ -98,21 +101,23 @@ try {
   bare.close();
 }
 
-const s = best.static!;
-const ratio = (r: Run) => Math.round((r.rps / s.rps) * 100) / 100;
-const line = (label: string, r: Run) =>
-  `${label.padEnd(34)} ${r.rps.toFixed(0).padStart(8)} req/s  ${ratio(r).toFixed(2)}× static  p99 ${r.p99Ms.toFixed(2)} ms`;
-console.log(`10 KB variant, wrk -t1 -c${CONNECTIONS} -d${DURATION}s, best of ${ROUNDS} interleaved rounds`);
-console.log(line('nginx static (baseline)', s));
-console.log(line('nginx + auth_request (cached)', best.nginxAuth!));
-console.log(line('nginx + auth_request (uncached)', best.nginxAuthUncached!));
-console.log(line('Chipmunk alone', best.app!));
-console.log(line('(context) bare Node http, same bytes', best.bareNode!));
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+const rps = (name: keyof typeof targets) => median(rounds.map((r) => r[name].rps));
+const ratio = (name: keyof typeof targets) => Math.round(median(rounds.map((r) => r[name].rps / r.static.rps)) * 100) / 100;
+const p99 = (name: keyof typeof targets) => median(rounds.map((r) => r[name].p99Ms));
+const line = (label: string, name: keyof typeof targets) =>
+  `${label.padEnd(34)} ${rps(name).toFixed(0).padStart(8)} req/s  ${ratio(name).toFixed(2)}× static  p99 ${p99(name).toFixed(2)} ms`;
+console.log(`10 KB variant, wrk -t1 -c${CONNECTIONS} -d${DURATION}s, ${ROUNDS} interleaved rounds; medians (ratios taken within each round)`);
+console.log(line('nginx static (baseline)', 'static'));
+console.log(line('nginx + auth_request (cached)', 'nginxAuth'));
+console.log(line('nginx + auth_request (uncached)', 'nginxAuthUncached'));
+console.log(line('Chipmunk alone', 'app'));
+console.log(line('(context) bare Node http, same bytes', 'bareNode'));
 console.log(
   JSON.stringify({
-    nginxAuthOverStatic: ratio(best.nginxAuth!),
-    nginxAuthUncachedOverStatic: ratio(best.nginxAuthUncached!),
-    appOverStatic: ratio(best.app!),
-    p99Ms: Math.round(best.nginxAuth!.p99Ms * 100) / 100,
+    nginxAuthOverStatic: ratio('nginxAuth'),
+    nginxAuthUncachedOverStatic: ratio('nginxAuthUncached'),
+    appOverStatic: ratio('app'),
+    p99Ms: Math.round(p99('nginxAuth') * 100) / 100,
   }),
 );
