@@ -273,10 +273,10 @@ export function createRepository(db: Db) {
       return db.select().from(files).where(and(eq(files.deliveryToken, token), inArray(files.status, [...storedStatuses]))).get();
     },
 
-    /** A stored file's variant by delivery token and variant name, or undefined. */
     /** Moves on at every write that could change a deliverable: memos built on them compare it. */
     deliverablesGeneration: () => deliverablesGeneration,
 
+    /** A stored file's variant by delivery token and variant name, or undefined. */
     getDeliverable(token: string, name: string): Deliverable | undefined {
       const key = `${token}/${name}`;
       const known = deliverables.get(key);

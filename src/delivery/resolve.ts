@@ -54,11 +54,12 @@ export function createDeliveryResolver(deps: { repo: Pick<Repository, 'getDelive
   const granted = new Map<string, Grant>();
 
   return (requestTarget) => {
-    const nowMs = now();
+    const generation = repo.deliverablesGeneration();
+    // ⌈now⌉ in seconds: left = ⌊(exp·1000 − now) / 1000⌋ = exp − ⌈now / 1000⌉.
+    const second = Math.ceil(now() / 1000);
     const known = granted.get(requestTarget);
-    if (known && known.generation === repo.deliverablesGeneration()) {
+    if (known && known.generation === generation) {
       if (known.delivery.expiresAt === undefined) return known.delivery;
-      const second = Math.ceil(nowMs / 1000);
       if (second === known.second) return known.delivery;
       if (second < known.delivery.expiresAt) {
         known.second = second;
@@ -68,7 +69,6 @@ export function createDeliveryResolver(deps: { repo: Pick<Repository, 'getDelive
       granted.delete(requestTarget);
     }
 
-    const generation = repo.deliverablesGeneration();
     const match = targetPattern.exec(requestTarget);
     if (!match) throw deliveryErrors.notFound();
     const [, token, name, query] = match as unknown as [string, string, string, string | undefined];
@@ -78,8 +78,6 @@ export function createDeliveryResolver(deps: { repo: Pick<Repository, 'getDelive
 
     let expiresAt: number | undefined;
     let cacheControl = `public, max-age=${YEAR}, immutable`;
-    // ⌈now⌉ in seconds: left = ⌊(exp·1000 − now) / 1000⌋ = exp − ⌈now / 1000⌉.
-    const second = Math.ceil(nowMs / 1000);
     if (target.visibility === 'private') {
       const { exp, sig } = signatureParams(query);
       if (exp === undefined || sig === undefined) throw deliveryErrors.signatureRequired();

@@ -4,7 +4,7 @@ import { fileURLToPath } from 'node:url';
 import { AppError, errors } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { ImageProcessorOptions } from './images.js';
-import type { WorkerReply, WorkerRequest } from './image-worker.js';
+import type { WorkerError, WorkerReply, WorkerRequest } from './image-worker.js';
 import { createLimiter } from './limiter.js';
 import type { MediaProcessor, ProcessInput, ProcessResult } from './processor.js';
 
@@ -118,6 +118,6 @@ export function createImageWorkerPool(opts: ImageProcessorOptions & { logger: Lo
   };
 }
 
-function rebuild(e: { code: string; status: number; message: string; cause?: string }): AppError {
+function rebuild(e: WorkerError): AppError {
   return new AppError(e.code, e.status, e.message, e.cause ? { cause: new Error(e.cause) } : undefined);
 }

@@ -15,6 +15,8 @@ const acceptableId = /^[A-Za-z0-9._:-]{1,128}$/;
 /** Delivery tokens (and any other 32+ character capability) are masked in logged paths. */
 const capabilitySegment = /^[0-9A-Za-z_-]{32,}$/;
 const quietPaths = new Set(['/health', '/ready', '/metrics']);
+/** An incoming x-request-id when acceptable, else a new one. */
+const requestIdFrom = (incoming: string | undefined) => (incoming !== undefined && acceptableId.test(incoming) ? incoming : newRequestId());
 
 export type RequestContext = ReturnType<typeof createRequestContext>;
 
@@ -34,8 +36,7 @@ export function createRequestContext() {
      * thumbnails is dozens of them); refusals are info. The handler puts the id on its own lines.
      */
     trackNode(logger: Logger, req: IncomingMessage, res: ServerResponse): string {
-      const incoming = rawHeader(req.rawHeaders, 'x-request-id');
-      const requestId = incoming !== undefined && acceptableId.test(incoming) ? incoming : newRequestId();
+      const requestId = requestIdFrom(rawHeader(req.rawHeaders, 'x-request-id'));
       if (logger.enabled('info')) {
         const started = performance.now();
         res.once('finish', () => {
@@ -52,8 +53,7 @@ export function createRequestContext() {
     /** Gives the request an id (x-request-id in and out), runs it in that context and logs one line for it. */
     middleware(logger: Logger): MiddlewareHandler<{ Bindings: Partial<HttpBindings> }> {
       return async (c, next) => {
-        const incoming = c.req.header('x-request-id');
-        const requestId = incoming && acceptableId.test(incoming) ? incoming : newRequestId();
+        const requestId = requestIdFrom(c.req.header('x-request-id'));
         const started = performance.now();
         // Set on the raw response too: tus writes its own responses straight to the socket.
         c.env?.outgoing?.setHeader('x-request-id', requestId);

@@ -1,5 +1,6 @@
 import type { IncomingMessage, RequestListener, ServerResponse } from 'node:http';
 import { AppError, toAppError } from '../errors.js';
+import { rawHeader } from '../http.js';
 import type { Logger } from '../log.js';
 import type { DeliveryResolver } from '../delivery/resolve.js';
 
@@ -63,8 +64,7 @@ export function internalAuthListener(deps: { resolve: DeliveryResolver; relative
       const error = new AppError('NOT_FOUND', 404, 'Route not found.');
       answer = { status: 404, headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(error.toJSON()) };
     } else {
-      const original = req.headers['x-original-uri'];
-      answer = authAnswer(deps.resolve, deps.relativePath, Array.isArray(original) ? original[0] : original, deps.authCacheSeconds, now());
+      answer = authAnswer(deps.resolve, deps.relativePath, rawHeader(req.rawHeaders, 'x-original-uri'), deps.authCacheSeconds, now());
       if (answer.status >= 500) deps.logger.error('auth request failed', { status: answer.status, body: answer.body });
     }
     deps.onAnswer?.(answer.status);
