@@ -3,6 +3,7 @@ import { RESPONSE_ALREADY_SENT } from '@hono/node-server/utils/response';
 import { Hono } from 'hono';
 import type { IncomingMessage, RequestListener, ServerResponse } from 'node:http';
 import type { DeliveryServer } from '../delivery/serve.js';
+import { errors } from '../errors.js';
 import type { Logger } from '../log.js';
 
 // /f/<token>/<n>: Chipmunk's own delivery. The raw request target is matched by the resolver,
@@ -38,8 +39,11 @@ export function withDeliveryFastPath(
     if (answered)
       answered.catch((err: unknown) => {
         logger.error('delivery failed', { err, requestId });
-        if (!res.headersSent) res.writeHead(500, { 'Content-Type': 'application/json' });
-        res.end();
+        if (res.headersSent) return void res.destroy();
+        // Like every error: JSON, with a body to read.
+        const json = JSON.stringify(errors.internal().toJSON());
+        res.writeHead(500, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(json) });
+        res.end(json);
       });
   };
 }
