@@ -23,6 +23,7 @@ import { uploadTokenRoutes } from './routes/upload-tokens.js';
 import { userRoutes } from './routes/users.js';
 import type { FileService } from './services/files.js';
 import type { Ingest } from './uploads/ingest.js';
+import type { FinishedUploads } from './uploads/finished.js';
 import { TUS_PATH } from './uploads/tus.js';
 
 export type AppDeps = {
@@ -35,6 +36,7 @@ export type AppDeps = {
   purposes: Purposes;
   files: FileService;
   tus: TusServer;
+  finishedUploads?: FinishedUploads;
   ingest: Ingest;
   delivery: DeliveryServer;
   links: DeliveryLinks;
@@ -73,6 +75,9 @@ export function createApp(deps: AppDeps) {
   // tus: on Node the upload body streams straight from the socket to the store; elsewhere
   // (app.request in tests) the web Request is handed over.
   const tusHandler = async (c: { env: Partial<HttpBindings>; req: { raw: Request } }) => {
+    // Completed, refused and failed uploads are answered by Chipmunk, not by tus (uploads/finished.ts).
+    const finished = await deps.finishedUploads?.answer(c.req.raw);
+    if (finished) return finished;
     if (c.env?.incoming && c.env.outgoing) {
       await deps.tus.handle(c.env.incoming, c.env.outgoing);
       return RESPONSE_ALREADY_SENT;

@@ -12,6 +12,8 @@ import { createDeliveryResolver } from './delivery/resolve.js';
 import { createDeliveryServer } from './delivery/serve.js';
 import { createEventBus } from './events.js';
 import { createLogger, type Logger } from './log.js';
+import { createSqlitePorts, WEBHOOK_JOB } from './db/sqlite-ports.js';
+import { createCompletionWaits } from './jobs/completion.js';
 import { createJobRunner } from './jobs/runner.js';
 import { createAudioProcessor } from './media/audio.js';
 import { describeTools, resolveFfmpeg, type FfmpegTool } from './media/ffmpeg.js';
@@ -25,12 +27,15 @@ import { withDeliveryFastPath } from './routes/delivery.js';
 import { internalAuthListener } from './routes/internal-auth.js';
 import { AUDIO_JOB, createAudioService } from './services/audio.js';
 import { createFileService } from './services/files.js';
+import { createProcessing, PROCESS_JOB } from './services/processing.js';
 import { recoverAtStartup, sweepMediaLeftovers, type RecoveryReport } from './services/recovery.js';
 import { createUploadService } from './services/uploads.js';
 import { createLocalStorage } from './storage/local.js';
 import { createUploadArea } from './uploads/area.js';
+import { createReceivedArea } from './uploads/received.js';
 import { sweepExpiredUploads } from './uploads/expiry.js';
 import { createIngest } from './uploads/ingest.js';
+import { createFinishedUploads } from './uploads/finished.js';
 import { createTusServer } from './uploads/tus.js';
 
 // The composition root: builds every part from the config and wires them together.
@@ -59,7 +64,7 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
   const ffmpeg = opts.ffmpeg === null ? undefined : (opts.ffmpeg ?? resolveFfmpeg({ ffmpegPath: config.ffmpegPath }));
   const mediaTools = describeTools(ffmpeg, opts.ffmpeg === null ? 'off' : config.ffmpegPath);
   const workDir = path.join(config.dataDir, 'work');
-  for (const dir of [config.uploadDir, config.mediaDir, workDir]) mkdirSync(dir, { recursive: true });
+  for (const dir of [config.uploadDir, config.mediaDir, workDir, path.join(config.dataDir, 'received')]) mkdirSync(dir, { recursive: true });
   const db = openDatabase(config.databasePath);
   const repo = createRepository(db);
   const storage = createLocalStorage({ mediaDir: config.mediaDir, workDir });
@@ -67,43 +72,85 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
   const purposes = loadPurposes(config.purposesFile);
   const events = createEventBus();
   const disk = { freeBytes: opts.freeBytes ?? (() => statfsFreeBytes(config.dataDir)), marginBytes: config.diskMarginBytes };
+  const received = createReceivedArea(path.join(config.dataDir, 'received'));
+  const waits = createCompletionWaits();
+  // The persistence ports of the durable pipeline; a commit that queued jobs wakes their runner in-process.
+  const uow = createSqlitePorts(db, {
+    webhooksEnabled: config.webhook !== undefined,
+    onJobsQueued: () => {
+      jobs.wake();
+      webhookRunner?.wake();
+    },
+    onDeliverablesChanged: () => repo.deliverablesChanged(),
+  });
   const webhooks = config.webhook
-    ? createWebhooks({ repo, events, logger, options: config.webhook, onAttempt: (outcome) => metrics.webhookAttempt(outcome) })
+    ? createWebhooks({ uow, events, logger, options: config.webhook, pendingCount: () => repo.pendingWebhookCount(), onAttempt: (outcome) => metrics.webhookAttempt(outcome) })
     : undefined;
   const queueDepth = () => {
-    const jobs = repo.jobCounts();
-    return { jobs: jobs.queued + jobs.running, webhooks: webhooks?.pending() ?? 0 };
+    const counts = repo.jobCounts();
+    return { jobs: counts.queued + counts.running, webhooks: webhooks?.pending() ?? 0 };
   };
-  const metrics = createMetrics({ queueDepth, reservations: () => repo.reservationTotals() }, { defaultMetrics: opts.defaultMetrics });
+  const metrics = createMetrics({ queueDepth, reservations: () => repo.reservationTotals(), jobStates: () => repo.jobCounts().byType }, { defaultMetrics: opts.defaultMetrics });
   observeEvents(events, metrics);
   const links = createDeliveryLinks({ repo, secret: config.secret });
   const resolveDelivery = createDeliveryResolver({ repo, secret: config.secret });
   const delivery = createDeliveryServer({ resolve: resolveDelivery, storage, logger, onAnswer: (status) => metrics.deliveryAnswered(status) });
-  const files = createFileService({ repo, storage, logger, events, variantUrl: links.variantUrl });
   // One pool of image workers (and its concurrency bound) for uploads and for tracks' cover ladders.
   const imageProcessor = createImageWorkerPool({ maxPixels: config.maxPixels, maxFrames: config.maxFrames, concurrency: config.concurrency, logger });
-  const audio = createAudioService({ repo, storage, events, logger, ffmpeg, images: imageProcessor });
-  // Each audio job runs two ffmpeg processes side by side, so half as many jobs as cores.
-  const jobs = createJobRunner({ repo, logger, handlers: { [AUDIO_JOB]: audio.handler }, concurrency: Math.max(1, Math.floor(config.concurrency / 2)) });
-  const uploads = createUploadService({
-    repo,
+  const audio = createAudioService({ repo, uow, storage, events, logger, ffmpeg, images: imageProcessor });
+  const processing = createProcessing({
+    uow,
     storage,
+    received,
     purposes,
     processors: { image: imageProcessor, audio: createAudioProcessor({ ffmpeg }) },
+    events,
+    logger,
+    waits,
+    audioJob: AUDIO_JOB,
+    refusalTtlMs: config.uploadExpiryMs,
+    carrierPath: area.dataPath,
+    discardCarrier: area.discard,
+  });
+  // One queue, two lanes: media work (fair between users) and webhook deliveries (network-bound).
+  const jobs = createJobRunner({
+    jobs: uow.ports.jobs,
+    logger,
+    handlers: { [PROCESS_JOB]: processing.handler, [AUDIO_JOB]: audio.handler },
+    concurrency: config.concurrency,
+    perUserLimit: config.jobsPerUser,
+    onOutcome: (type, outcome) => metrics.jobOutcome(type, outcome),
+  });
+  const webhookRunner = webhooks
+    ? createJobRunner({ jobs: uow.ports.jobs, logger, handlers: { [WEBHOOK_JOB]: webhooks.handler }, concurrency: 4, onOutcome: (type, outcome) => metrics.jobOutcome(type, outcome) })
+    : undefined;
+  const files = createFileService({
+    repo,
+    uow,
+    storage,
+    received,
+    logger,
+    events,
+    variantUrl: links.variantUrl,
+    onDeleted: (fileId) => {
+      jobs.abortFile(fileId);
+      waits.settle(fileId);
+    },
+  });
+  const uploads = createUploadService({
+    repo,
+    uow,
+    received,
+    waits,
+    purposes,
     logger,
     events,
     defaultQuotaBytes: config.defaultQuotaBytes,
     uploadExpiryMs: config.uploadExpiryMs,
+    idleExpiryMs: config.uploadIdleExpiryMs,
+    maxUnfinished: { count: config.maxUnfinishedUploads, bytes: config.maxUnfinishedBytes },
+    completionWaitMs: config.completionWaitMs,
     disk,
-    onStored: (file) => {
-      // Never throws back into the completion path (the file is committed); a missed enqueue is
-      // caught up at the next start (processingFilesWithoutJob).
-      try {
-        if (audio.needsJob(file)) jobs.enqueue(file.id, AUDIO_JOB);
-      } catch (err) {
-        logger.error('could not queue the audio job', { fileId: file.id, err });
-      }
-    },
   });
   const tus = createTusServer({
     area,
@@ -112,6 +159,7 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
     publicUrl: config.publicUrl,
     uploadExpiryMs: config.uploadExpiryMs,
     repo,
+    uow,
     uploads,
     files,
     logger,
@@ -134,6 +182,7 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
     purposes,
     files,
     tus: tus.server,
+    finishedUploads: createFinishedUploads({ uow, uploads, files, publicUrl: config.publicUrl }),
     ingest,
     delivery,
     links,
@@ -183,6 +232,10 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
     metrics,
     webhooks,
     jobs,
+    webhookRunner,
+    uow,
+    received,
+    waits,
     /** Which ffmpeg renders audio (or why none), for the start-up log and readiness checks. */
     mediaTools,
     sweepExpiredUploads: sweep,
@@ -199,12 +252,13 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
       // Lets `chipmunk fsck --repair` refuse to run beside a live server.
       writeFileSync(pidFile, `${process.pid}\n`);
       const startedAt = Date.now();
-      recovery = await recoverAtStartup({ repo, storage, area, uploads, files, logger });
+      recovery = await recoverAtStartup({ repo, uow, storage, area, received, uploads, files, logger });
       if (mediaTools.ffmpeg) logger.info('ffmpeg found', mediaTools.ffmpeg);
       else logger.warn('ffmpeg unavailable', { reason: mediaTools.ffmpegMissing });
       // A stop between an upload's commit and its enqueue leaves a track 'processing' with no job.
       for (const file of repo.processingFilesWithoutJob('audio', AUDIO_JOB)) repo.enqueueJob(file.id, AUDIO_JOB);
-      jobs.start();
+      await jobs.start();
+      await webhookRunner?.start();
       await ingest.recoverInterrupted();
       const { port } = await new Promise<{ port: number }>((resolve, reject) => {
         // /f/ requests take a fast path before the router and any web Request object.
@@ -240,7 +294,6 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
       track(sweepMediaLeftovers({ repo, storage, logger, startedAt, shouldStop: () => stopping })).catch((err) =>
         logger.error('media leftovers sweep failed', { err }),
       );
-      webhooks?.start();
       timer = setInterval(() => void sweep().catch((err) => logger.error('expiry sweep failed', { err })), config.expiryIntervalMs);
       timer.unref();
       return { port, internalPort };
@@ -271,7 +324,7 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
       // Audio jobs get what is left of the deadline; any still running are handed back to the queue.
       await Promise.race([jobs.idle(), until(deadline - Date.now())]);
       await jobs.close();
-      await webhooks?.stop();
+      await webhookRunner?.close();
       await Promise.allSettled(shutdownHooks.map((hook) => hook()));
       await Promise.race([Promise.allSettled([...background]), until(deadline + 5_000 - Date.now())]);
       await imageProcessor.close();

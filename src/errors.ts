@@ -33,6 +33,10 @@ export const errors = {
   quotaExceeded: (message: string) => new AppError('QUOTA_EXCEEDED', 413, message),
   unsupportedType: (message: string) => new AppError('UNSUPPORTED_MEDIA_TYPE', 415, message),
   unprocessable: (message: string, cause?: unknown) => new AppError('UNPROCESSABLE_MEDIA', 422, message, { cause }),
+  tooManyUnfinished: (message: string) => new AppError('TOO_MANY_UNFINISHED_UPLOADS', 429, message),
+  processingFailed: (reason: string) => new AppError('PROCESSING_FAILED', 500, reason),
+  uploadConflict: (message: string) => new AppError('UPLOAD_CONFLICT', 409, message),
+  methodNotAllowed: (message: string) => new AppError('METHOD_NOT_ALLOWED', 405, message),
   insufficientStorage: (message: string) => new AppError('INSUFFICIENT_STORAGE', 507, message),
   internal: (cause?: unknown) => new AppError('INTERNAL', 500, 'Something went wrong on our side.', { cause }),
 };

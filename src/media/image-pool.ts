@@ -63,7 +63,8 @@ export function createImageWorkerPool(opts: ImageProcessorOptions & { logger: Lo
       if (worker.pending.size > 0 && !closed) opts.logger.error('image worker died while processing', { code, signal });
       // The image it held is the likely cause (a decoder crash): the client hears it could not be processed.
       for (const waiting of worker.pending.values()) {
-        waiting.reject(closed ? errors.internal(new Error('image workers closed')) : errors.unprocessable('The image could not be processed: its decoder stopped. Convert it to JPEG or PNG and upload again.'));
+        // A server-side failure (the worker may have been killed from outside): the job retries it.
+        waiting.reject(closed ? errors.internal(new Error('image workers closed')) : errors.internal(new Error(`image worker died (${code ?? signal})`)));
       }
       worker.pending.clear();
     });
@@ -78,7 +79,8 @@ export function createImageWorkerPool(opts: ImageProcessorOptions & { logger: Lo
     return new Promise<ProcessResult>((resolve, reject) => {
       worker.pending.set(id, { resolve, reject });
       worker.child.channel?.ref();
-      worker.child.send({ id, input } satisfies WorkerRequest, (err) => {
+      const { signal: _signal, ...message } = input; // an AbortSignal does not cross the IPC channel
+      worker.child.send({ id, input: message } satisfies WorkerRequest, (err) => {
         if (err && worker.pending.delete(id)) reject(errors.internal(err));
       });
     }).finally(() => worker.child.channel?.unref());

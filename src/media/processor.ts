@@ -11,6 +11,8 @@ export type ProcessInput = {
   /** From the purpose: square (cover-cropped) variants. */
   square: boolean;
   workDir: string;
+  /** Aborted when the file is deleted or the server stops: stop and kill any child. */
+  signal?: AbortSignal;
 };
 
 export type ProducedVariant = {
@@ -33,6 +35,8 @@ export type ProcessResult = {
   variants: ProducedVariant[];
   /** 'processing' when more is made in the background (audio renditions), else 'ready'. */
   status: 'ready' | 'processing';
+  /** A cleaned copy of the original (metadata stripped) in workDir, stored as variant 0 instead of the upload. */
+  original?: { file: string };
 };
 
 export interface MediaProcessor {

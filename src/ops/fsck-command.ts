@@ -5,6 +5,7 @@ import { openDatabase } from '../db/index.js';
 import { createRepository } from '../db/repository.js';
 import { createLocalStorage } from '../storage/local.js';
 import { createUploadArea } from '../uploads/area.js';
+import { createReceivedArea } from '../uploads/received.js';
 import { formatFsckReport, fsck } from './fsck.js';
 
 /** `chipmunk fsck [--repair]`: prints the report; exit 0 clean, 1 problems (left), 2 refused to run. */
@@ -27,6 +28,7 @@ export async function fsckCommand(args: string[], env: NodeJS.ProcessEnv = proce
       repo: createRepository(db),
       storage: createLocalStorage({ mediaDir: config.mediaDir, workDir: path.join(config.dataDir, 'work') }),
       area: createUploadArea(config.uploadDir),
+      received: createReceivedArea(path.join(config.dataDir, 'received')),
     };
     if (livePid) process.stdout.write(`note: a server (pid ${livePid}) is running; uploads in flight may show as problems.\n`);
     const report = await fsck(deps, { repair });
