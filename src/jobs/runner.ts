@@ -17,6 +17,11 @@ export type JobHandler = {
   /** The job will not be tried again; record the outcome on what it was for (the file). */
   fail(job: JobRow, reason: string): Promise<void> | void;
   maxAttempts?: number;
+  /**
+   * Attempts that never ended (the process was killed under them) before the job is given up;
+   * default maxAttempts. A job that keeps killing its process must end, but a kill is rarely its fault.
+   */
+  maxInterruptions?: number;
   /** Delay before attempt n+1 after attempt n failed. */
   retryDelayMs?: (attempt: number) => number;
 };
@@ -133,9 +138,10 @@ export function createJobRunner(opts: JobRunnerOptions) {
     const maxAttempts = handler.maxAttempts ?? opts.maxAttempts ?? 3;
     const retryDelayMs = handler.retryDelayMs ?? opts.retryDelayMs ?? ((n: number) => 5_000 * 4 ** (n - 1));
     const log = logger.child({ jobId: job.id, jobType: job.type, fileId: job.fileId, attempt: job.attempts });
-    if (job.attempts > maxAttempts) {
+    const maxInterruptions = Math.max(maxAttempts, handler.maxInterruptions ?? maxAttempts);
+    if (job.attempts > maxInterruptions) {
       // Claimed again and again without ending: the process stopped during each attempt.
-      return giveUp(job, handler, `Processing was interrupted ${maxAttempts} times; giving up.`, log);
+      return giveUp(job, handler, `Processing was interrupted ${maxInterruptions} times; giving up.`, log);
     }
     let result: JobResult;
     try {

@@ -176,6 +176,8 @@ export function createProcessing(deps: ProcessingDeps) {
   const handler: JobHandler = {
     run,
     maxAttempts: RETRY_DELAYS_MS.length + 1,
+    // A received upload is a commitment: many kills in a row (a crash loop) still do not throw it away.
+    maxInterruptions: 25,
     retryDelayMs: (attempt) => RETRY_DELAYS_MS[Math.min(attempt, RETRY_DELAYS_MS.length) - 1]!,
     async fail(job: JobRow, reason: string): Promise<void> {
       await storage.removeFolder(job.fileId);

@@ -113,9 +113,11 @@ export function createTusServer(deps: TusDeps): { server: Server; uploadPath: (i
 
     async onUploadFinish(req, upload) {
       try {
-        // The tus files stay (the data file is linked, not copied, into the received area) so a racing
-        // request still finds them; the expiry sweep and start-up recovery remove them later.
+        // The tus files stay while the job runs (the data file is linked, not copied, into the received area)
+        // so a racing twin request still finds them; they go once this request has its answer.
         const stored = await uploads.complete({ fileId: upload.id, sourcePath: uploadPath(upload.id), carrier: 'keep' });
+        // A PATCH is done with tus's files once answered; a creation-with-upload still reads them (POST_FINISH below).
+        if (req.method === 'PATCH') await discardUpload(upload.id);
         const body = JSON.stringify(files.toJson(stored, repo.getVariants(stored.id), requestBaseUrl(deps.publicUrl, req)));
         const length = String(stored.uploadLength ?? upload.size ?? stored.bytes);
         return {

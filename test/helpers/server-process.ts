@@ -46,9 +46,15 @@ export type ServerProcess = {
   output: () => string;
 };
 
-export async function spawnServer(env: Record<string, string>, opts: { readyTimeoutMs?: number } = {}): Promise<ServerProcess> {
+export async function spawnServer(env: Record<string, string>, opts: { readyTimeoutMs?: number; ownProcessGroup?: boolean } = {}): Promise<ServerProcess> {
   // A free internal (auth) port, so servers started side by side never collide on the default 8081.
-  const proc = spawn(process.execPath, [entry], { cwd: root, env: { ...process.env, CHIPMUNK_INTERNAL_PORT: '0', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  // `ownProcessGroup`: the server leads a group, as under systemd or docker, so a test can signal the whole group.
+  const proc = spawn(process.execPath, [entry], {
+    cwd: root,
+    env: { ...process.env, CHIPMUNK_INTERNAL_PORT: '0', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+    detached: opts.ownProcessGroup ?? false,
+  });
   let out = '';
   proc.stdout!.on('data', (d) => (out += d));
   proc.stderr!.on('data', (d) => (out += d));
