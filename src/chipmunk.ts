@@ -205,7 +205,13 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
   let sweeping: Promise<number> | undefined;
   const sweep = () => {
     sweeping ??= track(
-      sweepExpiredUploads({ repo, uploads, discardUpload: area.discard, logger, shouldStop: () => stopping }).finally(() => {
+      sweepExpiredUploads({ repo, uploads, discardUpload: area.discard, logger, shouldStop: () => stopping })
+        // Refusals are answered (410) on the upload URL for as long as an upload could have lived.
+        .then(async (swept) => {
+          await uow.ports.uploads.dropExpiredRefusals(Date.now());
+          return swept;
+        })
+        .finally(() => {
         sweeping = undefined;
       }),
     );
