@@ -173,3 +173,64 @@ function loadOrCreateSecrets(dataDir: string): { secrets: Secrets; generated: bo
   }
   return { secrets, generated: true };
 }
+
+// ---- Distributed mode (in progress): PostgreSQL and S3-compatible storage. ----
+// Parsed and checked here so the settings have one spelling; the server does not use them yet.
+
+const booleanSetting = z.enum(['true', 'false', '1', '0'], { error: 'must be "true" or "false"' }).transform((v) => v === 'true' || v === '1');
+
+const distributedSchema = z.object({
+  CHIPMUNK_DATABASE_URL: z
+    .string()
+    .regex(/^postgres(ql)?:\/\//, 'must be a postgres:// URL')
+    .optional(),
+  CHIPMUNK_S3_BUCKET: z.string().min(3).max(63).optional(),
+  CHIPMUNK_S3_ENDPOINT: z.url().optional(),
+  CHIPMUNK_S3_REGION: z.string().min(1).default('us-east-1'),
+  CHIPMUNK_S3_ACCESS_KEY_ID: z.string().min(1).optional(),
+  CHIPMUNK_S3_SECRET_ACCESS_KEY: z.string().min(1).optional(),
+  CHIPMUNK_S3_FORCE_PATH_STYLE: booleanSetting.optional(),
+  // `when_supported` is the AWS SDK's default; `when_required` for servers that refuse its
+  // streamed trailing checksums (Ceph RGW 16 and other S3-compatible servers).
+  CHIPMUNK_S3_CHECKSUMS: z.enum(['when_supported', 'when_required'], { error: 'must be "when_supported" or "when_required"' }).default('when_supported'),
+});
+
+export type S3Settings = Readonly<{
+  bucket: string;
+  endpoint: string | undefined;
+  region: string;
+  /** Unset: the SDK's usual chain (environment, instance role, …). */
+  accessKeyId: string | undefined;
+  secretAccessKey: string | undefined;
+  forcePathStyle: boolean;
+  checksums: 'when_supported' | 'when_required';
+}>;
+
+export type DistributedSettings = Readonly<{ databaseUrl: string | undefined; s3: S3Settings | undefined }>;
+
+/** CHIPMUNK_DATABASE_URL and CHIPMUNK_S3_*: undefined parts mean the embedded default (SQLite, local folder). */
+export function parseDistributedSettings(env: NodeJS.ProcessEnv = process.env): DistributedSettings {
+  const parsed = distributedSchema.safeParse(env);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!;
+    throw new ConfigError(`Invalid environment variable ${String(issue.path[0])}: ${issue.message}`);
+  }
+  const e = parsed.data;
+  if (!e.CHIPMUNK_S3_ACCESS_KEY_ID !== !e.CHIPMUNK_S3_SECRET_ACCESS_KEY) {
+    const missing = e.CHIPMUNK_S3_ACCESS_KEY_ID ? 'CHIPMUNK_S3_SECRET_ACCESS_KEY' : 'CHIPMUNK_S3_ACCESS_KEY_ID';
+    throw new ConfigError(`Invalid environment variable ${missing}: set both S3 keys or neither.`);
+  }
+  const s3 = e.CHIPMUNK_S3_BUCKET
+    ? {
+        bucket: e.CHIPMUNK_S3_BUCKET,
+        endpoint: e.CHIPMUNK_S3_ENDPOINT,
+        region: e.CHIPMUNK_S3_REGION,
+        accessKeyId: e.CHIPMUNK_S3_ACCESS_KEY_ID,
+        secretAccessKey: e.CHIPMUNK_S3_SECRET_ACCESS_KEY,
+        // A custom endpoint (RGW, MinIO) usually has no per-bucket host names.
+        forcePathStyle: e.CHIPMUNK_S3_FORCE_PATH_STYLE ?? e.CHIPMUNK_S3_ENDPOINT !== undefined,
+        checksums: e.CHIPMUNK_S3_CHECKSUMS,
+      }
+    : undefined;
+  return Object.freeze({ databaseUrl: e.CHIPMUNK_DATABASE_URL, s3: s3 && Object.freeze(s3) });
+}
