@@ -58,7 +58,7 @@ start_postgres() {
   [ "$(id -u)" = 0 ] && chown postgres: "$dir"
   as_pg "$pgbin/initdb" -D "$dir/data" -U postgres -A trust --no-sync -E UTF8 --locale=C >"$state/log/initdb.log"
   as_pg "$pgbin/pg_ctl" start -w -t 60 -D "$dir/data" -l "$dir/postgres.log" \
-    -o "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$dir -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" >/dev/null
+    -o "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" >/dev/null
   "$pgbin/psql" -q -h 127.0.0.1 -p "$port" -U postgres -d postgres -c 'CREATE DATABASE chipmunk' >/dev/null
 }
 
