@@ -1,6 +1,6 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { Readable } from 'node:stream';
-import { AppError, toAppError } from '../errors.js';
+import { errors, renderError } from '../errors.js';
 import { rawHeader } from '../http.js';
 import type { Logger } from '../log.js';
 import type { Deliverable } from '../db/repository.js';
@@ -17,7 +17,8 @@ type Plan = {
   headers: Record<string, string>;
   /** Inclusive byte range to send; undefined for header-only answers. */
   body?: { fileId: string; name: string; start: number; end: number; memory: Buffer | undefined };
-  error?: AppError;
+  /** The rendered JSON error body, for refusals. */
+  error?: string;
 };
 
 /** What is known about one stored variant's bytes; small ones carry the bytes themselves. */
@@ -54,8 +55,6 @@ function createBlobCache(maxBytes: number, maxEntryBytes: number) {
     },
   };
 }
-
-const methodNotAllowed = () => new AppError('METHOD_NOT_ALLOWED', 405, 'Files are read with GET or HEAD.');
 
 export function createDeliveryServer(deps: {
   resolve: DeliveryResolver;
@@ -116,7 +115,7 @@ export function createDeliveryServer(deps: {
    */
   function plan(method: string, target: string, header: (name: string) => string | undefined, requestId: string | undefined): Plan | Promise<Plan> {
     try {
-      if (method !== 'GET' && method !== 'HEAD') throw methodNotAllowed();
+      if (method !== 'GET' && method !== 'HEAD') throw errors.methodNotAllowed();
       const d = resolve(target);
       const v = d.target;
       const key = blobKey(v);
@@ -165,12 +164,12 @@ export function createDeliveryServer(deps: {
   }
 
   function refusal(err: unknown, requestId: string | undefined): Plan {
-    const error = toAppError(err);
-    if (error.status >= 500) logger.error('delivery failed', { err, requestId });
+    const { status, headers, body } = renderError(err);
+    if (status >= 500) logger.error('delivery failed', { err, requestId });
     return {
-      status: error.status,
-      headers: { 'Content-Type': 'application/json', 'Cache-Control': 'no-store', 'X-Content-Type-Options': 'nosniff', ...(error.status === 405 ? { Allow: 'GET, HEAD' } : {}) },
-      error,
+      status,
+      headers: { ...headers, 'Cache-Control': 'no-store', 'X-Content-Type-Options': 'nosniff', ...(status === 405 ? { Allow: 'GET, HEAD' } : {}) },
+      error: body,
     };
   }
 
@@ -178,10 +177,9 @@ export function createDeliveryServer(deps: {
     // One writeHead with every header: a setHeader before it sends Node down its slow merging path.
     if (requestId) p.headers['x-request-id'] = requestId;
     if (p.error) {
-      const json = JSON.stringify(p.error.toJSON());
-      p.headers['Content-Length'] = String(Buffer.byteLength(json));
+      p.headers['Content-Length'] = String(Buffer.byteLength(p.error));
       res.writeHead(p.status, p.headers);
-      res.end(req.method === 'HEAD' ? undefined : json);
+      res.end(req.method === 'HEAD' ? undefined : p.error);
       return;
     }
     res.writeHead(p.status, p.headers);
@@ -218,7 +216,7 @@ export function createDeliveryServer(deps: {
     async handleWeb(req: Request): Promise<Response> {
       const url = new URL(req.url);
       const p = await plan(req.method, `${url.pathname}${url.search}`, (name) => req.headers.get(name) ?? undefined, undefined);
-      if (p.error) return new Response(req.method === 'HEAD' ? null : JSON.stringify(p.error.toJSON()), { status: p.status, headers: p.headers });
+      if (p.error) return new Response(req.method === 'HEAD' ? null : p.error, { status: p.status, headers: p.headers });
       if (p.body?.memory) return new Response(new Uint8Array(p.body.memory.subarray(p.body.start, p.body.end + 1)), { status: p.status, headers: p.headers });
       const body = p.body ? (Readable.toWeb(storage.read(p.body.fileId, p.body.name, { start: p.body.start, end: p.body.end })) as ReadableStream) : null;
       return new Response(body, { status: p.status, headers: p.headers });

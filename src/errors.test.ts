@@ -1,0 +1,100 @@
+import { describe, expect, it } from 'vitest';
+import { AppError, ERROR_STATUS, errors, formatBytes, renderError, restoreAppError, toAppError, toTusError } from './errors.js';
+
+describe('the error table', () => {
+  it('holds every code clients see today, each with the status they see', () => {
+    // A contract: apps branch on these. Changing a status or dropping a code breaks them.
+    expect({ ...ERROR_STATUS }).toEqual({
+      BAD_REQUEST: 400,
+      INVALID_INPUT: 400,
+      UNKNOWN_PURPOSE: 400,
+      LENGTH_REQUIRED: 400,
+      TUS_PROTOCOL: 400,
+      UNAUTHORIZED: 401,
+      SIGNATURE_REQUIRED: 401,
+      FORBIDDEN: 403,
+      INVALID_SIGNATURE: 403,
+      LINK_EXPIRED: 403,
+      NOT_FOUND: 404,
+      UPLOAD_NOT_FOUND: 404,
+      METHOD_NOT_ALLOWED: 405,
+      FILE_TOO_LARGE: 413,
+      QUOTA_EXCEEDED: 413,
+      UNSUPPORTED_MEDIA_TYPE: 415,
+      UNPROCESSABLE_MEDIA: 422,
+      INTERNAL: 500,
+      AUTH_UNAVAILABLE: 502,
+      UNAVAILABLE: 502,
+      INSUFFICIENT_STORAGE: 507,
+    });
+    expect(Object.isFrozen(ERROR_STATUS)).toBe(true);
+  });
+
+  it('gives every factory its status from the table, and covers every code but the relayed tus one', () => {
+    const made = Object.values(errors).map((factory) => (factory as (m: string) => AppError)('x'));
+    for (const e of made) expect(e.status).toBe(ERROR_STATUS[e.code]);
+    expect(new Set(made.map((e) => e.code))).toEqual(new Set(Object.keys(ERROR_STATUS).filter((c) => c !== 'TUS_PROTOCOL')));
+  });
+
+  it('keeps the cause for the logs', () => {
+    const cause = new Error('EIO');
+    expect(errors.internal(cause).cause).toBe(cause);
+    expect(errors.unprocessable('bad', cause).cause).toBe(cause);
+  });
+});
+
+describe('renderError', () => {
+  it('renders an AppError as its status and the JSON body', () => {
+    const r = renderError(errors.quotaExceeded('Full.'));
+    expect(r.status).toBe(413);
+    expect(r.headers).toEqual({ 'Content-Type': 'application/json' });
+    expect(JSON.parse(r.body)).toEqual({ error: { code: 'QUOTA_EXCEEDED', message: 'Full.' } });
+  });
+
+  it('renders anything else as INTERNAL without leaking its message', () => {
+    const r = renderError(new Error('SQLITE_BUSY at /var/lib/secret/path'));
+    expect(r.status).toBe(500);
+    expect(JSON.parse(r.body)).toEqual({ error: { code: 'INTERNAL', message: 'Something went wrong on our side.' } });
+    expect(r.error.cause).toBeInstanceOf(Error);
+  });
+});
+
+describe('errors relayed by @tus/server', () => {
+  it('keeps the protocol status of tus’s own refusals under TUS_PROTOCOL', () => {
+    const e = toAppError({ status_code: 409, body: 'Upload-Offset conflict\n' });
+    expect([e.code, e.status, e.message]).toEqual(['TUS_PROTOCOL', 409, 'Upload-Offset conflict']);
+    expect(toAppError({ status_code: 400, body: '' }).message).toBe('Upload request refused.');
+    const internal = toAppError({ status_code: 501, body: 'unsupported' });
+    expect([internal.code, internal.status]).toEqual(['INTERNAL', 501]);
+  });
+
+  it('round-trips our own errors through the tus hook shape, code, status and message intact', () => {
+    const thrown = toTusError(errors.forbidden('Not yours.'));
+    expect(thrown).toEqual({ status_code: 403, body: '{"error":{"code":"FORBIDDEN","message":"Not yours."}}' });
+    const back = toAppError(thrown);
+    expect(back).toBeInstanceOf(AppError);
+    expect([back.code, back.status, back.message]).toEqual(['FORBIDDEN', 403, 'Not yours.']);
+  });
+});
+
+describe('restoreAppError', () => {
+  it('rebuilds a known code with its table status, and keeps an unexpected status as it was', () => {
+    expect(restoreAppError('UNPROCESSABLE_MEDIA', 422, 'Broken.')).toMatchObject({ code: 'UNPROCESSABLE_MEDIA', status: 422, message: 'Broken.' });
+    expect(restoreAppError('NOT_A_CODE', 500, 'boom')).toMatchObject({ code: 'INTERNAL', status: 500 });
+    expect(restoreAppError('NOT_A_CODE', 410, 'gone')).toMatchObject({ code: 'TUS_PROTOCOL', status: 410 });
+  });
+});
+
+describe('formatBytes', () => {
+  it('writes sizes in decimal units, one decimal below 100', () => {
+    expect(formatBytes(0)).toBe('0 B');
+    expect(formatBytes(999)).toBe('999 B');
+    expect(formatBytes(1000)).toBe('1 KB');
+    expect(formatBytes(1500)).toBe('1.5 KB');
+    expect(formatBytes(20_000_000)).toBe('20 MB');
+    expect(formatBytes(123_456_789)).toBe('123 MB');
+    expect(formatBytes(2.5e12)).toBe('2.5 TB');
+    expect(formatBytes(5e15)).toBe('5000 TB');
+    expect(formatBytes(-5)).toBe('0 B');
+  });
+});
