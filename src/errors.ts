@@ -33,7 +33,7 @@ export const ERROR_STATUS = Object.freeze({
 
 export type ErrorCode = keyof typeof ERROR_STATUS;
 
-export const isErrorCode = (code: string): code is ErrorCode => Object.hasOwn(ERROR_STATUS, code);
+const isErrorCode = (code: string): code is ErrorCode => Object.hasOwn(ERROR_STATUS, code);
 
 export class AppError extends Error {
   readonly code: ErrorCode;

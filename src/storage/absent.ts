@@ -6,7 +6,7 @@ export class StorageError extends Error {
   override name = 'StorageError';
 }
 
-export const isAbsent = (err: unknown): boolean => (err as NodeJS.ErrnoException | undefined)?.code === 'ENOENT';
+const isAbsent = (err: unknown): boolean => (err as NodeJS.ErrnoException | undefined)?.code === 'ENOENT';
 
 /** What `read` returns, or `absent` when the thing it reads does not exist; any other failure is a StorageError. */
 export async function unlessAbsent<T, A>(what: string, read: () => Promise<T>, absent: A): Promise<T | A> {
