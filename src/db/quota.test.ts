@@ -1,7 +1,6 @@
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { tempDirEach } from '../../test/helpers/temp-dir.js';
 import { newDeliveryToken, newFileId } from '../ids.js';
 import { openDatabase, type Db } from './index.js';
 import { createRepository, type ReserveInput } from './repository.js';
@@ -10,19 +9,15 @@ import { createRepository, type ReserveInput } from './repository.js';
 // used + reserved + length ≤ quota (the guarded UPDATE), and every later step moves bytes
 // between reserved and used without losing or inventing any.
 
-let dir: string;
+const dir = tempDirEach('quota');
 let db: Db;
 let repo: ReturnType<typeof createRepository>;
 
-beforeEach(async () => {
-  dir = await mkdtemp(path.join(tmpdir(), 'chipmunk-quota-'));
-  db = openDatabase(path.join(dir, 'chipmunk.db'));
+beforeEach(() => {
+  db = openDatabase(path.join(dir(), 'chipmunk.db'));
   repo = createRepository(db);
 });
-afterEach(async () => {
-  db.$client.close();
-  await rm(dir, { recursive: true, force: true });
-});
+afterEach(() => db.$client.close());
 
 const reserve = (length: number, over: Partial<ReserveInput> = {}) =>
   repo.reserveUpload({

@@ -1,7 +1,7 @@
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { beforeEach, describe, expect, it } from 'vitest';
+import { tempDirEach } from '../../test/helpers/temp-dir.js';
 import { StorageError } from './absent.js';
 import { createLocalStorage, mediaPath } from './local.js';
 
@@ -9,16 +9,13 @@ import { createLocalStorage, mediaPath } from './local.js';
 // where a folder should be gives ENOTDIR (tests run as root, where chmod 000 would deny nothing).
 
 const id = 'a'.repeat(24);
-let root: string;
+const root = tempDirEach('storage');
 let mediaDir: string;
-
-beforeEach(async () => {
-  root = await mkdtemp(path.join(tmpdir(), 'chipmunk-storage-'));
-  mediaDir = path.join(root, 'media');
+beforeEach(() => {
+  mediaDir = path.join(root(), 'media');
 });
-afterEach(() => rm(root, { recursive: true, force: true }));
 
-const storageAt = (media: string) => createLocalStorage({ mediaDir: media, workDir: path.join(root, 'work') });
+const storageAt = (media: string) => createLocalStorage({ mediaDir: media, workDir: path.join(root(), 'work') });
 
 describe('local storage', () => {
   it('answers absent for what does not exist', async () => {

@@ -1,7 +1,7 @@
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
+import { tempDirEach } from '../../test/helpers/temp-dir.js';
 import { StorageError } from '../storage/absent.js';
 import { createUploadArea } from './area.js';
 
@@ -9,16 +9,11 @@ import { createUploadArea } from './area.js';
 // failure (here ENOTDIR, made by a regular file where the upload folder should be) must be an error.
 
 const id = 'b'.repeat(24);
-let root: string;
-
-beforeEach(async () => {
-  root = await mkdtemp(path.join(tmpdir(), 'chipmunk-area-'));
-});
-afterEach(() => rm(root, { recursive: true, force: true }));
+const root = tempDirEach('area');
 
 describe('upload area', () => {
   it('reads uploads present, and absent ones as absent', async () => {
-    const dir = path.join(root, 'uploads');
+    const dir = path.join(root(), 'uploads');
     const area = createUploadArea(dir);
     expect(await area.list()).toEqual(new Map());
     await mkdir(dir);
@@ -33,14 +28,14 @@ describe('upload area', () => {
   });
 
   it('reads a half-written record as unreadable', async () => {
-    const dir = path.join(root, 'uploads');
+    const dir = path.join(root(), 'uploads');
     await mkdir(dir);
     await writeFile(path.join(dir, `${id}.json`), '{"id":"bbb');
     expect(await createUploadArea(dir).sidecarReadable(id)).toBe(false);
   });
 
   it('turns any other failure into a StorageError with its cause, never into absence', async () => {
-    const dir = path.join(root, 'uploads');
+    const dir = path.join(root(), 'uploads');
     await writeFile(dir, 'not a folder');
     const area = createUploadArea(dir);
     for (const attempt of [area.list(), area.receivedBytes(id), area.sidecarReadable(id)]) {
