@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { AppError, ERROR_STATUS, errors, formatBytes, renderError, restoreAppError, toAppError, toTusError } from './errors.js';
 
@@ -22,6 +23,16 @@ describe('the error table', () => {
     for (const codes of Object.values(table)) codes.sort();
     expect(table).toEqual(byStatus);
     expect(Object.isFrozen(ERROR_STATUS)).toBe(true);
+  });
+
+  it('is the table the README shows', () => {
+    const readme = readFileSync(new URL('../README.md', import.meta.url), 'utf8');
+    const section = readme.slice(readme.indexOf('### Errors'), readme.indexOf('`TUS_PROTOCOL` is'));
+    const shown: Record<string, number> = {};
+    for (const [, status, codes] of section.matchAll(/^\| (\d{3}) \| (.+) \|$/gm)) {
+      for (const [, code] of codes!.matchAll(/`([A-Z_]+)`/g)) if (code !== 'GET' && code !== 'HEAD') shown[code!] = Number(status);
+    }
+    expect(shown).toEqual({ ...ERROR_STATUS });
   });
 
   it('gives every factory its status from the table, and covers every code but the relayed tus one', () => {
