@@ -7,7 +7,7 @@ import type { Config } from './config.js';
 import type { DemoAsset } from './demo/assets.js';
 import { demoRoutes } from './demo/routes.js';
 import type { Repository } from './db/repository.js';
-import { AppError, errors, toAppError } from './errors.js';
+import { errors, renderError } from './errors.js';
 import type { Logger } from './log.js';
 import { openApiDocument, servedRoutes } from './openapi.js';
 import type { Purposes } from './purposes.js';
@@ -58,11 +58,14 @@ export function createApp(deps: AppDeps) {
     }
   });
   app.onError((err, c) => {
-    const appError = err instanceof AppError ? err : toAppError(err);
-    if (appError.status >= 500) logger.error('request failed', { method: c.req.method, path: c.req.path, err });
-    return c.json(appError.toJSON(), appError.status as 400);
+    const { status, headers, body } = renderError(err);
+    if (status >= 500) logger.error('request failed', { method: c.req.method, path: c.req.path, err });
+    return c.body(body, status as 400, headers);
   });
-  app.notFound((c) => c.json(errors.notFound('Route').toJSON(), 404));
+  app.notFound((c) => {
+    const { status, headers, body } = renderError(errors.notFound('Route'));
+    return c.body(body, status as 404, headers);
+  });
 
   app.route('/', opsRoutes(deps.ops));
 

@@ -151,7 +151,6 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
     void work.finally(() => background.delete(work)).catch(() => {});
     return work;
   };
-  const shutdownHooks: Array<() => Promise<void>> = [];
 
   let sweeping: Promise<number> | undefined;
   const sweep = () => {
@@ -166,6 +165,7 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
   let server: ServerType | undefined;
   let internalServer: Server | undefined;
   let timer: NodeJS.Timeout | undefined;
+  let jobsStarted = false;
   let recovery: RecoveryReport | undefined;
 
   return {
@@ -189,10 +189,6 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
     get recovery() {
       return recovery;
     },
-    /** Background work (audio jobs) registers how to stop it; close() awaits it before closing the database. */
-    onShutdown(hook: () => Promise<void>): void {
-      shutdownHooks.push(hook);
-    },
 
     /** Settles what a previous process left half done, then listens; slow cleanups continue in the background. */
     async listen(): Promise<{ port: number; internalPort: number }> {
@@ -205,6 +201,7 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
       // A stop between an upload's commit and its enqueue leaves a track 'processing' with no job.
       for (const file of repo.processingFilesWithoutJob('audio', AUDIO_JOB)) repo.enqueueJob(file.id, AUDIO_JOB);
       jobs.start();
+      jobsStarted = true;
       await ingest.recoverInterrupted();
       const { port } = await new Promise<{ port: number }>((resolve, reject) => {
         // /f/ requests take a fast path before the router and any web Request object.
@@ -269,10 +266,10 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
       // A handler may still run after its socket was cut (a completion mid-processing): a short grace.
       while (inFlight.requests > 0 && Date.now() < deadline + 5_000) await until(20);
       // Audio jobs get what is left of the deadline; any still running are handed back to the queue.
-      await Promise.race([jobs.idle(), until(deadline - Date.now())]);
+      // (Only once started: a runner that never ran is never idle, and would hold close() to the deadline.)
+      if (jobsStarted) await Promise.race([jobs.idle(), until(deadline - Date.now())]);
       await jobs.close();
       await webhooks?.stop();
-      await Promise.allSettled(shutdownHooks.map((hook) => hook()));
       await Promise.race([Promise.allSettled([...background]), until(deadline + 5_000 - Date.now())]);
       await imageProcessor.close();
       db.$client.close();

@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { z } from 'zod';
+import { ConfigError } from './config.js';
 import { errors, formatBytes } from './errors.js';
 
 // A purpose says what an upload is for: which kinds of file it takes, how big, whether its
@@ -35,17 +36,33 @@ export type Purposes = {
 export function loadPurposes(file?: string): Purposes {
   let overrides: Record<string, unknown> = {};
   if (file) {
+    let text: string;
     try {
-      overrides = z.record(z.string(), z.unknown()).parse(JSON.parse(readFileSync(file, 'utf8')));
+      text = readFileSync(file, 'utf8');
     } catch (err) {
-      throw new Error(`CHIPMUNK_PURPOSES_FILE ${file} is not a JSON object of purposes: ${(err as Error).message}`);
+      const code = (err as NodeJS.ErrnoException).code;
+      throw new ConfigError(`CHIPMUNK_PURPOSES_FILE ${file} ${code === 'ENOENT' ? 'does not exist' : `cannot be read (${code ?? (err as Error).message})`}.`);
     }
+    let json: unknown;
+    try {
+      json = JSON.parse(text);
+    } catch (err) {
+      throw new ConfigError(`CHIPMUNK_PURPOSES_FILE ${file} is not valid JSON: ${(err as Error).message}.`);
+    }
+    const parsed = z.record(z.string(), z.unknown()).safeParse(json);
+    if (!parsed.success) throw new ConfigError(`CHIPMUNK_PURPOSES_FILE ${file} is not a JSON object of purposes ({ "name": { "kinds": [...], "maxBytes": … } }).`);
+    overrides = parsed.data;
   }
   const table = new Map<string, Purpose>();
   for (const [name, raw] of Object.entries({ ...builtInPurposes, ...overrides })) {
-    if (!purposeNamePattern.test(name)) throw new Error(`Purpose name "${name}" must match ${purposeNamePattern}`);
+    if (!purposeNamePattern.test(name)) {
+      throw new ConfigError(`Purpose name "${name}" in CHIPMUNK_PURPOSES_FILE ${file} must be 1 to 32 lowercase letters, digits, - or _, starting with a letter.`);
+    }
     const parsed = purposeSchema.safeParse(raw);
-    if (!parsed.success) throw new Error(`Purpose "${name}" is invalid: ${parsed.error.issues[0]?.message}`);
+    if (!parsed.success) {
+      const issue = parsed.error.issues[0];
+      throw new ConfigError(`Purpose "${name}" is invalid in CHIPMUNK_PURPOSES_FILE ${file}: ${issue?.path.join('.') || 'it'} ${issue?.message}.`);
+    }
     table.set(name, Object.freeze({ name, ...parsed.data }));
   }
   return {

@@ -1,9 +1,7 @@
-import { existsSync } from 'node:fs';
 import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { buffer } from 'node:stream/consumers';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { AUDIO_JOB } from '../src/services/audio.js';
 import { corpus, startChipmunk, type TestChipmunk } from './helpers/chipmunk.js';
 import { decodedSamples, probe, waitForFile, type AudioFileJson } from './helpers/audio.js';
 import { tusUpload } from './helpers/tus.js';

@@ -1,12 +1,10 @@
 import { createHash } from 'node:crypto';
-import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readdir, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import sharp, { type SharpOptions } from 'sharp';
 import { thumbHashToAverageRGBA } from 'thumbhash';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createImageProcessor, rungSize, thumbhashInput } from '../src/media/images.js';
-import { sniffFile } from '../src/media/sniff.js';
+import { rungSize, thumbhashInput } from '../src/media/images.js';
 import { mediaPath } from '../src/storage/local.js';
 import { corpus, startChipmunk, type TestChipmunk } from './helpers/chipmunk.js';
 import { tusUpload } from './helpers/tus.js';
@@ -355,26 +353,6 @@ describe('image processor', () => {
     expect(rungSize({ width: 10000, height: 3 }, 40, false)).toEqual({ width: 40, height: 1 });
     expect(rungSize({ width: 500, height: 300 }, 320, true)).toEqual({ width: 300, height: 300 });
     expect(rungSize({ width: 500, height: 300 }, 160, true)).toEqual({ width: 160, height: 160 });
-  });
-
-  it('processes at most `concurrency` images at once; the rest queue', async () => {
-    const processor = createImageProcessor({ maxPixels: 50_000_000, maxFrames: 100, concurrency: 1 });
-    const source = corpus('images/photos/portrait-canal.jpg');
-    const sniffed = (await sniffFile(source))!;
-    const dirs = await Promise.all([1, 2, 3].map(() => mkdtemp(path.join(tmpdir(), 'chipmunk-img-'))));
-    try {
-      let maxActive = 0;
-      const runs = dirs.map((workDir) => processor.process({ fileId: 'f', sourcePath: source, sniffed, square: false, workDir }).finally(() => (maxActive = Math.max(maxActive, processor.active))));
-      expect(processor.active).toBe(1);
-      expect(processor.queued).toBe(2);
-      const results = await Promise.all(runs);
-      expect(maxActive).toBe(1);
-      expect(results.every((r) => r.variants.length === 6)).toBe(true);
-      expect(processor.active + processor.queued).toBe(0);
-
-    } finally {
-      await Promise.all(dirs.map((d) => rm(d, { recursive: true, force: true })));
-    }
   });
 });
 

@@ -35,6 +35,22 @@ afterAll(async () => {
 
 const rssOf = (pid: number) => Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]) * 1024;
 
+/** The server's RSS before `work` and its peak while it runs, sampled every `everyMs`. */
+async function rssDuring(everyMs: number, work: () => Promise<void>): Promise<{ before: number; peak: number }> {
+  const pid = child.pid!;
+  const before = rssOf(pid);
+  let peak = before;
+  const sampler = setInterval(() => {
+    peak = Math.max(peak, rssOf(pid));
+  }, everyMs);
+  try {
+    await work();
+  } finally {
+    clearInterval(sampler);
+  }
+  return { before, peak: Math.max(peak, rssOf(pid)) };
+}
+
 /** A valid PCM WAV (16-bit stereo, 44.1 kHz) of `dataBytes` bytes of a tone, made as it streams. */
 async function* wav(dataBytes: number) {
   const header = wavHeader(dataBytes);
@@ -52,19 +68,10 @@ it('keeps the server RSS flat during a 200 MB multipart upload', async () => {
   const kit = createChipmunk({ baseUrl: server.url, apiKey: server.apiKey });
   // Warm up the code paths once, so the measurement sees the upload and not module loading.
   await kit.uploadStream({ userId: 'warm', purpose: 'audio', filename: 'warm.wav', stream: wav(4_000_000), size: 4_000_044 });
-  const pid = child.pid!;
-  const before = rssOf(pid);
-  let peak = before;
-  const sampler = setInterval(() => {
-    peak = Math.max(peak, rssOf(pid));
-  }, 20);
-  try {
+  const { before, peak } = await rssDuring(20, async () => {
     const file = await kit.uploadStream({ userId: 'big', purpose: 'audio', filename: 'tone.wav', stream: wav(UPLOAD_BYTES - 44), size: UPLOAD_BYTES, mimeType: 'audio/wav' });
     expect(file).toMatchObject({ bytes: UPLOAD_BYTES, kind: 'audio', mimeType: 'audio/wav' });
-  } finally {
-    clearInterval(sampler);
-  }
-  peak = Math.max(peak, rssOf(pid));
+  });
   const growth = peak - before;
   console.log(`server RSS before ${(before / 2 ** 20).toFixed(1)} MiB, peak ${(peak / 2 ** 20).toFixed(1)} MiB, growth ${(growth / 2 ** 20).toFixed(1)} MiB for a ${UPLOAD_BYTES / 1e6} MB upload`);
   expect(growth).toBeLessThan(MAX_GROWTH);
@@ -80,19 +87,11 @@ it('keeps a base64 upload within a small multiple of its size', async () => {
   for await (const chunk of wav(size - 44)) chunks.push(Buffer.from(chunk));
   const data = Buffer.concat(chunks).toString('base64');
   chunks.length = 0;
-  const pid = child.pid!;
-  const before = rssOf(pid);
-  let peak = before;
-  const sampler = setInterval(() => {
-    peak = Math.max(peak, rssOf(pid));
-  }, 10);
-  try {
+  const { before, peak } = await rssDuring(10, async () => {
     const file = await kit.uploadBase64({ userId: 'b64', purpose: 'audio', filename: 'tone.wav', data });
     expect(file).toMatchObject({ bytes: size, mimeType: 'audio/wav' });
-  } finally {
-    clearInterval(sampler);
-  }
-  const growth = Math.max(peak, rssOf(pid)) - before;
+  });
+  const growth = peak - before;
   console.log(`base64: server RSS growth ${(growth / 2 ** 20).toFixed(1)} MiB for a ${size / 1e6} MB file (${(data.length / 1e6).toFixed(0)} MB of base64)`);
   // Everything a base64 upload allocates, if no garbage were collected meanwhile: the socket's chunks,
   // the body they are copied into, its text and the parsed string (4/3 of the file each) and the

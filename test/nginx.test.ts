@@ -4,12 +4,11 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { Upload } from 'tus-js-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { nginxConfigCommand } from '../src/cli.js';
 import { corpus, startChipmunk, type TestChipmunk } from './helpers/chipmunk.js';
 import { NGINX_BIN, startNginx, type TestNginx } from './helpers/nginx.js';
-import { tusUpload } from './helpers/tus.js';
+import { tusUpload, uploadFirstChunk } from './helpers/tus.js';
 
 const sha256 = (b: Buffer | Uint8Array) => createHash('sha256').update(b).digest('hex');
 type FileJson = { id: string; bytes: number; variants: Array<{ n: number; url: string }> };
@@ -47,20 +46,7 @@ describe('tus uploads through nginx', () => {
   it('resumes an interrupted upload through nginx', async () => {
     const token = await t.uploadToken('bob', 'image');
     const data = Buffer.concat([photo, Buffer.alloc(300_000, 7)]);
-    const firstUrl = await new Promise<string>((resolve, reject) => {
-      const upload: Upload = new Upload(data, {
-        endpoint: `${nginx.url}/uploads`,
-        chunkSize: 100_000,
-        retryDelays: [],
-        headers: { Authorization: `Bearer ${token}` },
-        metadata: { filename: 'resume.jpg' },
-        onChunkComplete: () => {
-          void upload.abort(false).then(() => resolve(upload.url!));
-        },
-        onError: reject,
-      });
-      upload.start();
-    });
+    const firstUrl = await uploadFirstChunk(`${nginx.url}/uploads`, data, { token, chunkSize: 100_000, metadata: { filename: 'resume.jpg' } });
     expect(firstUrl.startsWith(`${nginx.url}/uploads/`)).toBe(true);
     const head = await fetch(firstUrl, { method: 'HEAD', headers: { 'Tus-Resumable': '1.0.0' } });
     const offset = Number(head.headers.get('upload-offset'));

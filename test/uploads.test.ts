@@ -7,7 +7,7 @@ import { Upload } from 'tus-js-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mediaPath } from '../src/storage/local.js';
 import { corpus, startChipmunk, type TestChipmunk } from './helpers/chipmunk.js';
-import { tusUpload } from './helpers/tus.js';
+import { tusUpload, uploadFirstChunk } from './helpers/tus.js';
 
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 type FileJson = { id: string; userId: string; purpose: string; bytes: number; totalBytes: number; status: string; variants: Array<{ n: number; bytes: number; url: string }> };
@@ -51,20 +51,7 @@ describe('tus uploads', () => {
     const token = await t.uploadToken('bob', 'image');
     const data = Buffer.concat([photo, Buffer.alloc(300_000, 7)]);
     // First attempt: stop after the first chunk lands, as a dropped connection would.
-    const firstUrl = await new Promise<string>((resolve, reject) => {
-      const upload: Upload = new Upload(data, {
-        endpoint,
-        chunkSize: 100_000,
-        retryDelays: [],
-        headers: { Authorization: `Bearer ${token}` },
-        metadata: { filename: 'resume.jpg' },
-        onChunkComplete: () => {
-          void upload.abort(false).then(() => resolve(upload.url!));
-        },
-        onError: reject,
-      });
-      upload.start();
-    });
+    const firstUrl = await uploadFirstChunk(endpoint, data, { token, chunkSize: 100_000, metadata: { filename: 'resume.jpg' } });
     const head = await fetch(firstUrl, { method: 'HEAD', headers: { 'Tus-Resumable': '1.0.0' } });
     const offset = Number(head.headers.get('upload-offset'));
     expect(offset).toBeGreaterThan(0);
@@ -79,19 +66,7 @@ describe('tus uploads', () => {
 
   it('terminating an upload gives its reservation and partial bytes back', async () => {
     const token = await t.uploadToken('carol', 'image');
-    const url = await new Promise<string>((resolve, reject) => {
-      const upload: Upload = new Upload(photo, {
-        endpoint,
-        chunkSize: 50_000,
-        retryDelays: [],
-        headers: { Authorization: `Bearer ${token}` },
-        onChunkComplete: () => {
-          void upload.abort(false).then(() => resolve(upload.url!));
-        },
-        onError: reject,
-      });
-      upload.start();
-    });
+    const url = await uploadFirstChunk(endpoint, photo, { token, chunkSize: 50_000 });
     expect((await user('carol')).reservedBytes).toBe(photo.length);
     await Upload.terminate(url, { headers: { Authorization: `Bearer ${token}` } });
     await expect.poll(async () => (await user('carol')).reservedBytes).toBe(0);

@@ -96,12 +96,4 @@ describe('webhooks', () => {
     expect(received.every((r) => r.verified)).toBe(true);
     await t.close();
   });
-
-  it('a wrong secret does not verify (the receiver check can fail)', () => {
-    const body = '{"a":1}';
-    const t = Math.floor(Date.now() / 1000);
-    const forged = `t=${t},v1=${createHmac('sha256', 'some-other-secret-value').update(`${t}.${body}`).digest('hex')}`;
-    expect(verify(forged, body)).toBe(false);
-    expect(verify(forged, '{"a":2}')).toBe(false);
-  });
 });

@@ -1,3 +1,5 @@
+import { errors, renderError, type AppError } from '../errors.js';
+
 // Renders the nginx config that stands in front of one Chipmunk: /f/ is authorised by
 // Chipmunk's internal /internal/auth (auth_request, answers cached briefly) and served from the
 // media folder with sendfile; /uploads streams to Chipmunk for tus; everything else is proxied.
@@ -34,6 +36,14 @@ const hostPort = (url: string, what: string): string => {
   if (parsed.protocol !== 'http:') throw new Error(`${what} must be an http:// URL (nginx talks plain HTTP to Chipmunk).`);
   if (parsed.pathname !== '/' || parsed.search) throw new Error(`${what} must have no path: "${url}".`);
   return parsed.port ? parsed.host : `${parsed.hostname}:80`;
+};
+
+/** nginx's own answer with one of Chipmunk's errors, rendered by the one error renderer. */
+const returnError = (err: AppError): string => {
+  const { status, body } = renderError(err);
+  // Inside nginx's single quotes a backslash, a quote or a $ would be interpreted, not sent.
+  if (/['\\$]/.test(body)) throw new Error(`The error body ${body} cannot go into an nginx return.`);
+  return `return ${status} '${body}';`;
 };
 
 const safeValue = (value: string, what: string): string => {
@@ -121,9 +131,9 @@ ${cache ? `
             default_type application/json;
             add_header X-Content-Type-Options nosniff always;
             if ($request ~ "^[A-Z]+ /f/") {
-                return 404 '{"error":{"code":"NOT_FOUND","message":"File not found."}}';
+                ${returnError(errors.notFound('File'))}
             }
-            return 400 '{"error":{"code":"BAD_REQUEST","message":"Malformed request."}}';
+            ${returnError(errors.badRequest('Malformed request.'))}
         }
 
         # Variants: Chipmunk decides, nginx sends the bytes.
@@ -185,38 +195,38 @@ ${cache ? `            proxy_cache chipmunk_auth;
             if ($chipmunk_status = 404) {
                 return 404 $chipmunk_error;
             }
-            return 502 '{"error":{"code":"AUTH_UNAVAILABLE","message":"Chipmunk did not answer the access check; try again shortly."}}';
+            ${returnError(errors.authUnavailable())}
         }
 
         location @chipmunk_unavailable {
             default_type application/json;
             add_header Retry-After 5 always;
-            return 502 '{"error":{"code":"UNAVAILABLE","message":"Chipmunk is not answering; try again shortly."}}';
+            ${returnError(errors.unavailable())}
         }
 
         location @chipmunk_too_large {
             default_type application/json;
-            return 413 '{"error":{"code":"FILE_TOO_LARGE","message":"The request body is larger than any upload Chipmunk accepts."}}';
+            ${returnError(errors.tooLarge('The request body is larger than any upload Chipmunk accepts.'))}
         }
 
         location @chipmunk_missing {
             default_type application/json;
             add_header Cache-Control no-store always;
             add_header X-Content-Type-Options nosniff always;
-            return 404 '{"error":{"code":"NOT_FOUND","message":"File not found."}}';
+            ${returnError(errors.notFound('File'))}
         }
 
         location @chipmunk_method {
             default_type application/json;
             add_header Allow "GET, HEAD" always;
             add_header X-Content-Type-Options nosniff always;
-            return 405 '{"error":{"code":"METHOD_NOT_ALLOWED","message":"Files are read with GET or HEAD."}}';
+            ${returnError(errors.methodNotAllowed())}
         }
 
         # Never reachable from here; the auth endpoint listens on Chipmunk's internal port anyway.
         location /internal/ {
             default_type application/json;
-            return 404 '{"error":{"code":"NOT_FOUND","message":"Route not found."}}';
+            ${returnError(errors.notFound('Route'))}
         }
 
         # tus: bodies stream straight through (a PATCH may carry a whole file), and the forwarded

@@ -1,5 +1,5 @@
 import type { Deliverable, Repository } from '../db/repository.js';
-import { AppError, errors } from '../errors.js';
+import { errors } from '../errors.js';
 import { deliveryKey, isValidDeliverySignature } from './signing.js';
 
 // The one access decision for /f/<token>/<n>, shared by Chipmunk's own delivery and the nginx
@@ -18,10 +18,9 @@ export type Delivery = {
 };
 
 export const deliveryErrors = {
-  signatureRequired: () =>
-    new AppError('SIGNATURE_REQUIRED', 401, 'This file is private: its link needs exp and sig parameters. Ask the app for a signed link.'),
-  invalidSignature: () => new AppError('INVALID_SIGNATURE', 403, 'The link signature is not valid for this file and variant.'),
-  expired: () => new AppError('LINK_EXPIRED', 403, 'This link has expired. Ask the app for a new one.'),
+  signatureRequired: errors.signatureRequired,
+  invalidSignature: errors.invalidSignature,
+  expired: errors.linkExpired,
   notFound: () => errors.notFound('File'),
 };
 

@@ -1,10 +1,11 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { Readable } from 'node:stream';
-import { AppError, toAppError } from '../errors.js';
+import { errors, renderError } from '../errors.js';
 import { rawHeader } from '../http.js';
 import type { Logger } from '../log.js';
 import type { Deliverable } from '../db/repository.js';
 import type { BlobStorage } from '../storage/storage.js';
+import { notModified, usableRange } from './conditional.js';
 import { deliveryErrors, type DeliveryResolver } from './resolve.js';
 
 // Chipmunk's own delivery, for when no nginx stands in front: the same URLs and access rules as the
@@ -16,7 +17,8 @@ type Plan = {
   headers: Record<string, string>;
   /** Inclusive byte range to send; undefined for header-only answers. */
   body?: { fileId: string; name: string; start: number; end: number; memory: Buffer | undefined };
-  error?: AppError;
+  /** The rendered JSON error body, for refusals. */
+  error?: string;
 };
 
 /** What is known about one stored variant's bytes; small ones carry the bytes themselves. */
@@ -53,8 +55,6 @@ function createBlobCache(maxBytes: number, maxEntryBytes: number) {
     },
   };
 }
-
-const methodNotAllowed = () => new AppError('METHOD_NOT_ALLOWED', 405, 'Files are read with GET or HEAD.');
 
 export function createDeliveryServer(deps: {
   resolve: DeliveryResolver;
@@ -115,7 +115,7 @@ export function createDeliveryServer(deps: {
    */
   function plan(method: string, target: string, header: (name: string) => string | undefined, requestId: string | undefined): Plan | Promise<Plan> {
     try {
-      if (method !== 'GET' && method !== 'HEAD') throw methodNotAllowed();
+      if (method !== 'GET' && method !== 'HEAD') throw errors.methodNotAllowed();
       const d = resolve(target);
       const v = d.target;
       const key = blobKey(v);
@@ -164,12 +164,12 @@ export function createDeliveryServer(deps: {
   }
 
   function refusal(err: unknown, requestId: string | undefined): Plan {
-    const error = toAppError(err);
-    if (error.status >= 500) logger.error('delivery failed', { err, requestId });
+    const { status, headers, body } = renderError(err);
+    if (status >= 500) logger.error('delivery failed', { err, requestId });
     return {
-      status: error.status,
-      headers: { 'Content-Type': 'application/json', 'Cache-Control': 'no-store', 'X-Content-Type-Options': 'nosniff', ...(error.status === 405 ? { Allow: 'GET, HEAD' } : {}) },
-      error,
+      status,
+      headers: { ...headers, 'Cache-Control': 'no-store', 'X-Content-Type-Options': 'nosniff', ...(status === 405 ? { Allow: 'GET, HEAD' } : {}) },
+      error: body,
     };
   }
 
@@ -177,10 +177,9 @@ export function createDeliveryServer(deps: {
     // One writeHead with every header: a setHeader before it sends Node down its slow merging path.
     if (requestId) p.headers['x-request-id'] = requestId;
     if (p.error) {
-      const json = JSON.stringify(p.error.toJSON());
-      p.headers['Content-Length'] = String(Buffer.byteLength(json));
+      p.headers['Content-Length'] = String(Buffer.byteLength(p.error));
       res.writeHead(p.status, p.headers);
-      res.end(req.method === 'HEAD' ? undefined : json);
+      res.end(req.method === 'HEAD' ? undefined : p.error);
       return;
     }
     res.writeHead(p.status, p.headers);
@@ -217,7 +216,7 @@ export function createDeliveryServer(deps: {
     async handleWeb(req: Request): Promise<Response> {
       const url = new URL(req.url);
       const p = await plan(req.method, `${url.pathname}${url.search}`, (name) => req.headers.get(name) ?? undefined, undefined);
-      if (p.error) return new Response(req.method === 'HEAD' ? null : JSON.stringify(p.error.toJSON()), { status: p.status, headers: p.headers });
+      if (p.error) return new Response(req.method === 'HEAD' ? null : p.error, { status: p.status, headers: p.headers });
       if (p.body?.memory) return new Response(new Uint8Array(p.body.memory.subarray(p.body.start, p.body.end + 1)), { status: p.status, headers: p.headers });
       const body = p.body ? (Readable.toWeb(storage.read(p.body.fileId, p.body.name, { start: p.body.start, end: p.body.end })) as ReadableStream) : null;
       return new Response(body, { status: p.status, headers: p.headers });
@@ -231,50 +230,4 @@ async function readAll(stream: Readable): Promise<Buffer> {
   const chunks: Buffer[] = [];
   for await (const chunk of stream) chunks.push(chunk as Buffer);
   return Buffer.concat(chunks);
-}
-
-/** If-None-Match wins over If-Modified-Since (RFC 9110 §13.2.2). */
-function notModified(ifNoneMatch: string | undefined, ifModifiedSince: string | undefined, etag: string, mtime: number): boolean {
-  if (ifNoneMatch !== undefined) {
-    return ifNoneMatch.split(',').some((tag) => {
-      const t = tag.trim();
-      return t === '*' || t.replace(/^W\//, '') === etag;
-    });
-  }
-  if (ifModifiedSince !== undefined) {
-    const since = Date.parse(ifModifiedSince);
-    return Number.isFinite(since) && Math.floor(since / 1000) >= mtime;
-  }
-  return false;
-}
-
-/**
- * One byte range (music seeking needs no more); several ranges, or a stale If-Range, get the
- * whole file as nginx does with max_ranges 1.
- */
-function usableRange(
-  header: string | undefined,
-  ifRange: string | undefined,
-  etag: string,
-  lastModified: string,
-  size: number,
-): [number, number] | 'unsatisfiable' | undefined {
-  if (!header) return undefined;
-  if (ifRange !== undefined && ifRange !== etag && ifRange !== lastModified) return undefined;
-  const m = /^bytes=(\d*)-(\d*)$/.exec(header.trim());
-  if (!m || (m[1] === '' && m[2] === '')) return undefined;
-  let start: number;
-  let end: number;
-  if (m[1] === '') {
-    const suffix = Number(m[2]);
-    if (suffix === 0) return 'unsatisfiable';
-    start = Math.max(0, size - suffix);
-    end = size - 1;
-  } else {
-    start = Number(m[1]);
-    end = m[2] === '' ? size - 1 : Math.min(Number(m[2]), size - 1);
-    if (m[2] !== '' && Number(m[2]) < start) return undefined;
-  }
-  if (start >= size) return 'unsatisfiable';
-  return [start, end];
 }

@@ -1,7 +1,7 @@
 import { fork, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { AppError, errors } from '../errors.js';
+import { errors, restoreAppError, type AppError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { ImageProcessorOptions } from './images.js';
 import type { WorkerError, WorkerReply, WorkerRequest } from './image-worker.js';
@@ -119,5 +119,5 @@ export function createImageWorkerPool(opts: ImageProcessorOptions & { logger: Lo
 }
 
 function rebuild(e: WorkerError): AppError {
-  return new AppError(e.code, e.status, e.message, e.cause ? { cause: new Error(e.cause) } : undefined);
+  return restoreAppError(e.code, e.status, e.message, e.cause ? new Error(e.cause) : undefined);
 }

@@ -38,10 +38,3 @@ export type ProcessResult = {
 export interface MediaProcessor {
   process(input: ProcessInput): Promise<ProcessResult>;
 }
-
-/** Keeps the original alone; used where no processor is wired for a kind. */
-export const originalOnlyProcessor: MediaProcessor = {
-  async process() {
-    return { info: {}, variants: [], status: 'ready' };
-  },
-};

@@ -1,5 +1,5 @@
 import type { IncomingMessage, RequestListener, ServerResponse } from 'node:http';
-import { AppError, toAppError } from '../errors.js';
+import { errors, renderError } from '../errors.js';
 import { rawHeader } from '../http.js';
 import type { Logger } from '../log.js';
 import type { DeliveryResolver } from '../delivery/resolve.js';
@@ -24,7 +24,7 @@ export type AuthAnswer = { status: number; headers: Record<string, string>; body
 
 export function authAnswer(resolve: DeliveryResolver, relativePath: RelativePath, originalUri: string | undefined, cacheSeconds: number, nowMs: number): AuthAnswer {
   try {
-    if (!originalUri) throw new AppError('BAD_REQUEST', 400, 'X-Original-URI is missing: the nginx config must set it to $request_uri.');
+    if (!originalUri) throw errors.badRequest('X-Original-URI is missing: the nginx config must set it to $request_uri.');
     const d = resolve(originalUri);
     const left = d.expiresAt === undefined ? cacheSeconds : Math.min(cacheSeconds, Math.floor((d.expiresAt * 1000 - nowMs) / 1000));
     const headers: Record<string, string> = {
@@ -37,16 +37,15 @@ export function authAnswer(resolve: DeliveryResolver, relativePath: RelativePath
     if (d.contentDisposition) headers['X-Chipmunk-Content-Disposition'] = d.contentDisposition;
     return { status: 200, headers, body: '' };
   } catch (err) {
-    const error = toAppError(err);
-    const json = JSON.stringify(error.toJSON());
+    const { status, headers, body: json } = renderError(err);
     return {
-      status: error.status,
+      status,
       headers: {
-        'Content-Type': 'application/json',
-        'X-Chipmunk-Status': String(error.status),
+        ...headers,
+        'X-Chipmunk-Status': String(status),
         // Header-safe: our messages are ASCII; anything else is escaped by JSON.stringify below.
         'X-Chipmunk-Error': json.replace(/[^\x20-\x7e]/g, (ch) => `\\u${ch.charCodeAt(0).toString(16).padStart(4, '0')}`),
-        'X-Accel-Expires': String(error.status >= 500 ? 0 : cacheSeconds),
+        'X-Accel-Expires': String(status >= 500 ? 0 : cacheSeconds),
       },
       body: json,
     };
@@ -61,8 +60,8 @@ export function internalAuthListener(deps: { resolve: DeliveryResolver; relative
     const path = url.split('?', 1)[0];
     let answer: AuthAnswer;
     if (path !== INTERNAL_AUTH_PATH) {
-      const error = new AppError('NOT_FOUND', 404, 'Route not found.');
-      answer = { status: 404, headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(error.toJSON()) };
+      const { status, headers, body } = renderError(errors.notFound('Route'));
+      answer = { status, headers, body };
     } else {
       answer = authAnswer(deps.resolve, deps.relativePath, rawHeader(req.rawHeaders, 'x-original-uri'), deps.authCacheSeconds, now());
       if (answer.status >= 500) deps.logger.error('auth request failed', { status: answer.status, body: answer.body });

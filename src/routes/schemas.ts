@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { MAX_UPLOAD_TOKEN_SECONDS } from '../auth/upload-tokens.js';
 import { MAX_LINK_SECONDS } from '../delivery/signing.js';
 
 // The request shapes the /v1 routes validate with; the OpenAPI document is generated from these.
@@ -9,7 +10,7 @@ export const purposeNameSchema = z.string().min(1).max(32);
 export const uploadTokenRequest = z.object({
   userId: userIdSchema,
   purpose: purposeNameSchema,
-  expiresIn: z.number().int().positive().max(7 * 24 * 3600).default(3600).describe('seconds'),
+  expiresIn: z.number().int().positive().max(MAX_UPLOAD_TOKEN_SECONDS).default(3600).describe('seconds'),
 });
 
 export const fileIdParams = z.object({ id: z.string().regex(/^[0-9a-z]{24}$/, 'not a file id') });

@@ -204,7 +204,3 @@ export function sanitizeFilename(name: string | null | undefined): string {
     .slice(0, 255);
   return cleaned || 'upload';
 }
-
-export function isClientError(err: unknown): err is AppError {
-  return err instanceof AppError && err.status < 500;
-}

@@ -3,6 +3,7 @@ import { copyFile, mkdir, open, readdir, rename, rm, stat, unlink } from 'node:f
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { fileIdPattern } from '../ids.js';
+import { unlessAbsent } from './absent.js';
 import type { BlobStorage } from './storage.js';
 
 const namePattern = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
@@ -73,12 +74,9 @@ export function createLocalStorage(opts: { mediaDir: string; workDir: string }):
     },
 
     async stat(fileId, name) {
-      try {
-        const s = await stat(mediaPath(mediaDir, fileId, name));
-        return s.isFile() ? { size: s.size, mtimeMs: s.mtimeMs } : undefined;
-      } catch {
-        return undefined;
-      }
+      const file = mediaPath(mediaDir, fileId, name);
+      const s = await unlessAbsent(`Reading ${fileId}/${name}`, () => stat(file), undefined);
+      return s?.isFile() ? { size: s.size, mtimeMs: s.mtimeMs } : undefined;
     },
 
     read(fileId, name, range) {
@@ -104,8 +102,8 @@ export function createLocalStorage(opts: { mediaDir: string; workDir: string }):
     },
 
     async *listFolders() {
-      for (const a of await readdirSafe(mediaDir)) {
-        for (const b of await readdirSafe(path.join(mediaDir, a))) {
+      for (const a of await subfolders(mediaDir)) {
+        for (const b of await subfolders(path.join(mediaDir, a))) {
           for (const id of await readdirSafe(path.join(mediaDir, a, b))) yield id;
         }
       }
@@ -125,10 +123,13 @@ export function createLocalStorage(opts: { mediaDir: string; workDir: string }):
   };
 }
 
-async function readdirSafe(dir: string): Promise<string[]> {
-  try {
-    return await readdir(dir);
-  } catch {
-    return [];
-  }
+/** A folder's names; none when it does not exist (yet). */
+function readdirSafe(dir: string): Promise<string[]> {
+  return unlessAbsent(`Listing ${dir}`, () => readdir(dir), []);
+}
+
+/** The folders inside a folder (a stray file at a fan-out level is not a file's folder). */
+async function subfolders(dir: string): Promise<string[]> {
+  const entries = await unlessAbsent(`Listing ${dir}`, () => readdir(dir, { withFileTypes: true }), []);
+  return entries.filter((e) => e.isDirectory()).map((e) => e.name);
 }
