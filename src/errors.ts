@@ -33,6 +33,14 @@ export const errors = {
   quotaExceeded: (message: string) => new AppError('QUOTA_EXCEEDED', 413, message),
   unsupportedType: (message: string) => new AppError('UNSUPPORTED_MEDIA_TYPE', 415, message),
   unprocessable: (message: string, cause?: unknown) => new AppError('UNPROCESSABLE_MEDIA', 422, message, { cause }),
+  tusVersionUnsupported: (sent: string | null) =>
+    new AppError('TUS_VERSION_UNSUPPORTED', 412, sent ? `This server speaks tus 1.0.0; Tus-Resumable "${sent}" is not supported.` : 'tus requests need the header "Tus-Resumable: 1.0.0".'),
+  chunkContentType: () => new AppError('UNSUPPORTED_MEDIA_TYPE', 415, 'tus PATCH requests carry their bytes as "Content-Type: application/offset+octet-stream".'),
+  checksumMismatch: (algorithm: string) =>
+    new AppError('CHECKSUM_MISMATCH', 460, `The chunk's ${algorithm} checksum does not match Upload-Checksum; it was not applied: send it again from the same offset.`),
+  offsetMismatch: () =>
+    new AppError('OFFSET_MISMATCH', 409, 'Upload-Offset does not match the bytes received so far; ask with HEAD and resume from the offset it answers.'),
+  methodNotAllowed: (allow: string, what: string) => new AppError('METHOD_NOT_ALLOWED', 405, `${what} answer ${allow}.`),
   insufficientStorage: (message: string) => new AppError('INSUFFICIENT_STORAGE', 507, message),
   internal: (cause?: unknown) => new AppError('INTERNAL', 500, 'Something went wrong on our side.', { cause }),
 };
