@@ -41,7 +41,7 @@ describe.each(targets)('tus 1.0.0 $name', ({ base }) => {
 
   /** A tus request: Tus-Resumable 1.0.0 unless the test says otherwise. */
   const tus = (url: string, method: string, headers: Record<string, string> = {}, body?: Buffer) =>
-    fetch(url, { method, headers: { 'Tus-Resumable': '1.0.0', ...headers }, body });
+    fetch(url, { method, headers: { 'Tus-Resumable': '1.0.0', ...headers }, body: body ? new Uint8Array(body) : undefined });
 
   /** Creates an upload of `length` bytes (never finished here); returns its URL. */
   async function create(length = 1000, extra: Record<string, string> = {}): Promise<string> {
