@@ -29,7 +29,15 @@ const TUS_METHODS = ['POST', 'HEAD', 'PATCH', 'DELETE', 'OPTIONS', 'GET'];
 /** Methods a client behind a PATCH-blocking proxy may ask for with X-HTTP-Method-Override. */
 const OVERRIDABLE = new Set(['PATCH', 'HEAD', 'DELETE']);
 
-type ExpectedChecksum = { algorithm: string; digest: string };
+type ExpectedChecksum = {
+  algorithm: string;
+  digest: string;
+  /**
+   * A creation's bytes that do not match are dropped rather than refused: the upload still exists
+   * (201 with Upload-Offset 0), so the client has its Location to resume from and nothing is orphaned.
+   */
+  onCreation: boolean;
+};
 
 /** The checksum the request being handled declared for its body, handed to the store's write. */
 const chunkChecksum = new AsyncLocalStorage<ExpectedChecksum | undefined>();
@@ -66,6 +74,7 @@ export class ChecksumFileStore extends FileStore {
     }
     if (hash.digest('base64') !== expected.digest) {
       await rollBack();
+      if (expected.onCreation) return offset;
       throw errors.checksumMismatch(expected.algorithm);
     }
     return end;
@@ -73,7 +82,7 @@ export class ChecksumFileStore extends FileStore {
 }
 
 /** `Upload-Checksum: <algorithm> <base64 digest>`; undefined when absent, an AppError when unusable. */
-function parseChecksum(header: string | null): ExpectedChecksum | AppError | undefined {
+function parseChecksum(header: string | null, onCreation: boolean): ExpectedChecksum | AppError | undefined {
   if (header === null) return undefined;
   const m = /^\s*([A-Za-z0-9-]+) +([A-Za-z0-9+/]+={0,2})\s*$/.exec(header);
   if (!m) return errors.badRequest('Upload-Checksum must be "<algorithm> <base64 digest>", e.g. "sha256 47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=".');
@@ -81,7 +90,7 @@ function parseChecksum(header: string | null): ExpectedChecksum | AppError | und
   if (!(CHECKSUM_ALGORITHMS as readonly string[]).includes(algorithm)) {
     return errors.badRequest(`Upload-Checksum algorithm "${m[1]}" is not supported; use one of ${CHECKSUM_ALGORITHMS.join(', ')}.`);
   }
-  return { algorithm, digest: m[2]! };
+  return { algorithm, digest: m[2]!, onCreation };
 }
 
 /** The refusals decided from the request line and headers alone, before @tus/server sees it. */
@@ -161,7 +170,7 @@ export function createTusProtocol(deps: { server: Pick<Server, 'handleWeb'>; cor
     const origin = request.headers.get('origin');
     const refused = checkRequest(method, request.headers);
     if (refused) return refusal(refused, origin);
-    const checksum = method === 'PATCH' || method === 'POST' ? parseChecksum(request.headers.get('upload-checksum')) : undefined;
+    const checksum = method === 'PATCH' || method === 'POST' ? parseChecksum(request.headers.get('upload-checksum'), method === 'POST') : undefined;
     if (checksum instanceof AppError) return refusal(checksum, origin);
     const res = await chunkChecksum.run(checksum, () => server.handleWeb(request));
     return finishAsync(res, method, origin);
