@@ -100,22 +100,25 @@ function checkRequest(method: string, headers: Headers): AppError | undefined {
   const version = headers.get('tus-resumable');
   if (version?.trim() !== TUS_VERSION) return errors.tusVersionUnsupported(version);
   if (method === 'PATCH' && headers.get('content-type')?.trim().toLowerCase() !== 'application/offset+octet-stream') return errors.chunkContentType();
+  if (method === 'PATCH' && headers.get('upload-offset') === null) return errors.badRequest('PATCH requests need Upload-Offset: where their bytes start (HEAD answers it).');
   if (method === 'POST' && headers.get('upload-defer-length') !== null && headers.get('upload-length') === null) return errors.lengthRequired();
   return undefined;
 }
 
 /** The JSON error body of an answer @tus/server made, or one made from its plain-text refusal. */
 function errorBody(status: number, text: string): ErrorBody {
+  let parsed: Partial<ErrorBody> | undefined;
   try {
-    const parsed = JSON.parse(text) as ErrorBody;
-    if (typeof parsed?.error?.code === 'string' && typeof parsed.error.message === 'string' && parsed.error.code !== 'TUS_PROTOCOL') return parsed;
-    text = parsed.error.message;
+    parsed = JSON.parse(text) as Partial<ErrorBody>;
   } catch {
     // @tus/server's own plain-text body
   }
+  const ours = typeof parsed?.error?.code === 'string' && typeof parsed.error.message === 'string' ? parsed.error : undefined;
+  // Chipmunk's own refusals pass as they are; @tus/server's (TUS_PROTOCOL: its text) get a sentence.
+  if (ours && ours.code !== 'TUS_PROTOCOL') return { error: ours };
   if (status === 409) return errors.offsetMismatch().toJSON();
   if (status === 404) return errors.uploadGone().toJSON();
-  const message = text.trim().replace(/\n+/g, ' ') || 'Upload request refused.';
+  const message = (ours?.message ?? text).trim().replace(/\n+/g, ' ') || 'Upload request refused.';
   return { error: { code: status >= 500 ? 'INTERNAL' : 'TUS_PROTOCOL', message: /[.!?]$/.test(message) ? message : `${message}.` } };
 }
 
@@ -128,23 +131,23 @@ export function createTusProtocol(deps: { server: Pick<Server, 'handleWeb'>; cor
     const body = JSON.stringify(error.toJSON());
     const headers: Record<string, string> = { 'Content-Length': String(Buffer.byteLength(body)) };
     if (error.status === 405) headers.Allow = TUS_METHODS.join(', ');
-    return finish(new Response(body, { status: error.status, headers }), 'POST', origin);
+    return finish(new Response(body, { status: error.status, headers }), origin);
   }
 
   /** Chipmunk's headers over @tus/server's answer: CORS, the checksum algorithms, JSON errors. */
   async function finishAsync(res: Response, method: string, origin: string | null): Promise<Response> {
-    if (res.status < 400) return finish(res, method, origin);
+    if (res.status < 400) return finish(res, origin, method === 'OPTIONS');
     const body = JSON.stringify(errorBody(res.status, await res.text()));
     const headers = new Headers(res.headers);
     headers.set('Content-Length', String(Buffer.byteLength(body)));
-    return finish(new Response(body, { status: res.status, headers }), method, origin);
+    return finish(new Response(body, { status: res.status, headers }), origin);
   }
 
-  function finish(res: Response, method: string, origin: string | null): Response {
+  function finish(res: Response, origin: string | null, discovery = false): Response {
     const headers = new Headers(res.headers);
     headers.set('Tus-Resumable', TUS_VERSION);
     if (res.status === 412) headers.set('Tus-Version', TUS_VERSION);
-    if (method === 'OPTIONS') {
+    if (discovery) {
       headers.set('Tus-Version', TUS_VERSION);
       headers.set('Tus-Checksum-Algorithm', CHECKSUM_ALGORITHMS.join(','));
       const allowed = headers.get('access-control-allow-headers') ?? '';
