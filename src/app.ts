@@ -1,4 +1,3 @@
-import type { Server as TusServer } from '@tus/server';
 import { Hono } from 'hono';
 import type { HttpBindings } from '@hono/node-server';
 import { RESPONSE_ALREADY_SENT } from '@hono/node-server/utils/response';
@@ -24,6 +23,7 @@ import { userRoutes } from './routes/users.js';
 import type { FileService } from './services/files.js';
 import type { Ingest } from './uploads/ingest.js';
 import { TUS_PATH } from './uploads/tus.js';
+import type { TusProtocol } from './uploads/tus-protocol.js';
 
 export type AppDeps = {
   requestContext: RequestContext;
@@ -34,7 +34,7 @@ export type AppDeps = {
   repo: Repository;
   purposes: Purposes;
   files: FileService;
-  tus: TusServer;
+  tus: TusProtocol;
   ingest: Ingest;
   delivery: DeliveryServer;
   links: DeliveryLinks;

@@ -32,6 +32,8 @@ import { createUploadArea } from './uploads/area.js';
 import { sweepExpiredUploads } from './uploads/expiry.js';
 import { createIngest } from './uploads/ingest.js';
 import { createTusServer } from './uploads/tus.js';
+import { createTusProtocol } from './uploads/tus-protocol.js';
+import { createCors } from './delivery/cors.js';
 
 // The composition root: builds every part from the config and wires them together.
 // Tests build a whole Chipmunk in a temporary data directory through this same function.
@@ -78,7 +80,8 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
   observeEvents(events, metrics);
   const links = createDeliveryLinks({ repo, secret: config.secret });
   const resolveDelivery = createDeliveryResolver({ repo, secret: config.secret });
-  const delivery = createDeliveryServer({ resolve: resolveDelivery, storage, logger, onAnswer: (status) => metrics.deliveryAnswered(status) });
+  const cors = createCors(config.corsOrigins);
+  const delivery = createDeliveryServer({ resolve: resolveDelivery, storage, logger, cors, onAnswer: (status) => metrics.deliveryAnswered(status) });
   const files = createFileService({ repo, storage, logger, events, variantUrl: links.variantUrl });
   // One pool of image workers (and its concurrency bound) for uploads and for tracks' cover ladders.
   const imageProcessor = createImageWorkerPool({ maxPixels: config.maxPixels, maxFrames: config.maxFrames, concurrency: config.concurrency, logger });
@@ -133,7 +136,7 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
     repo,
     purposes,
     files,
-    tus: tus.server,
+    tus: createTusProtocol({ server: tus.server, cors }),
     ingest,
     delivery,
     links,

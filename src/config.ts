@@ -3,6 +3,7 @@ import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'n
 import { cpus } from 'node:os';
 import path from 'node:path';
 import { z } from 'zod';
+import { parseCorsOrigins, type CorsOrigins } from './delivery/cors.js';
 
 // The environment is parsed once, at start-up, into a frozen Config.
 // A bad variable stops start-up with a sentence that names it.
@@ -28,6 +29,18 @@ const envSchema = z.object({
   CHIPMUNK_INTERNAL_PORT: z.coerce.number().int().min(0).max(65535).optional(),
   CHIPMUNK_INTERNAL_HOST: z.string().min(1).default('127.0.0.1'),
   CHIPMUNK_AUTH_CACHE: z.coerce.number().int().min(0).max(3600).default(5),
+  // Origins whose pages may read /f/ answers and talk tus to /uploads: `*` or a comma-separated list.
+  CHIPMUNK_CORS_ORIGINS: z
+    .string()
+    .default('*')
+    .transform((value, ctx) => {
+      try {
+        return parseCorsOrigins(value);
+      } catch (err) {
+        ctx.addIssue({ code: 'custom', message: (err as Error).message });
+        return z.NEVER;
+      }
+    }),
   CHIPMUNK_LOG_LEVEL: z.enum(['debug', 'info', 'warn', 'error', 'silent']).default('info'),
   CHIPMUNK_DISK_MARGIN: z.coerce.number().int().min(0).default(100_000_000),
   CHIPMUNK_SHUTDOWN_TIMEOUT: seconds.default(15),
@@ -74,6 +87,8 @@ export type Config = Readonly<{
   internalHost: string;
   /** Seconds nginx may cache an auth answer (never past a signed link's expiry). */
   authCacheSeconds: number;
+  /** Origins allowed to read delivery answers and to upload from a page (CORS). */
+  corsOrigins: CorsOrigins;
   /** True when this start generated secrets the operator has not seen yet. */
   generatedSecrets: boolean;
 }>;
@@ -144,6 +159,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     internalPort: internalPort(e),
     internalHost: e.CHIPMUNK_INTERNAL_HOST,
     authCacheSeconds: e.CHIPMUNK_AUTH_CACHE,
+    corsOrigins: e.CHIPMUNK_CORS_ORIGINS,
     demo: (e.CHIPMUNK_DEMO ?? (e.NODE_ENV === 'production' ? 'off' : 'on')) === 'on',
     generatedSecrets: stored.generated && (!e.CHIPMUNK_SECRET || !e.CHIPMUNK_API_KEY),
   });

@@ -21,10 +21,13 @@ export const ERROR_STATUS = Object.freeze({
   NOT_FOUND: 404,
   UPLOAD_NOT_FOUND: 404,
   METHOD_NOT_ALLOWED: 405,
+  OFFSET_MISMATCH: 409,
+  TUS_VERSION_UNSUPPORTED: 412,
   FILE_TOO_LARGE: 413,
   QUOTA_EXCEEDED: 413,
   UNSUPPORTED_MEDIA_TYPE: 415,
   UNPROCESSABLE_MEDIA: 422,
+  CHECKSUM_MISMATCH: 460,
   INTERNAL: 500,
   AUTH_UNAVAILABLE: 502,
   UNAVAILABLE: 502,
@@ -82,7 +85,13 @@ export const errors = {
   signatureRequired: () => new AppError('SIGNATURE_REQUIRED', 'This file is private: its link needs exp and sig parameters. Ask the app for a signed link.'),
   invalidSignature: () => new AppError('INVALID_SIGNATURE', 'The link signature is not valid for this file and variant.'),
   linkExpired: () => new AppError('LINK_EXPIRED', 'This link has expired. Ask the app for a new one.'),
-  methodNotAllowed: () => new AppError('METHOD_NOT_ALLOWED', 'Files are read with GET or HEAD.'),
+  methodNotAllowed: (message = 'Files are read with GET or HEAD.') => new AppError('METHOD_NOT_ALLOWED', message),
+  tusVersionUnsupported: (sent: string | null) =>
+    new AppError('TUS_VERSION_UNSUPPORTED', sent ? `This server speaks tus 1.0.0; Tus-Resumable "${sent}" is not supported.` : 'tus requests need the header "Tus-Resumable: 1.0.0".'),
+  chunkContentType: () => new AppError('UNSUPPORTED_MEDIA_TYPE', 'tus PATCH requests carry their bytes as "Content-Type: application/offset+octet-stream".'),
+  checksumMismatch: (algorithm: string) =>
+    new AppError('CHECKSUM_MISMATCH', `The chunk's ${algorithm} checksum does not match Upload-Checksum; it was not applied: send it again from the same offset.`),
+  offsetMismatch: () => new AppError('OFFSET_MISMATCH', 'Upload-Offset does not match the bytes received so far; ask with HEAD and resume from the offset it answers.'),
   /** nginx's answers when Chipmunk behind it does not respond (rendered into its config). */
   authUnavailable: () => new AppError('AUTH_UNAVAILABLE', 'Chipmunk did not answer the access check; try again shortly.'),
   unavailable: () => new AppError('UNAVAILABLE', 'Chipmunk is not answering; try again shortly.'),

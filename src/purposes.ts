@@ -83,14 +83,30 @@ export function admitToPurpose(purpose: Purpose, declared: { length: number; mim
   if (declared.length > purpose.maxBytes) {
     throw errors.tooLarge(`Files for "${purpose.name}" may be at most ${formatBytes(purpose.maxBytes)}; this one is ${formatBytes(declared.length)}.`);
   }
-  const kind = kindOfMimeType(declared.mimeType);
-  if (declared.mimeType && (!kind || !purpose.kinds.includes(kind))) {
-    throw errors.unsupportedType(`"${purpose.name}" uploads take ${purpose.kinds.join(' or ')} files; "${declared.mimeType}" is not one.`);
+  // Only a declared type that is definitely wrong for the purpose is refused here; "unknown"
+  // (application/octet-stream, none, an empty one) is judged by the bytes at completion.
+  const declaredType = essentialMimeType(declared.mimeType);
+  const kind = kindOfMimeType(declaredType);
+  if (declaredType && (!kind || !purpose.kinds.includes(kind))) {
+    throw errors.unsupportedType(`"${purpose.name}" uploads take ${purpose.kinds.join(' or ')} files; "${declaredType}" is not one.`);
   }
   return { kind };
 }
 
+/**
+ * Types that say "I don't know" rather than what a file is: Uppy's fallback, mobile pickers' and
+ * generic HTTP clients' default for any file.
+ */
+const UNKNOWN_TYPES = new Set(['application/octet-stream', 'binary/octet-stream', 'application/binary', 'application/unknown', 'application/x-unknown', 'unknown/unknown']);
+
+/** A declared type without its parameters (`; charset=…`), lower-cased; undefined when it tells nothing. */
+export function essentialMimeType(mimeType: string | null | undefined): string | undefined {
+  const essence = mimeType?.split(';')[0]!.trim().toLowerCase();
+  return essence && !UNKNOWN_TYPES.has(essence) ? essence : undefined;
+}
+
 export function kindOfMimeType(mimeType: string | null | undefined): MediaKind | undefined {
+  mimeType = essentialMimeType(mimeType);
   if (!mimeType) return undefined;
   if (mimeType.startsWith('image/')) return 'image';
   if (mimeType.startsWith('audio/') || mimeType === 'application/ogg' || mimeType === 'video/mp4') return 'audio';

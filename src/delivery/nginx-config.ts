@@ -6,6 +6,8 @@ import { errors, renderError, type AppError } from '../errors.js';
 // The output runs as `nginx -p <prefix> -c <file>`: pid, logs, temp files and the auth cache live
 // under the prefix, and there is no daemon directive (containers pass -g 'daemon off;').
 
+import { createCors, type CorsOrigins } from './cors.js';
+
 export type NginxConfigOptions = {
   /** `host:port` or `port`, as nginx's listen takes it. */
   listen: string;
@@ -22,6 +24,8 @@ export type NginxConfigOptions = {
   /** Worker user, when the master runs as root and the default (nobody) cannot read the media. */
   user?: string;
   workerProcesses?: number | 'auto';
+  /** Origins whose pages may read /f/ (CHIPMUNK_CORS_ORIGINS); `*` when absent. */
+  corsOrigins?: CorsOrigins;
   /** Extra directives inside the server block (the benchmark adds a plain static location). */
   extraServerConfig?: string;
 };
@@ -58,6 +62,8 @@ export function renderNginxConfig(o: NginxConfigOptions): string {
   const media = safeValue(o.mediaDir.replace(/\/+$/, ''), 'the media directory');
   const cache = o.authCacheSeconds > 0;
   const bodyLimit = Math.max(1, Math.ceil(o.maxUploadBytes / 1_000_000) + 1);
+  // POST /v1/files takes the same files as multipart, or base64 in JSON (a third larger).
+  const filesBodyLimit = Math.max(1, Math.ceil((o.maxUploadBytes * 4) / 3 / 1_000_000) + 1);
   // Both app locations pass requests the same way: keepalive upstream, the client's host and scheme.
   const proxyToApp = [
     'proxy_pass http://chipmunk_app;',
@@ -70,6 +76,10 @@ export function renderNginxConfig(o: NginxConfigOptions): string {
   ]
     .map((line) => `            ${line}`)
     .join('\n');
+  // The same CORS answers as Chipmunk's own /f/ path, on bytes and refusals alike (add_header is
+  // not inherited by a location that has its own, hence the lines in each).
+  const cors = createCors(o.corsOrigins ?? '*').nginx();
+  const corsLines = (n: number) => cors.headers.map((line) => `${' '.repeat(n)}${line}\n`).join('');
   const extra = o.extraServerConfig ? `\n${indent(o.extraServerConfig.trim(), 8)}\n` : '';
 
   return `# Chipmunk's nginx, rendered by \`chipmunk nginx-config\`. Run it as
@@ -103,11 +113,18 @@ http {
     open_file_cache_valid 5s;
     types { }
     default_type application/octet-stream;
-${cache ? `
+${cors.http ? `\n${indent(cors.http.trim(), 4)}\n` : ''}${cache ? `
     # Auth answers, keyed by the full request URI (the signature is in it). Chipmunk sends
     # X-Accel-Expires = min(${o.authCacheSeconds}s, seconds left on the link), so no answer outlives its link.
     proxy_cache_path auth_cache levels=1:2 keys_zone=chipmunk_auth:10m max_size=64m inactive=60s use_temp_path=off;
 ` : ''}
+    # nginx's own 413 names the limit of the address that refused the body.
+    map $uri $chipmunk_too_large {
+        default "Request bodies here carry at most 1 MB; send files with tus (/uploads) or POST /v1/files.";
+        ~^/uploads "Upload requests carry at most ${bodyLimit} MB (the largest purpose's limit).";
+        /v1/files "POST /v1/files bodies carry at most ${filesBodyLimit} MB (the largest purpose's limit, base64 included); send larger files with tus.";
+    }
+
     upstream chipmunk_app {
         server ${app};
         keepalive 32;
@@ -130,7 +147,7 @@ ${cache ? `
             internal;
             default_type application/json;
             add_header X-Content-Type-Options nosniff always;
-            if ($request ~ "^[A-Z]+ /f/") {
+${corsLines(12)}            if ($request ~ "^[A-Z]+ /f/") {
                 ${returnError(errors.notFound('File'))}
             }
             ${returnError(errors.badRequest('Malformed request.'))}
@@ -138,6 +155,10 @@ ${cache ? `
 
         # Variants: Chipmunk decides, nginx sends the bytes.
         location /f/ {
+            # Preflights are answered before the access check: they carry no token to check.
+            if ($request_method = OPTIONS) {
+${cors.preflight.map((line) => `                ${line}\n`).join('')}                return 204;
+            }
             auth_request /_chipmunk/auth;
             auth_request_set $chipmunk_status $upstream_http_x_chipmunk_status;
             auth_request_set $chipmunk_error $upstream_http_x_chipmunk_error;
@@ -163,7 +184,7 @@ ${cache ? `
             add_header Cache-Control $chipmunk_cache_control;
             add_header Content-Disposition $chipmunk_disposition;
             add_header X-Content-Type-Options nosniff always;
-        }
+${corsLines(12)}        }
 
         location = /_chipmunk/auth {
             internal;
@@ -186,7 +207,7 @@ ${cache ? `            proxy_cache chipmunk_auth;
             default_type application/json;
             add_header Cache-Control no-store always;
             add_header X-Content-Type-Options nosniff always;
-            if ($chipmunk_status = 401) {
+${corsLines(12)}            if ($chipmunk_status = 401) {
                 return 401 $chipmunk_error;
             }
             if ($chipmunk_status = 403) {
@@ -206,21 +227,21 @@ ${cache ? `            proxy_cache chipmunk_auth;
 
         location @chipmunk_too_large {
             default_type application/json;
-            ${returnError(errors.tooLarge('The request body is larger than any upload Chipmunk accepts.'))}
+            return 413 '{"error":{"code":"FILE_TOO_LARGE","message":"$chipmunk_too_large"}}';
         }
 
         location @chipmunk_missing {
             default_type application/json;
             add_header Cache-Control no-store always;
             add_header X-Content-Type-Options nosniff always;
-            ${returnError(errors.notFound('File'))}
+${corsLines(12)}            ${returnError(errors.notFound('File'))}
         }
 
         location @chipmunk_method {
             default_type application/json;
             add_header Allow "GET, HEAD" always;
             add_header X-Content-Type-Options nosniff always;
-            ${returnError(errors.methodNotAllowed())}
+${corsLines(12)}            ${returnError(errors.methodNotAllowed())}
         }
 
         # Never reachable from here; the auth endpoint listens on Chipmunk's internal port anyway.
@@ -236,6 +257,15 @@ ${proxyToApp}
             proxy_request_buffering off;
             proxy_buffering off;
             client_max_body_size ${bodyLimit}m;
+            proxy_read_timeout 300s;
+            proxy_send_timeout 300s;
+        }
+
+        # Whole files from a backend (multipart or base64 JSON): streamed through like tus.
+        location = /v1/files {
+${proxyToApp}
+            proxy_request_buffering off;
+            client_max_body_size ${filesBodyLimit}m;
             proxy_read_timeout 300s;
             proxy_send_timeout 300s;
         }

@@ -6,6 +6,7 @@ import type { Logger } from '../log.js';
 import type { Deliverable } from '../db/repository.js';
 import type { BlobStorage } from '../storage/storage.js';
 import { notModified, usableRange } from './conditional.js';
+import type { Cors } from './cors.js';
 import { deliveryErrors, type DeliveryResolver } from './resolve.js';
 
 // Chipmunk's own delivery, for when no nginx stands in front: the same URLs and access rules as the
@@ -64,6 +65,8 @@ export function createDeliveryServer(deps: {
   memoryCacheBytes?: number;
   /** Told the status of every answer (metrics). */
   onAnswer?: (status: number) => void;
+  /** Cross-origin reads (every answer, preflights included); none when absent. */
+  cors?: Cors;
 }) {
   const { resolve, storage, logger } = deps;
   const cache = createBlobCache(deps.memoryCacheBytes ?? 32 * 1024 * 1024, 256 * 1024);
@@ -114,7 +117,14 @@ export function createDeliveryServer(deps: {
    * it logs (the fast path runs outside the request's async context).
    */
   function plan(method: string, target: string, header: (name: string) => string | undefined, requestId: string | undefined): Plan | Promise<Plan> {
+    const origin = deps.cors ? header('origin') : undefined;
+    const answered = (p: Plan): Plan => {
+      if (deps.cors) Object.assign(p.headers, deps.cors.delivery(origin));
+      deps.onAnswer?.(p.status);
+      return p;
+    };
     try {
+      if (method === 'OPTIONS' && deps.cors) return answered({ status: 204, headers: deps.cors.deliveryPreflight(origin) });
       if (method !== 'GET' && method !== 'HEAD') throw errors.methodNotAllowed();
       const d = resolve(target);
       const v = d.target;
@@ -128,11 +138,6 @@ export function createDeliveryServer(deps: {
     } catch (err) {
       return answered(refusal(err, requestId));
     }
-  }
-
-  function answered(p: Plan): Plan {
-    deps.onAnswer?.(p.status);
-    return p;
   }
 
   function planFor(method: string, d: ReturnType<DeliveryResolver>, blob: Blob, header: (name: string) => string | undefined): Plan {

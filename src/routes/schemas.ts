@@ -42,7 +42,16 @@ export const ingestFormFields = z.object({
 export const ingestForm = ingestFormFields.extend({ file: z.file().describe('the file; must be the last part') });
 
 // The tus endpoint's request headers (checked by @tus/server and the creation hook).
-export const tusHeaders = z.object({ 'Tus-Resumable': z.literal('1.0.0') });
+export const tusHeaders = z.object({
+  'Tus-Resumable': z.literal('1.0.0'),
+  'X-HTTP-Method-Override': z.enum(['PATCH', 'HEAD', 'DELETE']).optional().describe('on a POST: the method meant (for proxies that block it)'),
+});
+/** The checksum extension: the chunk is applied only if its digest matches (460 otherwise). */
+const uploadChecksum = z
+  .string()
+  .regex(/^(sha1|sha256|sha512|md5) [A-Za-z0-9+/]+={0,2}$/)
+  .optional()
+  .describe('"<algorithm> <base64 digest>" of this request\'s bytes (checksum extension)');
 export const tusCreateHeaders = tusHeaders.extend({
   'Upload-Length': z.string().regex(/^\d+$/).describe('the whole upload\'s size in bytes; deferred length is refused'),
   'Upload-Metadata': z
@@ -51,10 +60,12 @@ export const tusCreateHeaders = tusHeaders.extend({
     .describe('comma-separated "key base64(value)" pairs: filename, filetype, and optionally purpose (must equal the token\'s)'),
   Authorization: z.string().regex(/^Bearer \S+$/).describe('"Bearer <upload token>"'),
   'Content-Type': z.literal('application/offset+octet-stream').optional().describe('only with a first chunk in the creation request'),
+  'Upload-Checksum': uploadChecksum,
 });
 export const tusPatchHeaders = tusHeaders.extend({
   'Upload-Offset': z.string().regex(/^\d+$/).describe('where these bytes start; must equal the server\'s offset'),
   'Content-Type': z.literal('application/offset+octet-stream'),
+  'Upload-Checksum': uploadChecksum,
 });
 
 // Delivery controls (routes/file-delivery.ts) and delivery itself (/f/<token>/<n>).

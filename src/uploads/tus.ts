@@ -1,4 +1,3 @@
-import { FileStore } from '@tus/file-store';
 import { Server, EVENTS } from '@tus/server';
 import { bearerToken, verifyUploadToken } from '../auth/upload-tokens.js';
 import { errors, toAppError, toTusError } from '../errors.js';
@@ -9,6 +8,7 @@ import type { FileService } from '../services/files.js';
 import type { UploadService } from '../services/uploads.js';
 import type { Repository } from '../db/repository.js';
 import { requestBaseUrl } from '../http.js';
+import { ChecksumFileStore } from './tus-protocol.js';
 
 // tus wiring, kept thin: creation verifies the token and reserves; finish makes one service call.
 
@@ -27,15 +27,15 @@ export type TusDeps = {
 };
 
 /** The stock file store, counting the bytes each write lands (for the bytes-received metric). */
-class CountingFileStore extends FileStore {
+class CountingFileStore extends ChecksumFileStore {
   constructor(
-    options: ConstructorParameters<typeof FileStore>[0],
+    options: ConstructorParameters<typeof ChecksumFileStore>[0],
     private readonly onBytes: (bytes: number) => void,
   ) {
     super(options);
   }
 
-  override async write(readable: Parameters<FileStore['write']>[0], id: string, offset: number): Promise<number> {
+  override async write(readable: Parameters<ChecksumFileStore['write']>[0], id: string, offset: number): Promise<number> {
     const end = await super.write(readable, id, offset);
     this.onBytes(end - offset);
     return end;
@@ -54,8 +54,9 @@ export function createTusServer(deps: TusDeps): { server: Server; uploadPath: (i
     respectForwardedHeaders: true,
     // Chunks are bounded by the declared length; the purpose's limit is checked at creation.
     maxSize: 0,
-    exposedHeaders: ['Content-Type'],
-    allowedHeaders: ['Authorization'],
+    // CORS and the protocol answers @tus/server does not give are set around it (tus-protocol.ts).
+    exposedHeaders: ['Content-Type', 'Upload-Expires'],
+    allowedHeaders: ['Authorization', 'Upload-Checksum'],
     generateUrl: (req, { proto, host, path: routePath, id }) => {
       const base = deps.publicUrl ?? `${proto}://${host}`;
       return `${base}${routePath}/${id}`;
@@ -87,7 +88,9 @@ export function createTusServer(deps: TusDeps): { server: Server; uploadPath: (i
           filename: meta.filename ?? meta.name ?? 'upload',
           mimeType: meta.filetype ?? meta.type ?? null,
         });
-        return { metadata: { ...meta, purpose: grant.purpose, userId: grant.userId } };
+        // Upload-Metadata stays as the client sent it (HEAD answers it back); the user and purpose
+        // live on the file row the reservation made.
+        return {};
       } catch (err) {
         throw toTusError(err);
       }
