@@ -20,7 +20,7 @@ import { createMetrics, observeEvents } from './ops/metrics.js';
 import { createReadiness, statfsFreeBytes } from './ops/readiness.js';
 import { createRequestContext } from './ops/request-context.js';
 import { createWebhooks } from './ops/webhooks.js';
-import { loadPurposes } from './purposes.js';
+import { keepsOriginalPrivate, loadPurposes } from './purposes.js';
 import { withDeliveryFastPath } from './routes/delivery.js';
 import { internalAuthListener } from './routes/internal-auth.js';
 import { AUDIO_JOB, createAudioService } from './services/audio.js';
@@ -76,8 +76,9 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
   };
   const metrics = createMetrics({ queueDepth, reservations: () => repo.reservationTotals() }, { defaultMetrics: opts.defaultMetrics });
   observeEvents(events, metrics);
-  const links = createDeliveryLinks({ repo, secret: config.secret });
-  const resolveDelivery = createDeliveryResolver({ repo, secret: config.secret });
+  const privateOriginal = (purpose: string) => keepsOriginalPrivate(purposes, purpose);
+  const links = createDeliveryLinks({ repo, secret: config.secret, privateOriginal });
+  const resolveDelivery = createDeliveryResolver({ repo, secret: config.secret, privateOriginal });
   const delivery = createDeliveryServer({ resolve: resolveDelivery, storage, logger, onAnswer: (status) => metrics.deliveryAnswered(status) });
   const files = createFileService({ repo, storage, logger, events, variantUrl: links.variantUrl });
   // One pool of image workers (and its concurrency bound) for uploads and for tracks' cover ladders.

@@ -13,6 +13,9 @@ const purposeSchema = z.object({
   maxBytes: z.number().int().positive(),
   square: z.boolean().default(false),
   visibility: z.enum(['public', 'private']).default('private'),
+  // "private": the original (variant 0, metadata-stripped like any original) is served only with a
+  // signed link, even when the file is public; its variants follow the visibility.
+  original: z.enum(['served', 'private']).default('served'),
 });
 
 export type Purpose = z.infer<typeof purposeSchema> & { name: string };
@@ -71,6 +74,15 @@ export function admitToPurpose(purpose: Purpose, declared: { length: number; mim
     throw errors.unsupportedType(`"${purpose.name}" uploads take ${purpose.kinds.join(' or ')} files; "${declared.mimeType}" is not one.`);
   }
   return { kind };
+}
+
+/** Whether a purpose keeps its files' originals to signed links; a purpose no longer configured does. */
+export function keepsOriginalPrivate(purposes: Purposes, name: string): boolean {
+  try {
+    return purposes.get(name).original === 'private';
+  } catch {
+    return true;
+  }
 }
 
 export function kindOfMimeType(mimeType: string | null | undefined): MediaKind | undefined {

@@ -5,6 +5,7 @@ import { rawHeader } from '../http.js';
 import type { Logger } from '../log.js';
 import type { Deliverable } from '../db/repository.js';
 import type { BlobStorage } from '../storage/storage.js';
+import { createDeliveryCache, stringBytes } from './cache.js';
 import { deliveryErrors, type DeliveryResolver } from './resolve.js';
 
 // Chipmunk's own delivery, for when no nginx stands in front: the same URLs and access rules as the
@@ -23,33 +24,19 @@ type Plan = {
 type Blob = { size: number; etag: string; lastModified: string; mtime: number; bytes: Buffer | undefined };
 
 /**
- * Small variants (thumbnails, avatars) are kept in memory, bounded by total size. Entries are keyed
- * by the file's updatedAt and the variant's recorded size: bytes only change through a repository
- * update (a re-run replacing a variant), which moves updatedAt, so a stale entry is never looked up.
+ * Small variants (thumbnails, avatars) are kept in memory, bounded by total size (cache.ts). Entries
+ * are keyed by the file's updatedAt and the variant's recorded size: bytes only change through a
+ * repository update (a re-run replacing a variant), which moves updatedAt, so a stale entry is never
+ * looked up; they are not dropped at every deliverables generation (each new upload moves it).
  */
 function createBlobCache(maxBytes: number, maxEntryBytes: number) {
-  const entries = new Map<string, Blob>();
-  let total = 0;
+  const cache = createDeliveryCache<Blob>({ maxBytes, maxEntryBytes: maxEntryBytes + 1024, ttlMs: 600_000, sizeOf: (blob, key) => 200 + stringBytes(key) + blob.size });
   return {
     maxEntryBytes,
-    get(key: string): Blob | undefined {
-      const hit = entries.get(key);
-      if (hit) {
-        // Refresh its place: Map order is the LRU order.
-        entries.delete(key);
-        entries.set(key, hit);
-      }
-      return hit;
-    },
+    get: (key: string) => cache.get(key),
     set(key: string, blob: Blob): void {
-      if (!blob.bytes || blob.size > maxEntryBytes || entries.has(key)) return;
-      entries.set(key, blob);
-      total += blob.size;
-      for (const [k, old] of entries) {
-        if (total <= maxBytes) break;
-        entries.delete(k);
-        total -= old.size;
-      }
+      if (!blob.bytes || blob.size > maxEntryBytes || maxBytes <= 0) return;
+      cache.set(key, blob);
     },
   };
 }
