@@ -37,6 +37,8 @@ const envSchema = z.object({
   // The demo page at / and its /demo/api routes; unset means on, except when NODE_ENV=production.
   CHIPMUNK_DEMO: z.enum(['on', 'off'], { error: 'must be "on" or "off"' }).optional(),
   NODE_ENV: z.string().optional(),
+  // The group (name or gid) given read access to the media folder: nginx's worker group.
+  CHIPMUNK_MEDIA_GROUP: z.string().regex(/^[a-z_][a-z0-9_-]*\$?$|^\d+$/i, 'must be a group name or a numeric gid').optional(),
   FFMPEG_PATH: z.string().min(1).optional(),
 });
 
@@ -74,6 +76,8 @@ export type Config = Readonly<{
   internalHost: string;
   /** Seconds nginx may cache an auth answer (never past a signed link's expiry). */
   authCacheSeconds: number;
+  /** The gid the media folder is shared with (CHIPMUNK_MEDIA_GROUP); undefined: the process's own group. */
+  mediaGroupId: number | undefined;
   /** True when this start generated secrets the operator has not seen yet. */
   generatedSecrets: boolean;
 }>;
@@ -145,8 +149,24 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     internalHost: e.CHIPMUNK_INTERNAL_HOST,
     authCacheSeconds: e.CHIPMUNK_AUTH_CACHE,
     demo: (e.CHIPMUNK_DEMO ?? (e.NODE_ENV === 'production' ? 'off' : 'on')) === 'on',
+    mediaGroupId: e.CHIPMUNK_MEDIA_GROUP === undefined ? undefined : groupId(e.CHIPMUNK_MEDIA_GROUP),
     generatedSecrets: stored.generated && (!e.CHIPMUNK_SECRET || !e.CHIPMUNK_API_KEY),
   });
+}
+
+/** A group name (from /etc/group) or a numeric gid. */
+export function groupId(group: string): number {
+  if (/^\d+$/.test(group)) return Number(group);
+  let table = '';
+  try {
+    table = readFileSync('/etc/group', 'utf8');
+  } catch {
+    // no /etc/group: only numeric gids work
+  }
+  const line = table.split('\n').find((l) => l.split(':')[0] === group);
+  const gid = line ? Number(line.split(':')[2]) : NaN;
+  if (!Number.isInteger(gid)) throw new ConfigError(`Invalid environment variable CHIPMUNK_MEDIA_GROUP: no group named "${group}" on this machine (give its numeric gid instead).`);
+  return gid;
 }
 
 const secretsSchema = z.object({ secret: z.string().min(32), apiKey: z.string().min(16) });

@@ -3,7 +3,7 @@ import { readFile } from 'node:fs/promises';
 import { ChipmunkError, createChipmunk, type ChipmunkClient, type ChipmunkFile } from 'chipmunk/client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { servedRoutes } from '../src/openapi.js';
-import { corpus, startChipmunk, type TestChipmunk } from './helpers/chipmunk.js';
+import { corpus, startChipmunk, storedForm, type TestChipmunk } from './helpers/chipmunk.js';
 import { tusUpload } from './helpers/tus.js';
 
 let t: TestChipmunk;
@@ -14,7 +14,7 @@ let served: string[];
 beforeAll(async () => {
   t = await startChipmunk();
   kit = createChipmunk({ baseUrl: `${t.url}/`, apiKey: t.apiKey, secret: t.secret });
-  photo = await readFile(corpus('images/photos/portrait-canal.jpg'));
+  photo = await storedForm(corpus('images/photos/portrait-canal.jpg'));
   served = servedRoutes(t.chipmunk.app);
 });
 afterAll(() => t?.close());

@@ -5,7 +5,7 @@ import path from 'node:path';
 import { ChipmunkError, createChipmunk, type ChipmunkClient, type ChipmunkFile } from 'chipmunk/client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mediaPath } from '../src/storage/local.js';
-import { corpus, startChipmunk, type TestChipmunk } from './helpers/chipmunk.js';
+import { corpus, startChipmunk, storedForm, type TestChipmunk } from './helpers/chipmunk.js';
 import { rawRequest } from './helpers/http.js';
 import { tusUpload } from './helpers/tus.js';
 
@@ -19,7 +19,7 @@ let png: Buffer;
 beforeAll(async () => {
   t = await startChipmunk();
   kit = createChipmunk({ baseUrl: t.url, apiKey: t.apiKey, secret: t.secret });
-  photo = await readFile(corpus('images/photos/portrait-canal.jpg'));
+  photo = await storedForm(corpus('images/photos/portrait-canal.jpg'));
   png = await readFile(corpus('images/color/png8-rgba-basn6a08.png'));
 });
 afterAll(() => t?.close());

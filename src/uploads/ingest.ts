@@ -111,8 +111,8 @@ export function createIngest(deps: IngestDeps) {
       try {
         const bytes = Buffer.from(payload.base64, 'base64');
         if (bytes.length !== length) throw errors.invalidInput('The "data" field is not valid base64.');
-        await mkdir(deps.dir, { recursive: true });
-        await writeFile(sourcePath, bytes, { flag: 'wx' });
+        await mkdir(deps.dir, { recursive: true, mode: 0o700 });
+        await writeFile(sourcePath, bytes, { flag: 'wx', mode: 0o600 });
       } catch (err) {
         await uploads.release(file.id, { sourcePath });
         throw err;
@@ -180,9 +180,9 @@ export function createIngest(deps: IngestDeps) {
         await uploads.ensureDiskSpace(length);
         const file = uploads.reserve({ userId: grant.userId, purpose: grant.purpose, length, filename: info.filename || named.filename || 'upload', mimeType });
         reserved = { fileId: file.id, sourcePath: tempPath(file.id) };
-        await mkdir(deps.dir, { recursive: true });
+        await mkdir(deps.dir, { recursive: true, mode: 0o700 });
         const limiter = byteLimit(length, tooLong);
-        await pipeline(stream, limiter, createWriteStream(reserved.sourcePath, { flags: 'wx' }), { signal: abort.signal });
+        await pipeline(stream, limiter, createWriteStream(reserved.sourcePath, { flags: 'wx', mode: 0o600 }), { signal: abort.signal });
         if (declaredSize !== undefined && limiter.bytes() !== declaredSize) {
           throw errors.invalidInput(`The file has ${limiter.bytes()} bytes, not the ${declaredSize} its "size" field declared.`);
         }

@@ -1,5 +1,7 @@
 import { FileStore } from '@tus/file-store';
 import { Server, EVENTS } from '@tus/server';
+import { chmod } from 'node:fs/promises';
+import path from 'node:path';
 import { bearerToken, verifyUploadToken } from '../auth/upload-tokens.js';
 import { errors, toAppError, toTusError } from '../errors.js';
 import { newFileId } from '../ids.js';
@@ -33,6 +35,15 @@ class CountingFileStore extends FileStore {
     private readonly onBytes: (bytes: number) => void,
   ) {
     super(options);
+  }
+
+  /** Both files of a new upload are 0600: unfinished uploads are nobody else's to read. */
+  override async create(upload: Parameters<FileStore['create']>[0]): ReturnType<FileStore['create']> {
+    const created = await super.create(upload);
+    const data = path.join(this.directory, upload.id);
+    await chmod(data, 0o600);
+    await chmod(`${data}.json`, 0o600).catch(() => undefined);
+    return created;
   }
 
   override async write(readable: Parameters<FileStore['write']>[0], id: string, offset: number): Promise<number> {
