@@ -6,6 +6,7 @@ import { createApp } from './app.js';
 import { ConfigError, type Config } from './config.js';
 import { openDatabase } from './db/index.js';
 import { createRepository } from './db/repository.js';
+import { createTokenUses } from './db/token-uses.js';
 import { loadDemoAssets } from './demo/assets.js';
 import { createDeliveryLinks } from './delivery/links.js';
 import { createDeliveryResolver } from './delivery/resolve.js';
@@ -111,7 +112,9 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
       }
     },
   });
+  const tokens = { maxLifetimeSeconds: config.uploadTokenMaxSeconds, uses: createTokenUses(db) };
   const tus = createTusServer({
+    tokens,
     area,
     onBytesReceived: (n) => metrics.bytesReceived(n),
     secret: config.secret,
@@ -147,6 +150,7 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
     requestContext,
     inFlight,
     ops: { ready: () => readiness.check(), metrics, isStopping: () => stopping },
+    tokens,
     demoAssets: config.demo ? loadDemoAssets() : undefined,
   });
 

@@ -33,6 +33,7 @@ export const errors = {
   quotaExceeded: (message: string) => new AppError('QUOTA_EXCEEDED', 413, message),
   unsupportedType: (message: string) => new AppError('UNSUPPORTED_MEDIA_TYPE', 415, message),
   unprocessable: (message: string, cause?: unknown) => new AppError('UNPROCESSABLE_MEDIA', 422, message, { cause }),
+  rangeNotSatisfiable: () => new AppError('RANGE_NOT_SATISFIABLE', 416, 'The requested range starts past the end of the file.'),
   insufficientStorage: (message: string) => new AppError('INSUFFICIENT_STORAGE', 507, message),
   internal: (cause?: unknown) => new AppError('INTERNAL', 500, 'Something went wrong on our side.', { cause }),
 };

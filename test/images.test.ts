@@ -86,8 +86,8 @@ describe('image variant ladder', () => {
     }
     expect(file.totalBytes).toBe(file.variants.reduce((sum, v) => sum + v.bytes, 0));
     expect((await user(userId)).usedBytes).toBe(file.totalBytes);
-    // The original is untouched.
-    expect(sha256(await readFile(mediaPath(mediaDir(), file.id, '0.jpg')))).toBe(sha256(data));
+    // The original keeps its coded pixels, only its metadata is stripped (test/privacy.test.ts).
+    expect(sha256(await readFile(mediaPath(mediaDir(), file.id, '0.jpg')))).toBe(sha256(await storedForm(data)));
 
     // The placeholder is variant 1 itself, inlined.
     expect(file.placeholder).toMatch(/^data:image\/webp;base64,/);

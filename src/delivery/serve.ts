@@ -1,6 +1,6 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { Readable } from 'node:stream';
-import { AppError, toAppError } from '../errors.js';
+import { AppError, errors, toAppError } from '../errors.js';
 import { rawHeader } from '../http.js';
 import type { Logger } from '../log.js';
 import type { Deliverable } from '../db/repository.js';
@@ -141,7 +141,10 @@ export function createDeliveryServer(deps: {
     }
     const range = usableRange(header('range'), header('if-range'), etag, lastModified, size);
     if (range === 'unsatisfiable') {
-      return { status: 416, headers: { 'Content-Range': `bytes */${size}`, 'X-Content-Type-Options': 'nosniff', 'Content-Length': '0' } };
+      // A refusal like any other (JSON, no-store), with the size the client may ask within.
+      const refused = refusal(errors.rangeNotSatisfiable(), undefined);
+      refused.headers['Content-Range'] = `bytes */${size}`;
+      return refused;
     }
     const [start, end] = range ?? [0, size - 1];
     headers['Content-Length'] = String(Math.max(0, end - start + 1));
