@@ -8,9 +8,12 @@ import type { FileRow } from '../db/schema.js';
 import { errors, formatBytes } from '../errors.js';
 import { requestBaseUrl } from '../http.js';
 import type { FileService } from '../services/files.js';
-import { discardRest, readCapped } from '../uploads/body.js';
+import { byteLimit, discardRest } from '../uploads/body.js';
 import type { Grant, Ingest } from '../uploads/ingest.js';
 import { ingestFormFields, ingestJsonRequest } from './schemas.js';
+
+/** The JSON body's fields before `data`, checked as soon as `data` starts. */
+const ingestJsonFields = ingestJsonRequest.omit({ data: true });
 import { parseWith } from './validate.js';
 
 type Env = { Bindings: Partial<HttpBindings> };
@@ -55,9 +58,14 @@ export function ingestRoutes(deps: { ingest: Ingest; files: FileService; apiKey:
         const tooLarge = () =>
           errors.tooLarge(`JSON upload bodies may be at most ${formatBytes(cap)}${token ? ` for "${token.purpose}"` : ''}; send larger files as multipart/form-data or with tus.`);
         if (contentLength !== undefined && contentLength > cap) throw tooLarge();
-        const body = parseWith(ingestJsonRequest, parseJson(await readCapped(requestBody(c), cap, tooLarge, contentLength)), 'request body');
-        const grant = ingest.resolveGrant(token, body);
-        stored = await ingest.fromBase64({ ...grant, filename: body.filename, data: body.data });
+        // Decoded as it streams, through a byte counter: memory stays flat whatever the body's size.
+        const body = requestBody(c).pipe(byteLimit(cap, tooLarge));
+        stored = await ingest.fromJsonStream({
+          body,
+          contentLength,
+          token,
+          parseFields: (fields) => parseWith(ingestJsonFields, fields, 'request body'),
+        });
       } else {
         throw errors.unsupportedType('POST /v1/files takes application/json (base64 "data") or multipart/form-data (a "file" part).');
       }
@@ -70,15 +78,6 @@ export function ingestRoutes(deps: { ingest: Ingest; files: FileService; apiKey:
     }
     return c.json(deps.files.describe(stored.id, requestBaseUrl(deps.publicUrl, c.req.raw)), 201);
   });
-}
-
-// Its own function so the raw body and its text are garbage as soon as the JSON is parsed.
-function parseJson(raw: Buffer): unknown {
-  try {
-    return JSON.parse(raw.toString('utf8'));
-  } catch {
-    throw errors.invalidInput('The request body must be JSON.');
-  }
 }
 
 function declaredLength(header: string | undefined): number | undefined {
