@@ -46,6 +46,13 @@ COPY --from=build /app/src/demo/public ./src/demo/public
 # world-readable (umask 022), so nginx can serve the media from the same volume mounted read-only.
 # A named volume mounted on /data starts as a copy of this directory, owner included.
 RUN mkdir -p /data && chown node:node /data
+# The data directory belongs to the unprivileged "node" user of the base image. Nothing in it is
+# world-readable: the media are shared with gid 101 (the official nginx image's "nginx" group), which
+# "node" joins, so nginx serves them from the same volume mounted read-only (CHIPMUNK_MEDIA_GROUP).
+RUN (getent group 101 >/dev/null || groupadd --gid 101 chipmunk-media) \
+  && usermod -aG "$(getent group 101 | cut -d: -f1)" node \
+  && mkdir -p /data && chown node:101 /data && chmod 0750 /data
+ENV CHIPMUNK_MEDIA_GROUP=101
 USER node
 VOLUME ["/data"]
 # 8080: the public API, tus and /f/. 8081: /internal/auth for nginx only (never publish it).

@@ -17,7 +17,7 @@ import { deliveryRoutes } from './routes/delivery.js';
 import { fileDeliveryRoutes } from './routes/file-delivery.js';
 import { fileRoutes } from './routes/files.js';
 import { opsRoutes } from './routes/ops.js';
-import { ingestRoutes } from './routes/ingest.js';
+import { ingestRoutes, type UploadTokenChecks } from './routes/ingest.js';
 import { uploadTokenRoutes } from './routes/upload-tokens.js';
 import { userRoutes } from './routes/users.js';
 import type { FileService } from './services/files.js';
@@ -39,6 +39,8 @@ export type AppDeps = {
   delivery: DeliveryServer;
   links: DeliveryLinks;
   logger: Logger;
+  /** How upload tokens are checked at POST /v1/files: the lifetime cap and the use ledger. */
+  tokens: UploadTokenChecks;
   /** Present only when the demo is on (config.demo): the page's files. */
   demoAssets?: Map<string, DemoAsset>;
 };
@@ -90,9 +92,9 @@ export function createApp(deps: AppDeps) {
   const v1 = new Hono();
   // POST /v1/files also takes an upload token instead of the API key (the signup avatar), so it
   // authenticates itself and is mounted ahead of the API-key check that guards everything else.
-  v1.route('/files', ingestRoutes({ ingest: deps.ingest, files: deps.files, apiKey: config.apiKey, secret: config.secret, publicUrl: config.publicUrl }));
+  v1.route('/files', ingestRoutes({ ingest: deps.ingest, files: deps.files, apiKey: config.apiKey, secret: config.secret, publicUrl: config.publicUrl, tokens: deps.tokens }));
   v1.use('*', requireApiKey(config.apiKey));
-  v1.route('/upload-tokens', uploadTokenRoutes({ secret: config.secret, purposes: deps.purposes }));
+  v1.route('/upload-tokens', uploadTokenRoutes({ secret: config.secret, purposes: deps.purposes, maxLifetimeSeconds: config.uploadTokenMaxSeconds }));
   v1.route('/files', fileDeliveryRoutes({ files: deps.files, links: deps.links, publicUrl: config.publicUrl }));
   v1.route('/files', fileRoutes({ files: deps.files, publicUrl: config.publicUrl }));
   v1.route('/users', userRoutes({ repo: deps.repo, files: deps.files, defaultQuotaBytes: config.defaultQuotaBytes, publicUrl: config.publicUrl }));

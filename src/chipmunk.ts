@@ -1,11 +1,12 @@
 import { serve, type ServerType } from '@hono/node-server';
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync } from 'node:fs';
 import { createServer, type RequestListener, type Server } from 'node:http';
 import path from 'node:path';
 import { createApp } from './app.js';
 import { ConfigError, type Config } from './config.js';
 import { openDatabase } from './db/index.js';
 import { createRepository } from './db/repository.js';
+import { createTokenUses } from './db/token-uses.js';
 import { loadDemoAssets } from './demo/assets.js';
 import { createDeliveryLinks } from './delivery/links.js';
 import { createDeliveryResolver } from './delivery/resolve.js';
@@ -16,11 +17,12 @@ import { createJobRunner } from './jobs/runner.js';
 import { createAudioProcessor } from './media/audio.js';
 import { describeTools, resolveFfmpeg, type FfmpegTool } from './media/ffmpeg.js';
 import { createImageWorkerPool } from './media/image-pool.js';
+import { lockDataDir, type DataDirLock } from './ops/data-dir-lock.js';
 import { createMetrics, observeEvents } from './ops/metrics.js';
 import { createReadiness, statfsFreeBytes } from './ops/readiness.js';
 import { createRequestContext } from './ops/request-context.js';
 import { createWebhooks } from './ops/webhooks.js';
-import { loadPurposes } from './purposes.js';
+import { keepsOriginalPrivate, loadPurposes } from './purposes.js';
 import { withDeliveryFastPath } from './routes/delivery.js';
 import { internalAuthListener } from './routes/internal-auth.js';
 import { AUDIO_JOB, createAudioService } from './services/audio.js';
@@ -61,10 +63,14 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
   const ffmpeg = opts.ffmpeg === null ? undefined : (opts.ffmpeg ?? resolveFfmpeg({ ffmpegPath: config.ffmpegPath }));
   const mediaTools = describeTools(ffmpeg, opts.ffmpeg === null ? 'off' : config.ffmpegPath);
   const workDir = path.join(config.dataDir, 'work');
-  for (const dir of [config.uploadDir, config.mediaDir, workDir]) mkdirSync(dir, { recursive: true });
+  // Unfinished uploads and scratch: Chipmunk's alone (0700); the media folder's modes are storage's.
+  for (const dir of [config.uploadDir, workDir]) {
+    mkdirSync(dir, { recursive: true });
+    chmodSync(dir, 0o700);
+  }
   const db = openDatabase(config.databasePath);
   const repo = createRepository(db);
-  const storage = createLocalStorage({ mediaDir: config.mediaDir, workDir });
+  const storage = createLocalStorage({ mediaDir: config.mediaDir, workDir, mediaGid: config.mediaGroupId });
   const area = createUploadArea(config.uploadDir);
   const purposes = loadPurposes(config.purposesFile);
   const events = createEventBus();
@@ -78,8 +84,9 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
   };
   const metrics = createMetrics({ queueDepth, reservations: () => repo.reservationTotals() }, { defaultMetrics: opts.defaultMetrics });
   observeEvents(events, metrics);
-  const links = createDeliveryLinks({ repo, secret: config.secret });
-  const resolveDelivery = createDeliveryResolver({ repo, secret: config.secret });
+  const privateOriginal = (purpose: string) => keepsOriginalPrivate(purposes, purpose);
+  const links = createDeliveryLinks({ repo, secret: config.secret, privateOriginal });
+  const resolveDelivery = createDeliveryResolver({ repo, secret: config.secret, privateOriginal });
   const cors = createCors(config.corsOrigins);
   const delivery = createDeliveryServer({ resolve: resolveDelivery, storage, logger, cors, onAnswer: (status) => metrics.deliveryAnswered(status) });
   const files = createFileService({ repo, storage, logger, events, variantUrl: links.variantUrl });
@@ -108,7 +115,9 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
       }
     },
   });
+  const tokens = { maxLifetimeSeconds: config.uploadTokenMaxSeconds, uses: createTokenUses(db) };
   const tus = createTusServer({
+    tokens,
     area,
     onBytesReceived: (n) => metrics.bytesReceived(n),
     secret: config.secret,
@@ -144,6 +153,7 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
     requestContext,
     inFlight,
     ops: { ready: () => readiness.check(), metrics, isStopping: () => stopping },
+    tokens,
     demoAssets: config.demo ? loadDemoAssets() : undefined,
   });
 
@@ -164,7 +174,7 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
     );
     return sweeping;
   };
-  const pidFile = path.join(config.dataDir, 'chipmunk.pid');
+  let dataDirLock: DataDirLock | undefined;
   let server: ServerType | undefined;
   let internalServer: Server | undefined;
   let timer: NodeJS.Timeout | undefined;
@@ -195,8 +205,8 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
 
     /** Settles what a previous process left half done, then listens; slow cleanups continue in the background. */
     async listen(): Promise<{ port: number; internalPort: number }> {
-      // Lets `chipmunk fsck --repair` refuse to run beside a live server.
-      writeFileSync(pidFile, `${process.pid}\n`);
+      // One process per data directory, before anything in it is touched (ops/data-dir-lock.ts).
+      dataDirLock = lockDataDir(config.dataDir);
       const startedAt = Date.now();
       recovery = await recoverAtStartup({ repo, storage, area, uploads, files, logger });
       if (mediaTools.ffmpeg) logger.info('ffmpeg found', mediaTools.ffmpeg);
@@ -276,7 +286,7 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
       await Promise.race([Promise.allSettled([...background]), until(deadline + 5_000 - Date.now())]);
       await imageProcessor.close();
       db.$client.close();
-      rmSync(pidFile, { force: true });
+      dataDirLock?.release();
       logger.info('chipmunk stopped');
     },
   };

@@ -13,7 +13,8 @@ const seconds = z.coerce.number().positive();
 
 const envSchema = z.object({
   PORT: z.coerce.number().int().min(0).max(65535).default(8080),
-  HOST: z.string().min(1).default('0.0.0.0'),
+  // Unset: 0.0.0.0, or 127.0.0.1 when the demo is on (the demo never listens beyond this machine).
+  HOST: z.string().min(1).optional(),
   CHIPMUNK_DATA_DIR: z.string().min(1).default('./data'),
   CHIPMUNK_PUBLIC_URL: z.url().optional(),
   CHIPMUNK_SECRET: z.string().min(32, 'must be at least 32 characters').optional(),
@@ -28,6 +29,8 @@ const envSchema = z.object({
   // Unset: 8081, or a free port when PORT=0 (tests and parallel instances never collide).
   CHIPMUNK_INTERNAL_PORT: z.coerce.number().int().min(0).max(65535).optional(),
   CHIPMUNK_INTERNAL_HOST: z.string().min(1).default('127.0.0.1'),
+  // The longest an upload token may live, however it was signed (minting longer is refused too).
+  CHIPMUNK_UPLOAD_TOKEN_MAX_AGE: z.coerce.number().int().min(60).max(30 * 24 * 3600).default(7 * 24 * 3600),
   CHIPMUNK_AUTH_CACHE: z.coerce.number().int().min(0).max(3600).default(5),
   // Origins whose pages may read /f/ answers and talk tus to /uploads: `*` or a comma-separated list.
   CHIPMUNK_CORS_ORIGINS: z
@@ -47,9 +50,11 @@ const envSchema = z.object({
   CHIPMUNK_WEBHOOK_URL: z.url().optional(),
   CHIPMUNK_WEBHOOK_SECRET: z.string().min(16, 'must be at least 16 characters').optional(),
   CHIPMUNK_WEBHOOK_BACKOFF: seconds.default(5),
-  // The demo page at / and its /demo/api routes; unset means on, except when NODE_ENV=production.
+  // The demo page at / and its /demo/api routes: off unless asked for (`npm run demo`), loopback only.
   CHIPMUNK_DEMO: z.enum(['on', 'off'], { error: 'must be "on" or "off"' }).optional(),
   NODE_ENV: z.string().optional(),
+  // The group (name or gid) given read access to the media folder: nginx's worker group.
+  CHIPMUNK_MEDIA_GROUP: z.string().regex(/^[a-z_][a-z0-9_-]*\$?$|^\d+$/i, 'must be a group name or a numeric gid').optional(),
   FFMPEG_PATH: z.string().min(1).optional(),
 });
 
@@ -85,10 +90,14 @@ export type Config = Readonly<{
   /** The internal port serving only /internal/auth to nginx; never expose it. */
   internalPort: number;
   internalHost: string;
+  /** The longest lifetime (seconds) an upload token may have to be accepted. */
+  uploadTokenMaxSeconds: number;
   /** Seconds nginx may cache an auth answer (never past a signed link's expiry). */
   authCacheSeconds: number;
   /** Origins allowed to read delivery answers and to upload from a page (CORS). */
   corsOrigins: CorsOrigins;
+  /** The gid the media folder is shared with (CHIPMUNK_MEDIA_GROUP); undefined: the process's own group. */
+  mediaGroupId: number | undefined;
   /** True when this start generated secrets the operator has not seen yet. */
   generatedSecrets: boolean;
 }>;
@@ -130,10 +139,17 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   const paths = dataPaths(e.CHIPMUNK_DATA_DIR);
   const dataDir = paths.dataDir;
   mkdirSync(dataDir, { recursive: true });
+  const demo = e.CHIPMUNK_DEMO === 'on';
+  if (demo && e.HOST !== undefined && !isLoopbackHost(e.HOST)) {
+    throw new ConfigError(
+      `Invalid environment variable HOST: the demo (CHIPMUNK_DEMO=on) mints upload tokens without a key, so it only listens on this machine; ` +
+        `unset HOST or set it to 127.0.0.1, or turn the demo off for "${e.HOST}".`,
+    );
+  }
   const stored = loadOrCreateSecrets(dataDir);
   return Object.freeze({
     port: e.PORT,
-    host: e.HOST,
+    host: e.HOST ?? (demo ? '127.0.0.1' : '0.0.0.0'),
     ...paths,
     publicUrl: e.CHIPMUNK_PUBLIC_URL?.replace(/\/+$/, ''),
     secret: e.CHIPMUNK_SECRET ?? stored.secrets.secret,
@@ -160,9 +176,31 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     internalHost: e.CHIPMUNK_INTERNAL_HOST,
     authCacheSeconds: e.CHIPMUNK_AUTH_CACHE,
     corsOrigins: e.CHIPMUNK_CORS_ORIGINS,
-    demo: (e.CHIPMUNK_DEMO ?? (e.NODE_ENV === 'production' ? 'off' : 'on')) === 'on',
+    uploadTokenMaxSeconds: e.CHIPMUNK_UPLOAD_TOKEN_MAX_AGE,
+    demo,
+    mediaGroupId: e.CHIPMUNK_MEDIA_GROUP === undefined ? undefined : groupId(e.CHIPMUNK_MEDIA_GROUP),
     generatedSecrets: stored.generated && (!e.CHIPMUNK_SECRET || !e.CHIPMUNK_API_KEY),
   });
+}
+
+/** Addresses and names that only this machine reaches. */
+export function isLoopbackHost(host: string): boolean {
+  return host === 'localhost' || host === '::1' || host === '[::1]' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host);
+}
+
+/** A group name (from /etc/group) or a numeric gid. */
+export function groupId(group: string): number {
+  if (/^\d+$/.test(group)) return Number(group);
+  let table = '';
+  try {
+    table = readFileSync('/etc/group', 'utf8');
+  } catch {
+    // no /etc/group: only numeric gids work
+  }
+  const line = table.split('\n').find((l) => l.split(':')[0] === group);
+  const gid = line ? Number(line.split(':')[2]) : NaN;
+  if (!Number.isInteger(gid)) throw new ConfigError(`Invalid environment variable CHIPMUNK_MEDIA_GROUP: no group named "${group}" on this machine (give its numeric gid instead).`);
+  return gid;
 }
 
 const secretsSchema = z.object({ secret: z.string().min(32), apiKey: z.string().min(16) });

@@ -14,6 +14,9 @@ const purposeSchema = z.object({
   maxBytes: z.number().int().positive(),
   square: z.boolean().default(false),
   visibility: z.enum(['public', 'private']).default('private'),
+  // "private": the original (variant 0, metadata-stripped like any original) is served only with a
+  // signed link, even when the file is public; its variants follow the visibility.
+  original: z.enum(['served', 'private']).default('served'),
 });
 
 export type Purpose = z.infer<typeof purposeSchema> & { name: string };
@@ -103,6 +106,15 @@ const UNKNOWN_TYPES = new Set(['application/octet-stream', 'binary/octet-stream'
 export function essentialMimeType(mimeType: string | null | undefined): string | undefined {
   const essence = mimeType?.split(';')[0]!.trim().toLowerCase();
   return essence && !UNKNOWN_TYPES.has(essence) ? essence : undefined;
+}
+
+/** Whether a purpose keeps its files' originals to signed links; a purpose no longer configured does. */
+export function keepsOriginalPrivate(purposes: Purposes, name: string): boolean {
+  try {
+    return purposes.get(name).original === 'private';
+  } catch {
+    return true;
+  }
 }
 
 export function kindOfMimeType(mimeType: string | null | undefined): MediaKind | undefined {

@@ -2,7 +2,7 @@ import { createHmac } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { ChipmunkError, createChipmunk, type ChipmunkClient, type ChipmunkFile } from 'chipmunk/client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { corpus, startChipmunk, type TestChipmunk } from './helpers/chipmunk.js';
+import { corpus, startChipmunk, storedForm, type TestChipmunk } from './helpers/chipmunk.js';
 import { tusUpload } from './helpers/tus.js';
 
 let t: TestChipmunk;
@@ -12,7 +12,7 @@ let photo: Buffer;
 beforeAll(async () => {
   t = await startChipmunk();
   kit = createChipmunk({ baseUrl: `${t.url}/`, apiKey: t.apiKey, secret: t.secret });
-  photo = await readFile(corpus('images/photos/portrait-canal.jpg'));
+  photo = await storedForm(corpus('images/photos/portrait-canal.jpg'));
 });
 afterAll(() => t?.close());
 

@@ -6,7 +6,7 @@ import { thumbHashToAverageRGBA } from 'thumbhash';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { rungSize, thumbhashInput } from '../src/media/images.js';
 import { mediaPath } from '../src/storage/local.js';
-import { corpus, startChipmunk, type TestChipmunk } from './helpers/chipmunk.js';
+import { corpus, startChipmunk, storedForm, type TestChipmunk } from './helpers/chipmunk.js';
 import { tusUpload } from './helpers/tus.js';
 
 // End to end through the real tus-js-client and a listening Chipmunk; variants are read back from
@@ -68,7 +68,7 @@ describe('image variant ladder', () => {
     expect(result.ok).toBe(true);
     if (!result.ok) return;
     const file = result.body as FileJson;
-    expect(file).toMatchObject({ mimeType: 'image/jpeg', width: 600, height: 800, bytes: data.length });
+    expect(file).toMatchObject({ mimeType: 'image/jpeg', width: 600, height: 800, bytes: (await storedForm(data)).length });
     expect(file.variants.map((v) => v.n)).toEqual([0, 1, 2, 3, 4, 5, 6]);
     const sizes = Object.fromEntries(file.variants.map((v) => [v.n, [v.width, v.height]]));
     // Fit inside the box, aspect kept, never upscaled (600 × 800 is below the 1080 box).
@@ -84,8 +84,8 @@ describe('image variant ladder', () => {
     }
     expect(file.totalBytes).toBe(file.variants.reduce((sum, v) => sum + v.bytes, 0));
     expect((await user(userId)).usedBytes).toBe(file.totalBytes);
-    // The original is untouched.
-    expect(sha256(await readFile(mediaPath(mediaDir(), file.id, '0.jpg')))).toBe(sha256(data));
+    // The original keeps its coded pixels, only its metadata is stripped (test/privacy.test.ts).
+    expect(sha256(await readFile(mediaPath(mediaDir(), file.id, '0.jpg')))).toBe(sha256(await storedForm(data)));
 
     // The placeholder is variant 1 itself, inlined.
     expect(file.placeholder).toMatch(/^data:image\/webp;base64,/);

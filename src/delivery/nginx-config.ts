@@ -94,7 +94,8 @@ events {
 }
 
 http {
-    access_log access.log combined buffer=64k flush=1s;
+${indent(LOG_FORMAT, 4)}
+    access_log access.log chipmunk buffer=64k flush=1s;
     client_body_temp_path client_body_temp;
     proxy_temp_path proxy_temp;
     fastcgi_temp_path fastcgi_temp;
@@ -124,6 +125,7 @@ ${cors.http ? `\n${indent(cors.http.trim(), 4)}\n` : ''}${cache ? `
         ~^/uploads "Upload requests carry at most ${bodyLimit} MB (the largest purpose's limit).";
         /v1/files "POST /v1/files bodies carry at most ${filesBodyLimit} MB (the largest purpose's limit, base64 included); send larger files with tus.";
     }
+${indent(RANGE_MAP, 4)}
 
     upstream chipmunk_app {
         server ${app};
@@ -159,6 +161,11 @@ ${corsLines(12)}            if ($request ~ "^[A-Z]+ /f/") {
             if ($request_method = OPTIONS) {
 ${cors.preflight.map((line) => `                ${line}\n`).join('')}                return 204;
             }
+            # Ranges nginx would read otherwise than RFC 9110 are answered by Chipmunk itself.
+            error_page 418 = @chipmunk_ranged;
+            if ($chipmunk_range_to_app) {
+                return 418;
+            }
             auth_request /_chipmunk/auth;
             auth_request_set $chipmunk_status $upstream_http_x_chipmunk_status;
             auth_request_set $chipmunk_error $upstream_http_x_chipmunk_error;
@@ -166,11 +173,15 @@ ${cors.preflight.map((line) => `                ${line}\n`).join('')}           
             auth_request_set $chipmunk_type $upstream_http_x_chipmunk_content_type;
             auth_request_set $chipmunk_cache_control $upstream_http_x_chipmunk_cache_control;
             auth_request_set $chipmunk_disposition $upstream_http_x_chipmunk_content_disposition;
+            auth_request_set $chipmunk_size $upstream_http_x_chipmunk_size;
             # auth_request passes 401/403 through and turns anything else (404 for an unknown or deleted
             # token, a dead upstream) into 500; @chipmunk_refused restores Chipmunk's own status and JSON.
             error_page 401 403 500 = @chipmunk_refused;
             error_page 404 = @chipmunk_missing;
             error_page 405 = @chipmunk_method;
+            error_page 416 = @chipmunk_unsatisfiable;
+            # A missing file is an answer (404), not a server fault worth an error.log line.
+            log_not_found off;
 
             root ${media};
             try_files /$chipmunk_path =404;
@@ -219,6 +230,21 @@ ${corsLines(12)}            if ($chipmunk_status = 401) {
             ${returnError(errors.authUnavailable())}
         }
 
+        # Not reached by the ranges above; kept so an unforeseen 416 is still JSON.
+        location @chipmunk_unsatisfiable {
+            default_type application/json;
+            add_header Content-Range "bytes */$chipmunk_size" always;
+            add_header Cache-Control no-store always;
+            add_header X-Content-Type-Options nosniff always;
+            return 416 '{"error":{"code":"RANGE_NOT_SATISFIABLE","message":"The requested range starts past the end of the file."}}';
+        }
+
+        # Chipmunk's own delivery, for the Range forms sent here by $chipmunk_range_to_app.
+        location @chipmunk_ranged {
+${proxyToApp}
+            proxy_buffering off;
+        }
+
         location @chipmunk_unavailable {
             default_type application/json;
             add_header Retry-After 5 always;
@@ -250,6 +276,17 @@ ${corsLines(12)}            ${returnError(errors.methodNotAllowed())}
             ${returnError(errors.notFound('Route'))}
         }
 
+        # Operator endpoints (queue depths, disk figures, tool paths) stay off the public side:
+        # scrape /metrics and probe /ready on Chipmunk's own port. /health (liveness, no figures) stays.
+        location = /metrics {
+            default_type application/json;
+            return 404 '{"error":{"code":"NOT_FOUND","message":"Route not found."}}';
+        }
+        location = /ready {
+            default_type application/json;
+            return 404 '{"error":{"code":"NOT_FOUND","message":"Route not found."}}';
+        }
+
         # tus: bodies stream straight through (a PATCH may carry a whole file), and the forwarded
         # headers make Chipmunk's upload Location point back at this server.
         location /uploads {
@@ -278,6 +315,36 @@ ${extra}    }
 }
 `;
 }
+
+/**
+ * The access log keeps where a request went, not the capabilities in it: delivery tokens and upload
+ * ids are masked, query strings (exp, sig) dropped, and referrers that carry either are blanked.
+ */
+const LOG_FORMAT = String.raw`map $request_uri $chipmunk_log_uri {
+    "~^/f/[^/?]*/(?<chipmunk_log_variant>[^/?]*)" "/f/<token>/$chipmunk_log_variant";
+    "~^/uploads/[^?]" "/uploads/<id>";
+    default $uri;
+}
+map $http_referer $chipmunk_log_referer {
+    "~(/f/|/uploads/|sig=|token=)" "-";
+    default $http_referer;
+}
+log_format chipmunk escape=json '$remote_addr - [$time_local] "$request_method $chipmunk_log_uri $server_protocol" $status $body_bytes_sent "$chipmunk_log_referer" "$http_user_agent"';`;
+
+/**
+ * Which Range headers nginx's static module may answer: the ones no stored file can refuse (a start
+ * at 0, a suffix; no variant is empty) with numbers that cannot overflow — a player's first request
+ * (\`bytes=0-\`) keeps sendfile. Everything else (a seek, an end past 2^63, a start after the end,
+ * several ranges, odd syntax) goes to Chipmunk, whose answer is RFC 9110's: an end past the file is
+ * clamped (206), an invalid range ignored (200), a start past the end 416 in JSON. nginx's own 416
+ * would carry the variant's Content-Type and Cache-Control (add_header runs before the range filter).
+ */
+const RANGE_MAP = String.raw`map $http_range $chipmunk_range_to_app {
+    "" 0;
+    "~^bytes=0{1,15}-\d{0,15}$" 0;
+    "~^bytes=-[1-9]\d{0,14}$" 0;
+    default 1;
+}`;
 
 function indent(text: string, spaces: number): string {
   const pad = ' '.repeat(spaces);

@@ -1,12 +1,13 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { Readable } from 'node:stream';
-import { errors, renderError } from '../errors.js';
+import { AppError, errors, renderError, toAppError } from '../errors.js';
 import { rawHeader } from '../http.js';
 import type { Logger } from '../log.js';
 import type { Deliverable } from '../db/repository.js';
 import type { BlobStorage } from '../storage/storage.js';
 import { notModified, usableRange } from './conditional.js';
 import type { Cors } from './cors.js';
+import { createDeliveryCache, stringBytes } from './cache.js';
 import { deliveryErrors, type DeliveryResolver } from './resolve.js';
 
 // Chipmunk's own delivery, for when no nginx stands in front: the same URLs and access rules as the
@@ -26,33 +27,19 @@ type Plan = {
 type Blob = { size: number; etag: string; lastModified: string; mtime: number; bytes: Buffer | undefined };
 
 /**
- * Small variants (thumbnails, avatars) are kept in memory, bounded by total size. Entries are keyed
- * by the file's updatedAt and the variant's recorded size: bytes only change through a repository
- * update (a re-run replacing a variant), which moves updatedAt, so a stale entry is never looked up.
+ * Small variants (thumbnails, avatars) are kept in memory, bounded by total size (cache.ts). Entries
+ * are keyed by the file's updatedAt and the variant's recorded size: bytes only change through a
+ * repository update (a re-run replacing a variant), which moves updatedAt, so a stale entry is never
+ * looked up; they are not dropped at every deliverables generation (each new upload moves it).
  */
 function createBlobCache(maxBytes: number, maxEntryBytes: number) {
-  const entries = new Map<string, Blob>();
-  let total = 0;
+  const cache = createDeliveryCache<Blob>({ maxBytes, maxEntryBytes: maxEntryBytes + 1024, ttlMs: 600_000, sizeOf: (blob, key) => 200 + stringBytes(key) + blob.size });
   return {
     maxEntryBytes,
-    get(key: string): Blob | undefined {
-      const hit = entries.get(key);
-      if (hit) {
-        // Refresh its place: Map order is the LRU order.
-        entries.delete(key);
-        entries.set(key, hit);
-      }
-      return hit;
-    },
+    get: (key: string) => cache.get(key),
     set(key: string, blob: Blob): void {
-      if (!blob.bytes || blob.size > maxEntryBytes || entries.has(key)) return;
-      entries.set(key, blob);
-      total += blob.size;
-      for (const [k, old] of entries) {
-        if (total <= maxBytes) break;
-        entries.delete(k);
-        total -= old.size;
-      }
+      if (!blob.bytes || blob.size > maxEntryBytes || maxBytes <= 0) return;
+      cache.set(key, blob);
     },
   };
 }
@@ -159,7 +146,10 @@ export function createDeliveryServer(deps: {
     }
     const range = usableRange(header('range'), header('if-range'), etag, lastModified, size);
     if (range === 'unsatisfiable') {
-      return { status: 416, headers: { 'Content-Range': `bytes */${size}`, 'X-Content-Type-Options': 'nosniff', 'Content-Length': '0' } };
+      // A refusal like any other (JSON, no-store), with the size the client may ask within.
+      const refused = refusal(errors.rangeNotSatisfiable(), undefined);
+      refused.headers['Content-Range'] = `bytes */${size}`;
+      return refused;
     }
     const [start, end] = range ?? [0, size - 1];
     headers['Content-Length'] = String(Math.max(0, end - start + 1));

@@ -1,4 +1,4 @@
-import { AppError } from '../errors.js';
+import { AppError, errors } from '../errors.js';
 import { createImageProcessor, type ImageProcessorOptions } from './images.js';
 import type { ProcessInput, ProcessResult } from './processor.js';
 
@@ -28,8 +28,13 @@ function reply(message: WorkerReply): void {
   process.send?.(message);
 }
 
+/**
+ * A refusal keeps its sentence; anything else becomes the generic internal error, its message and
+ * stack kept only as the cause (for the server's log): a client never sees a stack or a server path.
+ */
 function describe(err: unknown): WorkerError {
   const cause = err instanceof Error && err.cause instanceof Error ? err.cause.message : undefined;
   if (err instanceof AppError) return { code: err.code, status: err.status, message: err.message, cause };
-  return { code: 'INTERNAL', status: 500, message: String((err as Error)?.stack ?? err) };
+  const internal = errors.internal();
+  return { code: internal.code, status: internal.status, message: internal.message, cause: String((err as Error)?.stack ?? err) };
 }

@@ -1,10 +1,11 @@
-import { readFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import sharp, { type Sharp } from 'sharp';
 import { rgbaToThumbHash } from 'thumbhash';
 import { AppError, errors } from '../errors.js';
 import { isSrgbProfile } from './icc.js';
 import { createLimiter } from './limiter.js';
+import { stripLosslessly } from './metadata.js';
 import type { MediaProcessor, ProcessInput, ProcessResult, ProducedVariant } from './processor.js';
 
 // The only module that imports sharp. An image is decoded once (orientation applied, colour
@@ -98,6 +99,7 @@ async function processImage(input: ProcessInput, opts: ImageProcessorOptions): P
     ? await animatedLadder(sourcePath, frame, square, workDir, opts)
     : await stillLadder(sourcePath, oriented, square, workDir, { ...opts, ignoreIcc: isSrgbProfile(meta.icc) });
 
+  const original = await cleanOriginal(sourcePath, meta, sniffed.ext, workDir, opts);
   const placeholderFile = produced.variants.find((v) => v.name === '1')!.file;
   const placeholder = `data:image/webp;base64,${(await readFile(placeholderFile)).toString('base64')}`;
   return {
@@ -106,7 +108,34 @@ async function processImage(input: ProcessInput, opts: ImageProcessorOptions): P
     info: { placeholder, thumbhash: Buffer.from(rgbaToThumbHash(produced.hashSource.width, produced.hashSource.height, produced.hashSource.data)).toString('base64') },
     variants: produced.variants,
     status: 'ready',
+    original,
   };
+}
+
+/**
+ * The original as it will be served: JPEG, PNG, WebP and GIF rewritten without their metadata (the
+ * coded pixels untouched, metadata.ts); TIFF and AVIF/HEIF, whose containers are not rewritten here,
+ * re-encoded without metadata (TIFF losslessly with LZW, AVIF at quality 90), upright, ICC kept.
+ */
+async function cleanOriginal(sourcePath: string, meta: Header, ext: string, workDir: string, opts: ImageProcessorOptions): Promise<{ file: string }> {
+  const file = path.join(workDir, `original.${ext}`);
+  let cleaned: Buffer | undefined;
+  try {
+    cleaned = stripLosslessly(meta.format, await readFile(sourcePath), meta.orientation);
+  } catch (err) {
+    throw errors.unprocessable('The image file is malformed around its pixel data and cannot be stored safely.', err);
+  }
+  if (cleaned) {
+    await writeFile(file, cleaned);
+    return { file };
+  }
+  try {
+    const pipeline = sharp(sourcePath, { limitInputPixels: opts.maxPixels, failOn: 'warning' }).autoOrient().keepIccProfile();
+    await (meta.format === 'tiff' ? pipeline.tiff({ compression: 'lzw' }) : pipeline.heif({ compression: 'av1', quality: 90, effort: 2 })).toFile(file);
+  } catch (err) {
+    throw decodeError(err);
+  }
+  return { file };
 }
 
 type Ladder = { width: number; height: number; variants: ProducedVariant[]; hashSource: Raw };

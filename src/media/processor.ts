@@ -33,6 +33,12 @@ export type ProcessResult = {
   variants: ProducedVariant[];
   /** 'processing' when more is made in the background (audio renditions), else 'ready'. */
   status: 'ready' | 'processing';
+  /**
+   * A cleaned copy of the original (location, device and time metadata stripped), written in
+   * workDir: stored as variant 0 instead of the upload (same mime type and extension).
+   * Absent: the upload is stored as it came.
+   */
+  original?: { file: string };
 };
 
 export interface MediaProcessor {

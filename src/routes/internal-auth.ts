@@ -11,8 +11,12 @@ import type { DeliveryResolver } from '../delivery/resolve.js';
 // nginx sends the client's raw request target in X-Original-URI. The answer:
 //   200: X-Chipmunk-Path (relative to the media root), X-Chipmunk-Content-Type, X-Chipmunk-Cache-Control,
 //        X-Chipmunk-Content-Disposition (downloads only)
-//   401 / 403 / 404: the refusal, with its JSON body also in X-Chipmunk-Error
-// Every answer carries X-Chipmunk-Status (nginx maps a 404 back from its auth_request 500 with it)
+//   401 / 403: the refusal, with its JSON body also in X-Chipmunk-Error and its real status (404 for
+//        an unknown token, 400…) in X-Chipmunk-Status. Other refusals travel as 403 because
+//        auth_request writes an error.log line for any other status: a flood of random tokens must
+//        not become a flood of error lines. nginx restores the real status from X-Chipmunk-Status.
+//   X-Chipmunk-Size on allowed answers: the variant's bytes, for nginx's 416 Content-Range.
+// Every answer carries X-Chipmunk-Status
 // and X-Accel-Expires: how long nginx may cache it — the auth cache time, never past a link's expiry.
 
 export const INTERNAL_AUTH_PATH = '/internal/auth';
@@ -33,13 +37,14 @@ export function authAnswer(resolve: DeliveryResolver, relativePath: RelativePath
       'X-Chipmunk-Content-Type': d.contentType,
       'X-Chipmunk-Cache-Control': d.cacheControl,
       'X-Accel-Expires': String(Math.max(0, left)),
+      'X-Chipmunk-Size': String(d.target.bytes),
     };
     if (d.contentDisposition) headers['X-Chipmunk-Content-Disposition'] = d.contentDisposition;
     return { status: 200, headers, body: '' };
   } catch (err) {
     const { status, headers, body: json } = renderError(err);
     return {
-      status,
+      status: status >= 500 || status === 401 ? status : 403,
       headers: {
         ...headers,
         'X-Chipmunk-Status': String(status),

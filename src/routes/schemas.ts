@@ -4,17 +4,24 @@ import { MAX_LINK_SECONDS } from '../delivery/signing.js';
 
 // The request shapes the /v1 routes validate with; the OpenAPI document is generated from these.
 
+/** The one user-id schema: every edge (routes, tus creation, token claims) validates with it. */
 export const userIdSchema = z.string().min(1).max(128).regex(/^[\w.@:+-]+$/, 'letters, digits and . _ @ : + - only');
-export const purposeNameSchema = z.string().min(1).max(32);
+export const purposeNameSchema = z.string().min(1).max(32).regex(/^[a-z][a-z0-9_-]*$/, 'lower-case letters, digits, _ and - only');
+
+/** Users the demo acts for; the /v1 API never names them, so the demo cannot touch an app user. */
+export const DEMO_USER_PREFIX = 'demo-';
+/** A user id as the app backend names it in /v1: any user id except the demo's. */
+export const appUserIdSchema = userIdSchema.refine((id) => !id.startsWith(DEMO_USER_PREFIX), { message: `the ${DEMO_USER_PREFIX} prefix is reserved for the demo's users` });
 
 export const uploadTokenRequest = z.object({
-  userId: userIdSchema,
+  userId: appUserIdSchema,
   purpose: purposeNameSchema,
-  expiresIn: z.number().int().positive().max(MAX_UPLOAD_TOKEN_SECONDS).default(3600).describe('seconds'),
+  expiresIn: z.number().int().positive().max(MAX_UPLOAD_TOKEN_SECONDS).default(3600).describe('seconds, at most CHIPMUNK_UPLOAD_TOKEN_MAX_AGE (7 days by default)'),
+  maxUploads: z.number().int().min(1).max(10_000).optional().describe('how many uploads the token may start (1: single use); unbounded within its lifetime when absent'),
 });
 
 export const fileIdParams = z.object({ id: z.string().regex(/^[0-9a-z]{24}$/, 'not a file id') });
-export const userIdParams = z.object({ id: userIdSchema });
+export const userIdParams = z.object({ id: appUserIdSchema });
 
 export const setQuotaRequest = z.object({ quotaBytes: z.number().int().nonnegative() });
 
@@ -25,7 +32,7 @@ export const listFilesQuery = z.object({
 
 // POST /v1/files. With an upload token, userId and purpose come from the token (and may only repeat it).
 export const ingestJsonRequest = z.object({
-  userId: userIdSchema.optional(),
+  userId: appUserIdSchema.optional(),
   purpose: purposeNameSchema.optional(),
   filename: z.string().min(1).max(255).optional(),
   data: z.string().min(1).describe('the file as base64 (standard or URL-safe alphabet), or a data:<type>;base64,… URI'),
@@ -33,7 +40,7 @@ export const ingestJsonRequest = z.object({
 
 /** The text fields of a multipart upload; they come before the `file` part. */
 export const ingestFormFields = z.object({
-  userId: userIdSchema.optional(),
+  userId: appUserIdSchema.optional(),
   purpose: purposeNameSchema.optional(),
   filename: z.string().min(1).max(255).optional(),
   size: z.coerce.number().int().nonnegative().optional().describe('the file\'s exact length in bytes, making the quota reservation exact'),

@@ -53,7 +53,7 @@ export function createAudioService(deps: AudioServiceDeps) {
       const ladder = await deps.images.process({ fileId: file.id, sourcePath: coverPath, sniffed: image, square: true, workDir: coverDir });
       return {
         variants: [
-          { name: 'cover-0', file: coverPath, storedAs: `cover-0.${image.ext}`, mimeType: image.mimeType, width: ladder.width, height: ladder.height },
+          { name: 'cover-0', file: ladder.original?.file ?? coverPath, storedAs: `cover-0.${image.ext}`, mimeType: image.mimeType, width: ladder.width, height: ladder.height },
           ...ladder.variants.map((v) => ({ ...v, name: `cover-${v.name}`, storedAs: `cover-${v.storedAs}` })),
         ],
         info: { ...ladder.info, ...(ladder.width ? { width: ladder.width } : {}), ...(ladder.height ? { height: ladder.height } : {}) },

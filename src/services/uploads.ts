@@ -130,7 +130,9 @@ export function createUploadService(deps: UploadServiceDeps) {
         workDir = await storage.workspace(fileId);
         const result = await deps.processors[sniffed.kind].process({ fileId, sourcePath, sniffed, square: purpose.square, workDir });
         const originalName = `0.${sniffed.ext}`;
-        const originalBytes = await storage.adopt(fileId, originalName, sourcePath);
+        // The processor's cleaned copy (metadata stripped) is what gets stored and served as variant 0.
+        const originalBytes = await storage.adopt(fileId, originalName, result.original?.file ?? sourcePath);
+        if (result.original) await rm(sourcePath, { force: true });
         const stored = [{ name: '0', path: originalName, mimeType: sniffed.mimeType, bytes: originalBytes, width: result.width ?? null, height: result.height ?? null }];
         for (const v of result.variants) {
           const bytes = await storage.adopt(fileId, v.storedAs, v.file);

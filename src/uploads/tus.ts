@@ -1,5 +1,7 @@
 import { Server, EVENTS } from '@tus/server';
-import { bearerToken, verifyUploadToken } from '../auth/upload-tokens.js';
+import { chmod } from 'node:fs/promises';
+import path from 'node:path';
+import { bearerToken, claimTokenUse, verifyUploadToken, type TokenUseLedger } from '../auth/upload-tokens.js';
 import { errors, toAppError, toTusError } from '../errors.js';
 import { newFileId } from '../ids.js';
 import type { UploadArea } from './area.js';
@@ -24,6 +26,8 @@ export type TusDeps = {
   uploads: UploadService;
   files: FileService;
   logger: Logger;
+  /** Upload tokens: the lifetime cap and the ledger of bounded tokens' uses. */
+  tokens: { maxLifetimeSeconds: number; uses: TokenUseLedger };
 };
 
 /** The stock file store, counting the bytes each write lands (for the bytes-received metric). */
@@ -33,6 +37,15 @@ class CountingFileStore extends ChecksumFileStore {
     private readonly onBytes: (bytes: number) => void,
   ) {
     super(options);
+  }
+
+  /** Both files of a new upload are 0600: unfinished uploads are nobody else's to read. */
+  override async create(upload: Parameters<ChecksumFileStore['create']>[0]): ReturnType<ChecksumFileStore['create']> {
+    const created = await super.create(upload);
+    const data = path.join(this.directory, upload.id);
+    await chmod(data, 0o600);
+    await chmod(`${data}.json`, 0o600).catch(() => undefined);
+    return created;
   }
 
   override async write(readable: Parameters<ChecksumFileStore['write']>[0], id: string, offset: number): Promise<number> {
@@ -47,6 +60,25 @@ export function createTusServer(deps: TusDeps): { server: Server; uploadPath: (i
   const store = new CountingFileStore({ directory: area.dir, expirationPeriodInMilliseconds: deps.uploadExpiryMs }, (n) => deps.onBytesReceived?.(n));
   const uploadPath = area.dataPath;
   const discardUpload = area.discard;
+
+  /** The creation's admission once the token is good: purpose, declared length, disk, quota. */
+  async function admit(grant: { userId: string; purpose: string }, upload: { id: string; size?: number; sizeIsDeferred: boolean; metadata?: Record<string, string | null> }) {
+    const meta = upload.metadata ?? {};
+    // Metadata may repeat the token's purpose but never widen it.
+    if (meta.purpose && meta.purpose !== grant.purpose) {
+      throw errors.forbidden(`This upload token is for "${grant.purpose}" uploads, not "${meta.purpose}".`);
+    }
+    if (upload.sizeIsDeferred || upload.size === undefined) throw errors.lengthRequired();
+    await uploads.ensureDiskSpace(upload.size);
+    uploads.reserve({
+      id: upload.id,
+      userId: grant.userId,
+      purpose: grant.purpose,
+      length: upload.size,
+      filename: meta.filename ?? meta.name ?? 'upload',
+      mimeType: meta.filetype ?? meta.type ?? null,
+    });
+  }
 
   const server = new Server({
     path: TUS_PATH,
@@ -72,22 +104,14 @@ export function createTusServer(deps: TusDeps): { server: Server; uploadPath: (i
       try {
         const token = bearerToken(req.headers.get('authorization'));
         if (!token) throw errors.unauthorized('Uploads need an upload token: send it as "Authorization: Bearer <token>".');
-        const grant = await verifyUploadToken(deps.secret, token);
-        const meta = upload.metadata ?? {};
-        // Metadata may repeat the token's purpose but never widen it.
-        if (meta.purpose && meta.purpose !== grant.purpose) {
-          throw errors.forbidden(`This upload token is for "${grant.purpose}" uploads, not "${meta.purpose}".`);
+        const grant = await verifyUploadToken(deps.secret, token, { maxLifetimeSeconds: deps.tokens.maxLifetimeSeconds });
+        const refund = claimTokenUse(deps.tokens.uses, grant);
+        try {
+          await admit(grant, upload);
+        } catch (err) {
+          refund();
+          throw err;
         }
-        if (upload.sizeIsDeferred || upload.size === undefined) throw errors.lengthRequired();
-        await uploads.ensureDiskSpace(upload.size);
-        uploads.reserve({
-          id: upload.id,
-          userId: grant.userId,
-          purpose: grant.purpose,
-          length: upload.size,
-          filename: meta.filename ?? meta.name ?? 'upload',
-          mimeType: meta.filetype ?? meta.type ?? null,
-        });
         // Upload-Metadata stays as the client sent it (HEAD answers it back); the user and purpose
         // live on the file row the reservation made.
         return {};
