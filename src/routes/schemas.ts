@@ -1,5 +1,4 @@
 import { z } from 'zod';
-import { MAX_UPLOAD_TOKEN_SECONDS } from '../auth/upload-tokens.js';
 import { MAX_LINK_SECONDS } from '../delivery/signing.js';
 
 // The request shapes the /v1 routes validate with; the OpenAPI document is generated from these.
@@ -16,7 +15,7 @@ export const appUserIdSchema = userIdSchema.refine((id) => !id.startsWith(DEMO_U
 export const uploadTokenRequest = z.object({
   userId: appUserIdSchema,
   purpose: purposeNameSchema,
-  expiresIn: z.number().int().positive().max(MAX_UPLOAD_TOKEN_SECONDS).default(3600).describe('seconds, at most CHIPMUNK_UPLOAD_TOKEN_MAX_AGE (7 days by default)'),
+  expiresIn: z.number().int().positive().max(30 * 24 * 3600).default(3600).describe('seconds, at most CHIPMUNK_UPLOAD_TOKEN_MAX_AGE (7 days by default)'),
   maxUploads: z.number().int().min(1).max(10_000).optional().describe('how many uploads the token may start (1: single use); unbounded within its lifetime when absent'),
 });
 
