@@ -13,6 +13,12 @@ const purposeSchema = z.object({
   maxBytes: z.number().int().positive(),
   square: z.boolean().default(false),
   visibility: z.enum(['public', 'private']).default('private'),
+  /** Image ladder formats: WebP always; "avif" adds AVIF twins of the rungs where it pays (delivered by Accept). */
+  formats: z
+    .array(z.enum(['webp', 'avif']))
+    .min(1)
+    .refine((f) => f.includes('webp'), 'formats must include "webp" (every browser gets it; AVIF is an addition)')
+    .default(['webp']),
 });
 
 export type Purpose = z.infer<typeof purposeSchema> & { name: string };

@@ -1,5 +1,6 @@
 import type { Deliverable, Repository } from '../db/repository.js';
 import { AppError, errors } from '../errors.js';
+import { acceptsAvif, negotiateFormat } from './negotiate.js';
 import { deliveryKey, isValidDeliverySignature } from './signing.js';
 
 // The one access decision for /f/<token>/<n>, shared by Chipmunk's own delivery and the nginx
@@ -15,6 +16,8 @@ export type Delivery = {
   contentDisposition: string | undefined;
   /** Unix seconds after which this answer stops being true (signed links); undefined for public files. */
   expiresAt: number | undefined;
+  /** 'Accept' when the answer depends on the client's Accept (a rung with an AVIF twin). */
+  vary: string | undefined;
 };
 
 export const deliveryErrors = {
@@ -29,7 +32,8 @@ const YEAR = 31_536_000;
 // Strict on the raw target: anything percent-encoded, any dot segment, NUL or extra slash fails here.
 const targetPattern = /^\/f\/([0-9a-z]{32})\/([0-9a-z][0-9a-z-]{0,31})(?:\?([^#]*))?$/;
 
-export type DeliveryResolver = (target: string) => Delivery;
+/** `accept` is the client's Accept header: it picks between a rung's WebP and AVIF (negotiate.ts). */
+export type DeliveryResolver = (target: string, accept?: string) => Delivery;
 
 export function createDeliveryResolver(deps: { repo: Pick<Repository, 'getDeliverable' | 'deliverablesGeneration'>; secret: string; now?: () => number }): DeliveryResolver {
   const { repo } = deps;
@@ -53,7 +57,10 @@ export function createDeliveryResolver(deps: { repo: Pick<Repository, 'getDelive
   // Private grants still expire on time, and their max-age is recomputed as the seconds pass.
   const granted = new Map<string, Grant>();
 
-  return (requestTarget) => {
+  return (rawTarget, accept) => {
+    // AVIF-accepting clients get their own grants: the answer differs for rungs with an AVIF twin.
+    const avif = acceptsAvif(accept);
+    const requestTarget = avif ? `avif ${rawTarget}` : rawTarget;
     const generation = repo.deliverablesGeneration();
     // ⌈now⌉ in seconds: left = ⌊(exp·1000 − now) / 1000⌋ = exp − ⌈now / 1000⌉.
     const second = Math.ceil(now() / 1000);
@@ -69,16 +76,16 @@ export function createDeliveryResolver(deps: { repo: Pick<Repository, 'getDelive
       granted.delete(requestTarget);
     }
 
-    const match = targetPattern.exec(requestTarget);
+    const match = targetPattern.exec(rawTarget);
     if (!match) throw deliveryErrors.notFound();
     const [, token, name, query] = match as unknown as [string, string, string, string | undefined];
     // Excludes files being uploaded or deleted.
-    const target = repo.getDeliverable(token, name);
-    if (!target) throw deliveryErrors.notFound();
+    const asked = repo.getDeliverable(token, name);
+    if (!asked) throw deliveryErrors.notFound();
 
     let expiresAt: number | undefined;
     let cacheControl = `public, max-age=${YEAR}, immutable`;
-    if (target.visibility === 'private') {
+    if (asked.visibility === 'private') {
       const { exp, sig } = signatureParams(query);
       if (exp === undefined || sig === undefined) throw deliveryErrors.signatureRequired();
       if (!isValid(`/f/${token}/${name}`, exp, sig)) {
@@ -91,12 +98,14 @@ export function createDeliveryResolver(deps: { repo: Pick<Repository, 'getDelive
       cacheControl = privateCacheControl(left);
     }
 
+    const { target, vary } = negotiateFormat(asked, token, avif, (t, n) => repo.getDeliverable(t, n));
     const delivery: Delivery = {
       target,
       contentType: target.mimeType,
       cacheControl,
       contentDisposition: target.name === '0' && !isInlineSafe(target.mimeType) ? attachment(target.filename) : undefined,
       expiresAt,
+      vary,
     };
     if (granted.size >= 10_000) granted.delete(granted.keys().next().value!);
     granted.set(requestTarget, { generation, second, delivery });

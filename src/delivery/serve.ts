@@ -116,7 +116,7 @@ export function createDeliveryServer(deps: {
   function plan(method: string, target: string, header: (name: string) => string | undefined, requestId: string | undefined): Plan | Promise<Plan> {
     try {
       if (method !== 'GET' && method !== 'HEAD') throw methodNotAllowed();
-      const d = resolve(target);
+      const d = resolve(target, header('accept'));
       const v = d.target;
       const key = blobKey(v);
       const cached = cache.get(key);
@@ -147,6 +147,7 @@ export function createDeliveryServer(deps: {
       'X-Content-Type-Options': 'nosniff',
     };
     if (d.contentDisposition) headers['Content-Disposition'] = d.contentDisposition;
+    if (d.vary) headers.Vary = d.vary;
 
     if (notModified(header('if-none-match'), header('if-modified-since'), etag, mtime)) {
       delete headers['Content-Type'];

@@ -51,6 +51,7 @@ type Raw = { data: Buffer; width: number; height: number; channels: 1 | 2 | 3 | 
 /** Formats the bundled libvips decodes; anything else that sniffs as an image is refused by name. */
 const decodable = new Set(['jpeg', 'png', 'webp', 'gif', 'tiff', 'heif']);
 const animatable = new Set(['image/gif', 'image/webp']);
+const heifFamily = new Set(['image/heic', 'image/heif', 'image/avif']);
 
 export function createImageProcessor(opts: ImageProcessorOptions): MediaProcessor & { readonly queued: number; readonly active: number } {
   // Uploads are unique files: libvips' operation cache would only hold memory. Parallelism comes
@@ -73,6 +74,8 @@ export function createImageProcessor(opts: ImageProcessorOptions): MediaProcesso
 async function processImage(input: ProcessInput, opts: ImageProcessorOptions): Promise<ProcessResult> {
   const { sourcePath, sniffed, square, workDir, formats } = input;
   const canAnimate = animatable.has(sniffed.mimeType);
+  // HEIF/AVIF: the container's own declarations first, before any libheif (sharp's or the HEVC child) parses it.
+  if (heifFamily.has(sniffed.mimeType)) await checkHeifDeclaredSizes(sourcePath, opts.maxPixels);
   const meta = await readHeader(sourcePath, sniffed.mimeType, canAnimate);
 
   if (!decodable.has(meta.format)) throw errors.unsupportedType(`Images in ${meta.format} format are not supported; upload JPEG, PNG, WebP, GIF, AVIF or TIFF.`);
@@ -84,7 +87,6 @@ async function processImage(input: ProcessInput, opts: ImageProcessorOptions): P
       `The image is ${meta.width} × ${frameHeight} pixels (${megapixels(framePixels)}); at most ${megapixels(opts.maxPixels)} are accepted. Scale it down and upload again.`,
     );
   }
-  if (meta.format === 'heif') await checkHeifDeclaredSizes(sourcePath, opts.maxPixels);
   const pages = canAnimate ? (meta.pages ?? 1) : 1;
   // Beyond the frame cap (or the pixel budget over all frames) only the first frame is kept.
   const animated = pages > 1 && pages <= opts.maxFrames && framePixels * pages <= opts.maxPixels;

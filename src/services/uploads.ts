@@ -128,7 +128,7 @@ export function createUploadService(deps: UploadServiceDeps) {
         }
         kind = sniffed.kind;
         workDir = await storage.workspace(fileId);
-        const result = await deps.processors[sniffed.kind].process({ fileId, sourcePath, sniffed, square: purpose.square, workDir });
+        const result = await deps.processors[sniffed.kind].process({ fileId, sourcePath, sniffed, square: purpose.square, formats: purpose.formats, workDir });
         const originalName = `0.${sniffed.ext}`;
         const originalBytes = await storage.adopt(fileId, originalName, sourcePath);
         const stored = [{ name: '0', path: originalName, mimeType: sniffed.mimeType, bytes: originalBytes, width: result.width ?? null, height: result.height ?? null }];
