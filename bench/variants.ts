@@ -7,6 +7,7 @@ import { createImageWorkerPool } from '../src/media/image-pool.js';
 import { LADDER, rungSize } from '../src/media/images.js';
 import { silentLogger } from '../src/log.js';
 import { sniffFile } from '../src/media/sniff.js';
+import { avifAndHeicSection } from './lib/avif-heic.js';
 import { luma, psnr, ssim } from './lib/quality.js';
 
 // npm run bench:variants
@@ -104,10 +105,13 @@ try {
   }
 
   await qualityTable(photos.map((p) => path.join(photosDir, p)));
+  // Issue 17, its own section: AVIF rungs' cost and savings, HEIC against JPEG (bench/lib/avif-heic.ts).
+  const heic = path.resolve(photosDir, '../formats/heic-iphone8plus-orientation6.heic');
+  const avif = await avifAndHeicSection({ processor, photos: photos.map((p) => path.join(photosDir, p)), heic, freshDir, repeats: REPEATS, backlog: 3 });
 
   const worst = { ladderOverSingle: Math.max(...rows.map((r) => r.ladderOverSingle)), twoOverOne: Math.min(...rows.map((r) => r.twoOverOne)) };
   const worstSame = Math.max(...rows.map((r) => r.ladderOverSame));
-  console.log(JSON.stringify({ ladderOverSingle: Number(worst.ladderOverSingle.toFixed(3)), twoOverOne: Number(worst.twoOverOne.toFixed(3)), ladderOverSameSettings: Number(worstSame.toFixed(3)) }));
+  console.log(JSON.stringify({ ladderOverSingle: Number(worst.ladderOverSingle.toFixed(3)), twoOverOne: Number(worst.twoOverOne.toFixed(3)), ladderOverSameSettings: Number(worstSame.toFixed(3)), ...avif }));
 } finally {
   await processor.close();
   await rm(work, { recursive: true, force: true });
