@@ -332,14 +332,15 @@ export type AvifRung = { name: string; quality: number; effort: number };
 
 /**
  * The rungs that get an AVIF beside their WebP, at the quality whose SSIM matches the WebP rung's
- * (measured on the corpus photos, `npm run bench:variants`). 10, 40 and 160 px are left out: there
- * AVIF's container overhead makes it larger than WebP, or saves under 10 %. Effort 0 (libaom's
- * fastest): on these rungs it makes files within a few percent of effort 2's at a fifth of its time.
+ * (q59–60 on the corpus photos, `npm run bench:variants`). 10, 40 and 160 px are left out: there
+ * AVIF is larger than WebP at the same SSIM (its container alone outweighs the 10 px WebP). Effort 0
+ * (libaom's fastest): on these rungs it made files within a few percent of effort 2's at a fifth
+ * to a tenth of its time.
  */
 export const AVIF_LADDER: readonly AvifRung[] = Object.freeze([
-  { name: '4', quality: 62, effort: 0 },
-  { name: '5', quality: 62, effort: 0 },
-  { name: '6', quality: 62, effort: 0 },
+  { name: '4', quality: 60, effort: 0 },
+  { name: '5', quality: 60, effort: 0 },
+  { name: '6', quality: 60, effort: 0 },
 ]);
 
 /** The AVIF settings for this rung when the purpose asks for AVIF and the rung has them. */
