@@ -35,6 +35,8 @@ ENV NODE_ENV=production \
     CHIPMUNK_DATA_DIR=/data \
     CHIPMUNK_INTERNAL_PORT=8081
 WORKDIR /app
+# HEIC photos are decoded by Debian's libheif (heif-convert) in a bounded child process.
+RUN apt-get update && apt-get install -y --no-install-recommends libheif-examples && rm -rf /var/lib/apt/lists/*
 COPY --from=build /app/package.json ./
 COPY --from=build /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist

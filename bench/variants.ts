@@ -7,6 +7,8 @@ import { createImageWorkerPool } from '../src/media/image-pool.js';
 import { LADDER, rungSize } from '../src/media/images.js';
 import { silentLogger } from '../src/log.js';
 import { sniffFile } from '../src/media/sniff.js';
+import { avifAndHeicSection } from './lib/avif-heic.js';
+import { luma, psnr, ssim } from './lib/quality.js';
 
 // npm run bench:variants
 // For each corpus photo: the whole ladder (variants + placeholder + thumbhash + metadata, through
@@ -103,10 +105,13 @@ try {
   }
 
   await qualityTable(photos.map((p) => path.join(photosDir, p)));
+  // Issue 17, its own section: AVIF rungs' cost and savings, HEIC against JPEG (bench/lib/avif-heic.ts).
+  const heic = path.resolve(photosDir, '../formats/heic-iphone8plus-orientation6.heic');
+  const avif = await avifAndHeicSection({ processor, photos: photos.map((p) => path.join(photosDir, p)), heic, freshDir, repeats: REPEATS, backlog: 3 });
 
   const worst = { ladderOverSingle: Math.max(...rows.map((r) => r.ladderOverSingle)), twoOverOne: Math.min(...rows.map((r) => r.twoOverOne)) };
   const worstSame = Math.max(...rows.map((r) => r.ladderOverSame));
-  console.log(JSON.stringify({ ladderOverSingle: Number(worst.ladderOverSingle.toFixed(3)), twoOverOne: Number(worst.twoOverOne.toFixed(3)), ladderOverSameSettings: Number(worstSame.toFixed(3)) }));
+  console.log(JSON.stringify({ ladderOverSingle: Number(worst.ladderOverSingle.toFixed(3)), twoOverOne: Number(worst.twoOverOne.toFixed(3)), ladderOverSameSettings: Number(worstSame.toFixed(3)), ...avif }));
 } finally {
   await processor.close();
   await rm(work, { recursive: true, force: true });
@@ -170,53 +175,4 @@ async function qualityTable(sources: string[]) {
       );
     }
   }
-}
-
-function luma(rgb: Buffer): Float64Array {
-  const out = new Float64Array(rgb.length / 3);
-  for (let i = 0; i < out.length; i++) out[i] = 0.299 * rgb[i * 3]! + 0.587 * rgb[i * 3 + 1]! + 0.114 * rgb[i * 3 + 2]!;
-  return out;
-}
-
-function psnr(a: Buffer, b: Buffer): number {
-  let se = 0;
-  for (let i = 0; i < a.length; i++) se += (a[i]! - b[i]!) ** 2;
-  return se === 0 ? 99 : 10 * Math.log10((255 * 255 * a.length) / se);
-}
-
-/** Mean SSIM over win × win windows (stride win/2); tiny rungs use one window the size of the image. */
-function ssim(a: Float64Array, b: Float64Array, width: number, height: number): number {
-  const win = Math.max(1, Math.min(8, width, height));
-  const step = Math.max(1, win >> 1);
-  const c1 = (0.01 * 255) ** 2;
-  const c2 = (0.03 * 255) ** 2;
-  const count = win * win;
-  let sum = 0;
-  let windows = 0;
-  for (let y = 0; y + win <= height; y += step) {
-    for (let x = 0; x + win <= width; x += step) {
-      let ma = 0;
-      let mb = 0;
-      for (let j = 0; j < win; j++) for (let i = 0; i < win; i++) {
-        ma += a[(y + j) * width + x + i]!;
-        mb += b[(y + j) * width + x + i]!;
-      }
-      ma /= count;
-      mb /= count;
-      let va = 0;
-      let vb = 0;
-      let cov = 0;
-      for (let j = 0; j < win; j++) for (let i = 0; i < win; i++) {
-        const da = a[(y + j) * width + x + i]! - ma;
-        const db = b[(y + j) * width + x + i]! - mb;
-        va += da * da;
-        vb += db * db;
-        cov += da * db;
-      }
-      const norm = Math.max(1, count - 1);
-      sum += ((2 * ma * mb + c1) * ((2 * cov) / norm + c2)) / ((ma * ma + mb * mb + c1) * ((va + vb) / norm + c2));
-      windows++;
-    }
-  }
-  return windows ? sum / windows : 1;
 }

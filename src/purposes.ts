@@ -17,6 +17,12 @@ const purposeSchema = z.object({
   // "private": the original (variant 0, metadata-stripped like any original) is served only with a
   // signed link, even when the file is public; its variants follow the visibility.
   original: z.enum(['served', 'private']).default('served'),
+  /** Image ladder formats: WebP always; "avif" adds AVIF twins of the rungs where it pays (delivered by Accept). */
+  formats: z
+    .array(z.enum(['webp', 'avif']))
+    .min(1)
+    .refine((f) => f.includes('webp'), 'formats must include "webp" (every browser gets it; AVIF is an addition)')
+    .default(['webp']),
 });
 
 export type Purpose = z.infer<typeof purposeSchema> & { name: string };

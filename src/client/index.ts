@@ -10,7 +10,8 @@ import { SignJWT } from 'jose';
 
 export type Visibility = 'public' | 'private';
 
-export type ChipmunkVariant = { n: number | string; width?: number; height?: number; bytes: number; mimeType: string; url: string };
+/** `formats`: on rungs with an AVIF twin, each format with its own URL (AVIF first), for <picture>/srcset. */
+export type ChipmunkVariant = { n: number | string; width?: number; height?: number; bytes: number; mimeType: string; url: string; formats?: Array<{ mimeType: string; bytes: number; url: string }> };
 
 export type ChipmunkFile = {
   id: string;

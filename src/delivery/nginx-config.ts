@@ -174,6 +174,7 @@ ${cors.preflight.map((line) => `                ${line}\n`).join('')}           
             auth_request_set $chipmunk_cache_control $upstream_http_x_chipmunk_cache_control;
             auth_request_set $chipmunk_disposition $upstream_http_x_chipmunk_content_disposition;
             auth_request_set $chipmunk_size $upstream_http_x_chipmunk_size;
+            auth_request_set $chipmunk_vary $upstream_http_x_chipmunk_vary;
             # auth_request passes 401/403 through and turns anything else (404 for an unknown or deleted
             # token, a dead upstream) into 500; @chipmunk_refused restores Chipmunk's own status and JSON.
             error_page 401 403 500 = @chipmunk_refused;
@@ -194,6 +195,7 @@ ${cors.preflight.map((line) => `                ${line}\n`).join('')}           
             add_header Content-Type $chipmunk_type;
             add_header Cache-Control $chipmunk_cache_control;
             add_header Content-Disposition $chipmunk_disposition;
+            add_header Vary $chipmunk_vary;
             add_header X-Content-Type-Options nosniff always;
 ${corsLines(12)}        }
 
@@ -207,8 +209,11 @@ ${corsLines(12)}        }
             proxy_pass_request_body off;
             proxy_set_header Content-Length "";
             proxy_set_header X-Original-URI $request_uri;
+            # A rung with an AVIF twin is answered by Accept (Chipmunk's negotiate.ts decides, so the
+            # cache key carries the whole header: distinct values are few, one per browser family).
+            proxy_set_header X-Original-Accept $http_accept;
 ${cache ? `            proxy_cache chipmunk_auth;
-            proxy_cache_key $request_uri;
+            proxy_cache_key $request_uri|$http_accept;
             proxy_cache_valid 200 401 403 404 ${o.authCacheSeconds}s;
             proxy_cache_lock on;
             proxy_ignore_headers Cache-Control Expires Set-Cookie Vary;

@@ -1,6 +1,7 @@
 import type { Deliverable, Repository } from '../db/repository.js';
 import { AppError, errors } from '../errors.js';
 import { createDeliveryCache, stringBytes } from './cache.js';
+import { acceptsAvif, negotiateFormat } from './negotiate.js';
 import { deliveryKey, isValidDeliverySignature } from './signing.js';
 
 // The one access decision for /f/<token>/<n>, shared by Chipmunk's own delivery and the nginx
@@ -17,6 +18,8 @@ export type Delivery = {
   contentDisposition: string | undefined;
   /** Unix seconds after which this answer stops being true (signed links); undefined for public files. */
   expiresAt: number | undefined;
+  /** 'Accept' when the answer depends on the client's Accept (a rung with an AVIF twin). */
+  vary: string | undefined;
 };
 
 export const deliveryErrors = {
@@ -30,7 +33,8 @@ const YEAR = 31_536_000;
 // Strict on the raw target: anything percent-encoded, any dot segment, NUL or extra slash fails here.
 const targetPattern = /^\/f\/([0-9a-z]{32})\/([0-9a-z][0-9a-z-]{0,31})(?:\?([^#]*))?$/;
 
-export type DeliveryResolver = (target: string) => Delivery;
+/** `accept` is the client's Accept header: it picks between a rung's WebP and AVIF (negotiate.ts). */
+export type DeliveryResolver = (target: string, accept?: string) => Delivery;
 
 /** The resolver with a view of its caches: entries and estimated bytes (for tests and operators). */
 export type CachingDeliveryResolver = DeliveryResolver & { readonly cached: { grants: number; grantBytes: number; signatures: number } };
@@ -74,14 +78,16 @@ export function createDeliveryResolver(deps: DeliveryResolverDeps): CachingDeliv
     sizeOf: (g, key) => 400 + stringBytes(key) + stringBytes(g.delivery.target.filename) + stringBytes(g.delivery.contentDisposition),
   });
 
-  const resolve = (requestTarget: string): Delivery => {
+  const resolve = (requestTarget: string, accept?: string): Delivery => {
+    // AVIF-accepting clients get their own grants: the answer differs for rungs with an AVIF twin.
+    const avif = acceptsAvif(accept);
     const match = targetPattern.exec(requestTarget);
     if (!match) throw deliveryErrors.notFound();
     const [, token, name, query] = match as unknown as [string, string, string, string | undefined];
     const { exp, sig } = signatureParams(query);
     // ⌈now⌉ in seconds: left = ⌊(exp·1000 − now) / 1000⌋ = exp − ⌈now / 1000⌉.
     const second = Math.ceil(now() / 1000);
-    const bareKey = `${token}/${name}`;
+    const bareKey = `${avif ? 'avif ' : ''}${token}/${name}`;
     const signedKey = exp !== undefined && sig !== undefined ? `${bareKey}?${exp}&${sig}` : undefined;
     const known = granted.get(bareKey) ?? (signedKey ? granted.get(signedKey) : undefined);
     if (known) {
@@ -96,12 +102,12 @@ export function createDeliveryResolver(deps: DeliveryResolverDeps): CachingDeliv
     }
 
     // Excludes files being uploaded or deleted.
-    const target = repo.getDeliverable(token, name);
-    if (!target) throw deliveryErrors.notFound();
+    const asked = repo.getDeliverable(token, name);
+    if (!asked) throw deliveryErrors.notFound();
 
     let expiresAt: number | undefined;
     let cacheControl = `public, max-age=${YEAR}, immutable`;
-    if (target.visibility === 'private' || (target.name === '0' && privateOriginal(target.purpose))) {
+    if (asked.visibility === 'private' || (asked.name === '0' && privateOriginal(asked.purpose))) {
       if (exp === undefined || sig === undefined) throw deliveryErrors.signatureRequired();
       if (!isValid(`/f/${token}/${name}`, exp, sig)) {
         throw deliveryErrors.invalidSignature();
@@ -113,12 +119,14 @@ export function createDeliveryResolver(deps: DeliveryResolverDeps): CachingDeliv
       cacheControl = privateCacheControl(left);
     }
 
+    const { target, vary } = negotiateFormat(asked, token, avif, (t, n) => repo.getDeliverable(t, n));
     const delivery: Delivery = {
       target,
       contentType: target.mimeType,
       cacheControl,
       contentDisposition: target.name === '0' && !isInlineSafe(target.mimeType) ? attachment(target.filename) : undefined,
       expiresAt,
+      vary,
     };
     granted.set(expiresAt === undefined ? bareKey : signedKey!, { second, delivery });
     return delivery;

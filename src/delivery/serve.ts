@@ -113,7 +113,7 @@ export function createDeliveryServer(deps: {
     try {
       if (method === 'OPTIONS' && deps.cors) return answered({ status: 204, headers: deps.cors.deliveryPreflight(origin) });
       if (method !== 'GET' && method !== 'HEAD') throw errors.methodNotAllowed();
-      const d = resolve(target);
+      const d = resolve(target, header('accept'));
       const v = d.target;
       const key = blobKey(v);
       const cached = cache.get(key);
@@ -139,6 +139,7 @@ export function createDeliveryServer(deps: {
       'X-Content-Type-Options': 'nosniff',
     };
     if (d.contentDisposition) headers['Content-Disposition'] = d.contentDisposition;
+    if (d.vary) headers.Vary = d.vary;
 
     if (notModified(header('if-none-match'), header('if-modified-since'), etag, mtime)) {
       delete headers['Content-Type'];

@@ -1,18 +1,22 @@
-import { readFile, writeFile } from 'node:fs/promises';
+import { readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import sharp, { type Sharp } from 'sharp';
 import { rgbaToThumbHash } from 'thumbhash';
 import { AppError, errors } from '../errors.js';
+import { decodeHeicToJpeg, heifDeclaredSizes } from './heif.js';
 import { isSrgbProfile } from './icc.js';
 import { createLimiter } from './limiter.js';
 import { stripLosslessly } from './metadata.js';
-import type { MediaProcessor, ProcessInput, ProcessResult, ProducedVariant } from './processor.js';
+import { avifVariantName, type ImageFormat, type MediaProcessor, type ProcessInput, type ProcessResult, type ProducedVariant } from './processor.js';
 
 // The only module that imports sharp. An image is decoded once (orientation applied, colour
 // converted to sRGB, shrunk to the largest rung on load), then every smaller rung is resized from
 // pixels already made and encoded to WebP. Animated GIF/WebP keep their frames up to a cap.
 
 export type Rung = { name: string; box: number; quality: number; effort: number };
+
+/** How the still ladder reads its source: HEIC arrives already upright, so its stale EXIF orientation is not applied. */
+type StillLadderOptions = ImageProcessorOptions & { ignoreIcc: boolean; autoOrient?: boolean; formats?: readonly ImageFormat[] };
 
 /**
  * The variant ladder. Quality falls with size (the placeholder is compressed hardest, the 1080 cap
@@ -48,6 +52,7 @@ type Raw = { data: Buffer; width: number; height: number; channels: 1 | 2 | 3 | 
 /** Formats the bundled libvips decodes; anything else that sniffs as an image is refused by name. */
 const decodable = new Set(['jpeg', 'png', 'webp', 'gif', 'tiff', 'heif']);
 const animatable = new Set(['image/gif', 'image/webp']);
+const heifFamily = new Set(['image/heic', 'image/heif', 'image/avif']);
 
 export function createImageProcessor(opts: ImageProcessorOptions): MediaProcessor & { readonly queued: number; readonly active: number } {
   // Uploads are unique files: libvips' operation cache would only hold memory. Parallelism comes
@@ -68,16 +73,12 @@ export function createImageProcessor(opts: ImageProcessorOptions): MediaProcesso
 }
 
 async function processImage(input: ProcessInput, opts: ImageProcessorOptions): Promise<ProcessResult> {
-  const { sourcePath, sniffed, square, workDir } = input;
+  const { sourcePath, sniffed, square, workDir, formats } = input;
   const canAnimate = animatable.has(sniffed.mimeType);
+  // HEIF/AVIF: the container's own declarations first, before any libheif (sharp's or the HEVC child) parses it.
+  if (heifFamily.has(sniffed.mimeType)) await checkHeifDeclaredSizes(sourcePath, opts.maxPixels);
   const meta = await readHeader(sourcePath, sniffed.mimeType, canAnimate);
 
-  if (meta.format === 'heif' && meta.compression === 'hevc') {
-    throw errors.unsupportedType(
-      'This is a HEIC photo (HEVC-coded HEIF), which this server cannot decode. Export it as JPEG, or set the iPhone to ' +
-        'Settings → Camera → Formats → Most Compatible, and upload again.',
-    );
-  }
   if (!decodable.has(meta.format)) throw errors.unsupportedType(`Images in ${meta.format} format are not supported; upload JPEG, PNG, WebP, GIF, AVIF or TIFF.`);
 
   const frameHeight = meta.pageHeight ?? meta.height;
@@ -97,7 +98,9 @@ async function processImage(input: ProcessInput, opts: ImageProcessorOptions): P
   const oriented = (meta.orientation ?? 1) >= 5 ? { width: frame.height, height: frame.width } : frame;
   const produced = animated
     ? await animatedLadder(sourcePath, frame, square, workDir, opts)
-    : await stillLadder(sourcePath, oriented, square, workDir, { ...opts, ignoreIcc: isSrgbProfile(meta.icc) });
+    : meta.format === 'heif' && meta.compression === 'hevc'
+      ? await heicLadder(sourcePath, oriented, square, workDir, { ...opts, formats })
+      : await stillLadder(sourcePath, oriented, square, workDir, { ...opts, ignoreIcc: isSrgbProfile(meta.icc), formats });
 
   const original = await cleanOriginal(sourcePath, meta, sniffed.ext, workDir, opts);
   const placeholderFile = produced.variants.find((v) => v.name === '1')!.file;
@@ -150,15 +153,15 @@ async function stillLadder(
   oriented: { width: number; height: number },
   square: boolean,
   workDir: string,
-  opts: ImageProcessorOptions & { ignoreIcc: boolean },
+  opts: StillLadderOptions,
 ): Promise<Ladder> {
   const [topRung, ...smaller] = [...LADDER].sort((a, b) => b.box - a.box) as [Rung, ...Rung[]];
   const topSize = rungSize(oriented, topRung.box, square);
   let top: Raw;
   try {
     // An embedded sRGB profile needs no conversion to sRGB: skipping it gives the same pixels, faster.
-    const decoder = sharp(sourcePath, { limitInputPixels: opts.maxPixels, failOn: 'warning', ignoreIcc: opts.ignoreIcc })
-      .autoOrient()
+    const source = sharp(sourcePath, { limitInputPixels: opts.maxPixels, failOn: 'warning', ignoreIcc: opts.ignoreIcc });
+    const decoder = (opts.autoOrient === false ? source : source.autoOrient())
       .resize(topSize.width, topSize.height, square ? { fit: 'cover', position: 'attention' } : { fit: 'fill' })
       .toColourspace('srgb');
     const { data, info } = await decoder.raw({ depth: 'uchar' }).toBuffer({ resolveWithObject: true });
@@ -167,7 +170,7 @@ async function stillLadder(
     throw decodeError(err);
   }
 
-  const variants = [await encode(sharp(top.data, { raw: rawShape(top) }), topRung, workDir, topSize)];
+  const variants = [...(await encodeAvif(top, avifRung(topRung.name, opts.formats), workDir, topSize)), await encode(sharp(top.data, { raw: rawShape(top) }), topRung, workDir, topSize)];
   // Rungs down to 320 are resized from the top rung's pixels and encoded in the same call; the 320
   // rung's pixels are kept for the smaller ones and the thumbhash. Each sharp call has a fixed cost
   // (about a millisecond) worth saving on a ladder of small images.
@@ -176,8 +179,16 @@ async function stillLadder(
     const size = rungSize(oriented, rung.box, square);
     if (rung.box === KEEP_PIXELS_AT) {
       if (size.width !== kept.width || size.height !== kept.height) kept = await resizeRaw(kept, size);
+      variants.push(...(await encodeAvif(kept, avifRung(rung.name, opts.formats), workDir, size)));
       variants.push(await encode(sharp(kept.data, { raw: rawShape(kept) }), rung, workDir, size));
     } else {
+      // AVIF rungs need this rung's pixels twice: resized once here instead of inside each encode.
+      if (avifRung(rung.name, opts.formats)) {
+        const pixels = await resizeRaw(kept, size);
+        variants.push(...(await encodeAvif(pixels, avifRung(rung.name, opts.formats), workDir, size)));
+        variants.push(await encode(sharp(pixels.data, { raw: rawShape(pixels) }), rung, workDir, size));
+        continue;
+      }
       variants.push(await encode(sharp(kept.data, { raw: rawShape(kept) }).resize(size.width, size.height, { fit: 'fill' }), rung, workDir, size));
     }
   }
@@ -212,7 +223,7 @@ async function encode(pipeline: Sharp, rung: Rung, workDir: string, size: { widt
   const storedAs = `${rung.name}.webp`;
   const file = path.join(workDir, storedAs);
   await pipeline.webp({ quality: rung.quality, effort: rung.effort }).toFile(file);
-  return { name: rung.name, file, storedAs, mimeType: 'image/webp', width: size.width, height: size.height };
+  return { name: rung.name, file, storedAs, mimeType: 'image/webp', format: 'webp', width: size.width, height: size.height };
 }
 
 async function resizeRaw(raw: Raw, size: { width: number; height: number }): Promise<Raw> {
@@ -305,5 +316,73 @@ function decodeError(err: unknown): AppError {
 const megapixels = (pixels: number) => `${Number((pixels / 1e6).toFixed(1))} megapixels`;
 
 function byName(variants: ProducedVariant[]): ProducedVariant[] {
-  return [...variants].sort((a, b) => Number(a.name) - Number(b.name));
+  // '6-avif' sorts with rung 6.
+  return [...variants].sort((a, b) => parseInt(a.name, 10) - parseInt(b.name, 10) || a.name.localeCompare(b.name));
+}
+
+// ── HEIC input and AVIF output (issue 17) ────────────────────────────────────────────────────────
+
+/**
+ * Refuses a HEIF/AVIF whose container declares an image item over the pixel limit, before any
+ * decoder runs. Every item counts, not just the primary: a grid may declare a small canvas and
+ * large tiles.
+ */
+async function checkHeifDeclaredSizes(sourcePath: string, maxPixels: number): Promise<void> {
+  const largest = (await heifDeclaredSizes(sourcePath)).reduce((max, s) => (s.width * s.height > max.width * max.height ? s : max), { width: 0, height: 0 });
+  const pixels = largest.width * largest.height;
+  if (pixels > maxPixels) {
+    throw errors.tooLarge(
+      `The image is ${largest.width} × ${largest.height} pixels (${megapixels(pixels)}); at most ${megapixels(maxPixels)} are accepted. Scale it down and upload again.`,
+    );
+  }
+}
+
+/**
+ * A HEIC photo: libheif (a bounded child, heif.ts) decodes it upright with its colour profile, then
+ * the same still ladder as any photo runs on that, converting the profile (Display P3) to sRGB.
+ */
+async function heicLadder(
+  sourcePath: string,
+  oriented: { width: number; height: number },
+  square: boolean,
+  workDir: string,
+  opts: ImageProcessorOptions & { formats?: readonly ImageFormat[] },
+): Promise<Ladder> {
+  const decoded = await decodeHeicToJpeg(sourcePath, workDir, { pixels: oriented.width * oriented.height });
+  try {
+    // Its EXIF orientation describes the coded picture, which libheif has already turned by irot.
+    return await stillLadder(decoded, oriented, square, workDir, { ...opts, ignoreIcc: false, autoOrient: false });
+  } finally {
+    await rm(decoded, { force: true });
+  }
+}
+
+export type AvifRung = { name: string; quality: number; effort: number };
+
+/**
+ * The rungs that get an AVIF beside their WebP, at the quality whose SSIM matches the WebP rung's
+ * (q59–60 on the corpus photos, `npm run bench:variants`). 10, 40 and 160 px are left out: there
+ * AVIF is larger than WebP at the same SSIM (its container alone outweighs the 10 px WebP). Effort 0
+ * (libaom's fastest): on these rungs it made files within a few percent of effort 2's at a fifth
+ * to a tenth of its time.
+ */
+export const AVIF_LADDER: readonly AvifRung[] = Object.freeze([
+  { name: '4', quality: 60, effort: 0 },
+  { name: '5', quality: 60, effort: 0 },
+  { name: '6', quality: 60, effort: 0 },
+]);
+
+/** The AVIF settings for this rung when the purpose asks for AVIF and the rung has them. */
+export function avifRung(name: string, formats: readonly ImageFormat[] | undefined): AvifRung | undefined {
+  return formats?.includes('avif') ? AVIF_LADDER.find((r) => r.name === name) : undefined;
+}
+
+/** The AVIF twin of a rung, from the same pixels as its WebP; nothing when the rung has none. */
+async function encodeAvif(raw: Raw, rung: AvifRung | undefined, workDir: string, size: { width: number; height: number }): Promise<ProducedVariant[]> {
+  if (!rung) return [];
+  const storedAs = `${rung.name}.avif`;
+  const file = path.join(workDir, storedAs);
+  // 4:2:0 like WebP: the SSIM match and the byte comparison are like for like.
+  await sharp(raw.data, { raw: rawShape(raw) }).avif({ quality: rung.quality, effort: rung.effort, chromaSubsampling: '4:2:0' }).toFile(file);
+  return [{ name: avifVariantName(rung.name), file, storedAs, mimeType: 'image/avif', format: 'avif', width: size.width, height: size.height }];
 }

@@ -10,8 +10,19 @@ export type ProcessInput = {
   sniffed: Sniffed;
   /** From the purpose: square (cover-cropped) variants. */
   square: boolean;
+  /** From the purpose: the formats its image ladder is made in (default WebP only). */
+  formats?: readonly ImageFormat[];
   workDir: string;
 };
+
+/** Formats of the image ladder: WebP always; AVIF beside it on the rungs where it pays, when the purpose asks. */
+export type ImageFormat = 'webp' | 'avif';
+
+/**
+ * An AVIF rung is stored as its own variant next to the WebP one: '6-avif' beside '6'. Delivery of
+ * /f/<token>/6 picks between the two by Accept; '6-avif' is also addressable directly (for <picture>).
+ */
+export const avifVariantName = (rung: string) => `${rung}-avif`;
 
 export type ProducedVariant = {
   /** '1'…'6', or a named extra such as 'waveform'. */
@@ -21,6 +32,8 @@ export type ProducedVariant = {
   /** File name to keep it under inside the file's folder, e.g. '3.webp'. */
   storedAs: string;
   mimeType: string;
+  /** Set on image ladder rungs: which format this file is. */
+  format?: ImageFormat;
   width?: number;
   height?: number;
 };

@@ -10,7 +10,8 @@ import type { DeliveryResolver } from '../delivery/resolve.js';
 //
 // nginx sends the client's raw request target in X-Original-URI. The answer:
 //   200: X-Chipmunk-Path (relative to the media root), X-Chipmunk-Content-Type, X-Chipmunk-Cache-Control,
-//        X-Chipmunk-Content-Disposition (downloads only)
+//        X-Chipmunk-Content-Disposition (downloads only), X-Chipmunk-Vary (rungs with an AVIF twin: the
+//        path is the AVIF or the WebP file as the client's Accept, sent in X-Original-Accept, decides)
 //   401 / 403: the refusal, with its JSON body also in X-Chipmunk-Error and its real status (404 for
 //        an unknown token, 400…) in X-Chipmunk-Status. Other refusals travel as 403 because
 //        auth_request writes an error.log line for any other status: a flood of random tokens must
@@ -26,10 +27,10 @@ export type RelativePath = (fileId: string, name: string) => string;
 
 export type AuthAnswer = { status: number; headers: Record<string, string>; body: string };
 
-export function authAnswer(resolve: DeliveryResolver, relativePath: RelativePath, originalUri: string | undefined, cacheSeconds: number, nowMs: number): AuthAnswer {
+export function authAnswer(resolve: DeliveryResolver, relativePath: RelativePath, originalUri: string | undefined, cacheSeconds: number, nowMs: number, accept?: string): AuthAnswer {
   try {
     if (!originalUri) throw errors.badRequest('X-Original-URI is missing: the nginx config must set it to $request_uri.');
-    const d = resolve(originalUri);
+    const d = resolve(originalUri, accept);
     const left = d.expiresAt === undefined ? cacheSeconds : Math.min(cacheSeconds, Math.floor((d.expiresAt * 1000 - nowMs) / 1000));
     const headers: Record<string, string> = {
       'X-Chipmunk-Status': '200',
@@ -40,6 +41,7 @@ export function authAnswer(resolve: DeliveryResolver, relativePath: RelativePath
       'X-Chipmunk-Size': String(d.target.bytes),
     };
     if (d.contentDisposition) headers['X-Chipmunk-Content-Disposition'] = d.contentDisposition;
+    if (d.vary) headers['X-Chipmunk-Vary'] = d.vary;
     return { status: 200, headers, body: '' };
   } catch (err) {
     const { status, headers, body: json } = renderError(err);
@@ -68,7 +70,7 @@ export function internalAuthListener(deps: { resolve: DeliveryResolver; relative
       const { status, headers, body } = renderError(errors.notFound('Route'));
       answer = { status, headers, body };
     } else {
-      answer = authAnswer(deps.resolve, deps.relativePath, rawHeader(req.rawHeaders, 'x-original-uri'), deps.authCacheSeconds, now());
+      answer = authAnswer(deps.resolve, deps.relativePath, rawHeader(req.rawHeaders, 'x-original-uri'), deps.authCacheSeconds, now(), rawHeader(req.rawHeaders, 'x-original-accept'));
       if (answer.status >= 500) deps.logger.error('auth request failed', { status: answer.status, body: answer.body });
     }
     deps.onAnswer?.(answer.status);

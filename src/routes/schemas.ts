@@ -99,7 +99,11 @@ export const variantJson = z.object({
   height: z.number().int().optional(),
   bytes: z.number().int(),
   mimeType: z.string(),
-  url: z.url(),
+  url: z.url().describe('answers in AVIF to clients whose Accept names image/avif when the rung has an AVIF twin (formats), else in WebP'),
+  formats: z
+    .array(z.object({ mimeType: z.string(), bytes: z.number().int(), url: z.url() }))
+    .optional()
+    .describe('present on rungs with an AVIF twin: each format with a URL of its own (AVIF first), for <picture>/srcset'),
 });
 
 export const fileJson = z

@@ -128,7 +128,7 @@ export function createUploadService(deps: UploadServiceDeps) {
         }
         kind = sniffed.kind;
         workDir = await storage.workspace(fileId);
-        const result = await deps.processors[sniffed.kind].process({ fileId, sourcePath, sniffed, square: purpose.square, workDir });
+        const result = await deps.processors[sniffed.kind].process({ fileId, sourcePath, sniffed, square: purpose.square, formats: purpose.formats, workDir });
         const originalName = `0.${sniffed.ext}`;
         // The processor's cleaned copy (metadata stripped) is what gets stored and served as variant 0.
         const originalBytes = await storage.adopt(fileId, originalName, result.original?.file ?? sourcePath);
