@@ -64,7 +64,7 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
   const repo = createRepository(db);
   const storage = createLocalStorage({ mediaDir: config.mediaDir, workDir });
   const area = createUploadArea(config.uploadDir);
-  const purposes = loadPurposes(config.purposesFile);
+  const purposes = loadPurposes(config.purposesFile, { maxFrames: config.maxFrames, maxAnimationPixels: config.maxAnimationPixels, maxDurationSeconds: config.maxDurationSeconds });
   const events = createEventBus();
   const disk = { freeBytes: opts.freeBytes ?? (() => statfsFreeBytes(config.dataDir)), marginBytes: config.diskMarginBytes };
   const webhooks = config.webhook
@@ -81,7 +81,15 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
   const delivery = createDeliveryServer({ resolve: resolveDelivery, storage, logger, onAnswer: (status) => metrics.deliveryAnswered(status) });
   const files = createFileService({ repo, storage, logger, events, variantUrl: links.variantUrl });
   // One pool of image workers (and its concurrency bound) for uploads and for tracks' cover ladders.
-  const imageProcessor = createImageWorkerPool({ maxPixels: config.maxPixels, maxFrames: config.maxFrames, concurrency: config.concurrency, logger });
+  const imageProcessor = createImageWorkerPool({
+    maxPixels: config.maxPixels,
+    maxFrames: config.maxFrames,
+    maxAnimationPixels: config.maxAnimationPixels,
+    concurrency: config.concurrency,
+    memoryBytes: config.mediaMemoryBytes,
+    timeoutMs: config.mediaTimeoutMs,
+    logger,
+  });
   const audio = createAudioService({ repo, storage, events, logger, ffmpeg, images: imageProcessor });
   // Each audio job runs two ffmpeg processes side by side, so half as many jobs as cores.
   const jobs = createJobRunner({ repo, logger, handlers: { [AUDIO_JOB]: audio.handler }, concurrency: Math.max(1, Math.floor(config.concurrency / 2)) });

@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { z } from 'zod';
 import { errors, formatBytes } from './errors.js';
+import type { MediaLimits } from './media/processor.js';
 
 // A purpose says what an upload is for: which kinds of file it takes, how big, whether its
 // variants are square, and who may see it by default. Operators add or change purposes
@@ -13,9 +14,16 @@ const purposeSchema = z.object({
   maxBytes: z.number().int().positive(),
   square: z.boolean().default(false),
   visibility: z.enum(['public', 'private']).default('private'),
+  // Limits on the work a file may cost; unset, the server's settings (CHIPMUNK_MAX_FRAMES, …) apply.
+  maxFrames: z.number().int().positive().optional(),
+  maxAnimationPixels: z.number().int().positive().optional(),
+  maxDurationSeconds: z.number().positive().optional(),
 });
 
-export type Purpose = z.infer<typeof purposeSchema> & { name: string };
+export type Purpose = Omit<z.infer<typeof purposeSchema>, keyof MediaLimits> & MediaLimits & { name: string };
+
+/** The server-wide limits, when no setting changes them (the README's configuration table). */
+export const defaultMediaLimits: MediaLimits = Object.freeze({ maxFrames: 100, maxAnimationPixels: 25_000_000, maxDurationSeconds: 2 * 3600 });
 
 const MB = 1_000_000;
 
@@ -32,7 +40,8 @@ export type Purposes = {
   all(): Purpose[];
 };
 
-export function loadPurposes(file?: string): Purposes {
+/** `defaults` are the server's settings for the limits a purpose does not set itself. */
+export function loadPurposes(file?: string, defaults: MediaLimits = defaultMediaLimits): Purposes {
   let overrides: Record<string, unknown> = {};
   if (file) {
     try {
@@ -46,7 +55,17 @@ export function loadPurposes(file?: string): Purposes {
     if (!purposeNamePattern.test(name)) throw new Error(`Purpose name "${name}" must match ${purposeNamePattern}`);
     const parsed = purposeSchema.safeParse(raw);
     if (!parsed.success) throw new Error(`Purpose "${name}" is invalid: ${parsed.error.issues[0]?.message}`);
-    table.set(name, Object.freeze({ name, ...parsed.data }));
+    const { maxFrames, maxAnimationPixels, maxDurationSeconds, ...rest } = parsed.data;
+    table.set(
+      name,
+      Object.freeze({
+        name,
+        ...rest,
+        maxFrames: maxFrames ?? defaults.maxFrames,
+        maxAnimationPixels: maxAnimationPixels ?? defaults.maxAnimationPixels,
+        maxDurationSeconds: maxDurationSeconds ?? defaults.maxDurationSeconds,
+      }),
+    );
   }
   return {
     get(name) {
@@ -71,6 +90,11 @@ export function admitToPurpose(purpose: Purpose, declared: { length: number; mim
     throw errors.unsupportedType(`"${purpose.name}" uploads take ${purpose.kinds.join(' or ')} files; "${declared.mimeType}" is not one.`);
   }
   return { kind };
+}
+
+/** The limits a purpose puts on the work of one file, as the media processors take them. */
+export function purposeLimits(purpose: Purpose): MediaLimits {
+  return { maxFrames: purpose.maxFrames, maxAnimationPixels: purpose.maxAnimationPixels, maxDurationSeconds: purpose.maxDurationSeconds };
 }
 
 export function kindOfMimeType(mimeType: string | null | undefined): MediaKind | undefined {

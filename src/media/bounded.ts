@@ -48,7 +48,7 @@ const wrappers = (() => {
 /** The command line that runs `command` with the memory cap and the parent-death signal. */
 export function boundedCommand(command: string, args: string[], memoryBytes: number): { file: string; args: string[] } {
   let line = [command, ...args];
-  if (wrappers.prlimit) line = ['prlimit', `--as=${Math.floor(memoryBytes)}`, '--', ...line];
+  if (wrappers.prlimit && Number.isFinite(memoryBytes)) line = ['prlimit', `--as=${Math.floor(memoryBytes)}`, '--', ...line];
   if (wrappers.setpriv) line = ['setpriv', '--pdeathsig', 'SIGKILL', '--', ...line];
   return { file: line[0]!, args: line.slice(1) };
 }
@@ -167,6 +167,11 @@ export type BoundedForkOptions = {
   memoryBytes: number;
   /** V8's old-space cap in MB (the JS heap: parsers' object trees live there). */
   heapMb?: number;
+  /**
+   * False leaves out the address-space cap (the heap cap stays): under tsx (tests, benches from the
+   * TypeScript sources) WebAssembly reserves some 32 GB of address space it never uses.
+   */
+  capAddressSpace?: boolean;
   execArgv?: string[];
   stdio?: StdioOptions;
 };
@@ -184,7 +189,7 @@ export const NODE_RESERVED_BYTES = 1_000_000_000;
  */
 export function forkBounded(modulePath: string, args: string[], opts: BoundedForkOptions): ChildProcess {
   const nodeArgs = [...(opts.heapMb ? [`--max-old-space-size=${Math.floor(opts.heapMb)}`] : []), ...(opts.execArgv ?? [])];
-  const line = boundedCommand(process.execPath, nodeArgs, opts.memoryBytes + NODE_RESERVED_BYTES);
+  const line = boundedCommand(process.execPath, nodeArgs, opts.capAddressSpace === false ? Infinity : opts.memoryBytes + NODE_RESERVED_BYTES);
   return fork(modulePath, args, {
     execPath: line.file,
     execArgv: line.args,
