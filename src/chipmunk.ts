@@ -20,7 +20,7 @@ import { createMetrics, observeEvents } from './ops/metrics.js';
 import { createReadiness, statfsFreeBytes } from './ops/readiness.js';
 import { createRequestContext } from './ops/request-context.js';
 import { createWebhooks } from './ops/webhooks.js';
-import { loadPurposes } from './purposes.js';
+import { loadPurposes, purposeLimits } from './purposes.js';
 import { withDeliveryFastPath } from './routes/delivery.js';
 import { internalAuthListener } from './routes/internal-auth.js';
 import { AUDIO_JOB, createAudioService } from './services/audio.js';
@@ -90,14 +90,15 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
     timeoutMs: config.mediaTimeoutMs,
     logger,
   });
-  const audio = createAudioService({ repo, storage, events, logger, ffmpeg, images: imageProcessor });
+  const mediaBounds = { memoryBytes: config.mediaMemoryBytes, timeoutMs: config.mediaTimeoutMs };
+  const audio = createAudioService({ repo, storage, events, logger, ffmpeg, images: imageProcessor, bounds: mediaBounds, limitsFor: (name) => (purposes.all().some((p) => p.name === name) ? purposeLimits(purposes.get(name)) : {}) });
   // Each audio job runs two ffmpeg processes side by side, so half as many jobs as cores.
   const jobs = createJobRunner({ repo, logger, handlers: { [AUDIO_JOB]: audio.handler }, concurrency: Math.max(1, Math.floor(config.concurrency / 2)) });
   const uploads = createUploadService({
     repo,
     storage,
     purposes,
-    processors: { image: imageProcessor, audio: createAudioProcessor({ ffmpeg }) },
+    processors: { image: imageProcessor, audio: createAudioProcessor({ ffmpeg, bounds: mediaBounds, maxDurationSeconds: config.maxDurationSeconds }) },
     logger,
     events,
     defaultQuotaBytes: config.defaultQuotaBytes,
