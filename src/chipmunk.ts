@@ -22,7 +22,7 @@ import { createMetrics, observeEvents } from './ops/metrics.js';
 import { createReadiness, statfsFreeBytes } from './ops/readiness.js';
 import { createRequestContext } from './ops/request-context.js';
 import { createWebhooks } from './ops/webhooks.js';
-import { keepsOriginalPrivate, loadPurposes } from './purposes.js';
+import { keepsOriginalPrivate, loadPurposes, purposeLimits } from './purposes.js';
 import { withDeliveryFastPath } from './routes/delivery.js';
 import { internalAuthListener } from './routes/internal-auth.js';
 import { AUDIO_JOB, createAudioService } from './services/audio.js';
@@ -72,7 +72,7 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
   const repo = createRepository(db);
   const storage = createLocalStorage({ mediaDir: config.mediaDir, workDir, mediaGid: config.mediaGroupId });
   const area = createUploadArea(config.uploadDir);
-  const purposes = loadPurposes(config.purposesFile);
+  const purposes = loadPurposes(config.purposesFile, { maxFrames: config.maxFrames, maxAnimationPixels: config.maxAnimationPixels, maxDurationSeconds: config.maxDurationSeconds });
   const events = createEventBus();
   const disk = { freeBytes: opts.freeBytes ?? (() => statfsFreeBytes(config.dataDir)), marginBytes: config.diskMarginBytes };
   const webhooks = config.webhook
@@ -91,15 +91,24 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
   const delivery = createDeliveryServer({ resolve: resolveDelivery, storage, logger, cors, onAnswer: (status) => metrics.deliveryAnswered(status) });
   const files = createFileService({ repo, storage, logger, events, variantUrl: links.variantUrl });
   // One pool of image workers (and its concurrency bound) for uploads and for tracks' cover ladders.
-  const imageProcessor = createImageWorkerPool({ maxPixels: config.maxPixels, maxFrames: config.maxFrames, concurrency: config.concurrency, logger });
-  const audio = createAudioService({ repo, storage, events, logger, ffmpeg, images: imageProcessor });
+  const imageProcessor = createImageWorkerPool({
+    maxPixels: config.maxPixels,
+    maxFrames: config.maxFrames,
+    maxAnimationPixels: config.maxAnimationPixels,
+    concurrency: config.concurrency,
+    memoryBytes: config.mediaMemoryBytes,
+    timeoutMs: config.mediaTimeoutMs,
+    logger,
+  });
+  const mediaBounds = { memoryBytes: config.mediaMemoryBytes, timeoutMs: config.mediaTimeoutMs };
+  const audio = createAudioService({ repo, storage, events, logger, ffmpeg, images: imageProcessor, bounds: mediaBounds, limitsFor: (name) => (purposes.all().some((p) => p.name === name) ? purposeLimits(purposes.get(name)) : {}) });
   // Each audio job runs two ffmpeg processes side by side, so half as many jobs as cores.
   const jobs = createJobRunner({ repo, logger, handlers: { [AUDIO_JOB]: audio.handler }, concurrency: Math.max(1, Math.floor(config.concurrency / 2)) });
   const uploads = createUploadService({
     repo,
     storage,
     purposes,
-    processors: { image: imageProcessor, audio: createAudioProcessor({ ffmpeg }) },
+    processors: { image: imageProcessor, audio: createAudioProcessor({ ffmpeg, bounds: mediaBounds, maxDurationSeconds: config.maxDurationSeconds }) },
     logger,
     events,
     defaultQuotaBytes: config.defaultQuotaBytes,

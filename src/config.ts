@@ -4,6 +4,7 @@ import { cpus } from 'node:os';
 import path from 'node:path';
 import { z } from 'zod';
 import { parseCorsOrigins, type CorsOrigins } from './delivery/cors.js';
+import { defaultMediaLimits } from './purposes.js';
 
 // The environment is parsed once, at start-up, into a frozen Config.
 // A bad variable stops start-up with a sentence that names it.
@@ -24,7 +25,11 @@ const envSchema = z.object({
   CHIPMUNK_UPLOAD_EXPIRY: seconds.default(24 * 3600),
   CHIPMUNK_EXPIRY_INTERVAL: seconds.default(15 * 60),
   CHIPMUNK_MAX_PIXELS: bytes.default(50_000_000),
-  CHIPMUNK_MAX_FRAMES: bytes.default(100),
+  CHIPMUNK_MAX_FRAMES: bytes.default(defaultMediaLimits.maxFrames),
+  CHIPMUNK_MAX_ANIMATION_PIXELS: bytes.default(defaultMediaLimits.maxAnimationPixels),
+  CHIPMUNK_MAX_DURATION: seconds.default(defaultMediaLimits.maxDurationSeconds),
+  CHIPMUNK_MEDIA_MEMORY: bytes.default(1_000_000_000),
+  CHIPMUNK_MEDIA_TIMEOUT: seconds.default(60),
   CHIPMUNK_CONCURRENCY: bytes.default(Math.max(1, cpus().length)),
   // Unset: 8081, or a free port when PORT=0 (tests and parallel instances never collide).
   CHIPMUNK_INTERNAL_PORT: z.coerce.number().int().min(0).max(65535).optional(),
@@ -75,7 +80,13 @@ export type Config = Readonly<{
   uploadExpiryMs: number;
   expiryIntervalMs: number;
   maxPixels: number;
+  /** Defaults of the purposes' limits on the work of one file (a purpose may set its own). */
   maxFrames: number;
+  maxAnimationPixels: number;
+  maxDurationSeconds: number;
+  /** Memory (address space) each media child may use for its work, and its wall-clock limit. */
+  mediaMemoryBytes: number;
+  mediaTimeoutMs: number;
   concurrency: number;
   logLevel: 'debug' | 'info' | 'warn' | 'error' | 'silent';
   /** Free disk space kept back: a creation that would eat into it is refused with 507. */
@@ -160,6 +171,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     expiryIntervalMs: e.CHIPMUNK_EXPIRY_INTERVAL * 1000,
     maxPixels: e.CHIPMUNK_MAX_PIXELS,
     maxFrames: e.CHIPMUNK_MAX_FRAMES,
+    maxAnimationPixels: e.CHIPMUNK_MAX_ANIMATION_PIXELS,
+    maxDurationSeconds: e.CHIPMUNK_MAX_DURATION,
+    mediaMemoryBytes: e.CHIPMUNK_MEDIA_MEMORY,
+    mediaTimeoutMs: e.CHIPMUNK_MEDIA_TIMEOUT * 1000,
     concurrency: e.CHIPMUNK_CONCURRENCY,
     logLevel: e.CHIPMUNK_LOG_LEVEL,
     diskMarginBytes: e.CHIPMUNK_DISK_MARGIN,

@@ -5,8 +5,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError } from './config.js';
 import { admitToPurpose, kindOfMimeType, loadPurposes, type Purpose } from './purposes.js';
 
-const avatar: Purpose = { name: 'avatar', kinds: ['image'], maxBytes: 20_000_000, square: true, visibility: 'public', original: 'served', formats: ['webp'] };
-const media: Purpose = { name: 'media', kinds: ['image', 'audio'], maxBytes: 1000, square: false, visibility: 'private', original: 'served', formats: ['webp'] };
+const avatar: Purpose = { name: 'avatar', kinds: ['image'], maxBytes: 20_000_000, square: true, visibility: 'public', original: 'served', formats: ['webp'], maxFrames: 100, maxAnimationPixels: 25_000_000, maxDurationSeconds: 7200 };
+const media: Purpose = { name: 'media', kinds: ['image', 'audio'], maxBytes: 1000, square: false, visibility: 'private', original: 'served', formats: ['webp'], maxFrames: 100, maxAnimationPixels: 25_000_000, maxDurationSeconds: 7200 };
 
 describe('admitToPurpose', () => {
   it('admits a file of an accepted kind up to the byte limit, inclusive', () => {

@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import { z } from 'zod';
 import { ConfigError } from './config.js';
 import { errors, formatBytes } from './errors.js';
+import type { MediaLimits } from './media/processor.js';
 
 // A purpose says what an upload is for: which kinds of file it takes, how big, whether its
 // variants are square, and who may see it by default. Operators add or change purposes
@@ -23,9 +24,16 @@ const purposeSchema = z.object({
     .min(1)
     .refine((f) => f.includes('webp'), 'formats must include "webp" (every browser gets it; AVIF is an addition)')
     .default(['webp']),
+  // Limits on the work a file may cost; unset, the server's settings (CHIPMUNK_MAX_FRAMES, …) apply.
+  maxFrames: z.number().int().positive().optional(),
+  maxAnimationPixels: z.number().int().positive().optional(),
+  maxDurationSeconds: z.number().positive().optional(),
 });
 
-export type Purpose = z.infer<typeof purposeSchema> & { name: string };
+export type Purpose = Omit<z.infer<typeof purposeSchema>, keyof MediaLimits> & MediaLimits & { name: string };
+
+/** The server-wide limits, when no setting changes them (the README's configuration table). */
+export const defaultMediaLimits: MediaLimits = Object.freeze({ maxFrames: 100, maxAnimationPixels: 25_000_000, maxDurationSeconds: 2 * 3600 });
 
 const MB = 1_000_000;
 
@@ -42,7 +50,8 @@ export type Purposes = {
   all(): Purpose[];
 };
 
-export function loadPurposes(file?: string): Purposes {
+/** `defaults` are the server's settings for the limits a purpose does not set itself. */
+export function loadPurposes(file?: string, defaults: MediaLimits = defaultMediaLimits): Purposes {
   let overrides: Record<string, unknown> = {};
   if (file) {
     let text: string;
@@ -72,7 +81,17 @@ export function loadPurposes(file?: string): Purposes {
       const issue = parsed.error.issues[0];
       throw new ConfigError(`Purpose "${name}" is invalid in CHIPMUNK_PURPOSES_FILE ${file}: ${issue?.path.join('.') || 'it'} ${issue?.message}.`);
     }
-    table.set(name, Object.freeze({ name, ...parsed.data }));
+    const { maxFrames, maxAnimationPixels, maxDurationSeconds, ...rest } = parsed.data;
+    table.set(
+      name,
+      Object.freeze({
+        name,
+        ...rest,
+        maxFrames: maxFrames ?? defaults.maxFrames,
+        maxAnimationPixels: maxAnimationPixels ?? defaults.maxAnimationPixels,
+        maxDurationSeconds: maxDurationSeconds ?? defaults.maxDurationSeconds,
+      }),
+    );
   }
   return {
     get(name) {
@@ -121,6 +140,11 @@ export function keepsOriginalPrivate(purposes: Purposes, name: string): boolean 
   } catch {
     return true;
   }
+}
+
+/** The limits a purpose puts on the work of one file, as the media processors take them. */
+export function purposeLimits(purpose: Purpose): MediaLimits {
+  return { maxFrames: purpose.maxFrames, maxAnimationPixels: purpose.maxAnimationPixels, maxDurationSeconds: purpose.maxDurationSeconds };
 }
 
 export function kindOfMimeType(mimeType: string | null | undefined): MediaKind | undefined {

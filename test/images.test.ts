@@ -242,18 +242,32 @@ describe('image variant ladder', () => {
     expect(meta.pages).toBeGreaterThan(1);
   });
 
-  it('beyond the frame cap an animation keeps only its first frame', async () => {
-    const capped = await startChipmunk({ CHIPMUNK_MAX_FRAMES: '5' });
+  it('refuses an animation over the frame limit or over the pixels of all its frames (413 naming the limit), charging nothing', async () => {
+    const capped = await startChipmunk({ CHIPMUNK_MAX_FRAMES: '10', CHIPMUNK_MAX_ANIMATION_PIXELS: '2000000' });
     try {
-      const file = await uploadOk('images/formats/anim-rotating-squares.gif', 'image', capped); // 30 frames of 80 × 80
-      expect([file.width, file.height]).toEqual([80, 80]);
-      for (let n = 1; n <= 6; n++) {
-        const meta = await sharp(mediaPath(path.join(capped.dataDir, 'media'), file.id, `${n}.webp`), { animated: true }).metadata();
-        expect(meta.pages ?? 1).toBe(1);
-        expect([meta.width, meta.height]).toEqual(n === 1 ? [10, 10] : n === 2 ? [40, 40] : [80, 80]);
-      }
+      // 30 frames of 80 × 80: over 10 frames.
+      const frames = await upload('images/formats/anim-rotating-squares.gif', 'image', { server: capped });
+      expect(frames.result).toMatchObject({ ok: false, status: 413 });
+      if (frames.result.ok) return;
+      expect(JSON.parse(frames.result.body!).error).toEqual({ code: 'FILE_TOO_LARGE', message: 'The animation has 30 frames; at most 10 are accepted. Shorten it and upload again.' });
+      const u = (await (await capped.api(`/v1/users/${frames.userId}`)).json()) as UserJson;
+      expect(u).toMatchObject({ usedBytes: 0, reservedBytes: 0, fileCount: 0 });
+      // 370 × 285 × 10 frames is 1.05 megapixels: within both limits, animated.
+      const small = await uploadOk('images/formats/anim-loop3.gif', 'image', capped);
+      expect((await sharp(mediaPath(path.join(capped.dataDir, 'media'), small.id, '6.webp'), { animated: true }).metadata()).pages).toBeGreaterThan(1);
     } finally {
       await capped.close();
+    }
+    const budget = await startChipmunk({ CHIPMUNK_MAX_ANIMATION_PIXELS: '100000' });
+    try {
+      const pixels = await upload('images/formats/anim-rotating-squares.gif', 'image', { server: budget });
+      expect(pixels.result).toMatchObject({ ok: false, status: 413 });
+      if (pixels.result.ok) return;
+      expect(JSON.parse(pixels.result.body!).error.message).toBe(
+        'The animation is 80 × 80 pixels × 30 frames (0.2 megapixels in all); at most 0.1 megapixels over all frames are accepted. Shorten it or scale it down and upload again.',
+      );
+    } finally {
+      await budget.close();
     }
   });
 

@@ -20,9 +20,12 @@ process.on('message', (request: WorkerRequest) => {
 });
 // The pool closing the channel (or dying) ends the worker.
 process.on('disconnect', () => process.exit(0));
-// Ctrl-C reaches the whole process group: the server decides when its workers stop (after the
-// images in flight), so the terminal's interrupt is left to it.
+// The server decides when its workers stop (after the images in flight): a worker leads its own
+// process group, and a stray interrupt sent to it alone is left to the server as well.
 process.on('SIGINT', () => {});
+
+// Loaded: from here on, a death is about the image it holds (the pool tells the two apart).
+process.send?.({ ready: true });
 
 function reply(message: WorkerReply): void {
   process.send?.(message);

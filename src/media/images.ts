@@ -3,15 +3,16 @@ import path from 'node:path';
 import sharp, { type Sharp } from 'sharp';
 import { rgbaToThumbHash } from 'thumbhash';
 import { AppError, errors } from '../errors.js';
+import { looksLikeMemoryFailure } from './bounded.js';
 import { decodeHeicToJpeg, heifDeclaredSizes } from './heif.js';
 import { isSrgbProfile } from './icc.js';
 import { createLimiter } from './limiter.js';
 import { stripLosslessly } from './metadata.js';
-import { avifVariantName, type ImageFormat, type MediaProcessor, type ProcessInput, type ProcessResult, type ProducedVariant } from './processor.js';
+import { avifVariantName, type ImageFormat, type MediaLimits, type MediaProcessor, type ProcessInput, type ProcessResult, type ProducedVariant } from './processor.js';
 
 // The only module that imports sharp. An image is decoded once (orientation applied, colour
 // converted to sRGB, shrunk to the largest rung on load), then every smaller rung is resized from
-// pixels already made and encoded to WebP. Animated GIF/WebP keep their frames up to a cap.
+// pixels already made and encoded to WebP. Animated GIF/WebP keep their frames, within the limits.
 
 export type Rung = { name: string; box: number; quality: number; effort: number };
 
@@ -38,8 +39,10 @@ export const LADDER: readonly Rung[] = Object.freeze([
 export type ImageProcessorOptions = {
   /** Largest width × height (per frame) accepted, checked from the header before decoding. */
   maxPixels: number;
-  /** Animations with more frames than this are reduced to their first frame. */
+  /** Animations with more frames than this are refused (413), unless the purpose sets its own limit. */
   maxFrames: number;
+  /** Animations whose frames hold more pixels than this together are refused (413); default maxPixels. */
+  maxAnimationPixels?: number;
   /** Images processed at once; the rest wait their turn. */
   concurrency: number;
 };
@@ -89,8 +92,10 @@ async function processImage(input: ProcessInput, opts: ImageProcessorOptions): P
     );
   }
   const pages = canAnimate ? (meta.pages ?? 1) : 1;
-  // Beyond the frame cap (or the pixel budget over all frames) only the first frame is kept.
-  const animated = pages > 1 && pages <= opts.maxFrames && framePixels * pages <= opts.maxPixels;
+  const animated = pages > 1;
+  // Every rung decodes and encodes every frame: the work (and the bytes made) grows with frames ×
+  // pixels, so both are bounded before any frame is decoded.
+  if (animated) checkAnimation({ width: meta.width, height: frameHeight, pages }, { maxFrames: input.limits?.maxFrames ?? opts.maxFrames, maxAnimationPixels: input.limits?.maxAnimationPixels ?? opts.maxAnimationPixels ?? opts.maxPixels });
 
   const frame = { width: meta.width, height: frameHeight };
   // EXIF orientations 5-8 turn the picture a quarter. HEIF decoders apply their rotation box
@@ -139,6 +144,19 @@ async function cleanOriginal(sourcePath: string, meta: Header, ext: string, work
     throw decodeError(err);
   }
   return { file };
+}
+
+/** Refuses (413) an animation over its purpose's frame or total-pixel limit, naming the limit. */
+export function checkAnimation(frame: { width: number; height: number; pages: number }, limits: Pick<MediaLimits, 'maxFrames' | 'maxAnimationPixels'>): void {
+  if (frame.pages > limits.maxFrames) {
+    throw errors.tooLarge(`The animation has ${frame.pages} frames; at most ${limits.maxFrames} are accepted. Shorten it and upload again.`);
+  }
+  const total = frame.width * frame.height * frame.pages;
+  if (total > limits.maxAnimationPixels) {
+    throw errors.tooLarge(
+      `The animation is ${frame.width} × ${frame.height} pixels × ${frame.pages} frames (${megapixels(total)} in all); at most ${megapixels(limits.maxAnimationPixels)} over all frames are accepted. Shorten it or scale it down and upload again.`,
+    );
+  }
 }
 
 type Ladder = { width: number; height: number; variants: ProducedVariant[]; hashSource: Raw };
@@ -310,6 +328,8 @@ function decodeError(err: unknown): AppError {
   if (err instanceof AppError) return err;
   const message = String((err as Error)?.message ?? err);
   if (/exceeds pixel limit/i.test(message)) return errors.tooLarge('The image has more pixels than this server accepts. Scale it down and upload again.');
+  // libvips failing an allocation under the worker's memory cap: the file asks for more than one file may.
+  if (looksLikeMemoryFailure(message)) return errors.unprocessable('Decoding the image needs more memory than this server allows for one file. Scale it down or convert it to JPEG and upload again.', err);
   return errors.unprocessable('The image is corrupt or truncated and cannot be decoded.', err);
 }
 

@@ -4,6 +4,19 @@ import type { Sniffed } from './sniff.js';
 // Implementations write their outputs into `workDir`; the completion service moves them into
 // storage and charges their bytes. A refusal of the content is thrown as a 4xx AppError.
 
+/**
+ * Limits that bound the work a file may cost, from its purpose (src/purposes.ts), checked from headers
+ * before any heavy decoding; a file over one is refused with 413 naming the limit.
+ */
+export type MediaLimits = {
+  /** Frames of an animation. */
+  maxFrames: number;
+  /** Pixels of all the frames of an animation together (width × height × frames). */
+  maxAnimationPixels: number;
+  /** Length of a track, in seconds. */
+  maxDurationSeconds: number;
+};
+
 export type ProcessInput = {
   fileId: string;
   sourcePath: string;
@@ -13,6 +26,10 @@ export type ProcessInput = {
   /** From the purpose: the formats its image ladder is made in (default WebP only). */
   formats?: readonly ImageFormat[];
   workDir: string;
+  /** The purpose's limits; where absent, the processor's defaults (the server's settings) apply. */
+  limits?: Partial<MediaLimits>;
+  /** Aborting stops the work and kills its processes (the file was deleted, the server is stopping). */
+  signal?: AbortSignal;
 };
 
 /** Formats of the image ladder: WebP always; AVIF beside it on the rungs where it pays, when the purpose asks. */

@@ -7,7 +7,7 @@ import type { EventBus } from '../events.js';
 import type { Logger } from '../log.js';
 import type { MediaProcessor } from '../media/processor.js';
 import { sniffFile } from '../media/sniff.js';
-import { admitToPurpose, type Purposes } from '../purposes.js';
+import { admitToPurpose, purposeLimits, type Purposes } from '../purposes.js';
 import type { BlobStorage } from '../storage/storage.js';
 
 // The one path every upload takes, whatever carried its bytes (tus, base64, multipart):
@@ -128,7 +128,7 @@ export function createUploadService(deps: UploadServiceDeps) {
         }
         kind = sniffed.kind;
         workDir = await storage.workspace(fileId);
-        const result = await deps.processors[sniffed.kind].process({ fileId, sourcePath, sniffed, square: purpose.square, formats: purpose.formats, workDir });
+        const result = await deps.processors[sniffed.kind].process({ fileId, sourcePath, sniffed, square: purpose.square, formats: purpose.formats, limits: purposeLimits(purpose), workDir });
         const originalName = `0.${sniffed.ext}`;
         // The processor's cleaned copy (metadata stripped) is what gets stored and served as variant 0.
         const originalBytes = await storage.adopt(fileId, originalName, result.original?.file ?? sourcePath);
