@@ -2,7 +2,7 @@ import { createHmac, timingSafeEqual } from 'node:crypto';
 import { createServer, type Server } from 'node:http';
 import { readFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { corpus, startChipmunk } from './helpers/chipmunk.js';
+import { corpus, startChipmunk, storedForm } from './helpers/chipmunk.js';
 import { tusUpload } from './helpers/tus.js';
 
 type Received = { event: string; delivery: string; signature: string; body: string; verified: boolean; json: any };
@@ -65,7 +65,7 @@ describe('webhooks', () => {
     await expect.poll(() => received.filter((r) => r.event === 'file.ready').length).toBe(1);
     const ready = received.find((r) => r.event === 'file.ready')!;
     expect(ready.verified).toBe(true);
-    expect(ready.json).toMatchObject({ type: 'file.ready', data: { id: fileId, userId: 'wes', purpose: 'image', status: 'ready', bytes: photo.length } });
+    expect(ready.json).toMatchObject({ type: 'file.ready', data: { id: fileId, userId: 'wes', purpose: 'image', status: 'ready', bytes: (await storedForm(photo)).length } });
     expect(ready.body).not.toContain(t.chipmunk.repo.getFile(fileId)!.deliveryToken);
 
     // 2. The receiver fails once: the same delivery comes again, signed again, and is marked delivered.

@@ -1,4 +1,4 @@
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { beforeEach, describe, expect, it } from 'vitest';
 import { tempDirEach } from '../../test/helpers/temp-dir.js';
@@ -52,8 +52,9 @@ describe('local storage', () => {
   });
 
   it('fails listing folders when the media root cannot be read', async () => {
-    await writeFile(mediaDir, 'not a folder');
     const storage = storageAt(mediaDir);
+    await rm(mediaDir, { recursive: true });
+    await writeFile(mediaDir, 'not a folder');
     const listing = (async () => {
       for await (const _ of storage.listFolders());
     })();
