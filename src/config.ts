@@ -4,13 +4,15 @@ import { cpus } from 'node:os';
 import path from 'node:path';
 import { z } from 'zod';
 import { parseCorsOrigins, type CorsOrigins } from './delivery/cors.js';
-import { defaultMediaLimits } from './purposes.js';
 
 // The environment is parsed once, at start-up, into a frozen Config.
 // A bad variable stops start-up with a sentence that names it.
 
 const bytes = z.coerce.number().int().positive();
 const seconds = z.coerce.number().positive();
+
+/** The server-wide limits on the work one file may cost (purposes may set their own). Here, not in purposes.ts, which imports this module. */
+export const defaultMediaLimits = Object.freeze({ maxFrames: 100, maxAnimationPixels: 25_000_000, maxDurationSeconds: 2 * 3600 });
 
 const envSchema = z.object({
   PORT: z.coerce.number().int().min(0).max(65535).default(8080),

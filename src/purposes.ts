@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { z } from 'zod';
-import { ConfigError } from './config.js';
+import { ConfigError, defaultMediaLimits } from './config.js';
 import { errors, formatBytes } from './errors.js';
 import type { MediaLimits } from './media/processor.js';
 
@@ -33,7 +33,6 @@ const purposeSchema = z.object({
 export type Purpose = Omit<z.infer<typeof purposeSchema>, keyof MediaLimits> & MediaLimits & { name: string };
 
 /** The server-wide limits, when no setting changes them (the README's configuration table). */
-export const defaultMediaLimits: MediaLimits = Object.freeze({ maxFrames: 100, maxAnimationPixels: 25_000_000, maxDurationSeconds: 2 * 3600 });
 
 const MB = 1_000_000;
 

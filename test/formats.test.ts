@@ -79,7 +79,12 @@ describe('HEIC uploads', () => {
     if (!result.ok) return;
     const file = result.body as FileJson;
     // 4032 × 3024 coded, turned a quarter by irot: portrait. Turned again by EXIF it would be landscape.
-    expect(file).toMatchObject({ mimeType: 'image/heic', width: 3024, height: 4032, bytes: data.length });
+    expect(file).toMatchObject({ mimeType: 'image/heic', width: 3024, height: 4032 });
+    // The original is kept re-encoded without its EXIF (GPS, device): about the upload's size, never a multiple of it.
+    expect(file.bytes).toBeLessThan(data.length * 1.25);
+    const original = Buffer.from(await (await fetch(file.variants.find((v) => v.n === 0)!.url)).arrayBuffer());
+    expect(original.length).toBe(file.bytes);
+    expect(original.includes(Buffer.from('iPhone'))).toBe(false); // the camera model of its EXIF ("Apple" stays: it signs the P3 profile)
     const sizes = Object.fromEntries(file.variants.map((v) => [v.n, [v.width, v.height, v.mimeType]]));
     expect(sizes).toEqual({
       0: [3024, 4032, 'image/heic'],

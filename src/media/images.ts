@@ -4,7 +4,7 @@ import sharp, { type Sharp } from 'sharp';
 import { rgbaToThumbHash } from 'thumbhash';
 import { AppError, errors } from '../errors.js';
 import { looksLikeMemoryFailure } from './bounded.js';
-import { decodeHeicToJpeg, heifDeclaredSizes } from './heif.js';
+import { decodeHeicToJpeg, encodeCleanHeic, heifDeclaredSizes } from './heif.js';
 import { isSrgbProfile } from './icc.js';
 import { createLimiter } from './limiter.js';
 import { stripLosslessly } from './metadata.js';
@@ -107,7 +107,7 @@ async function processImage(input: ProcessInput, opts: ImageProcessorOptions): P
       ? await heicLadder(sourcePath, oriented, square, workDir, { ...opts, formats })
       : await stillLadder(sourcePath, oriented, square, workDir, { ...opts, ignoreIcc: isSrgbProfile(meta.icc), formats });
 
-  const original = await cleanOriginal(sourcePath, meta, sniffed.ext, workDir, opts);
+  const original = produced.original ?? (await cleanOriginal(sourcePath, meta, sniffed.ext, workDir, opts));
   const placeholderFile = produced.variants.find((v) => v.name === '1')!.file;
   const placeholder = `data:image/webp;base64,${(await readFile(placeholderFile)).toString('base64')}`;
   return {
@@ -159,7 +159,7 @@ export function checkAnimation(frame: { width: number; height: number; pages: nu
   }
 }
 
-type Ladder = { width: number; height: number; variants: ProducedVariant[]; hashSource: Raw };
+type Ladder = { width: number; height: number; variants: ProducedVariant[]; hashSource: Raw; original?: { file: string } };
 
 /**
  * One decode of the source into the largest rung, then each smaller rung resized from pixels already
@@ -371,7 +371,11 @@ async function heicLadder(
   const decoded = await decodeHeicToJpeg(sourcePath, workDir, { pixels: oriented.width * oriented.height });
   try {
     // Its EXIF orientation describes the coded picture, which libheif has already turned by irot.
-    return await stillLadder(decoded, oriented, square, workDir, { ...opts, ignoreIcc: false, autoOrient: false });
+    const ladder = await stillLadder(decoded, oriented, square, workDir, { ...opts, ignoreIcc: false, autoOrient: false });
+    // The decoder copies the EXIF (GPS, device) into its JPEG: stripped before the original is made from it.
+    const clean = stripLosslessly('jpeg', await readFile(decoded), 1);
+    if (!clean) throw new Error('The decoded HEIC could not be cleaned of its metadata.');
+    return { ...ladder, original: { file: await encodeCleanHeic(clean, workDir, { pixels: oriented.width * oriented.height }) } };
   } finally {
     await rm(decoded, { force: true });
   }
