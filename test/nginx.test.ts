@@ -117,7 +117,7 @@ describe('chipmunk nginx-config', () => {
 
   it('is the config shipped in nginx/ for docker compose', async () => {
     const shipped = await readFile(path.resolve(import.meta.dirname, '../nginx/chipmunk.conf'), 'utf8');
-    const rendered = nginxConfigCommand(['--listen', '8088', '--upstream', 'http://chipmunk:8080'], {
+    const rendered = nginxConfigCommand(['--listen', '8088', '--upstream', 'http://chipmunk:8080', '--user', 'nginx'], {
       CHIPMUNK_DATA_DIR: '/data',
       CHIPMUNK_INTERNAL_PORT: '8081',
     });

@@ -29,7 +29,11 @@ build() {
   DOCKER_BUILDKIT=0 docker build -t "$1" "$2" >"$work/build.log" 2>&1 || { tail -30 "$work/build.log"; say "could not make $1"; exit 1; }
 }
 
-if has "$node_image" && has "$nginx_image"; then exit 0; fi
+# nginx's worker runs as the official image's "nginx" user (uid/gid 101, the media group): a stand-in
+# made before it had that user is made again.
+nginx_ok() { has "$nginx_image" && docker run --rm --entrypoint id "$nginx_image" nginx >/dev/null 2>&1; }
+
+if has "$node_image" && nginx_ok; then exit 0; fi
 
 work=$(mktemp -d "$work_parent/base.XXXXXX")
 trap 'rm -rf "$work"' EXIT
@@ -70,14 +74,16 @@ EOF
   build "$node_image" "$work/node/ctx"
 fi
 
-if ! has "$nginx_image"; then
+if ! nginx_ok; then
   say "making $nginx_image from Debian's nginx-light (once per machine)"
   mkdir -p "$work/nginx"
   cat >"$work/nginx/Dockerfile" <<EOF
 FROM $rootfs_image
 RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nginx-light \\
  && rm -rf /var/lib/apt/lists/* \\
- && ln -sf /dev/stdout /var/log/nginx/access.log && ln -sf /dev/stderr /var/log/nginx/error.log
+ && ln -sf /dev/stdout /var/log/nginx/access.log && ln -sf /dev/stderr /var/log/nginx/error.log \\
+ && groupadd --gid 101 nginx && useradd --uid 101 --gid 101 --no-create-home --shell /usr/sbin/nologin nginx
+# The official image's worker user: nginx, uid and gid 101 (the media group Chipmunk's image shares).
 EXPOSE 80
 STOPSIGNAL SIGQUIT
 CMD ["nginx", "-g", "daemon off;"]
