@@ -2,18 +2,11 @@ import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { BoundedChildError, runBounded } from '../src/media/bounded.js';
+import { isAlive as alive } from './helpers/server-process.js';
 
 // The bounded child runner on real programs: its caps kill, its verdicts say which cap, its children
 // lead their own process group and die with the process that started them.
 
-const alive = (pid: number) => {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-};
 const statField = (pid: number, field: number) => Number(readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /, '').split(' ')[field - 3]);
 
 describe('runBounded', () => {

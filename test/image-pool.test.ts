@@ -8,6 +8,7 @@ import { createImageWorkerPool } from '../src/media/image-pool.js';
 import { sniffFile } from '../src/media/sniff.js';
 import { silentLogger } from '../src/log.js';
 import { corpus } from './helpers/chipmunk.js';
+import { isAlive as alive } from './helpers/server-process.js';
 
 // The worker processes behind image processing: results and refusals cross the process boundary
 // intact, a worker that dies fails only the image it held, and close() leaves no process behind.
@@ -20,14 +21,6 @@ const input = async (rel: string) => {
   const workDir = path.join(work, String(++dirs));
   await mkdir(workDir);
   return { fileId: 'pool-test', sourcePath, sniffed: (await sniffFile(sourcePath))!, square: false, workDir };
-};
-const alive = (pid: number) => {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
 };
 
 const processGroup = (pid: number) => Number(readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /, '').split(' ')[2]);

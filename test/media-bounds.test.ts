@@ -3,7 +3,7 @@ import { readFile, rm } from 'node:fs/promises';
 import { SignJWT } from 'jose';
 import { afterAll, describe, expect, it } from 'vitest';
 import { corpus } from './helpers/chipmunk.js';
-import { serverEnvironment, spawnServer, type ServerProcess } from './helpers/server-process.js';
+import { isAlive as alive, serverEnvironment, spawnServer, type ServerProcess } from './helpers/server-process.js';
 import { tusUpload, type TusResult } from './helpers/tus.js';
 
 // Media work against the real server process (dist/): hostile or oversized files are refused with a
@@ -42,14 +42,6 @@ const cmdline = (pid: number) => {
     return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').join(' ');
   } catch {
     return '';
-  }
-};
-const alive = (pid: number) => {
-  try {
-    process.kill(pid, 0);
-    return !/^\S+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
-  } catch {
-    return false;
   }
 };
 const rssBytes = (pid: number) => Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0) * 1024;
