@@ -203,6 +203,29 @@ describe('AVIF rungs, chosen by Accept', () => {
     expect(plain.variants.every((v) => v.formats === undefined)).toBe(true);
   });
 
+  it('keeps Vary: Accept beside CORS\'s Vary: Origin when the allowed origins are a list, on both paths', async () => {
+    const app = 'https://app.example.com';
+    const listed = await startChipmunk({ CHIPMUNK_PURPOSES_FILE: path.join(work, 'purposes.json'), CHIPMUNK_CORS_ORIGINS: app });
+    const front = await startNginx(listed, { env: { CHIPMUNK_CORS_ORIGINS: app } });
+    try {
+      const { result } = await upload(listed, await readFile(corpus('images/photos/portrait-canal.jpg')), 'photo', 'p.jpg');
+      expect(result.ok, String(result.body)).toBe(true);
+      const rung6 = new URL((result.body as FileJson).variants.find((v) => v.n === 6)!.url);
+      for (const base of [listed.url, front.url]) {
+        const res = await fetch(`${base}${rung6.pathname}`, { headers: { accept: AVIF_ACCEPT, origin: app } });
+        expect(res.headers.get('content-type'), base).toBe('image/avif');
+        expect(res.headers.get('access-control-allow-origin'), base).toBe(app);
+        const vary = (res.headers.get('vary') ?? '').toLowerCase();
+        expect(vary, base).toContain('accept');
+        expect(vary, base).toContain('origin');
+        await res.arrayBuffer();
+      }
+    } finally {
+      await front.close();
+      await listed.close();
+    }
+  });
+
   const paths = [
     ['Chipmunk alone', () => t.url],
     ['nginx', () => nginx.url],

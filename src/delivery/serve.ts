@@ -106,7 +106,12 @@ export function createDeliveryServer(deps: {
   function plan(method: string, target: string, header: (name: string) => string | undefined, requestId: string | undefined): Plan | Promise<Plan> {
     const origin = deps.cors ? header('origin') : undefined;
     const answered = (p: Plan): Plan => {
-      if (deps.cors) Object.assign(p.headers, deps.cors.delivery(origin));
+      if (deps.cors) {
+        // Vary is merged, not replaced: a rung with an AVIF twin already varies on Accept.
+        const { Vary: byOrigin, ...allow } = deps.cors.delivery(origin);
+        Object.assign(p.headers, allow);
+        if (byOrigin) p.headers.Vary = p.headers.Vary ? `${p.headers.Vary}, ${byOrigin}` : byOrigin;
+      }
       deps.onAnswer?.(p.status);
       return p;
     };
