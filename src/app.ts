@@ -1,4 +1,3 @@
-import type { Server as TusServer } from '@tus/server';
 import { Hono } from 'hono';
 import type { HttpBindings } from '@hono/node-server';
 import { RESPONSE_ALREADY_SENT } from '@hono/node-server/utils/response';
@@ -7,7 +6,7 @@ import type { Config } from './config.js';
 import type { DemoAsset } from './demo/assets.js';
 import { demoRoutes } from './demo/routes.js';
 import type { Repository } from './db/repository.js';
-import { AppError, errors, toAppError } from './errors.js';
+import { errors, renderError } from './errors.js';
 import type { Logger } from './log.js';
 import { openApiDocument, servedRoutes } from './openapi.js';
 import type { Purposes } from './purposes.js';
@@ -18,13 +17,13 @@ import { deliveryRoutes } from './routes/delivery.js';
 import { fileDeliveryRoutes } from './routes/file-delivery.js';
 import { fileRoutes } from './routes/files.js';
 import { opsRoutes } from './routes/ops.js';
-import { ingestRoutes } from './routes/ingest.js';
+import { ingestRoutes, type UploadTokenChecks } from './routes/ingest.js';
 import { uploadTokenRoutes } from './routes/upload-tokens.js';
 import { userRoutes } from './routes/users.js';
 import type { FileService } from './services/files.js';
 import type { Ingest } from './uploads/ingest.js';
-import type { FinishedUploads } from './uploads/finished.js';
 import { TUS_PATH } from './uploads/tus.js';
+import type { TusProtocol } from './uploads/tus-protocol.js';
 
 export type AppDeps = {
   requestContext: RequestContext;
@@ -35,12 +34,13 @@ export type AppDeps = {
   repo: Repository;
   purposes: Purposes;
   files: FileService;
-  tus: TusServer;
-  finishedUploads?: FinishedUploads;
+  tus: TusProtocol;
   ingest: Ingest;
   delivery: DeliveryServer;
   links: DeliveryLinks;
   logger: Logger;
+  /** How upload tokens are checked at POST /v1/files: the lifetime cap and the use ledger. */
+  tokens: UploadTokenChecks;
   /** Present only when the demo is on (config.demo): the page's files. */
   demoAssets?: Map<string, DemoAsset>;
 };
@@ -60,11 +60,14 @@ export function createApp(deps: AppDeps) {
     }
   });
   app.onError((err, c) => {
-    const appError = err instanceof AppError ? err : toAppError(err);
-    if (appError.status >= 500) logger.error('request failed', { method: c.req.method, path: c.req.path, err });
-    return c.json(appError.toJSON(), appError.status as 400);
+    const { status, headers, body } = renderError(err);
+    if (status >= 500) logger.error('request failed', { method: c.req.method, path: c.req.path, err });
+    return c.body(body, status as 400, headers);
   });
-  app.notFound((c) => c.json(errors.notFound('Route').toJSON(), 404));
+  app.notFound((c) => {
+    const { status, headers, body } = renderError(errors.notFound('Route'));
+    return c.body(body, status as 404, headers);
+  });
 
   app.route('/', opsRoutes(deps.ops));
 
@@ -75,9 +78,6 @@ export function createApp(deps: AppDeps) {
   // tus: on Node the upload body streams straight from the socket to the store; elsewhere
   // (app.request in tests) the web Request is handed over.
   const tusHandler = async (c: { env: Partial<HttpBindings>; req: { raw: Request } }) => {
-    // Completed, refused and failed uploads are answered by Chipmunk, not by tus (uploads/finished.ts).
-    const finished = await deps.finishedUploads?.answer(c.req.raw);
-    if (finished) return finished;
     if (c.env?.incoming && c.env.outgoing) {
       await deps.tus.handle(c.env.incoming, c.env.outgoing);
       return RESPONSE_ALREADY_SENT;
@@ -92,9 +92,9 @@ export function createApp(deps: AppDeps) {
   const v1 = new Hono();
   // POST /v1/files also takes an upload token instead of the API key (the signup avatar), so it
   // authenticates itself and is mounted ahead of the API-key check that guards everything else.
-  v1.route('/files', ingestRoutes({ ingest: deps.ingest, files: deps.files, apiKey: config.apiKey, secret: config.secret, publicUrl: config.publicUrl }));
+  v1.route('/files', ingestRoutes({ ingest: deps.ingest, files: deps.files, apiKey: config.apiKey, secret: config.secret, publicUrl: config.publicUrl, tokens: deps.tokens }));
   v1.use('*', requireApiKey(config.apiKey));
-  v1.route('/upload-tokens', uploadTokenRoutes({ secret: config.secret, purposes: deps.purposes }));
+  v1.route('/upload-tokens', uploadTokenRoutes({ secret: config.secret, purposes: deps.purposes, maxLifetimeSeconds: config.uploadTokenMaxSeconds }));
   v1.route('/files', fileDeliveryRoutes({ files: deps.files, links: deps.links, publicUrl: config.publicUrl }));
   v1.route('/files', fileRoutes({ files: deps.files, publicUrl: config.publicUrl }));
   v1.route('/users', userRoutes({ repo: deps.repo, files: deps.files, defaultQuotaBytes: config.defaultQuotaBytes, publicUrl: config.publicUrl }));

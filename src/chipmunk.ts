@@ -1,11 +1,12 @@
 import { serve, type ServerType } from '@hono/node-server';
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync } from 'node:fs';
 import { createServer, type RequestListener, type Server } from 'node:http';
 import path from 'node:path';
 import { createApp } from './app.js';
 import { ConfigError, type Config } from './config.js';
 import { openDatabase } from './db/index.js';
 import { createRepository } from './db/repository.js';
+import { createTokenUses } from './db/token-uses.js';
 import { loadDemoAssets } from './demo/assets.js';
 import { createDeliveryLinks } from './delivery/links.js';
 import { createDeliveryResolver } from './delivery/resolve.js';
@@ -18,11 +19,12 @@ import { createJobRunner } from './jobs/runner.js';
 import { createAudioProcessor } from './media/audio.js';
 import { describeTools, resolveFfmpeg, type FfmpegTool } from './media/ffmpeg.js';
 import { createImageWorkerPool } from './media/image-pool.js';
+import { lockDataDir, type DataDirLock } from './ops/data-dir-lock.js';
 import { createMetrics, observeEvents } from './ops/metrics.js';
 import { createReadiness, statfsFreeBytes } from './ops/readiness.js';
 import { createRequestContext } from './ops/request-context.js';
 import { createWebhooks } from './ops/webhooks.js';
-import { loadPurposes } from './purposes.js';
+import { keepsOriginalPrivate, loadPurposes, purposeLimits } from './purposes.js';
 import { withDeliveryFastPath } from './routes/delivery.js';
 import { internalAuthListener } from './routes/internal-auth.js';
 import { AUDIO_JOB, createAudioService } from './services/audio.js';
@@ -37,6 +39,8 @@ import { sweepExpiredUploads } from './uploads/expiry.js';
 import { createIngest } from './uploads/ingest.js';
 import { createFinishedUploads } from './uploads/finished.js';
 import { createTusServer } from './uploads/tus.js';
+import { createTusProtocol } from './uploads/tus-protocol.js';
+import { createCors } from './delivery/cors.js';
 
 // The composition root: builds every part from the config and wires them together.
 // Tests build a whole Chipmunk in a temporary data directory through this same function.
@@ -64,12 +68,16 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
   const ffmpeg = opts.ffmpeg === null ? undefined : (opts.ffmpeg ?? resolveFfmpeg({ ffmpegPath: config.ffmpegPath }));
   const mediaTools = describeTools(ffmpeg, opts.ffmpeg === null ? 'off' : config.ffmpegPath);
   const workDir = path.join(config.dataDir, 'work');
-  for (const dir of [config.uploadDir, config.mediaDir, workDir, path.join(config.dataDir, 'received')]) mkdirSync(dir, { recursive: true });
+  // Unfinished uploads, received bytes and scratch: Chipmunk's alone (0700); the media folder's modes are storage's.
+  for (const dir of [config.uploadDir, workDir, path.join(config.dataDir, 'received')]) {
+    mkdirSync(dir, { recursive: true });
+    chmodSync(dir, 0o700);
+  }
   const db = openDatabase(config.databasePath);
   const repo = createRepository(db);
-  const storage = createLocalStorage({ mediaDir: config.mediaDir, workDir });
+  const storage = createLocalStorage({ mediaDir: config.mediaDir, workDir, mediaGid: config.mediaGroupId });
   const area = createUploadArea(config.uploadDir);
-  const purposes = loadPurposes(config.purposesFile);
+  const purposes = loadPurposes(config.purposesFile, { maxFrames: config.maxFrames, maxAnimationPixels: config.maxAnimationPixels, maxDurationSeconds: config.maxDurationSeconds });
   const events = createEventBus();
   const disk = { freeBytes: opts.freeBytes ?? (() => statfsFreeBytes(config.dataDir)), marginBytes: config.diskMarginBytes };
   const received = createReceivedArea(path.join(config.dataDir, 'received'));
@@ -92,18 +100,39 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
   };
   const metrics = createMetrics({ queueDepth, reservations: () => repo.reservationTotals(), jobStates: () => repo.jobCounts().byType }, { defaultMetrics: opts.defaultMetrics });
   observeEvents(events, metrics);
-  const links = createDeliveryLinks({ repo, secret: config.secret });
-  const resolveDelivery = createDeliveryResolver({ repo, secret: config.secret });
-  const delivery = createDeliveryServer({ resolve: resolveDelivery, storage, logger, onAnswer: (status) => metrics.deliveryAnswered(status) });
+  const privateOriginal = (purpose: string) => keepsOriginalPrivate(purposes, purpose);
+  const links = createDeliveryLinks({ repo, secret: config.secret, privateOriginal });
+  const resolveDelivery = createDeliveryResolver({ repo, secret: config.secret, privateOriginal });
+  const cors = createCors(config.corsOrigins);
+  const delivery = createDeliveryServer({ resolve: resolveDelivery, storage, logger, cors, onAnswer: (status) => metrics.deliveryAnswered(status) });
   // One pool of image workers (and its concurrency bound) for uploads and for tracks' cover ladders.
-  const imageProcessor = createImageWorkerPool({ maxPixels: config.maxPixels, maxFrames: config.maxFrames, concurrency: config.concurrency, logger });
-  const audio = createAudioService({ repo, uow, storage, events, logger, ffmpeg, images: imageProcessor });
+  const imageProcessor = createImageWorkerPool({
+    maxPixels: config.maxPixels,
+    maxFrames: config.maxFrames,
+    maxAnimationPixels: config.maxAnimationPixels,
+    concurrency: config.concurrency,
+    memoryBytes: config.mediaMemoryBytes,
+    timeoutMs: config.mediaTimeoutMs,
+    logger,
+  });
+  const mediaBounds = { memoryBytes: config.mediaMemoryBytes, timeoutMs: config.mediaTimeoutMs };
+  const audio = createAudioService({
+    repo,
+    uow,
+    storage,
+    events,
+    logger,
+    ffmpeg,
+    images: imageProcessor,
+    bounds: mediaBounds,
+    limitsFor: (name) => (purposes.all().some((p) => p.name === name) ? purposeLimits(purposes.get(name)) : {}),
+  });
   const processing = createProcessing({
     uow,
     storage,
     received,
     purposes,
-    processors: { image: imageProcessor, audio: createAudioProcessor({ ffmpeg }) },
+    processors: { image: imageProcessor, audio: createAudioProcessor({ ffmpeg, bounds: mediaBounds, maxDurationSeconds: config.maxDurationSeconds }) },
     events,
     logger,
     waits,
@@ -152,7 +181,9 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
     completionWaitMs: config.completionWaitMs,
     disk,
   });
+  const tokens = { maxLifetimeSeconds: config.uploadTokenMaxSeconds, uses: createTokenUses(db) };
   const tus = createTusServer({
+    tokens,
     area,
     onBytesReceived: (n) => metrics.bytesReceived(n),
     secret: config.secret,
@@ -181,8 +212,7 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
     repo,
     purposes,
     files,
-    tus: tus.server,
-    finishedUploads: createFinishedUploads({ uow, uploads, files, publicUrl: config.publicUrl }),
+    tus: createTusProtocol({ server: tus.server, cors, finished: createFinishedUploads({ uow, uploads, files, publicUrl: config.publicUrl }) }),
     ingest,
     delivery,
     links,
@@ -190,6 +220,7 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
     requestContext,
     inFlight,
     ops: { ready: () => readiness.check(), metrics, isStopping: () => stopping },
+    tokens,
     demoAssets: config.demo ? loadDemoAssets() : undefined,
   });
 
@@ -200,7 +231,6 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
     void work.finally(() => background.delete(work)).catch(() => {});
     return work;
   };
-  const shutdownHooks: Array<() => Promise<void>> = [];
 
   let sweeping: Promise<number> | undefined;
   const sweep = () => {
@@ -217,10 +247,11 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
     );
     return sweeping;
   };
-  const pidFile = path.join(config.dataDir, 'chipmunk.pid');
+  let dataDirLock: DataDirLock | undefined;
   let server: ServerType | undefined;
   let internalServer: Server | undefined;
   let timer: NodeJS.Timeout | undefined;
+  let jobsStarted = false;
   let recovery: RecoveryReport | undefined;
 
   return {
@@ -248,15 +279,11 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
     get recovery() {
       return recovery;
     },
-    /** Background work (audio jobs) registers how to stop it; close() awaits it before closing the database. */
-    onShutdown(hook: () => Promise<void>): void {
-      shutdownHooks.push(hook);
-    },
 
     /** Settles what a previous process left half done, then listens; slow cleanups continue in the background. */
     async listen(): Promise<{ port: number; internalPort: number }> {
-      // Lets `chipmunk fsck --repair` refuse to run beside a live server.
-      writeFileSync(pidFile, `${process.pid}\n`);
+      // One process per data directory, before anything in it is touched (ops/data-dir-lock.ts).
+      dataDirLock = lockDataDir(config.dataDir);
       const startedAt = Date.now();
       recovery = await recoverAtStartup({ repo, uow, storage, area, received, uploads, files, logger });
       if (mediaTools.ffmpeg) logger.info('ffmpeg found', mediaTools.ffmpeg);
@@ -265,6 +292,7 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
       for (const file of repo.processingFilesWithoutJob('audio', AUDIO_JOB)) repo.enqueueJob(file.id, AUDIO_JOB);
       await jobs.start();
       await webhookRunner?.start();
+      jobsStarted = true;
       await ingest.recoverInterrupted();
       const { port } = await new Promise<{ port: number }>((resolve, reject) => {
         // /f/ requests take a fast path before the router and any web Request object.
@@ -328,14 +356,14 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
       // A handler may still run after its socket was cut (a completion mid-processing): a short grace.
       while (inFlight.requests > 0 && Date.now() < deadline + 5_000) await until(20);
       // Audio jobs get what is left of the deadline; any still running are handed back to the queue.
-      await Promise.race([jobs.idle(), until(deadline - Date.now())]);
+      // (Only once started: a runner that never ran is never idle, and would hold close() to the deadline.)
+      if (jobsStarted) await Promise.race([jobs.idle(), until(deadline - Date.now())]);
       await jobs.close();
       await webhookRunner?.close();
-      await Promise.allSettled(shutdownHooks.map((hook) => hook()));
       await Promise.race([Promise.allSettled([...background]), until(deadline + 5_000 - Date.now())]);
       await imageProcessor.close();
       db.$client.close();
-      rmSync(pidFile, { force: true });
+      dataDirLock?.release();
       logger.info('chipmunk stopped');
     },
   };

@@ -73,6 +73,7 @@ export function nginxConfigCommand(args: string[], env: NodeJS.ProcessEnv = proc
       authUpstream,
       mediaDir: dataPaths(e.CHIPMUNK_DATA_DIR).mediaDir,
       authCacheSeconds: e.CHIPMUNK_AUTH_CACHE,
+      corsOrigins: e.CHIPMUNK_CORS_ORIGINS,
       maxUploadBytes: Math.max(...purposes.all().map((p) => p.maxBytes)),
       user: values.user,
     });

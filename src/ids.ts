@@ -11,4 +11,3 @@ export const newFileId = customAlphabet(alphabet, 24);
 export const newDeliveryToken = customAlphabet(alphabet, 32);
 
 export const fileIdPattern = /^[0-9a-z]{24}$/;
-export const deliveryTokenPattern = /^[0-9a-z]{32}$/;

@@ -1,4 +1,4 @@
-import { loadConfig, ConfigError } from './config.js';
+import { loadConfig, ConfigError, type Config } from './config.js';
 import { createChipmunk } from './chipmunk.js';
 
 // Starts the process: config, database + migrations, HTTP server, graceful shutdown.
@@ -29,11 +29,9 @@ export async function start(env: NodeJS.ProcessEnv = process.env): Promise<void>
     process.stdout.write(`\nTry Chipmunk in your browser: ${url}/  (demo mode; CHIPMUNK_DEMO=off or NODE_ENV=production turns it off)\n\n`);
   }
   if (config.generatedSecrets) {
-    // Printed once, on the start that generated them; they stay in <data dir>/secrets.json.
-    process.stdout.write(
-      `\nChipmunk generated its secrets in ${config.dataDir}/secrets.json (shown once):\n` +
-        `  CHIPMUNK_API_KEY=${config.apiKey}\n  CHIPMUNK_SECRET=${config.secret}\n\n`,
-    );
+    // Said once, on the start that generated them. The values go only to a terminal: stdout is
+    // often a log stream (journald, docker logs) that keeps them for anyone who reads logs.
+    process.stdout.write(secretsNotice(config, Boolean(process.stdout.isTTY)));
   }
   // SIGTERM/SIGINT: stop accepting, let requests and jobs in flight finish within
   // CHIPMUNK_SHUTDOWN_TIMEOUT, close the database. A second signal exits at once.
@@ -56,6 +54,13 @@ export async function start(env: NodeJS.ProcessEnv = process.env): Promise<void>
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
+}
+
+/** Where the generated secrets are; their values only when `toTerminal`. */
+export function secretsNotice(config: Pick<Config, 'dataDir' | 'apiKey' | 'secret'>, toTerminal: boolean): string {
+  const file = `${config.dataDir}/secrets.json`;
+  if (!toTerminal) return `\nChipmunk generated its API key and secret in ${file} (mode 0600, readable by this user only); read them there.\n\n`;
+  return `\nChipmunk generated its secrets in ${file} (shown once, on this terminal only):\n  CHIPMUNK_API_KEY=${config.apiKey}\n  CHIPMUNK_SECRET=${config.secret}\n\n`;
 }
 
 const isMain = process.argv[1] && import.meta.url === new URL(`file://${process.argv[1]}`).href;

@@ -45,11 +45,13 @@ const errorText: Record<number, string> = {
   413: 'too large: the purpose\'s limit, the body cap, or the user\'s quota (QUOTA_EXCEEDED)',
   415: 'a type the purpose does not take, or a data: type that disagrees with the bytes',
   422: 'the bytes are not a usable image or audio file',
+  412: 'tus: Tus-Resumable missing or not 1.0.0 (the answer carries Tus-Version)',
+  460: 'tus checksum extension: the chunk does not match Upload-Checksum and was not applied',
 };
 
 const fileReply: Reply = { description: 'the file JSON', body: s.fileJson };
 
-// tus 1.0.0 (core, creation, creation-with-upload, termination, expiration).
+// tus 1.0.0 (core, creation, creation-with-upload, termination, expiration, checksum).
 const tusVersion = { description: 'tus protocol version', schema: z.literal('1.0.0') };
 const tusOffset = { description: 'bytes received so far', schema: z.string().regex(/^\d+$/) };
 const tusOptionsReply: Reply = {
@@ -59,6 +61,7 @@ const tusOptionsReply: Reply = {
     'Tus-Version': { description: 'supported versions', schema: z.string() },
     'Tus-Extension': { description: 'supported extensions', schema: z.string() },
     'Tus-Max-Size': { description: 'largest upload accepted (0: decided per purpose at creation)', schema: z.string() },
+    'Tus-Checksum-Algorithm': { description: 'Upload-Checksum algorithms accepted', schema: z.string() },
   },
 };
 
@@ -116,7 +119,7 @@ export const routeDocs: RouteDoc[] = [
           },
           200: { ...fileReply, description: 'created and complete in one request: the file JSON' },
         },
-        errors: [400, 401, 403, 413, 415, 422],
+        errors: [400, 401, 403, 412, 413, 415, 422, 460],
       },
     },
   },
@@ -136,7 +139,7 @@ export const routeDocs: RouteDoc[] = [
               'Tus-Resumable': tusVersion,
               'Upload-Offset': tusOffset,
               'Upload-Length': { description: 'declared length', schema: z.string().regex(/^\d+$/) },
-              'Upload-Metadata': { description: 'as sent at creation, plus userId and purpose', schema: z.string() },
+              'Upload-Metadata': { description: 'exactly as sent at creation', schema: z.string() },
             },
           },
         },
@@ -153,7 +156,7 @@ export const routeDocs: RouteDoc[] = [
           204: { description: 'bytes stored; more expected', headers: { 'Tus-Resumable': tusVersion, 'Upload-Offset': tusOffset } },
           200: { ...fileReply, description: 'the last bytes arrived: the file JSON' },
         },
-        errors: [400, 404, 409, 413, 415, 422],
+        errors: [400, 404, 409, 412, 413, 415, 422, 460],
       },
       delete: {
         summary: 'tus: terminate an unfinished upload, giving its reservation back',

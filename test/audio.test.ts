@@ -1,9 +1,7 @@
-import { existsSync } from 'node:fs';
 import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { buffer } from 'node:stream/consumers';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { AUDIO_JOB } from '../src/services/audio.js';
 import { corpus, startChipmunk, type TestChipmunk } from './helpers/chipmunk.js';
 import { decodedSamples, probe, waitForFile, type AudioFileJson } from './helpers/audio.js';
 import { tusUpload } from './helpers/tus.js';
@@ -159,7 +157,9 @@ describe('music from audio/ok', () => {
     const file = await waitForFile(t, (result.body as AudioFileJson).id);
     // The PNG is 'Cover (front)', the JPEG is 'Other'.
     const picture = t.chipmunk.repo.getVariant(file.id, 'cover-0')!;
-    expect(picture).toMatchObject({ mimeType: 'image/png', bytes: 9876 });
+    expect(picture).toMatchObject({ mimeType: 'image/png' });
+    // Its text chunks are stripped like any original's.
+    expect(picture.bytes).toBeLessThanOrEqual(9876);
   });
 
   it('serves byte ranges of the renditions that a player can seek into, and the waveform, by their URLs', async () => {

@@ -2,20 +2,17 @@ import { createHmac } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { ChipmunkError, createChipmunk, type ChipmunkClient, type ChipmunkFile } from 'chipmunk/client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { servedRoutes } from '../src/openapi.js';
-import { corpus, startChipmunk, type TestChipmunk } from './helpers/chipmunk.js';
+import { corpus, startChipmunk, storedForm, type TestChipmunk } from './helpers/chipmunk.js';
 import { tusUpload } from './helpers/tus.js';
 
 let t: TestChipmunk;
 let kit: ChipmunkClient;
 let photo: Buffer;
-let served: string[];
 
 beforeAll(async () => {
   t = await startChipmunk();
   kit = createChipmunk({ baseUrl: `${t.url}/`, apiKey: t.apiKey, secret: t.secret });
-  photo = await readFile(corpus('images/photos/portrait-canal.jpg'));
-  served = servedRoutes(t.chipmunk.app);
+  photo = await storedForm(corpus('images/photos/portrait-canal.jpg'));
 });
 afterAll(() => t?.close());
 
@@ -79,9 +76,7 @@ describe('the client kit', () => {
     expect(() => createChipmunk({ baseUrl: t.url, apiKey: 'k' }).signUrl(`/f/${token}/0`)).toThrow(/secret/);
   });
 
-  // Served by the delivery routes: skipped (and reported so) until they are part of the app.
-  it('changes visibility', async (ctx) => {
-    if (!served.includes('PATCH /v1/files/:id')) ctx.skip('PATCH /v1/files/:id is not served yet');
+  it('changes visibility', async () => {
     const file = await kit.uploadBuffer({ userId: 'vis', purpose: 'image', data: photo });
     expect(file.visibility).toBe('private');
     expect(await kit.setVisibility(file.id, 'public')).toMatchObject({ id: file.id, visibility: 'public' });
@@ -89,23 +84,19 @@ describe('the client kit', () => {
     expect(await refusal(kit.setVisibility(file.id, 'secret' as 'public'))).toMatchObject({ status: 400 });
   });
 
-  it('rotates the delivery token: old URLs stop working', async (ctx) => {
-    if (!served.includes('POST /v1/files/:id/rotate-token')) ctx.skip('POST /v1/files/:id/rotate-token is not served yet');
+  it('rotates the delivery token: old URLs stop working', async () => {
     const file = await kit.uploadBuffer({ userId: 'rot', purpose: 'image', data: photo });
     const before = kit.signUrl(file.variants[0]!.url);
     const rotated = await kit.rotateToken(file.id);
     expect(rotated.variants[0]!.url).not.toBe(file.variants[0]!.url);
     const after = kit.signUrl(rotated.variants[0]!.url);
-    if (served.includes('ALL /f/*')) {
-      expect((await fetch(before)).status).toBe(404);
-      const res = await fetch(after);
-      expect(res.status).toBe(200);
-      expect(Buffer.from(await res.arrayBuffer()).equals(photo)).toBe(true);
-    }
+    expect((await fetch(before)).status).toBe(404);
+    const res = await fetch(after);
+    expect(res.status).toBe(200);
+    expect(Buffer.from(await res.arrayBuffer()).equals(photo)).toBe(true);
   });
 
-  it('signs links remotely and locally; both open a private file', async (ctx) => {
-    if (!served.includes('GET /v1/files/:id/url') || !served.includes('ALL /f/*')) ctx.skip('delivery routes are not served yet');
+  it('signs links remotely and locally; both open a private file', async () => {
     const file = await kit.uploadBuffer({ userId: 'links', purpose: 'image', data: photo });
     expect(file.visibility).toBe('private');
     const remote = await kit.signedUrl(file.id, { variant: 0, expiresIn: 600 });

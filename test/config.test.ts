@@ -67,4 +67,15 @@ describe('purposes', () => {
     await writeFile(file, JSON.stringify({ broken: { kinds: ['video'], maxBytes: 1 } }));
     expect(() => loadPurposes(file)).toThrow(/Purpose "broken" is invalid/);
   });
+
+  it('makes WebP ladders unless a purpose opts in to AVIF beside them', async () => {
+    expect(loadPurposes().all().map((x) => x.formats)).toEqual([['webp'], ['webp'], ['webp']]);
+    const file = path.join(dir, 'formats.json');
+    await writeFile(file, JSON.stringify({ gallery: { kinds: ['image'], maxBytes: 1000, formats: ['webp', 'avif'] } }));
+    expect(loadPurposes(file).get('gallery').formats).toEqual(['webp', 'avif']);
+    for (const formats of [['avif'], [], ['jpeg']]) {
+      await writeFile(file, JSON.stringify({ gallery: { kinds: ['image'], maxBytes: 1000, formats } }));
+      expect(() => loadPurposes(file), JSON.stringify(formats)).toThrow(/Purpose "gallery" is invalid/);
+    }
+  });
 });

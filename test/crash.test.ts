@@ -1,12 +1,13 @@
 import Database from 'better-sqlite3';
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash, randomInt } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { readdir, readFile, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { SignJWT } from 'jose';
 import { Upload } from 'tus-js-client';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, onTestFailed } from 'vitest';
 import { mediaPath } from '../src/storage/local.js';
+import { stripLosslessly } from '../src/media/metadata.js';
 import { corpus } from './helpers/chipmunk.js';
 import { runCli, serverEnvironment, spawnServer, type ServerProcess } from './helpers/server-process.js';
 
@@ -18,7 +19,34 @@ import { runCli, serverEnvironment, spawnServer, type ServerProcess } from './he
 const ROUNDS = Number(process.env.CRASH_ROUNDS ?? 22);
 const USERS = ['ana', 'ben', 'cyd'];
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
-const rand = (min: number, max: number) => min + Math.floor(Math.random() * (max - min));
+
+// Every random choice (sizes, users, chunk sizes, which file to delete, the waits and the kill
+// moments) comes from one seeded generator, so a failure can be replayed with the seed it prints:
+// CHIPMUNK_CRASH_SEED=<seed> npm run test:crash. (The server's own timing still varies between runs.)
+const SEED = Number(process.env.CHIPMUNK_CRASH_SEED ?? randomInt(2 ** 31));
+const random = mulberry32(SEED);
+const rand = (min: number, max: number) => min + Math.floor(random() * (max - min));
+/** n seeded bytes (the uploads' unique tails). */
+const seededBytes = (n: number) => {
+  const bytes = Buffer.alloc(n);
+  for (let i = 0; i < n; i++) bytes[i] = Math.floor(random() * 256);
+  return bytes;
+};
+
+/** A small, fast 32-bit PRNG; plenty for choosing test inputs. */
+function mulberry32(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** What Chipmunk stores of an upload (the JPEG without its metadata and trailing bytes: src/media/metadata.ts). */
+const stored = (data: Buffer) => stripLosslessly('jpeg', data, 1)!;
 
 let dataDir: string;
 let env: Record<string, string>;
@@ -42,6 +70,8 @@ type Pending = { url: string; data: Buffer; userId: string; chunkSize: number };
 
 describe('crash safety', () => {
   it(`survives ${ROUNDS} kill -9 at random moments with uploads and deletes in flight`, async () => {
+    console.log(`crash test seed ${SEED} (replay: CHIPMUNK_CRASH_SEED=${SEED} npm run test:crash)`);
+    onTestFailed(() => console.error(`crash test failed with seed ${SEED}: replay with CHIPMUNK_CRASH_SEED=${SEED} npm run test:crash`));
     const key = new TextEncoder().encode(env.CHIPMUNK_SECRET);
     const tokens = new Map<string, string>();
     for (const u of USERS) {
@@ -81,12 +111,12 @@ describe('crash safety', () => {
       });
 
     const record = (res: Awaited<ReturnType<typeof upload>>, p: Pending) => {
-      if (res.ok) succeeded.set(res.id, { sha: sha256(p.data), userId: p.userId, bytes: p.data.length });
+      if (res.ok) succeeded.set(res.id, { sha: sha256(stored(p.data)), userId: p.userId, bytes: p.data.length });
       else if (res.status !== undefined && res.status >= 400 && res.status < 500) refusedAfterRestart++;
       else if (res.url) pending.push({ ...p, url: res.url });
     };
 
-    const newData = () => Buffer.concat([base, randomBytes(Math.random() < 0.5 ? rand(1_000, 60_000) : rand(200_000, 700_000))]);
+    const newData = () => Buffer.concat([base, seededBytes(random() < 0.5 ? rand(1_000, 60_000) : rand(200_000, 700_000))]);
 
     async function round(server: ServerProcess, stop: { now: boolean }) {
       const uploader = async () => {
@@ -143,7 +173,7 @@ describe('crash safety', () => {
     pending = [];
     for (const p of left) {
       const res = await upload(server.url, p.data, p.userId, p.chunkSize, p.url);
-      if (res.ok) succeeded.set(res.id, { sha: sha256(p.data), userId: p.userId, bytes: p.data.length });
+      if (res.ok) succeeded.set(res.id, { sha: sha256(stored(p.data)), userId: p.userId, bytes: p.data.length });
       else if (res.url && res.status !== 404) await Upload.terminate(res.url, { headers: { Authorization: `Bearer ${tokens.get(p.userId)}` } }).catch(() => {});
     }
     // Dead uploads expire and give their reservations back while the server runs.

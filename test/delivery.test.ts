@@ -2,7 +2,7 @@ import { createHash, createHmac } from 'node:crypto';
 import { request } from 'node:http';
 import { readFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { corpus, startChipmunk, type TestChipmunk } from './helpers/chipmunk.js';
+import { corpus, startChipmunk, storedForm, type TestChipmunk } from './helpers/chipmunk.js';
 import { startNginx, type TestNginx } from './helpers/nginx.js';
 import { tusUpload } from './helpers/tus.js';
 
@@ -74,7 +74,7 @@ describe.each(modes)('delivery access control: %s', (_name, viaNginx) => {
     t = await startChipmunk();
     if (viaNginx) nginx = await startNginx(t);
     base = nginx?.url ?? t.url;
-    photo = await readFile(corpus('images/photos/portrait-canal.jpg'));
+    photo = await storedForm(corpus('images/photos/portrait-canal.jpg'));
     song = await readFile(corpus('audio/ok/mp3-id3v23-nocover.mp3'));
     extra = await readFile(corpus('images/photos/gps-tagged-samsung.jpg'));
   });
@@ -293,7 +293,7 @@ describe('delivery without a Node server (app.request)', () => {
   afterAll(() => t?.close());
 
   it('serves and refuses through the Hono route as well', async () => {
-    const photo = await readFile(corpus('images/photos/portrait-canal.jpg'));
+    const photo = await storedForm(corpus('images/photos/portrait-canal.jpg'));
     const result = await tusUpload(`${t.url}/uploads`, photo, { token: await t.uploadToken('web', 'image'), metadata: { filename: 'w.jpg' } });
     if (!result.ok) throw result.error;
     const url = new URL((result.body as FileJson).variants[0]!.url);

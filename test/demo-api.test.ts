@@ -1,6 +1,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
+import { request as httpRequest } from 'node:http';
 import path from 'node:path';
 import { decodeJwt } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -18,12 +19,18 @@ describe('demo mode switch', () => {
   afterAll(() => rmSync(dataDir, { recursive: true, force: true }));
   const env = (extra: Record<string, string>) => loadConfig({ CHIPMUNK_DATA_DIR: dataDir, ...extra }).demo;
 
-  it('is on by default, off with NODE_ENV=production, and CHIPMUNK_DEMO decides when set', () => {
-    expect(env({})).toBe(true);
-    expect(env({ NODE_ENV: 'production' })).toBe(false);
-    expect(env({ NODE_ENV: 'production', CHIPMUNK_DEMO: 'on' })).toBe(true);
+  it('is off unless asked for, and when on it listens on loopback only', () => {
+    expect(env({})).toBe(false);
+    expect(env({ NODE_ENV: 'development' })).toBe(false);
+    expect(env({ CHIPMUNK_DEMO: 'on' })).toBe(true);
     expect(env({ CHIPMUNK_DEMO: 'off' })).toBe(false);
     expect(() => env({ CHIPMUNK_DEMO: 'yes' })).toThrow(/CHIPMUNK_DEMO/);
+    const host = (extra: Record<string, string>) => loadConfig({ CHIPMUNK_DATA_DIR: dataDir, ...extra }).host;
+    expect(host({ CHIPMUNK_DEMO: 'on' })).toBe('127.0.0.1');
+    expect(host({})).toBe('0.0.0.0');
+    expect(host({ CHIPMUNK_DEMO: 'on', HOST: '::1' })).toBe('::1');
+    expect(() => env({ CHIPMUNK_DEMO: 'on', HOST: '0.0.0.0' })).toThrow(/HOST: the demo .* only listens on this machine/);
+    expect(() => env({ CHIPMUNK_DEMO: 'on', HOST: '192.168.1.5' })).toThrow(/HOST/);
   });
 
   it('serves neither the page nor its API when off', async () => {
@@ -41,7 +48,7 @@ describe('demo mode switch', () => {
 describe('demo API', () => {
   let t: TestChipmunk;
   beforeAll(async () => {
-    t = await startChipmunk();
+    t = await startChipmunk({ CHIPMUNK_DEMO: 'on' });
   });
   afterAll(() => t?.close());
 
@@ -104,11 +111,74 @@ describe('demo API', () => {
     expect((await demo('/config', { headers: { 'sec-fetch-site': 'same-origin', 'x-forwarded-for': '127.0.0.1' } })).status).toBe(200);
   });
 
+  it('refuses any forwarding header that names another machine, whichever header a proxy uses', async () => {
+    for (const [name, value] of [
+      ['x-forwarded-for', '127.0.0.1, 203.0.113.9'],
+      ['x-real-ip', '203.0.113.9'],
+      ['forwarded', 'for=203.0.113.9;proto=https'],
+      ['forwarded', 'for="[2001:db8::1]:4711"'],
+      ['forwarded', 'by=127.0.0.1'],
+      ['true-client-ip', '203.0.113.9'],
+      ['cf-connecting-ip', '203.0.113.9'],
+    ] as Array<[string, string]>) {
+      const mint = await demo('/upload-tokens', { method: 'POST', headers: { [name]: value }, json: { userId: 'demo-fwd', purpose: 'image' } });
+      expect({ name, value, status: mint.status }).toEqual({ name, value, status: 403 });
+      expect((await fetch(`${t.url}/`, { headers: { [name]: value } })).status).toBe(403);
+    }
+    expect((await demo('/config', { headers: { 'x-real-ip': '127.0.0.1', forwarded: 'for=127.0.0.1' } })).status).toBe(200);
+  });
+
+  it('refuses a Host that does not name this machine and port (DNS rebinding)', async () => {
+    const port = new URL(t.url).port;
+    const raw = (host: string, p = '/demo/api/config') => rawGet(t.url, p, host);
+    expect(await raw('evil.example:' + port)).toBe(403);
+    expect(await raw('evil.example:' + port, '/')).toBe(403);
+    expect(await raw('127.0.0.1.nip.io:' + port)).toBe(403);
+    expect(await raw(`localhost:${Number(port) + 1}`)).toBe(403);
+    expect(await raw(`localhost:${port}`)).toBe(200);
+    expect(await raw(`127.0.0.1:${port}`)).toBe(200);
+  });
+
+  it('requires Sec-Fetch-Site: same-origin from a browser; a typed-in API URL (none) is refused too', async () => {
+    expect((await demo('/config', { headers: { 'sec-fetch-site': 'none' } })).status).toBe(403);
+    expect((await demo('/config', { headers: { 'sec-fetch-site': 'same-origin' } })).status).toBe(200);
+    // Navigating to the page itself is "none" and fine.
+    expect((await fetch(`${t.url}/`, { headers: { 'sec-fetch-site': 'none' } })).status).toBe(200);
+  });
+
+  it('/v1 reserves the demo- prefix: the app cannot name, list, upload for or mint tokens for demo users', async () => {
+    const refused = [
+      await t.api('/v1/users/demo-q'),
+      await t.api('/v1/users/demo-q/files'),
+      await t.api('/v1/users/demo-q', { method: 'PUT', json: { quotaBytes: 0 } }),
+      await t.api('/v1/upload-tokens', { method: 'POST', json: { userId: 'demo-q', purpose: 'image' } }),
+      await t.api('/v1/files', { method: 'POST', json: { userId: 'demo-q', purpose: 'image', data: 'AAAA' } }),
+    ];
+    for (const res of refused) {
+      expect(res.status).toBe(400);
+      expect(((await res.json()) as ErrorJson).error.message).toMatch(/demo- prefix is reserved/);
+    }
+  });
+
   it('sets a demo user\'s quota and reports usage like /v1', async () => {
     const set = await demo('/users/demo-q/quota', { method: 'PUT', json: { quotaBytes: 5_000_000 } });
     expect(set.status).toBe(200);
     const shown = await (await demo('/users/demo-q')).json();
-    expect(shown).toEqual(await (await t.api('/v1/users/demo-q')).json());
+    // Demo users are not app users: /v1 refuses their names.
+    expect((await t.api('/v1/users/demo-q')).status).toBe(400);
     expect(shown).toMatchObject({ quotaBytes: 5_000_000, usedBytes: 0 });
   });
 });
+
+/** A GET with a Host header of our choosing (fetch does not let a caller set Host). */
+function rawGet(base: string, pathname: string, host: string): Promise<number> {
+  const { hostname, port } = new URL(base);
+  return new Promise((resolve, reject) => {
+    const req = httpRequest({ hostname, port, path: pathname, headers: { host } }, (res) => {
+      res.resume();
+      resolve(res.statusCode ?? 0);
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}

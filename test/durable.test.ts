@@ -297,7 +297,7 @@ describe('signals and kills during processing', () => {
 
   async function uploadAndStop(stop: (server: ServerProcess) => void): Promise<{ id: string; data: Buffer; midProcessing: boolean }> {
     const data = await readFile(corpus('images/photos/landscape-saw-6mp.jpg'));
-    const server = await spawnServer(env, { ownProcessGroup: true });
+    const server = await spawnServer(env, { detached: true });
     const key = new TextEncoder().encode(env.CHIPMUNK_SECRET);
     const token = await new SignJWT({ purpose: 'image' }).setProtectedHeader({ alg: 'HS256' }).setSubject('sig').setExpirationTime('1h').sign(key);
     const result = await tusUpload(`${server.url}/uploads`, data, { token });

@@ -1,5 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
+import { request as httpRequest } from 'node:http';
 import { createInterface } from 'node:readline';
 import path from 'node:path';
 import { createChipmunk } from 'chipmunk/client';
@@ -35,6 +36,22 @@ afterAll(async () => {
 
 const rssOf = (pid: number) => Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]) * 1024;
 
+/** The server's RSS before `work` and its peak while it runs, sampled every `everyMs`. */
+async function rssDuring(everyMs: number, work: () => Promise<void>): Promise<{ before: number; peak: number }> {
+  const pid = child.pid!;
+  const before = rssOf(pid);
+  let peak = before;
+  const sampler = setInterval(() => {
+    peak = Math.max(peak, rssOf(pid));
+  }, everyMs);
+  try {
+    await work();
+  } finally {
+    clearInterval(sampler);
+  }
+  return { before, peak: Math.max(peak, rssOf(pid)) };
+}
+
 /** A valid PCM WAV (16-bit stereo, 44.1 kHz) of `dataBytes` bytes of a tone, made as it streams. */
 async function* wav(dataBytes: number) {
   const header = wavHeader(dataBytes);
@@ -52,19 +69,10 @@ it('keeps the server RSS flat during a 200 MB multipart upload', async () => {
   const kit = createChipmunk({ baseUrl: server.url, apiKey: server.apiKey });
   // Warm up the code paths once, so the measurement sees the upload and not module loading.
   await kit.uploadStream({ userId: 'warm', purpose: 'audio', filename: 'warm.wav', stream: wav(4_000_000), size: 4_000_044 });
-  const pid = child.pid!;
-  const before = rssOf(pid);
-  let peak = before;
-  const sampler = setInterval(() => {
-    peak = Math.max(peak, rssOf(pid));
-  }, 20);
-  try {
+  const { before, peak } = await rssDuring(20, async () => {
     const file = await kit.uploadStream({ userId: 'big', purpose: 'audio', filename: 'tone.wav', stream: wav(UPLOAD_BYTES - 44), size: UPLOAD_BYTES, mimeType: 'audio/wav' });
     expect(file).toMatchObject({ bytes: UPLOAD_BYTES, kind: 'audio', mimeType: 'audio/wav' });
-  } finally {
-    clearInterval(sampler);
-  }
-  peak = Math.max(peak, rssOf(pid));
+  });
   const growth = peak - before;
   console.log(`server RSS before ${(before / 2 ** 20).toFixed(1)} MiB, peak ${(peak / 2 ** 20).toFixed(1)} MiB, growth ${(growth / 2 ** 20).toFixed(1)} MiB for a ${UPLOAD_BYTES / 1e6} MB upload`);
   expect(growth).toBeLessThan(MAX_GROWTH);
@@ -73,29 +81,76 @@ it('keeps the server RSS flat during a 200 MB multipart upload', async () => {
   expect(user.usedBytes).toBeGreaterThanOrEqual(UPLOAD_BYTES);
 });
 
-it('keeps a base64 upload within a small multiple of its size', async () => {
+it('streams a base64 upload: the server RSS stays flat, far below the file', async () => {
   const kit = createChipmunk({ baseUrl: server.url, apiKey: server.apiKey });
   const size = 30_000_000;
   const chunks: Buffer[] = [];
   for await (const chunk of wav(size - 44)) chunks.push(Buffer.from(chunk));
   const data = Buffer.concat(chunks).toString('base64');
   chunks.length = 0;
+  const { before, peak } = await rssDuring(10, async () => {
+    const file = await kit.uploadBase64({ userId: 'b64', purpose: 'audio', filename: 'tone.wav', data });
+    expect(file).toMatchObject({ bytes: size, mimeType: 'audio/wav' });
+  });
+  const growth = peak - before;
+  console.log(`base64: server RSS growth ${(growth / 2 ** 20).toFixed(1)} MiB for a ${size / 1e6} MB file (${(data.length / 1e6).toFixed(0)} MB of base64)`);
+  // Decoded as it streams (src/uploads/json-base64.ts): a socket chunk, its decoded bytes and the
+  // write queue at a time. Reading it whole would hold the body, its text and the decoded bytes:
+  // about 4 times the file (120 MB here).
+  expect(growth).toBeLessThan(MAX_GROWTH);
+});
+
+it('refuses six concurrent 100 MB JSON bodies for a user without quota before reading them; RSS stays under 300 MB', async () => {
+  const api = (p: string, body: unknown, method = 'POST') =>
+    fetch(`${server.url}${p}`, { method, headers: { authorization: `Bearer ${server.apiKey}`, 'content-type': 'application/json' }, body: JSON.stringify(body) });
+  await api('/v1/users/noquota', { quotaBytes: 0 }, 'PUT');
+  const { token } = (await (await api('/v1/upload-tokens', { userId: 'noquota', purpose: 'audio' })).json()) as { token: string };
+  const fileBytes = 100_000_000;
+  const head = Buffer.from('{"filename":"big.wav","data":"');
+  const tail = Buffer.from('"}');
+  const base64Chars = Math.ceil(fileBytes / 3) * 4;
+  const length = head.length + base64Chars + tail.length;
   const pid = child.pid!;
-  const before = rssOf(pid);
-  let peak = before;
+  let peak = rssOf(pid);
   const sampler = setInterval(() => {
     peak = Math.max(peak, rssOf(pid));
   }, 10);
+  const { hostname, port } = new URL(server.url);
+  const send = () =>
+    new Promise<{ status: number; code: string; sent: number }>((resolve, reject) => {
+      const chunk = Buffer.alloc(1 << 20, 'A');
+      let sent = 0;
+      let answered = false;
+      const req = httpRequest({ hostname, port, method: 'POST', path: '/v1/files', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', 'content-length': length } });
+      req.on('response', (res) => {
+        answered = true;
+        let text = '';
+        res.on('data', (d) => (text += d));
+        res.on('end', () => {
+          resolve({ status: res.statusCode!, code: (JSON.parse(text) as { error: { code: string } }).error.code, sent });
+          req.destroy();
+        });
+      });
+      req.on('error', (err) => (answered ? undefined : reject(err)));
+      const pump = () => {
+        while (!answered && sent < base64Chars) {
+          const n = Math.min(chunk.length, base64Chars - sent);
+          sent += n;
+          if (!req.write(n === chunk.length ? chunk : chunk.subarray(0, n))) return void req.once('drain', pump);
+        }
+        if (!answered) req.end(tail);
+      };
+      req.write(head);
+      pump();
+    });
   try {
-    const file = await kit.uploadBase64({ userId: 'b64', purpose: 'audio', filename: 'tone.wav', data });
-    expect(file).toMatchObject({ bytes: size, mimeType: 'audio/wav' });
+    const results = await Promise.all(Array.from({ length: 6 }, send));
+    for (const r of results) expect(r).toMatchObject({ status: 413, code: 'QUOTA_EXCEEDED' });
+    console.log(`six 100 MB JSON bodies, no quota: peak server RSS ${(peak / 2 ** 20).toFixed(1)} MiB; client sent ${results.map((r) => (r.sent / 1e6).toFixed(0)).join(', ')} MB before the answer`);
   } finally {
     clearInterval(sampler);
   }
-  const growth = Math.max(peak, rssOf(pid)) - before;
-  console.log(`base64: server RSS growth ${(growth / 2 ** 20).toFixed(1)} MiB for a ${size / 1e6} MB file (${(data.length / 1e6).toFixed(0)} MB of base64)`);
-  // Everything a base64 upload allocates, if no garbage were collected meanwhile: the socket's chunks,
-  // the body they are copied into, its text and the parsed string (4/3 of the file each) and the
-  // decoded bytes: 6.3 times the file. Measured: about 4 on a quiet machine, 6 on a loaded one.
-  expect(growth).toBeLessThan(8 * size);
-});
+  expect(Math.max(peak, rssOf(pid))).toBeLessThan(300 * 1024 * 1024);
+  const user = (await (await fetch(`${server.url}/v1/users/noquota`, { headers: { authorization: `Bearer ${server.apiKey}` } })).json()) as { reservedBytes: number; fileCount: number };
+  expect(user).toMatchObject({ reservedBytes: 0, fileCount: 0 });
+}, 120_000);

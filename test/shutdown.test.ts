@@ -3,7 +3,7 @@ import { readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { SignJWT } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { corpus } from './helpers/chipmunk.js';
+import { corpus, storedForm } from './helpers/chipmunk.js';
 import { runCli, serverEnvironment, spawnServer } from './helpers/server-process.js';
 
 let dataDir: string;
@@ -62,7 +62,7 @@ describe('graceful shutdown', () => {
     const res = await patch;
     expect(res.status).toBe(200);
     const file = (await res.json()) as { id: string; bytes: number };
-    expect(file.bytes).toBe(photo.length);
+    expect(file.bytes).toBe((await storedForm(photo)).length);
     expect(await server.exited).toEqual({ code: 0, signal: null });
     expect(server.output()).toContain('"msg":"chipmunk stopped"');
     expect(existsSync(path.join(dataDir, 'chipmunk.db-wal'))).toBe(false);

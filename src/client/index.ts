@@ -10,7 +10,8 @@ import { SignJWT } from 'jose';
 
 export type Visibility = 'public' | 'private';
 
-export type ChipmunkVariant = { n: number | string; width?: number; height?: number; bytes: number; mimeType: string; url: string };
+/** `formats`: on rungs with an AVIF twin, each format with its own URL (AVIF first), for <picture>/srcset. */
+export type ChipmunkVariant = { n: number | string; width?: number; height?: number; bytes: number; mimeType: string; url: string; formats?: Array<{ mimeType: string; bytes: number; url: string }> };
 
 export type ChipmunkFile = {
   id: string;
@@ -216,6 +217,10 @@ export function createChipmunk(options: ChipmunkOptions) {
     /**
      * Signs a delivery URL locally: `url` is a variant's `url` from the file JSON (or its
      * `/f/<token>/<n>` path). The answer ends in `?exp=<unix seconds>&sig=<base64url HMAC-SHA256>`.
+     * With `expiresIn` (default 3600 s) the expiry is rounded up the way the server rounds its own
+     * links, so every call within the same window gives the same URL (cacheable): the link lives at
+     * least `expiresIn` and less than one step more — 1 min below 10 min, 5 min below 1 h, 1 h below
+     * a day, 1 day beyond. `expiresAt` is taken as given.
      */
     signUrl(url: string, opts: { expiresIn?: number; expiresAt?: Date | number } = {}): string {
       const secret = needSecret('Signing delivery URLs');
@@ -225,7 +230,7 @@ export function createChipmunk(options: ChipmunkOptions) {
       const exp =
         opts.expiresAt !== undefined
           ? Math.floor((opts.expiresAt instanceof Date ? opts.expiresAt.getTime() : opts.expiresAt) / 1000)
-          : Math.floor(Date.now() / 1000) + Math.floor(opts.expiresIn ?? 3600);
+          : coarseExpiry(Date.now(), opts.expiresIn ?? 3600);
       const signed = `${match[2]}?exp=${exp}`;
       const sig = createHmac('sha256', secret).update(signed).digest('base64url');
       const origin = /^[a-z][a-z0-9+.-]*:/i.test(url) ? parsed.origin : '';
@@ -248,3 +253,13 @@ export function createChipmunk(options: ChipmunkOptions) {
 }
 
 export type ChipmunkClient = ReturnType<typeof createChipmunk>;
+
+/**
+ * The server's coarse expiry (src/delivery/signing.ts), repeated here because the kit imports
+ * nothing from the server; test/kit-package.test.ts checks that both agree.
+ */
+export function coarseExpiry(nowMs: number, expiresIn: number): number {
+  const step = expiresIn < 600 ? 60 : expiresIn < 3600 ? 300 : expiresIn < 86_400 ? 3600 : 86_400;
+  const target = Math.floor(nowMs / 1000) + Math.ceil(expiresIn);
+  return Math.ceil(target / step) * step;
+}

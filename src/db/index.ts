@@ -1,6 +1,7 @@
 import Database from 'better-sqlite3';
 import { drizzle, type BetterSQLite3Database } from 'drizzle-orm/better-sqlite3';
 import { migrate } from 'drizzle-orm/better-sqlite3/migrator';
+import { chmodSync, closeSync, existsSync, openSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import * as schema from './schema.js';
 
@@ -11,6 +12,9 @@ const migrationsFolder = fileURLToPath(new URL(import.meta.url.includes('/dist/'
 
 /** Opens (creating if needed) the SQLite database and applies the committed migrations. */
 export function openDatabase(file: string): Db {
+  // 0600 before SQLite opens it: the WAL and shared-memory files it creates take the database's mode.
+  closeSync(openSync(file, 'a', 0o600));
+  for (const f of [file, `${file}-wal`, `${file}-shm`]) if (existsSync(f)) chmodSync(f, 0o600);
   const sqlite = new Database(file);
   // WAL lets delivery reads run while an upload commits; NORMAL sync is durable across process crashes.
   sqlite.pragma('journal_mode = WAL');

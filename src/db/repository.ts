@@ -38,6 +38,7 @@ export type UserSummary = UserRow & { fileCount: number };
 /** Just what delivery needs to decide and serve one variant. */
 export type Deliverable = {
   fileId: string;
+  purpose: string;
   visibility: Visibility;
   filename: string;
   updatedAt: number;
@@ -62,6 +63,7 @@ export function createRepository(db: Db) {
   const deliverableByToken = db
     .select({
       fileId: files.id,
+      purpose: files.purpose,
       visibility: files.visibility,
       filename: files.filename,
       updatedAt: files.updatedAt,

@@ -124,6 +124,13 @@ export const webhookDeliveries = sqliteTable(
   (t) => [index('webhook_pending').on(t.deliveredAt, t.nextAttemptAt)],
 );
 
+/** Uses of upload tokens minted with maxUploads (by their jti), kept until the token expires. */
+export const uploadTokenUses = sqliteTable('upload_token_uses', {
+  jti: text('jti').primaryKey(),
+  uses: integer('uses').notNull(),
+  expiresAt: integer('expires_at').notNull(),
+});
+
 export type UserRow = typeof users.$inferSelect;
 export type FileRow = typeof files.$inferSelect;
 export type VariantRow = typeof variants.$inferSelect;

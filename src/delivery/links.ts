@@ -8,13 +8,17 @@ import { coarseExpiry, DEFAULT_LINK_SECONDS, deliveryPath, signDeliveryUrl } fro
 // What the app backend can do about a file's delivery: mint links, revoke them all by rotating the
 // token, and switch visibility. Serving itself is in resolve.ts / serve.ts.
 
-export function createDeliveryLinks(deps: { repo: Repository; secret: string; now?: () => number }) {
+export function createDeliveryLinks(deps: { repo: Repository; secret: string; now?: () => number; privateOriginal?: (purpose: string) => boolean }) {
   const { repo, secret } = deps;
   const now = deps.now ?? Date.now;
+  const privateOriginal = deps.privateOriginal ?? (() => false);
 
-  /** Public files get the bare token URL; private ones a link signed for DEFAULT_LINK_SECONDS (coarse). */
+  /**
+   * Public files get the bare token URL; private ones (and a private original) a link signed for
+   * DEFAULT_LINK_SECONDS (coarse).
+   */
   const variantUrl: VariantUrl = (file, name, baseUrl) =>
-    file.visibility === 'public'
+    file.visibility === 'public' && !(name === '0' && privateOriginal(file.purpose))
       ? `${baseUrl}${deliveryPath(file.deliveryToken, name)}`
       : `${baseUrl}${signDeliveryUrl(secret, file.deliveryToken, name, coarseExpiry(now(), DEFAULT_LINK_SECONDS))}`;
 

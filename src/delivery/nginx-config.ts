@@ -1,8 +1,12 @@
+import { errors, renderError, type AppError } from '../errors.js';
+
 // Renders the nginx config that stands in front of one Chipmunk: /f/ is authorised by
 // Chipmunk's internal /internal/auth (auth_request, answers cached briefly) and served from the
 // media folder with sendfile; /uploads streams to Chipmunk for tus; everything else is proxied.
 // The output runs as `nginx -p <prefix> -c <file>`: pid, logs, temp files and the auth cache live
 // under the prefix, and there is no daemon directive (containers pass -g 'daemon off;').
+
+import { createCors, type CorsOrigins } from './cors.js';
 
 export type NginxConfigOptions = {
   /** `host:port` or `port`, as nginx's listen takes it. */
@@ -20,6 +24,8 @@ export type NginxConfigOptions = {
   /** Worker user, when the master runs as root and the default (nobody) cannot read the media. */
   user?: string;
   workerProcesses?: number | 'auto';
+  /** Origins whose pages may read /f/ (CHIPMUNK_CORS_ORIGINS); `*` when absent. */
+  corsOrigins?: CorsOrigins;
   /** Extra directives inside the server block (the benchmark adds a plain static location). */
   extraServerConfig?: string;
 };
@@ -36,6 +42,14 @@ const hostPort = (url: string, what: string): string => {
   return parsed.port ? parsed.host : `${parsed.hostname}:80`;
 };
 
+/** nginx's own answer with one of Chipmunk's errors, rendered by the one error renderer. */
+const returnError = (err: AppError): string => {
+  const { status, body } = renderError(err);
+  // Inside nginx's single quotes a backslash, a quote or a $ would be interpreted, not sent.
+  if (/['\\$]/.test(body)) throw new Error(`The error body ${body} cannot go into an nginx return.`);
+  return `return ${status} '${body}';`;
+};
+
 const safeValue = (value: string, what: string): string => {
   if (!/^[^\s;{}'"\\$#]+$/.test(value)) throw new Error(`${what} "${value}" cannot go into an nginx config (spaces, quotes, ; { } $ # are not allowed).`);
   return value;
@@ -48,6 +62,8 @@ export function renderNginxConfig(o: NginxConfigOptions): string {
   const media = safeValue(o.mediaDir.replace(/\/+$/, ''), 'the media directory');
   const cache = o.authCacheSeconds > 0;
   const bodyLimit = Math.max(1, Math.ceil(o.maxUploadBytes / 1_000_000) + 1);
+  // POST /v1/files takes the same files as multipart, or base64 in JSON (a third larger).
+  const filesBodyLimit = Math.max(1, Math.ceil((o.maxUploadBytes * 4) / 3 / 1_000_000) + 1);
   // Both app locations pass requests the same way: keepalive upstream, the client's host and scheme.
   const proxyToApp = [
     'proxy_pass http://chipmunk_app;',
@@ -60,6 +76,10 @@ export function renderNginxConfig(o: NginxConfigOptions): string {
   ]
     .map((line) => `            ${line}`)
     .join('\n');
+  // The same CORS answers as Chipmunk's own /f/ path, on bytes and refusals alike (add_header is
+  // not inherited by a location that has its own, hence the lines in each).
+  const cors = createCors(o.corsOrigins ?? '*').nginx();
+  const corsLines = (n: number) => cors.headers.map((line) => `${' '.repeat(n)}${line}\n`).join('');
   const extra = o.extraServerConfig ? `\n${indent(o.extraServerConfig.trim(), 8)}\n` : '';
 
   return `# Chipmunk's nginx, rendered by \`chipmunk nginx-config\`. Run it as
@@ -74,7 +94,8 @@ events {
 }
 
 http {
-    access_log access.log combined buffer=64k flush=1s;
+${indent(LOG_FORMAT, 4)}
+    access_log access.log chipmunk buffer=64k flush=1s;
     client_body_temp_path client_body_temp;
     proxy_temp_path proxy_temp;
     fastcgi_temp_path fastcgi_temp;
@@ -93,11 +114,19 @@ http {
     open_file_cache_valid 5s;
     types { }
     default_type application/octet-stream;
-${cache ? `
+${cors.http ? `\n${indent(cors.http.trim(), 4)}\n` : ''}${cache ? `
     # Auth answers, keyed by the full request URI (the signature is in it). Chipmunk sends
     # X-Accel-Expires = min(${o.authCacheSeconds}s, seconds left on the link), so no answer outlives its link.
     proxy_cache_path auth_cache levels=1:2 keys_zone=chipmunk_auth:10m max_size=64m inactive=60s use_temp_path=off;
 ` : ''}
+    # nginx's own 413 names the limit of the address that refused the body.
+    map $uri $chipmunk_too_large {
+        default "Request bodies here carry at most 1 MB; send files with tus (/uploads) or POST /v1/files.";
+        ~^/uploads "Upload requests carry at most ${bodyLimit} MB (the largest purpose's limit).";
+        /v1/files "POST /v1/files bodies carry at most ${filesBodyLimit} MB (the largest purpose's limit, base64 included); send larger files with tus.";
+    }
+${indent(RANGE_MAP, 4)}
+
     upstream chipmunk_app {
         server ${app};
         keepalive 32;
@@ -120,14 +149,23 @@ ${cache ? `
             internal;
             default_type application/json;
             add_header X-Content-Type-Options nosniff always;
-            if ($request ~ "^[A-Z]+ /f/") {
-                return 404 '{"error":{"code":"NOT_FOUND","message":"File not found."}}';
+${corsLines(12)}            if ($request ~ "^[A-Z]+ /f/") {
+                ${returnError(errors.notFound('File'))}
             }
-            return 400 '{"error":{"code":"BAD_REQUEST","message":"Malformed request."}}';
+            ${returnError(errors.badRequest('Malformed request.'))}
         }
 
         # Variants: Chipmunk decides, nginx sends the bytes.
         location /f/ {
+            # Preflights are answered before the access check: they carry no token to check.
+            if ($request_method = OPTIONS) {
+${cors.preflight.map((line) => `                ${line}\n`).join('')}                return 204;
+            }
+            # Ranges nginx would read otherwise than RFC 9110 are answered by Chipmunk itself.
+            error_page 418 = @chipmunk_ranged;
+            if ($chipmunk_range_to_app) {
+                return 418;
+            }
             auth_request /_chipmunk/auth;
             auth_request_set $chipmunk_status $upstream_http_x_chipmunk_status;
             auth_request_set $chipmunk_error $upstream_http_x_chipmunk_error;
@@ -135,11 +173,16 @@ ${cache ? `
             auth_request_set $chipmunk_type $upstream_http_x_chipmunk_content_type;
             auth_request_set $chipmunk_cache_control $upstream_http_x_chipmunk_cache_control;
             auth_request_set $chipmunk_disposition $upstream_http_x_chipmunk_content_disposition;
+            auth_request_set $chipmunk_size $upstream_http_x_chipmunk_size;
+            auth_request_set $chipmunk_vary $upstream_http_x_chipmunk_vary;
             # auth_request passes 401/403 through and turns anything else (404 for an unknown or deleted
             # token, a dead upstream) into 500; @chipmunk_refused restores Chipmunk's own status and JSON.
             error_page 401 403 500 = @chipmunk_refused;
             error_page 404 = @chipmunk_missing;
             error_page 405 = @chipmunk_method;
+            error_page 416 = @chipmunk_unsatisfiable;
+            # A missing file is an answer (404), not a server fault worth an error.log line.
+            log_not_found off;
 
             root ${media};
             try_files /$chipmunk_path =404;
@@ -152,8 +195,9 @@ ${cache ? `
             add_header Content-Type $chipmunk_type;
             add_header Cache-Control $chipmunk_cache_control;
             add_header Content-Disposition $chipmunk_disposition;
+            add_header Vary $chipmunk_vary;
             add_header X-Content-Type-Options nosniff always;
-        }
+${corsLines(12)}        }
 
         location = /_chipmunk/auth {
             internal;
@@ -165,8 +209,11 @@ ${cache ? `
             proxy_pass_request_body off;
             proxy_set_header Content-Length "";
             proxy_set_header X-Original-URI $request_uri;
+            # A rung with an AVIF twin is answered by Accept (Chipmunk's negotiate.ts decides, so the
+            # cache key carries the whole header: distinct values are few, one per browser family).
+            proxy_set_header X-Original-Accept $http_accept;
 ${cache ? `            proxy_cache chipmunk_auth;
-            proxy_cache_key $request_uri;
+            proxy_cache_key $request_uri|$http_accept;
             proxy_cache_valid 200 401 403 404 ${o.authCacheSeconds}s;
             proxy_cache_lock on;
             proxy_ignore_headers Cache-Control Expires Set-Cookie Vary;
@@ -176,7 +223,7 @@ ${cache ? `            proxy_cache chipmunk_auth;
             default_type application/json;
             add_header Cache-Control no-store always;
             add_header X-Content-Type-Options nosniff always;
-            if ($chipmunk_status = 401) {
+${corsLines(12)}            if ($chipmunk_status = 401) {
                 return 401 $chipmunk_error;
             }
             if ($chipmunk_status = 403) {
@@ -185,36 +232,62 @@ ${cache ? `            proxy_cache chipmunk_auth;
             if ($chipmunk_status = 404) {
                 return 404 $chipmunk_error;
             }
-            return 502 '{"error":{"code":"AUTH_UNAVAILABLE","message":"Chipmunk did not answer the access check; try again shortly."}}';
+            ${returnError(errors.authUnavailable())}
+        }
+
+        # Not reached by the ranges above; kept so an unforeseen 416 is still JSON.
+        location @chipmunk_unsatisfiable {
+            default_type application/json;
+            add_header Content-Range "bytes */$chipmunk_size" always;
+            add_header Cache-Control no-store always;
+            add_header X-Content-Type-Options nosniff always;
+            return 416 '{"error":{"code":"RANGE_NOT_SATISFIABLE","message":"The requested range starts past the end of the file."}}';
+        }
+
+        # Chipmunk's own delivery, for the Range forms sent here by $chipmunk_range_to_app.
+        location @chipmunk_ranged {
+${proxyToApp}
+            proxy_buffering off;
         }
 
         location @chipmunk_unavailable {
             default_type application/json;
             add_header Retry-After 5 always;
-            return 502 '{"error":{"code":"UNAVAILABLE","message":"Chipmunk is not answering; try again shortly."}}';
+            ${returnError(errors.unavailable())}
         }
 
         location @chipmunk_too_large {
             default_type application/json;
-            return 413 '{"error":{"code":"FILE_TOO_LARGE","message":"The request body is larger than any upload Chipmunk accepts."}}';
+            return 413 '{"error":{"code":"FILE_TOO_LARGE","message":"$chipmunk_too_large"}}';
         }
 
         location @chipmunk_missing {
             default_type application/json;
             add_header Cache-Control no-store always;
             add_header X-Content-Type-Options nosniff always;
-            return 404 '{"error":{"code":"NOT_FOUND","message":"File not found."}}';
+${corsLines(12)}            ${returnError(errors.notFound('File'))}
         }
 
         location @chipmunk_method {
             default_type application/json;
             add_header Allow "GET, HEAD" always;
             add_header X-Content-Type-Options nosniff always;
-            return 405 '{"error":{"code":"METHOD_NOT_ALLOWED","message":"Files are read with GET or HEAD."}}';
+${corsLines(12)}            ${returnError(errors.methodNotAllowed())}
         }
 
         # Never reachable from here; the auth endpoint listens on Chipmunk's internal port anyway.
         location /internal/ {
+            default_type application/json;
+            ${returnError(errors.notFound('Route'))}
+        }
+
+        # Operator endpoints (queue depths, disk figures, tool paths) stay off the public side:
+        # scrape /metrics and probe /ready on Chipmunk's own port. /health (liveness, no figures) stays.
+        location = /metrics {
+            default_type application/json;
+            return 404 '{"error":{"code":"NOT_FOUND","message":"Route not found."}}';
+        }
+        location = /ready {
             default_type application/json;
             return 404 '{"error":{"code":"NOT_FOUND","message":"Route not found."}}';
         }
@@ -230,6 +303,15 @@ ${proxyToApp}
             proxy_send_timeout 300s;
         }
 
+        # Whole files from a backend (multipart or base64 JSON): streamed through like tus.
+        location = /v1/files {
+${proxyToApp}
+            proxy_request_buffering off;
+            client_max_body_size ${filesBodyLimit}m;
+            proxy_read_timeout 300s;
+            proxy_send_timeout 300s;
+        }
+
         location / {
 ${proxyToApp}
             client_max_body_size 1m;
@@ -238,6 +320,36 @@ ${extra}    }
 }
 `;
 }
+
+/**
+ * The access log keeps where a request went, not the capabilities in it: delivery tokens and upload
+ * ids are masked, query strings (exp, sig) dropped, and referrers that carry either are blanked.
+ */
+const LOG_FORMAT = String.raw`map $request_uri $chipmunk_log_uri {
+    "~^/f/[^/?]*/(?<chipmunk_log_variant>[^/?]*)" "/f/<token>/$chipmunk_log_variant";
+    "~^/uploads/[^?]" "/uploads/<id>";
+    default $uri;
+}
+map $http_referer $chipmunk_log_referer {
+    "~(/f/|/uploads/|sig=|token=)" "-";
+    default $http_referer;
+}
+log_format chipmunk escape=json '$remote_addr - [$time_local] "$request_method $chipmunk_log_uri $server_protocol" $status $body_bytes_sent "$chipmunk_log_referer" "$http_user_agent"';`;
+
+/**
+ * Which Range headers nginx's static module may answer: the ones no stored file can refuse (a start
+ * at 0, a suffix; no variant is empty) with numbers that cannot overflow — a player's first request
+ * (\`bytes=0-\`) keeps sendfile. Everything else (a seek, an end past 2^63, a start after the end,
+ * several ranges, odd syntax) goes to Chipmunk, whose answer is RFC 9110's: an end past the file is
+ * clamped (206), an invalid range ignored (200), a start past the end 416 in JSON. nginx's own 416
+ * would carry the variant's Content-Type and Cache-Control (add_header runs before the range filter).
+ */
+const RANGE_MAP = String.raw`map $http_range $chipmunk_range_to_app {
+    "" 0;
+    "~^bytes=0{1,15}-\d{0,15}$" 0;
+    "~^bytes=-[1-9]\d{0,14}$" 0;
+    default 1;
+}`;
 
 function indent(text: string, spaces: number): string {
   const pad = ' '.repeat(spaces);

@@ -13,6 +13,7 @@ function fakeRepository(visibility: 'public' | 'private') {
   let generation = 0;
   let current: Deliverable | undefined = {
     fileId: 'f'.repeat(24),
+    purpose: 'image',
     visibility,
     filename: 'photo.jpg',
     updatedAt: 1,
@@ -46,7 +47,8 @@ describe('delivery resolver', () => {
     const target = `/f/${token}/3`;
     expect(resolve(target).target.path).toBe('3.webp');
     expect(resolve(target).target.path).toBe('3.webp');
-    expect(store.lookups()).toBe(1);
+    // The rung and its AVIF twin (absent here), each looked up once.
+    expect(store.lookups()).toBe(2);
     store.remove();
     expect(() => resolve(target)).toThrow(expect.objectContaining({ status: 404 }));
   });
@@ -62,7 +64,7 @@ describe('delivery resolver', () => {
     expect(resolve(target).cacheControl).toBe('private, max-age=99, immutable');
     nowMs += 40_000;
     expect(resolve(target).cacheControl).toBe('private, max-age=59, immutable');
-    expect(store.lookups()).toBe(1);
+    expect(store.lookups()).toBe(2);
     nowMs = exp * 1000;
     expect(() => resolve(target)).toThrow(expect.objectContaining({ code: 'LINK_EXPIRED' }));
   });
@@ -75,5 +77,46 @@ describe('delivery resolver', () => {
     expect(() => resolve(tampered)).toThrow(expect.objectContaining({ code: 'INVALID_SIGNATURE' }));
     expect(resolve(good).target.name).toBe('3');
     expect(() => resolve(tampered)).toThrow(expect.objectContaining({ code: 'INVALID_SIGNATURE' }));
+  });
+
+  it('keys grants by token, variant, exp and sig: junk parameters neither miss the cache nor grow it', () => {
+    const store = fakeRepository('public');
+    const resolve = createDeliveryResolver({ repo: store.repo, secret });
+    for (let i = 0; i < 10_000; i++) expect(resolve(`/f/${token}/3?v=${i}&utm_source=${'x'.repeat(i % 200)}`).target.name).toBe('3');
+    // One decision: the variant and the look-up of its AVIF twin (negotiate.ts), then only the cache.
+    expect(store.lookups()).toBe(2);
+    expect(resolve.cached.grants).toBe(1);
+  });
+
+  it('bounds the grant cache by bytes, whatever the number of distinct signed links', () => {
+    const store = fakeRepository('private');
+    const resolve = createDeliveryResolver({ repo: store.repo, secret, now: () => 1_700_000_000_000, cacheBytes: { grants: 64 * 1024 } });
+    for (let i = 0; i < 2_000; i++) resolve(signDeliveryUrl(secret, token, '3', 1_700_000_100 + i));
+    expect(resolve.cached.grantBytes).toBeLessThanOrEqual(64 * 1024);
+    expect(resolve.cached.grants).toBeLessThan(2_000);
+  });
+});
+
+describe('a purpose that keeps its original private', () => {
+  function originalOf(visibility: 'public' | 'private') {
+    const repo = {
+      deliverablesGeneration: () => 0,
+      getDeliverable: (t: string, name: string): Deliverable | undefined =>
+        t === token ? { fileId: 'f'.repeat(24), purpose: 'kyc', visibility, filename: 'id.jpg', updatedAt: 1, name, path: name === '0' ? '0.jpg' : `${name}.webp`, mimeType: 'image/jpeg', bytes: 10 } : undefined,
+    };
+    return createDeliveryResolver({ repo, secret, now: () => 1_700_000_000_000, privateOriginal: (p) => p === 'kyc' });
+  }
+
+  it('serves variant 0 of a public file only with a signed link; its other variants stay public', () => {
+    const resolve = originalOf('public');
+    expect(resolve(`/f/${token}/3`).cacheControl).toMatch(/^public/);
+    expect(() => resolve(`/f/${token}/0`)).toThrow(expect.objectContaining({ code: 'SIGNATURE_REQUIRED', status: 401 }));
+    // A signature for another variant does not open the original.
+    const forThree = signDeliveryUrl(secret, token, '3', 1_700_000_100);
+    expect(() => resolve(forThree.replace(`/${token}/3?`, `/${token}/0?`))).toThrow(expect.objectContaining({ code: 'INVALID_SIGNATURE' }));
+    const signed = resolve(signDeliveryUrl(secret, token, '0', 1_700_000_100));
+    expect(signed.cacheControl).toBe('private, max-age=100, immutable');
+    // A bare request after the signed one is still refused (the signed grant is not the bare one).
+    expect(() => resolve(`/f/${token}/0`)).toThrow(expect.objectContaining({ code: 'SIGNATURE_REQUIRED' }));
   });
 });

@@ -1,9 +1,12 @@
 import type { Deliverable, Repository } from '../db/repository.js';
 import { AppError, errors } from '../errors.js';
+import { createDeliveryCache, stringBytes } from './cache.js';
+import { acceptsAvif, negotiateFormat } from './negotiate.js';
 import { deliveryKey, isValidDeliverySignature } from './signing.js';
 
 // The one access decision for /f/<token>/<n>, shared by Chipmunk's own delivery and the nginx
-// auth endpoint: the raw request target (path + query, exactly as the client sent it) goes in,
+// auth endpoint: the raw request target (path + query, exactly as the client sent it; parameters
+// other than exp and sig are ignored) goes in,
 // the variant to serve and the headers to serve it with come out, or an AppError.
 
 export type Delivery = {
@@ -15,13 +18,14 @@ export type Delivery = {
   contentDisposition: string | undefined;
   /** Unix seconds after which this answer stops being true (signed links); undefined for public files. */
   expiresAt: number | undefined;
+  /** 'Accept' when the answer depends on the client's Accept (a rung with an AVIF twin). */
+  vary: string | undefined;
 };
 
 export const deliveryErrors = {
-  signatureRequired: () =>
-    new AppError('SIGNATURE_REQUIRED', 401, 'This file is private: its link needs exp and sig parameters. Ask the app for a signed link.'),
-  invalidSignature: () => new AppError('INVALID_SIGNATURE', 403, 'The link signature is not valid for this file and variant.'),
-  expired: () => new AppError('LINK_EXPIRED', 403, 'This link has expired. Ask the app for a new one.'),
+  signatureRequired: errors.signatureRequired,
+  invalidSignature: errors.invalidSignature,
+  expired: errors.linkExpired,
   notFound: () => errors.notFound('File'),
 };
 
@@ -29,36 +33,64 @@ const YEAR = 31_536_000;
 // Strict on the raw target: anything percent-encoded, any dot segment, NUL or extra slash fails here.
 const targetPattern = /^\/f\/([0-9a-z]{32})\/([0-9a-z][0-9a-z-]{0,31})(?:\?([^#]*))?$/;
 
-export type DeliveryResolver = (target: string) => Delivery;
+/** `accept` is the client's Accept header: it picks between a rung's WebP and AVIF (negotiate.ts). */
+export type DeliveryResolver = (target: string, accept?: string) => Delivery;
 
-export function createDeliveryResolver(deps: { repo: Pick<Repository, 'getDeliverable' | 'deliverablesGeneration'>; secret: string; now?: () => number }): DeliveryResolver {
+/** The resolver with a view of its caches: entries and estimated bytes (for tests and operators). */
+export type CachingDeliveryResolver = DeliveryResolver & { readonly cached: { grants: number; grantBytes: number; signatures: number } };
+
+export type DeliveryResolverDeps = {
+  repo: Pick<Repository, 'getDeliverable' | 'deliverablesGeneration'>;
+  secret: string;
+  now?: () => number;
+  /** Purposes whose original (variant 0) is served only with a signed link, whatever the file's visibility. */
+  privateOriginal?: (purpose: string) => boolean;
+  /** Memory for remembered grants (default 8 MB) and valid signatures (default 2 MB). */
+  cacheBytes?: { grants?: number; signatures?: number };
+};
+
+export function createDeliveryResolver(deps: DeliveryResolverDeps): CachingDeliveryResolver {
   const { repo } = deps;
   const secret = deliveryKey(deps.secret);
   const now = deps.now ?? Date.now;
+  const privateOriginal = deps.privateOriginal ?? (() => false);
   // Coarse expiry means the same signed URL is presented again and again; an HMAC costs more than
   // the rest of the decision, so signatures already found valid are remembered (never refusals).
   // Safe: the signed string fully determines the answer, and expiry is still checked every time.
-  const knownGood = new Set<string>();
+  const knownGood = createDeliveryCache<object>({ maxBytes: deps.cacheBytes?.signatures ?? 2 * 1024 * 1024, ttlMs: 3600_000, sizeOf: (_v, key) => 64 + stringBytes(key) });
   const isValid = (path: string, exp: string, sig: string): boolean => {
     const key = `${path}?exp=${exp}&sig=${sig}`;
-    if (knownGood.has(key)) return true;
+    if (knownGood.get(key)) return true;
     if (!/^[1-9]\d{0,11}$/.test(exp) || !isValidDeliverySignature(secret, path, Number(exp), sig)) return false;
-    if (knownGood.size >= 10_000) knownGood.delete(knownGood.values().next().value!);
-    knownGood.add(key);
+    knownGood.set(key, VALID);
     return true;
   };
 
-  // The same target is asked for again and again (a thumbnail on a busy page): grants already made
-  // are remembered by the raw target, until the next write that could change a deliverable.
-  // Private grants still expire on time, and their max-age is recomputed as the seconds pass.
-  const granted = new Map<string, Grant>();
+  // The same variant is asked for again and again (a thumbnail on a busy page): grants already made
+  // are remembered, keyed by what decides access — token and variant, plus exp and sig for signed
+  // grants — so junk query parameters neither miss the cache nor add to it. Every entry goes at the
+  // next write that could change a deliverable. Private grants still expire on time, and their
+  // max-age is recomputed as the seconds pass.
+  const granted = createDeliveryCache<Grant>({
+    maxBytes: deps.cacheBytes?.grants ?? 8 * 1024 * 1024,
+    ttlMs: 60_000,
+    generation: () => repo.deliverablesGeneration(),
+    sizeOf: (g, key) => 400 + stringBytes(key) + stringBytes(g.delivery.target.filename) + stringBytes(g.delivery.contentDisposition),
+  });
 
-  return (requestTarget) => {
-    const generation = repo.deliverablesGeneration();
+  const resolve = (requestTarget: string, accept?: string): Delivery => {
+    // AVIF-accepting clients get their own grants: the answer differs for rungs with an AVIF twin.
+    const avif = acceptsAvif(accept);
+    const match = targetPattern.exec(requestTarget);
+    if (!match) throw deliveryErrors.notFound();
+    const [, token, name, query] = match as unknown as [string, string, string, string | undefined];
+    const { exp, sig } = signatureParams(query);
     // ⌈now⌉ in seconds: left = ⌊(exp·1000 − now) / 1000⌋ = exp − ⌈now / 1000⌉.
     const second = Math.ceil(now() / 1000);
-    const known = granted.get(requestTarget);
-    if (known && known.generation === generation) {
+    const bareKey = `${avif ? 'avif ' : ''}${token}/${name}`;
+    const signedKey = exp !== undefined && sig !== undefined ? `${bareKey}?${exp}&${sig}` : undefined;
+    const known = granted.get(bareKey) ?? (signedKey ? granted.get(signedKey) : undefined);
+    if (known) {
       if (known.delivery.expiresAt === undefined) return known.delivery;
       if (second === known.second) return known.delivery;
       if (second < known.delivery.expiresAt) {
@@ -66,20 +98,16 @@ export function createDeliveryResolver(deps: { repo: Pick<Repository, 'getDelive
         known.delivery = { ...known.delivery, cacheControl: privateCacheControl(known.delivery.expiresAt - second) };
         return known.delivery;
       }
-      granted.delete(requestTarget);
+      granted.delete(signedKey!);
     }
 
-    const match = targetPattern.exec(requestTarget);
-    if (!match) throw deliveryErrors.notFound();
-    const [, token, name, query] = match as unknown as [string, string, string, string | undefined];
     // Excludes files being uploaded or deleted.
-    const target = repo.getDeliverable(token, name);
-    if (!target) throw deliveryErrors.notFound();
+    const asked = repo.getDeliverable(token, name);
+    if (!asked) throw deliveryErrors.notFound();
 
     let expiresAt: number | undefined;
     let cacheControl = `public, max-age=${YEAR}, immutable`;
-    if (target.visibility === 'private') {
-      const { exp, sig } = signatureParams(query);
+    if (asked.visibility === 'private' || (asked.name === '0' && privateOriginal(asked.purpose))) {
       if (exp === undefined || sig === undefined) throw deliveryErrors.signatureRequired();
       if (!isValid(`/f/${token}/${name}`, exp, sig)) {
         throw deliveryErrors.invalidSignature();
@@ -91,20 +119,25 @@ export function createDeliveryResolver(deps: { repo: Pick<Repository, 'getDelive
       cacheControl = privateCacheControl(left);
     }
 
+    const { target, vary } = negotiateFormat(asked, token, avif, (t, n) => repo.getDeliverable(t, n));
     const delivery: Delivery = {
       target,
       contentType: target.mimeType,
       cacheControl,
       contentDisposition: target.name === '0' && !isInlineSafe(target.mimeType) ? attachment(target.filename) : undefined,
       expiresAt,
+      vary,
     };
-    if (granted.size >= 10_000) granted.delete(granted.keys().next().value!);
-    granted.set(requestTarget, { generation, second, delivery });
+    granted.set(expiresAt === undefined ? bareKey : signedKey!, { second, delivery });
     return delivery;
   };
+  // defineProperty, not Object.assign: assign would copy the getter's value once.
+  return Object.defineProperty(resolve, 'cached', { get: () => ({ grants: granted.size, grantBytes: granted.bytes, signatures: knownGood.size }) }) as CachingDeliveryResolver;
 }
 
-type Grant = { generation: number; second: number; delivery: Delivery };
+const VALID = Object.freeze({});
+
+type Grant = { second: number; delivery: Delivery };
 
 const privateCacheControl = (left: number) => `private, max-age=${Math.min(left, YEAR)}, immutable`;
 

@@ -1,10 +1,13 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { Readable } from 'node:stream';
-import { AppError, toAppError } from '../errors.js';
+import { AppError, errors, renderError, toAppError } from '../errors.js';
 import { rawHeader } from '../http.js';
 import type { Logger } from '../log.js';
 import type { Deliverable } from '../db/repository.js';
 import type { BlobStorage } from '../storage/storage.js';
+import { notModified, usableRange } from './conditional.js';
+import type { Cors } from './cors.js';
+import { createDeliveryCache, stringBytes } from './cache.js';
 import { deliveryErrors, type DeliveryResolver } from './resolve.js';
 
 // Chipmunk's own delivery, for when no nginx stands in front: the same URLs and access rules as the
@@ -16,45 +19,30 @@ type Plan = {
   headers: Record<string, string>;
   /** Inclusive byte range to send; undefined for header-only answers. */
   body?: { fileId: string; name: string; start: number; end: number; memory: Buffer | undefined };
-  error?: AppError;
+  /** The rendered JSON error body, for refusals. */
+  error?: string;
 };
 
 /** What is known about one stored variant's bytes; small ones carry the bytes themselves. */
 type Blob = { size: number; etag: string; lastModified: string; mtime: number; bytes: Buffer | undefined };
 
 /**
- * Small variants (thumbnails, avatars) are kept in memory, bounded by total size. Entries are keyed
- * by the file's updatedAt and the variant's recorded size: bytes only change through a repository
- * update (a re-run replacing a variant), which moves updatedAt, so a stale entry is never looked up.
+ * Small variants (thumbnails, avatars) are kept in memory, bounded by total size (cache.ts). Entries
+ * are keyed by the file's updatedAt and the variant's recorded size: bytes only change through a
+ * repository update (a re-run replacing a variant), which moves updatedAt, so a stale entry is never
+ * looked up; they are not dropped at every deliverables generation (each new upload moves it).
  */
 function createBlobCache(maxBytes: number, maxEntryBytes: number) {
-  const entries = new Map<string, Blob>();
-  let total = 0;
+  const cache = createDeliveryCache<Blob>({ maxBytes, maxEntryBytes: maxEntryBytes + 1024, ttlMs: 600_000, sizeOf: (blob, key) => 200 + stringBytes(key) + blob.size });
   return {
     maxEntryBytes,
-    get(key: string): Blob | undefined {
-      const hit = entries.get(key);
-      if (hit) {
-        // Refresh its place: Map order is the LRU order.
-        entries.delete(key);
-        entries.set(key, hit);
-      }
-      return hit;
-    },
+    get: (key: string) => cache.get(key),
     set(key: string, blob: Blob): void {
-      if (!blob.bytes || blob.size > maxEntryBytes || entries.has(key)) return;
-      entries.set(key, blob);
-      total += blob.size;
-      for (const [k, old] of entries) {
-        if (total <= maxBytes) break;
-        entries.delete(k);
-        total -= old.size;
-      }
+      if (!blob.bytes || blob.size > maxEntryBytes || maxBytes <= 0) return;
+      cache.set(key, blob);
     },
   };
 }
-
-const methodNotAllowed = () => new AppError('METHOD_NOT_ALLOWED', 405, 'Files are read with GET or HEAD.');
 
 export function createDeliveryServer(deps: {
   resolve: DeliveryResolver;
@@ -64,6 +52,8 @@ export function createDeliveryServer(deps: {
   memoryCacheBytes?: number;
   /** Told the status of every answer (metrics). */
   onAnswer?: (status: number) => void;
+  /** Cross-origin reads (every answer, preflights included); none when absent. */
+  cors?: Cors;
 }) {
   const { resolve, storage, logger } = deps;
   const cache = createBlobCache(deps.memoryCacheBytes ?? 32 * 1024 * 1024, 256 * 1024);
@@ -114,9 +104,21 @@ export function createDeliveryServer(deps: {
    * it logs (the fast path runs outside the request's async context).
    */
   function plan(method: string, target: string, header: (name: string) => string | undefined, requestId: string | undefined): Plan | Promise<Plan> {
+    const origin = deps.cors ? header('origin') : undefined;
+    const answered = (p: Plan): Plan => {
+      if (deps.cors) {
+        // Vary is merged, not replaced: a rung with an AVIF twin already varies on Accept.
+        const { Vary: byOrigin, ...allow } = deps.cors.delivery(origin);
+        Object.assign(p.headers, allow);
+        if (byOrigin) p.headers.Vary = p.headers.Vary ? `${p.headers.Vary}, ${byOrigin}` : byOrigin;
+      }
+      deps.onAnswer?.(p.status);
+      return p;
+    };
     try {
-      if (method !== 'GET' && method !== 'HEAD') throw methodNotAllowed();
-      const d = resolve(target);
+      if (method === 'OPTIONS' && deps.cors) return answered({ status: 204, headers: deps.cors.deliveryPreflight(origin) });
+      if (method !== 'GET' && method !== 'HEAD') throw errors.methodNotAllowed();
+      const d = resolve(target, header('accept'));
       const v = d.target;
       const key = blobKey(v);
       const cached = cache.get(key);
@@ -128,11 +130,6 @@ export function createDeliveryServer(deps: {
     } catch (err) {
       return answered(refusal(err, requestId));
     }
-  }
-
-  function answered(p: Plan): Plan {
-    deps.onAnswer?.(p.status);
-    return p;
   }
 
   function planFor(method: string, d: ReturnType<DeliveryResolver>, blob: Blob, header: (name: string) => string | undefined): Plan {
@@ -147,6 +144,7 @@ export function createDeliveryServer(deps: {
       'X-Content-Type-Options': 'nosniff',
     };
     if (d.contentDisposition) headers['Content-Disposition'] = d.contentDisposition;
+    if (d.vary) headers.Vary = d.vary;
 
     if (notModified(header('if-none-match'), header('if-modified-since'), etag, mtime)) {
       delete headers['Content-Type'];
@@ -154,7 +152,10 @@ export function createDeliveryServer(deps: {
     }
     const range = usableRange(header('range'), header('if-range'), etag, lastModified, size);
     if (range === 'unsatisfiable') {
-      return { status: 416, headers: { 'Content-Range': `bytes */${size}`, 'X-Content-Type-Options': 'nosniff', 'Content-Length': '0' } };
+      // A refusal like any other (JSON, no-store), with the size the client may ask within.
+      const refused = refusal(errors.rangeNotSatisfiable(), undefined);
+      refused.headers['Content-Range'] = `bytes */${size}`;
+      return refused;
     }
     const [start, end] = range ?? [0, size - 1];
     headers['Content-Length'] = String(Math.max(0, end - start + 1));
@@ -164,12 +165,12 @@ export function createDeliveryServer(deps: {
   }
 
   function refusal(err: unknown, requestId: string | undefined): Plan {
-    const error = toAppError(err);
-    if (error.status >= 500) logger.error('delivery failed', { err, requestId });
+    const { status, headers, body } = renderError(err);
+    if (status >= 500) logger.error('delivery failed', { err, requestId });
     return {
-      status: error.status,
-      headers: { 'Content-Type': 'application/json', 'Cache-Control': 'no-store', 'X-Content-Type-Options': 'nosniff', ...(error.status === 405 ? { Allow: 'GET, HEAD' } : {}) },
-      error,
+      status,
+      headers: { ...headers, 'Cache-Control': 'no-store', 'X-Content-Type-Options': 'nosniff', ...(status === 405 ? { Allow: 'GET, HEAD' } : {}) },
+      error: body,
     };
   }
 
@@ -177,10 +178,9 @@ export function createDeliveryServer(deps: {
     // One writeHead with every header: a setHeader before it sends Node down its slow merging path.
     if (requestId) p.headers['x-request-id'] = requestId;
     if (p.error) {
-      const json = JSON.stringify(p.error.toJSON());
-      p.headers['Content-Length'] = String(Buffer.byteLength(json));
+      p.headers['Content-Length'] = String(Buffer.byteLength(p.error));
       res.writeHead(p.status, p.headers);
-      res.end(req.method === 'HEAD' ? undefined : json);
+      res.end(req.method === 'HEAD' ? undefined : p.error);
       return;
     }
     res.writeHead(p.status, p.headers);
@@ -217,7 +217,7 @@ export function createDeliveryServer(deps: {
     async handleWeb(req: Request): Promise<Response> {
       const url = new URL(req.url);
       const p = await plan(req.method, `${url.pathname}${url.search}`, (name) => req.headers.get(name) ?? undefined, undefined);
-      if (p.error) return new Response(req.method === 'HEAD' ? null : JSON.stringify(p.error.toJSON()), { status: p.status, headers: p.headers });
+      if (p.error) return new Response(req.method === 'HEAD' ? null : p.error, { status: p.status, headers: p.headers });
       if (p.body?.memory) return new Response(new Uint8Array(p.body.memory.subarray(p.body.start, p.body.end + 1)), { status: p.status, headers: p.headers });
       const body = p.body ? (Readable.toWeb(storage.read(p.body.fileId, p.body.name, { start: p.body.start, end: p.body.end })) as ReadableStream) : null;
       return new Response(body, { status: p.status, headers: p.headers });
@@ -231,50 +231,4 @@ async function readAll(stream: Readable): Promise<Buffer> {
   const chunks: Buffer[] = [];
   for await (const chunk of stream) chunks.push(chunk as Buffer);
   return Buffer.concat(chunks);
-}
-
-/** If-None-Match wins over If-Modified-Since (RFC 9110 §13.2.2). */
-function notModified(ifNoneMatch: string | undefined, ifModifiedSince: string | undefined, etag: string, mtime: number): boolean {
-  if (ifNoneMatch !== undefined) {
-    return ifNoneMatch.split(',').some((tag) => {
-      const t = tag.trim();
-      return t === '*' || t.replace(/^W\//, '') === etag;
-    });
-  }
-  if (ifModifiedSince !== undefined) {
-    const since = Date.parse(ifModifiedSince);
-    return Number.isFinite(since) && Math.floor(since / 1000) >= mtime;
-  }
-  return false;
-}
-
-/**
- * One byte range (music seeking needs no more); several ranges, or a stale If-Range, get the
- * whole file as nginx does with max_ranges 1.
- */
-function usableRange(
-  header: string | undefined,
-  ifRange: string | undefined,
-  etag: string,
-  lastModified: string,
-  size: number,
-): [number, number] | 'unsatisfiable' | undefined {
-  if (!header) return undefined;
-  if (ifRange !== undefined && ifRange !== etag && ifRange !== lastModified) return undefined;
-  const m = /^bytes=(\d*)-(\d*)$/.exec(header.trim());
-  if (!m || (m[1] === '' && m[2] === '')) return undefined;
-  let start: number;
-  let end: number;
-  if (m[1] === '') {
-    const suffix = Number(m[2]);
-    if (suffix === 0) return 'unsatisfiable';
-    start = Math.max(0, size - suffix);
-    end = size - 1;
-  } else {
-    start = Number(m[1]);
-    end = m[2] === '' ? size - 1 : Math.min(Number(m[2]), size - 1);
-    if (m[2] !== '' && Number(m[2]) < start) return undefined;
-  }
-  if (start >= size) return 'unsatisfiable';
-  return [start, end];
 }

@@ -6,7 +6,7 @@ import type { Repository } from '../db/repository.js';
 import { errors } from '../errors.js';
 import { requestBaseUrl } from '../http.js';
 import type { Purposes } from '../purposes.js';
-import { fileIdParams, listFilesQuery, purposeNameSchema, setQuotaRequest, userIdSchema } from '../routes/schemas.js';
+import { DEMO_USER_PREFIX, fileIdParams, listFilesQuery, purposeNameSchema, setQuotaRequest, userIdSchema } from '../routes/schemas.js';
 import { describeUser } from '../routes/users.js';
 import { jsonBody, parseWith } from '../routes/validate.js';
 import type { FileService } from '../services/files.js';
@@ -15,12 +15,15 @@ import type { DemoAsset } from './assets.js';
 
 // The demo: a page at / and the few routes it needs under /demo/api. The page plays the part of
 // an app's backend and client at once, so these routes mint upload tokens without the API key.
-// That is only acceptable on a developer's own machine, hence three fences:
-//   - the whole thing exists only when CHIPMUNK_DEMO is on (off by default with NODE_ENV=production);
-//   - /demo/api answers only to loopback peers, and only same-origin browser requests;
-//   - it only ever acts for users named demo-…, so it can never read or spend an app user's files.
+// That is only acceptable on a developer's own machine, hence four fences:
+//   - the whole thing exists only when asked for (CHIPMUNK_DEMO=on, `npm run demo`), and then the
+//     server listens on loopback only (config.ts refuses another HOST);
+//   - it answers only to loopback peers, with no forwarding header naming another client, a Host that
+//     names this machine, and (for /demo/api) only same-origin browser requests;
+//   - it only ever acts for users named demo-…, and /v1 refuses those names, so the demo can never
+//     read or spend an app user's files nor an app theirs.
 
-export const DEMO_USER_PREFIX = 'demo-';
+export { DEMO_USER_PREFIX };
 /** Tokens the demo mints live long enough for a slow upload, not for reuse. */
 const DEMO_TOKEN_SECONDS = 15 * 60;
 
@@ -50,11 +53,13 @@ export function demoRoutes(deps: DemoDeps) {
 
   const app = new Hono<{ Bindings: Partial<HttpBindings> }>();
 
+  app.use('/', demoFence({ publicUrl: deps.publicUrl, api: false }));
+  app.use('/demo/*', demoFence({ publicUrl: deps.publicUrl, api: false }));
   app.get('/', (c) => serveAsset(c, deps.assets, 'index.html', pageSecurityHeaders(deps.publicUrl)));
   app.get('/demo/assets/:name', (c) => serveAsset(c, deps.assets, c.req.param('name')));
 
   const api = new Hono<{ Bindings: Partial<HttpBindings> }>();
-  api.use('*', localSameOriginOnly());
+  api.use('*', demoFence({ publicUrl: deps.publicUrl, api: true }));
   api.get('/config', (c) =>
     c.json({
       uploadEndpoint: `${baseUrl(c.req.raw)}${TUS_PATH}`,
@@ -128,21 +133,50 @@ function pageSecurityHeaders(publicUrl: string | undefined): Record<string, stri
 const loopback = (address: string | undefined) =>
   !!address && (address === '::1' || /^(::ffff:)?127\.\d+\.\d+\.\d+$/.test(address));
 
+/** Headers a proxy uses to say who the client is; any of them naming another machine is a stranger. */
+const forwardingHeaders = ['x-forwarded-for', 'x-real-ip', 'forwarded', 'x-client-ip', 'true-client-ip', 'cf-connecting-ip', 'fastly-client-ip', 'x-cluster-client-ip'];
+
+/** The client addresses a forwarding header names; `Forwarded: for=…` and plain lists alike. */
+function forwardedClients(name: string, value: string): string[] {
+  const items = value.split(',').map((s) => s.trim()).filter(Boolean);
+  if (name !== 'forwarded') return items;
+  // RFC 7239: for=1.2.3.4, for="[::1]:80"; an element without for= names nobody we can check.
+  return items.map((el) => /(?:^|;)\s*for=("?)\[?([^\]";]*)\]?(?::\d+)?\1/i.exec(el)?.[2] ?? 'unknown');
+}
+
+/** Host header values that name this machine (localhost, 127.x, [::1]; and CHIPMUNK_PUBLIC_URL's host). */
+function isLocalHostHeader(host: string | undefined, publicUrl: string | undefined, localPort: number | undefined): boolean {
+  if (!host) return false;
+  if (publicUrl && new URL(publicUrl).host === host) return true;
+  const m = /^(localhost|127\.\d{1,3}\.\d{1,3}\.\d{1,3}|\[::1\])(?::(\d{1,5}))?$/i.exec(host);
+  if (!m) return false;
+  // The port the client says it reached must be ours (another local app's page cannot borrow it).
+  return localPort === undefined || m[2] === undefined ? true : Number(m[2]) === localPort;
+}
+
 /**
- * Demo routes mint tokens without a key, so they answer only to this machine: the TCP peer and every
- * X-Forwarded-For hop must be loopback, and a browser must be calling from the demo page itself
- * (Sec-Fetch-Site), not from another site or another localhost port.
+ * The demo mints tokens without a key, so it answers only to this machine: the TCP peer must be
+ * loopback; no forwarding header may name another client (whichever a proxy uses); the Host must
+ * name this machine (DNS rebinding: a page on a stranger's domain that resolves to 127.0.0.1 sends
+ * its own name); and a browser must be calling from the demo page itself (Sec-Fetch-Site), not from
+ * another site or another localhost port. The page is fenced the same way as its API.
  */
-function localSameOriginOnly(): MiddlewareHandler<{ Bindings: Partial<HttpBindings> }> {
+function demoFence(opts: { publicUrl: string | undefined; api: boolean }): MiddlewareHandler<{ Bindings: Partial<HttpBindings> }> {
   return async (c, next) => {
-    const peer = c.env?.incoming?.socket.remoteAddress;
-    const forwarded = (c.req.header('x-forwarded-for') ?? '').split(',').map((s) => s.trim()).filter(Boolean);
+    const socket = c.env?.incoming?.socket;
+    const refuse = () =>
+      errors.forbidden('The demo answers only to a browser on the machine Chipmunk runs on (http://localhost). Open the page there, or use the /v1 API with the API key.');
     // No socket means an in-process request (app.request), which is local by construction.
-    if ((c.env?.incoming && !loopback(peer)) || forwarded.some((hop) => !loopback(hop))) {
-      throw errors.forbidden('The demo answers only to a browser on the machine Chipmunk runs on (http://localhost). Open the page there, or use the /v1 API with the API key.');
+    if (socket && !loopback(socket.remoteAddress)) throw refuse();
+    for (const name of forwardingHeaders) {
+      const value = c.req.header(name);
+      if (value !== undefined && forwardedClients(name, value).some((client) => !loopback(client))) throw refuse();
+    }
+    if (!isLocalHostHeader(c.req.header('host'), opts.publicUrl, socket?.localPort)) {
+      throw errors.forbidden('The demo answers only at http://localhost (this request names another host).');
     }
     const site = c.req.header('sec-fetch-site');
-    if (site && site !== 'same-origin' && site !== 'none') {
+    if (site !== undefined && site !== 'same-origin' && !(site === 'none' && !opts.api)) {
       throw errors.forbidden('The demo API only answers to the demo page itself.');
     }
     await next();

@@ -1,13 +1,14 @@
 import { open, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { parseFile, type IAudioMetadata, type IPicture } from 'music-metadata';
 import { errors } from '../errors.js';
-import { runFfmpeg, FfmpegError, type FfmpegTool } from './ffmpeg.js';
+import { defaultMediaBounds, readTags, type MediaBounds } from './audio-tags.js';
+import { BoundedChildError } from './bounded.js';
+import { runFfmpeg, type FfmpegTool } from './ffmpeg.js';
 import type { MediaProcessor, ProducedVariant } from './processor.js';
 import type { Sniffed } from './sniff.js';
 import { PeakReducer, type WaveformJson } from './waveform.js';
 
-// Music: the facts (music-metadata), the renditions and the waveform peaks (ffmpeg). The completion
+// Music: the facts (music-metadata, in a bounded child), the renditions and the waveform peaks (ffmpeg). The completion
 // path only reads the facts — fast, and the check that the bytes are audio at all; the renditions,
 // the waveform and the cover ladder are made by a background job (src/services/audio.ts).
 
@@ -33,16 +34,12 @@ export type AudioInfo = {
 
 export type CoverPicture = { data: Uint8Array; format: string };
 
-const PARSE_TIMEOUT_MS = 30_000;
-
-/** Reads a track's facts and cover; a file the parser cannot read as audio is refused (422). */
-export async function readAudio(filePath: string, sniffed: Sniffed): Promise<{ info: AudioInfo; cover?: CoverPicture }> {
-  let meta: IAudioMetadata;
-  try {
-    meta = await withTimeout(parseFile(filePath, { skipCovers: false, duration: false }), PARSE_TIMEOUT_MS);
-  } catch (err) {
-    throw errors.unprocessable(`The audio file is damaged and cannot be read (${describeParseError(err)}).`, err);
-  }
+/**
+ * Reads a track's facts and cover in a bounded child (audio-tags.ts); a file the parser cannot read as
+ * audio, or whose reading needs more than one file's memory or time, is refused (422).
+ */
+export async function readAudio(filePath: string, sniffed: Sniffed, bounds: MediaBounds = defaultMediaBounds): Promise<{ info: AudioInfo; cover?: CoverPicture }> {
+  const meta = await readTags(filePath, bounds);
   const { format, common } = meta;
   const codec = normaliseCodec(format.codec);
   if (!format.container || !codec || format.hasAudio === false || !(format.sampleRate || format.duration)) {
@@ -65,18 +62,43 @@ export async function readAudio(filePath: string, sniffed: Sniffed): Promise<{ i
     ...text('album', common.album),
     ...text('albumArtist', common.albumartist),
     ...(common.year && Number.isInteger(common.year) && common.year > 0 && common.year < 10000 ? { year: common.year } : {}),
-    ...(common.track?.no && common.track.no > 0 ? { trackNumber: common.track.no } : {}),
+    ...(common.trackNo && common.trackNo > 0 ? { trackNumber: common.trackNo } : {}),
     ...text('genre', common.genre?.length ? [...new Set(common.genre)].join(', ') : undefined),
   };
-  return { info, cover: pickCover(common.picture) };
+  return { info, cover: meta.cover ? { data: Buffer.from(meta.cover.base64, 'base64'), format: meta.cover.format } : undefined };
 }
 
+/** Refuses (413) a track longer than its purpose allows, from the length its headers give. */
+export function checkDuration(info: Pick<AudioInfo, 'durationMs'>, maxDurationSeconds: number): void {
+  if (info.durationMs !== undefined && info.durationMs > maxDurationSeconds * 1000) {
+    throw errors.tooLarge(`The track is ${clock(info.durationMs / 1000)} long; at most ${clock(maxDurationSeconds)} are accepted. Shorten it and upload again.`);
+  }
+}
+
+/** 1:02:03 or 4:05. */
+function clock(seconds: number): string {
+  const s = Math.round(seconds);
+  const hms = [Math.floor(s / 3600), Math.floor((s % 3600) / 60), s % 60];
+  const [h, m, sec] = hms as [number, number, number];
+  return h > 0 ? `${h}:${String(m).padStart(2, '0')}:${String(sec).padStart(2, '0')}` : `${m}:${String(sec).padStart(2, '0')}`;
+}
+
+export type AudioProcessorDeps = {
+  ffmpeg: FfmpegTool | undefined;
+  /** Memory and time of each child (tag parser, ffmpeg); default 1 GB and 60 s. */
+  bounds?: Omit<MediaBounds, 'signal'>;
+  /** Used where a purpose sets no duration limit of its own. */
+  maxDurationSeconds?: number;
+};
+
 /** The completion-time half of audio: validate and describe; the rest is a background job. */
-export function createAudioProcessor(deps: { ffmpeg: FfmpegTool | undefined }): MediaProcessor {
+export function createAudioProcessor(deps: AudioProcessorDeps): MediaProcessor {
+  const bounds = deps.bounds ?? defaultMediaBounds;
   return {
-    async process({ sourcePath, sniffed }) {
-      const { info, cover } = await readAudio(sourcePath, sniffed);
-      if (deps.ffmpeg) await proveDecodable(deps.ffmpeg, sourcePath);
+    async process({ sourcePath, sniffed, limits, signal }) {
+      const { info, cover } = await readAudio(sourcePath, sniffed, { ...bounds, signal });
+      checkDuration(info, limits?.maxDurationSeconds ?? deps.maxDurationSeconds ?? Infinity);
+      if (deps.ffmpeg) await proveDecodable(deps.ffmpeg, sourcePath, { ...bounds, signal });
       const extra: Record<string, unknown> = {};
       if (!deps.ffmpeg) extra.renditions = { available: false, reason: 'No ffmpeg on this server: only the original is served.' };
       // Without ffmpeg and without a cover there is nothing left to make.
@@ -91,12 +113,13 @@ export function createAudioProcessor(deps: { ffmpeg: FfmpegTool | undefined }): 
  * as with images, only a decode proves it. The first seconds are decoded at completion, so such a
  * file is refused with a 422 instead of being stored and failing in the background.
  */
-async function proveDecodable(ffmpeg: FfmpegTool, sourcePath: string): Promise<void> {
+async function proveDecodable(ffmpeg: FfmpegTool, sourcePath: string, bounds: MediaBounds): Promise<void> {
   try {
-    await runFfmpeg(ffmpeg, ['-xerror', '-t', '2', '-i', sourcePath, '-map', '0:a:0', '-f', 'null', '-'], { timeoutMs: 30_000 });
+    await runFfmpeg(ffmpeg, ['-xerror', '-t', '2', '-i', sourcePath, '-map', '0:a:0', '-f', 'null', '-'], bounds);
   } catch (err) {
-    if (err instanceof FfmpegError && err.timedOut) throw err;
-    throw errors.unprocessable(`The audio cannot be decoded${err instanceof FfmpegError && err.message ? ` (${err.message})` : ''}.`, err);
+    // Killed from outside or cancelled: not the file's fault.
+    if (!(err instanceof BoundedChildError) || err.reason === 'signal' || err.reason === 'aborted') throw err;
+    throw errors.unprocessable(`The audio cannot be decoded (${err.message}).`, err);
   }
 }
 
@@ -201,25 +224,32 @@ export async function renderAudio(input: {
   workDir: string;
   info: AudioInfo;
   signal?: AbortSignal;
+  /** Memory of each ffmpeg child; default 1 GB. */
+  memoryBytes?: number;
+  /** The purpose's limit: decoding stops past it, and a track found longer is refused. */
+  maxDurationSeconds?: number;
 }): Promise<AudioRenderResult> {
   const { ffmpeg, sourcePath, workDir, info } = input;
+  const memoryBytes = input.memoryBytes ?? defaultMediaBounds.memoryBytes;
+  const maxSeconds = input.maxDurationSeconds;
   const plans = planRenditions(info);
   const sampleRate = info.sampleRate && info.sampleRate >= 1000 && info.sampleRate <= 768_000 ? info.sampleRate : 48_000;
   const reducer = new PeakReducer();
   // Generous: a decode runs at tens of times realtime; a stuck one is killed, not waited for.
-  const timeoutMs = 120_000 + (info.durationMs ?? 30 * 60_000) * 2;
+  const timeoutMs = 120_000 + (info.durationMs ?? (maxSeconds ?? 30 * 60) * 1000) * 2;
   const controller = new AbortController();
   const abort = () => controller.abort();
   input.signal?.addEventListener('abort', abort, { once: true });
   const out = (p: RenditionPlan) => path.join(workDir, renditionFiles[p.n].storedAs);
-  const inputArgs = ['-i', sourcePath];
+  // Headers can understate the length (checked at completion): decoding stops just past the limit.
+  const inputArgs = [...(maxSeconds !== undefined ? ['-t', String(maxSeconds + 1)] : []), '-i', sourcePath];
   const [opus, aac] = plans as [RenditionPlan, RenditionPlan];
   const withWaveform = [...inputArgs, ...renditionArgs(opus, ffmpeg, out(opus)), '-map', '0:a:0', '-ac', '1', '-ar', String(sampleRate), '-f', 's16le', 'pipe:1'];
   const standard = [...inputArgs, ...renditionArgs(aac, ffmpeg, out(aac))];
   try {
     const runs = [
-      runFfmpeg(ffmpeg, withWaveform, { timeoutMs, signal: controller.signal, onStdout: (chunk) => reducer.push(chunk) }),
-      runFfmpeg(ffmpeg, standard, { timeoutMs, signal: controller.signal }),
+      runFfmpeg(ffmpeg, withWaveform, { memoryBytes, timeoutMs, signal: controller.signal, onStdout: (chunk) => reducer.push(chunk) }),
+      runFfmpeg(ffmpeg, standard, { memoryBytes, timeoutMs, signal: controller.signal }),
     ];
     // One failing stops the other at once; the first failure is the one that says why.
     let firstFailure: unknown;
@@ -233,15 +263,20 @@ export async function renderAudio(input: {
     if (firstFailure) throw firstFailure;
   } catch (err) {
     if (input.signal?.aborted) throw err;
-    if (err instanceof FfmpegError && (err.timedOut || err.exitCode !== null)) {
-      throw new AudioDecodeError(err.timedOut ? 'Decoding the audio took far longer than its length; the file is probably damaged.' : `The audio could not be decoded: ${err.message}`);
-    }
+    // Our caps and ffmpeg's own refusal judge the content; a kill from outside does not.
+    if (err instanceof BoundedChildError && err.reason === 'timeout') throw new AudioDecodeError('Decoding the audio took far longer than its length; the file is probably damaged.');
+    if (err instanceof BoundedChildError && err.reason === 'memory') throw new AudioDecodeError(`Decoding the audio needs more than the ${Math.round(memoryBytes / 1e6)} MB of memory this server allows for one file.`);
+    if (err instanceof BoundedChildError && err.reason === 'exit' && err.exitCode !== null) throw new AudioDecodeError(`The audio could not be decoded: ${err.message}`);
     throw err;
   } finally {
     input.signal?.removeEventListener('abort', abort);
   }
   const waveform = reducer.finish(sampleRate);
   if (!waveform) throw new AudioDecodeError('No audio could be decoded from this file.');
+  const decodedSeconds = reducer.totalSamples / sampleRate;
+  if (maxSeconds !== undefined && decodedSeconds > maxSeconds) {
+    throw new AudioDecodeError(`The track is longer than the ${Math.round(maxSeconds)} s accepted for it (its headers said less).`);
+  }
   const waveformFile = path.join(workDir, 'waveform.json');
   await writeFile(waveformFile, JSON.stringify(waveform));
   const variants: ProducedVariant[] = plans.map((p) => ({ name: String(p.n), file: out(p), storedAs: renditionFiles[p.n].storedAs, mimeType: renditionFiles[p.n].mimeType }));
@@ -275,12 +310,6 @@ export async function oggAudioBytes(filePath: string): Promise<number> {
   }
 }
 
-function pickCover(pictures: IPicture[] | undefined): CoverPicture | undefined {
-  if (!pictures?.length) return undefined;
-  const front = pictures.find((p) => p.type === 'Cover (front)') ?? pictures.find((p) => !p.type) ?? pictures[0]!;
-  return front.data.length > 0 ? { data: front.data, format: front.format } : undefined;
-}
-
 const codecNames: Array<[RegExp, string]> = [
   [/layer 3|mp3/i, 'mp3'],
   [/layer 2/i, 'mp2'],
@@ -311,23 +340,4 @@ function text<K extends string>(key: K, value: string | undefined): Partial<Reco
 
 function roundKbps(bps: number): number {
   return Math.max(1000, Math.round(bps / 1000) * 1000);
-}
-
-function describeParseError(err: unknown): string {
-  const message = err instanceof Error ? err.message : String(err);
-  return message.replace(/\s+/g, ' ').slice(0, 200) || 'unknown error';
-}
-
-async function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    return await Promise.race([
-      promise,
-      new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`reading the tags took longer than ${ms / 1000} s`)), ms);
-      }),
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
 }

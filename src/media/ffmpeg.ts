@@ -1,6 +1,7 @@
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { createRequire } from 'node:module';
 import { ConfigError } from '../config.js';
+import { runBounded } from './bounded.js';
 
 // Which ffmpeg Chipmunk runs, decided once at start-up: FFMPEG_PATH, then `ffmpeg` on PATH, then the
 // static binary shipped inside the npm package @ffmpeg-installer/ffmpeg (so `npm install && npm start`
@@ -81,62 +82,26 @@ function packagedFfmpegPath(): string | undefined {
   }
 }
 
-/** ffmpeg ended badly. `signal` is set when it was killed (a timeout, an abort, the OOM killer). */
-export class FfmpegError extends Error {
-  override name = 'FfmpegError';
-  constructor(
-    message: string,
-    readonly exitCode: number | null,
-    readonly signal: NodeJS.Signals | null,
-    readonly stderr: string,
-    readonly timedOut: boolean,
-  ) {
-    super(message);
-  }
-}
+/**
+ * Address space ffmpeg maps before it does any work (its shared libraries: 0.29 GB measured for
+ * Debian's ffmpeg 5.1); the memory cap of a run is this plus the work's own.
+ */
+export const FFMPEG_RESERVED_BYTES = 500_000_000;
 
 /**
- * Runs ffmpeg with `args`; stdout (a raw PCM pipe, when an output is `pipe:1`) goes to `onStdout`.
- * stderr is kept (its tail) for the error message. Killed on timeout or abort.
+ * Runs ffmpeg with `args` as a bounded child (bounded.ts: memory cap, time limit, own process group,
+ * dies with the server); stdout (a raw PCM pipe, when an output is `pipe:1`) goes to `onStdout`.
+ * Rejects with a BoundedChildError whose message is ffmpeg's last error line.
  */
-export function runFfmpeg(
+export async function runFfmpeg(
   tool: Pick<FfmpegTool, 'path'>,
   args: string[],
-  opts: { timeoutMs: number; signal?: AbortSignal; onStdout?: (chunk: Buffer) => void },
+  opts: { timeoutMs: number; memoryBytes?: number; signal?: AbortSignal; onStdout?: (chunk: Buffer) => void },
 ): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(tool.path, ['-nostdin', '-hide_banner', '-loglevel', 'error', ...args], {
-      stdio: ['ignore', opts.onStdout ? 'pipe' : 'ignore', 'pipe'],
-    });
-    let stderr = '';
-    let timedOut = false;
-    child.stderr!.setEncoding('utf8');
-    child.stderr!.on('data', (s: string) => {
-      stderr = (stderr + s).slice(-8192);
-    });
-    if (opts.onStdout) child.stdout!.on('data', opts.onStdout);
-    const kill = () => child.kill('SIGKILL');
-    const timer = setTimeout(() => {
-      timedOut = true;
-      kill();
-    }, opts.timeoutMs);
-    opts.signal?.addEventListener('abort', kill, { once: true });
-    child.on('error', (err) => {
-      clearTimeout(timer);
-      reject(new FfmpegError(`ffmpeg could not start: ${err.message}`, null, null, stderr, false));
-    });
-    child.on('close', (code, signal) => {
-      clearTimeout(timer);
-      opts.signal?.removeEventListener('abort', kill);
-      if (code === 0) return resolve();
-      const detail = lastLine(stderr) || (signal ? `killed by ${signal}` : `exit code ${code}`);
-      reject(new FfmpegError(timedOut ? `ffmpeg took longer than ${Math.round(opts.timeoutMs / 1000)} s` : detail, code, signal, stderr, timedOut));
-    });
+  await runBounded(tool.path, ['-nostdin', '-hide_banner', '-loglevel', 'error', ...args], {
+    memoryBytes: (opts.memoryBytes ?? 1_000_000_000) + FFMPEG_RESERVED_BYTES,
+    timeoutMs: opts.timeoutMs,
+    signal: opts.signal,
+    onStdout: opts.onStdout,
   });
-}
-
-function lastLine(text: string): string {
-  const lines = text.split('\n').map((l) => l.trim()).filter(Boolean);
-  // ffmpeg prefixes lines with "[component @ 0x…]"; the address means nothing to a person.
-  return (lines[lines.length - 1] ?? '').replace(/\s*@ 0x[0-9a-f]+/g, '').slice(0, 300);
 }

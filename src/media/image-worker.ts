@@ -1,4 +1,4 @@
-import { AppError } from '../errors.js';
+import { AppError, errors } from '../errors.js';
 import { createImageProcessor, type ImageProcessorOptions } from './images.js';
 import type { ProcessInput, ProcessResult } from './processor.js';
 
@@ -20,16 +20,24 @@ process.on('message', (request: WorkerRequest) => {
 });
 // The pool closing the channel (or dying) ends the worker.
 process.on('disconnect', () => process.exit(0));
-// Ctrl-C reaches the whole process group: the server decides when its workers stop (after the
-// images in flight), so the terminal's interrupt is left to it.
+// The server decides when its workers stop (after the images in flight): a worker leads its own
+// process group, and a stray interrupt sent to it alone is left to the server as well.
 process.on('SIGINT', () => {});
+
+// Loaded: from here on, a death is about the image it holds (the pool tells the two apart).
+process.send?.({ ready: true });
 
 function reply(message: WorkerReply): void {
   process.send?.(message);
 }
 
+/**
+ * A refusal keeps its sentence; anything else becomes the generic internal error, its message and
+ * stack kept only as the cause (for the server's log): a client never sees a stack or a server path.
+ */
 function describe(err: unknown): WorkerError {
   const cause = err instanceof Error && err.cause instanceof Error ? err.cause.message : undefined;
   if (err instanceof AppError) return { code: err.code, status: err.status, message: err.message, cause };
-  return { code: 'INTERNAL', status: 500, message: String((err as Error)?.stack ?? err) };
+  const internal = errors.internal();
+  return { code: internal.code, status: internal.status, message: internal.message, cause: String((err as Error)?.stack ?? err) };
 }

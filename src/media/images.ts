@@ -1,17 +1,23 @@
-import { readFile } from 'node:fs/promises';
+import { readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import sharp, { type Sharp } from 'sharp';
 import { rgbaToThumbHash } from 'thumbhash';
 import { AppError, errors } from '../errors.js';
+import { looksLikeMemoryFailure } from './bounded.js';
+import { decodeHeicToJpeg, encodeCleanHeic, heifDeclaredSizes } from './heif.js';
 import { isSrgbProfile } from './icc.js';
 import { createLimiter } from './limiter.js';
-import type { MediaProcessor, ProcessInput, ProcessResult, ProducedVariant } from './processor.js';
+import { stripLosslessly } from './metadata.js';
+import { avifVariantName, type ImageFormat, type MediaLimits, type MediaProcessor, type ProcessInput, type ProcessResult, type ProducedVariant } from './processor.js';
 
 // The only module that imports sharp. An image is decoded once (orientation applied, colour
 // converted to sRGB, shrunk to the largest rung on load), then every smaller rung is resized from
-// pixels already made and encoded to WebP. Animated GIF/WebP keep their frames up to a cap.
+// pixels already made and encoded to WebP. Animated GIF/WebP keep their frames, within the limits.
 
 export type Rung = { name: string; box: number; quality: number; effort: number };
+
+/** How the still ladder reads its source: HEIC arrives already upright, so its stale EXIF orientation is not applied. */
+type StillLadderOptions = ImageProcessorOptions & { ignoreIcc: boolean; autoOrient?: boolean; formats?: readonly ImageFormat[] };
 
 /**
  * The variant ladder. Quality falls with size (the placeholder is compressed hardest, the 1080 cap
@@ -33,8 +39,10 @@ export const LADDER: readonly Rung[] = Object.freeze([
 export type ImageProcessorOptions = {
   /** Largest width × height (per frame) accepted, checked from the header before decoding. */
   maxPixels: number;
-  /** Animations with more frames than this are reduced to their first frame. */
+  /** Animations with more frames than this are refused (413), unless the purpose sets its own limit. */
   maxFrames: number;
+  /** Animations whose frames hold more pixels than this together are refused (413); default maxPixels. */
+  maxAnimationPixels?: number;
   /** Images processed at once; the rest wait their turn. */
   concurrency: number;
 };
@@ -47,6 +55,7 @@ type Raw = { data: Buffer; width: number; height: number; channels: 1 | 2 | 3 | 
 /** Formats the bundled libvips decodes; anything else that sniffs as an image is refused by name. */
 const decodable = new Set(['jpeg', 'png', 'webp', 'gif', 'tiff', 'heif']);
 const animatable = new Set(['image/gif', 'image/webp']);
+const heifFamily = new Set(['image/heic', 'image/heif', 'image/avif']);
 
 export function createImageProcessor(opts: ImageProcessorOptions): MediaProcessor & { readonly queued: number; readonly active: number } {
   // Uploads are unique files: libvips' operation cache would only hold memory. Parallelism comes
@@ -67,16 +76,12 @@ export function createImageProcessor(opts: ImageProcessorOptions): MediaProcesso
 }
 
 async function processImage(input: ProcessInput, opts: ImageProcessorOptions): Promise<ProcessResult> {
-  const { sourcePath, sniffed, square, workDir } = input;
+  const { sourcePath, sniffed, square, workDir, formats } = input;
   const canAnimate = animatable.has(sniffed.mimeType);
+  // HEIF/AVIF: the container's own declarations first, before any libheif (sharp's or the HEVC child) parses it.
+  if (heifFamily.has(sniffed.mimeType)) await checkHeifDeclaredSizes(sourcePath, opts.maxPixels);
   const meta = await readHeader(sourcePath, sniffed.mimeType, canAnimate);
 
-  if (meta.format === 'heif' && meta.compression === 'hevc') {
-    throw errors.unsupportedType(
-      'This is a HEIC photo (HEVC-coded HEIF), which this server cannot decode. Export it as JPEG, or set the iPhone to ' +
-        'Settings → Camera → Formats → Most Compatible, and upload again.',
-    );
-  }
   if (!decodable.has(meta.format)) throw errors.unsupportedType(`Images in ${meta.format} format are not supported; upload JPEG, PNG, WebP, GIF, AVIF or TIFF.`);
 
   const frameHeight = meta.pageHeight ?? meta.height;
@@ -87,8 +92,10 @@ async function processImage(input: ProcessInput, opts: ImageProcessorOptions): P
     );
   }
   const pages = canAnimate ? (meta.pages ?? 1) : 1;
-  // Beyond the frame cap (or the pixel budget over all frames) only the first frame is kept.
-  const animated = pages > 1 && pages <= opts.maxFrames && framePixels * pages <= opts.maxPixels;
+  const animated = pages > 1;
+  // Every rung decodes and encodes every frame: the work (and the bytes made) grows with frames ×
+  // pixels, so both are bounded before any frame is decoded.
+  if (animated) checkAnimation({ width: meta.width, height: frameHeight, pages }, { maxFrames: input.limits?.maxFrames ?? opts.maxFrames, maxAnimationPixels: input.limits?.maxAnimationPixels ?? opts.maxAnimationPixels ?? opts.maxPixels });
 
   const frame = { width: meta.width, height: frameHeight };
   // EXIF orientations 5-8 turn the picture a quarter. HEIF decoders apply their rotation box
@@ -96,8 +103,11 @@ async function processImage(input: ProcessInput, opts: ImageProcessorOptions): P
   const oriented = (meta.orientation ?? 1) >= 5 ? { width: frame.height, height: frame.width } : frame;
   const produced = animated
     ? await animatedLadder(sourcePath, frame, square, workDir, opts)
-    : await stillLadder(sourcePath, oriented, square, workDir, { ...opts, ignoreIcc: isSrgbProfile(meta.icc) });
+    : meta.format === 'heif' && meta.compression === 'hevc'
+      ? await heicLadder(sourcePath, oriented, square, workDir, { ...opts, formats })
+      : await stillLadder(sourcePath, oriented, square, workDir, { ...opts, ignoreIcc: isSrgbProfile(meta.icc), formats });
 
+  const original = produced.original ?? (await cleanOriginal(sourcePath, meta, sniffed.ext, workDir, opts));
   const placeholderFile = produced.variants.find((v) => v.name === '1')!.file;
   const placeholder = `data:image/webp;base64,${(await readFile(placeholderFile)).toString('base64')}`;
   return {
@@ -106,10 +116,50 @@ async function processImage(input: ProcessInput, opts: ImageProcessorOptions): P
     info: { placeholder, thumbhash: Buffer.from(rgbaToThumbHash(produced.hashSource.width, produced.hashSource.height, produced.hashSource.data)).toString('base64') },
     variants: produced.variants,
     status: 'ready',
+    original,
   };
 }
 
-type Ladder = { width: number; height: number; variants: ProducedVariant[]; hashSource: Raw };
+/**
+ * The original as it will be served: JPEG, PNG, WebP and GIF rewritten without their metadata (the
+ * coded pixels untouched, metadata.ts); TIFF and AVIF/HEIF, whose containers are not rewritten here,
+ * re-encoded without metadata (TIFF losslessly with LZW, AVIF at quality 90), upright, ICC kept.
+ */
+async function cleanOriginal(sourcePath: string, meta: Header, ext: string, workDir: string, opts: ImageProcessorOptions): Promise<{ file: string }> {
+  const file = path.join(workDir, `original.${ext}`);
+  let cleaned: Buffer | undefined;
+  try {
+    cleaned = stripLosslessly(meta.format, await readFile(sourcePath), meta.orientation);
+  } catch (err) {
+    throw errors.unprocessable('The image file is malformed around its pixel data and cannot be stored safely.', err);
+  }
+  if (cleaned) {
+    await writeFile(file, cleaned);
+    return { file };
+  }
+  try {
+    const pipeline = sharp(sourcePath, { limitInputPixels: opts.maxPixels, failOn: 'warning' }).autoOrient().keepIccProfile();
+    await (meta.format === 'tiff' ? pipeline.tiff({ compression: 'lzw' }) : pipeline.heif({ compression: 'av1', quality: 90, effort: 2 })).toFile(file);
+  } catch (err) {
+    throw decodeError(err);
+  }
+  return { file };
+}
+
+/** Refuses (413) an animation over its purpose's frame or total-pixel limit, naming the limit. */
+export function checkAnimation(frame: { width: number; height: number; pages: number }, limits: Pick<MediaLimits, 'maxFrames' | 'maxAnimationPixels'>): void {
+  if (frame.pages > limits.maxFrames) {
+    throw errors.tooLarge(`The animation has ${frame.pages} frames; at most ${limits.maxFrames} are accepted. Shorten it and upload again.`);
+  }
+  const total = frame.width * frame.height * frame.pages;
+  if (total > limits.maxAnimationPixels) {
+    throw errors.tooLarge(
+      `The animation is ${frame.width} × ${frame.height} pixels × ${frame.pages} frames (${megapixels(total)} in all); at most ${megapixels(limits.maxAnimationPixels)} over all frames are accepted. Shorten it or scale it down and upload again.`,
+    );
+  }
+}
+
+type Ladder = { width: number; height: number; variants: ProducedVariant[]; hashSource: Raw; original?: { file: string } };
 
 /**
  * One decode of the source into the largest rung, then each smaller rung resized from pixels already
@@ -121,15 +171,15 @@ async function stillLadder(
   oriented: { width: number; height: number },
   square: boolean,
   workDir: string,
-  opts: ImageProcessorOptions & { ignoreIcc: boolean },
+  opts: StillLadderOptions,
 ): Promise<Ladder> {
   const [topRung, ...smaller] = [...LADDER].sort((a, b) => b.box - a.box) as [Rung, ...Rung[]];
   const topSize = rungSize(oriented, topRung.box, square);
   let top: Raw;
   try {
     // An embedded sRGB profile needs no conversion to sRGB: skipping it gives the same pixels, faster.
-    const decoder = sharp(sourcePath, { limitInputPixels: opts.maxPixels, failOn: 'warning', ignoreIcc: opts.ignoreIcc })
-      .autoOrient()
+    const source = sharp(sourcePath, { limitInputPixels: opts.maxPixels, failOn: 'warning', ignoreIcc: opts.ignoreIcc });
+    const decoder = (opts.autoOrient === false ? source : source.autoOrient())
       .resize(topSize.width, topSize.height, square ? { fit: 'cover', position: 'attention' } : { fit: 'fill' })
       .toColourspace('srgb');
     const { data, info } = await decoder.raw({ depth: 'uchar' }).toBuffer({ resolveWithObject: true });
@@ -138,7 +188,7 @@ async function stillLadder(
     throw decodeError(err);
   }
 
-  const variants = [await encode(sharp(top.data, { raw: rawShape(top) }), topRung, workDir, topSize)];
+  const variants = [...(await encodeAvif(top, avifRung(topRung.name, opts.formats), workDir, topSize)), await encode(sharp(top.data, { raw: rawShape(top) }), topRung, workDir, topSize)];
   // Rungs down to 320 are resized from the top rung's pixels and encoded in the same call; the 320
   // rung's pixels are kept for the smaller ones and the thumbhash. Each sharp call has a fixed cost
   // (about a millisecond) worth saving on a ladder of small images.
@@ -147,8 +197,16 @@ async function stillLadder(
     const size = rungSize(oriented, rung.box, square);
     if (rung.box === KEEP_PIXELS_AT) {
       if (size.width !== kept.width || size.height !== kept.height) kept = await resizeRaw(kept, size);
+      variants.push(...(await encodeAvif(kept, avifRung(rung.name, opts.formats), workDir, size)));
       variants.push(await encode(sharp(kept.data, { raw: rawShape(kept) }), rung, workDir, size));
     } else {
+      // AVIF rungs need this rung's pixels twice: resized once here instead of inside each encode.
+      if (avifRung(rung.name, opts.formats)) {
+        const pixels = await resizeRaw(kept, size);
+        variants.push(...(await encodeAvif(pixels, avifRung(rung.name, opts.formats), workDir, size)));
+        variants.push(await encode(sharp(pixels.data, { raw: rawShape(pixels) }), rung, workDir, size));
+        continue;
+      }
       variants.push(await encode(sharp(kept.data, { raw: rawShape(kept) }).resize(size.width, size.height, { fit: 'fill' }), rung, workDir, size));
     }
   }
@@ -183,7 +241,7 @@ async function encode(pipeline: Sharp, rung: Rung, workDir: string, size: { widt
   const storedAs = `${rung.name}.webp`;
   const file = path.join(workDir, storedAs);
   await pipeline.webp({ quality: rung.quality, effort: rung.effort }).toFile(file);
-  return { name: rung.name, file, storedAs, mimeType: 'image/webp', width: size.width, height: size.height };
+  return { name: rung.name, file, storedAs, mimeType: 'image/webp', format: 'webp', width: size.width, height: size.height };
 }
 
 async function resizeRaw(raw: Raw, size: { width: number; height: number }): Promise<Raw> {
@@ -270,11 +328,85 @@ function decodeError(err: unknown): AppError {
   if (err instanceof AppError) return err;
   const message = String((err as Error)?.message ?? err);
   if (/exceeds pixel limit/i.test(message)) return errors.tooLarge('The image has more pixels than this server accepts. Scale it down and upload again.');
+  // libvips failing an allocation under the worker's memory cap: the file asks for more than one file may.
+  if (looksLikeMemoryFailure(message)) return errors.unprocessable('Decoding the image needs more memory than this server allows for one file. Scale it down or convert it to JPEG and upload again.', err);
   return errors.unprocessable('The image is corrupt or truncated and cannot be decoded.', err);
 }
 
 const megapixels = (pixels: number) => `${Number((pixels / 1e6).toFixed(1))} megapixels`;
 
 function byName(variants: ProducedVariant[]): ProducedVariant[] {
-  return [...variants].sort((a, b) => Number(a.name) - Number(b.name));
+  // '6-avif' sorts with rung 6.
+  return [...variants].sort((a, b) => parseInt(a.name, 10) - parseInt(b.name, 10) || a.name.localeCompare(b.name));
+}
+
+// ── HEIC input and AVIF output (issue 17) ────────────────────────────────────────────────────────
+
+/**
+ * Refuses a HEIF/AVIF whose container declares an image item over the pixel limit, before any
+ * decoder runs. Every item counts, not just the primary: a grid may declare a small canvas and
+ * large tiles.
+ */
+async function checkHeifDeclaredSizes(sourcePath: string, maxPixels: number): Promise<void> {
+  const largest = (await heifDeclaredSizes(sourcePath)).reduce((max, s) => (s.width * s.height > max.width * max.height ? s : max), { width: 0, height: 0 });
+  const pixels = largest.width * largest.height;
+  if (pixels > maxPixels) {
+    throw errors.tooLarge(
+      `The image is ${largest.width} × ${largest.height} pixels (${megapixels(pixels)}); at most ${megapixels(maxPixels)} are accepted. Scale it down and upload again.`,
+    );
+  }
+}
+
+/**
+ * A HEIC photo: libheif (a bounded child, heif.ts) decodes it upright with its colour profile, then
+ * the same still ladder as any photo runs on that, converting the profile (Display P3) to sRGB.
+ */
+async function heicLadder(
+  sourcePath: string,
+  oriented: { width: number; height: number },
+  square: boolean,
+  workDir: string,
+  opts: ImageProcessorOptions & { formats?: readonly ImageFormat[] },
+): Promise<Ladder> {
+  const decoded = await decodeHeicToJpeg(sourcePath, workDir, { pixels: oriented.width * oriented.height });
+  try {
+    // Its EXIF orientation describes the coded picture, which libheif has already turned by irot.
+    const ladder = await stillLadder(decoded, oriented, square, workDir, { ...opts, ignoreIcc: false, autoOrient: false });
+    // The decoder copies the EXIF (GPS, device) into its JPEG: stripped before the original is made from it.
+    const clean = stripLosslessly('jpeg', await readFile(decoded), 1);
+    if (!clean) throw new Error('The decoded HEIC could not be cleaned of its metadata.');
+    return { ...ladder, original: { file: await encodeCleanHeic(clean, workDir, { pixels: oriented.width * oriented.height }) } };
+  } finally {
+    await rm(decoded, { force: true });
+  }
+}
+
+export type AvifRung = { name: string; quality: number; effort: number };
+
+/**
+ * The rungs that get an AVIF beside their WebP, at the quality whose SSIM matches the WebP rung's
+ * (q59–60 on the corpus photos, `npm run bench:variants`). 10, 40 and 160 px are left out: there
+ * AVIF is larger than WebP at the same SSIM (its container alone outweighs the 10 px WebP). Effort 0
+ * (libaom's fastest): on these rungs it made files within a few percent of effort 2's at a fifth
+ * to a tenth of its time.
+ */
+export const AVIF_LADDER: readonly AvifRung[] = Object.freeze([
+  { name: '4', quality: 60, effort: 0 },
+  { name: '5', quality: 60, effort: 0 },
+  { name: '6', quality: 60, effort: 0 },
+]);
+
+/** The AVIF settings for this rung when the purpose asks for AVIF and the rung has them. */
+export function avifRung(name: string, formats: readonly ImageFormat[] | undefined): AvifRung | undefined {
+  return formats?.includes('avif') ? AVIF_LADDER.find((r) => r.name === name) : undefined;
+}
+
+/** The AVIF twin of a rung, from the same pixels as its WebP; nothing when the rung has none. */
+async function encodeAvif(raw: Raw, rung: AvifRung | undefined, workDir: string, size: { width: number; height: number }): Promise<ProducedVariant[]> {
+  if (!rung) return [];
+  const storedAs = `${rung.name}.avif`;
+  const file = path.join(workDir, storedAs);
+  // 4:2:0 like WebP: the SSIM match and the byte comparison are like for like.
+  await sharp(raw.data, { raw: rawShape(raw) }).avif({ quality: rung.quality, effort: rung.effort, chromaSubsampling: '4:2:0' }).toFile(file);
+  return [{ name: avifVariantName(rung.name), file, storedAs, mimeType: 'image/avif', format: 'avif', width: size.width, height: size.height }];
 }

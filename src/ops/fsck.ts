@@ -7,8 +7,9 @@ import type { ReceivedArea } from '../uploads/received.js';
 
 // `chipmunk fsck`: compares the database with the media folder and the upload area. Every
 // finding is a problem (exit 1) or a notice (work that is merely pending). `--repair` fixes what
-// is safe to fix, says what it did, and checks again. Run it with the server stopped: a server
-// mid-upload has, for a moment, states that look wrong from outside.
+// is safe to fix, says what it did, and checks again. `--repair` runs only with the server stopped
+// (it takes the data directory's lock); read-only beside a live server (`live`), running jobs,
+// processing scratch and uploads being completed are notices, not problems.
 
 export type Finding = { kind: string; subject: string; detail: string; repairable: boolean };
 export type FsckReport = { problems: Finding[]; notices: Finding[]; repaired: string[] };
@@ -17,7 +18,7 @@ export type FsckDeps = { repo: Repository; storage: BlobStorage; area: UploadAre
 
 const PAGE = 500;
 
-export async function fsck(deps: FsckDeps, opts: { repair?: boolean } = {}): Promise<FsckReport> {
+export async function fsck(deps: FsckDeps, opts: { repair?: boolean; live?: boolean } = {}): Promise<FsckReport> {
   const { repo, storage, area } = deps;
   const now = deps.now ?? Date.now();
   const problems: Finding[] = [];
@@ -64,9 +65,11 @@ export async function fsck(deps: FsckDeps, opts: { repair?: boolean } = {}): Pro
     else if (!entry?.hasSidecar || !(await area.sidecarReadable(file.id))) why = "an unfinished upload lost tus's record of it";
     else if (received >= (file.uploadLength ?? file.bytes) && received > 0) {
       // The last byte is a commitment: the next start makes it 'received' and processes it.
-      notices.push({ kind: 'upload-complete', subject: file.id, detail: `all ${received} bytes received; processed at the next start`, repairable: false });
+      notices.push({ kind: 'upload-complete', subject: file.id, detail: `all ${received} bytes received; processed ${opts.live ? 'by the live server' : 'at the next start'}`, repairable: false });
       return;
     } else if (file.expiresAt !== null && file.expiresAt <= now) why = 'an unfinished upload expired but still holds its reservation';
+    // Beside a live server an upload between its move and its commit is being completed, not stuck.
+    if (opts.live && why && folder.length > 0) why = undefined;
     if (!why) {
       notices.push({ kind: 'upload-in-progress', subject: file.id, detail: `${received} of ${file.bytes} bytes received`, repairable: false });
       return;
@@ -146,7 +149,9 @@ export async function fsck(deps: FsckDeps, opts: { repair?: boolean } = {}): Pro
 
   // 4. Processing scratch space (only a dead process leaves any).
   const workspaces = await storage.listWorkspaces();
-  if (workspaces.length) {
+  if (workspaces.length && opts.live) {
+    notices.push({ kind: 'processing', subject: `work/ (${workspaces.length})`, detail: 'the live server is processing these files', repairable: false });
+  } else if (workspaces.length) {
     problem('workspace-leftover', `work/ (${workspaces.length})`, 'processing scratch folders of a process that stopped mid-work', true);
     await repair(`removed ${workspaces.length} work folders`, async () => void (await storage.discardAllWorkspaces()));
   }
@@ -171,6 +176,8 @@ export async function fsck(deps: FsckDeps, opts: { repair?: boolean } = {}): Pro
     if (!file || file.status === 'deleting' || file.status === 'uploading') {
       problem('orphan-job', `job ${job.id}`, `${job.type} job for a file that is gone`, true);
       await repair(`removed job ${job.id}`, () => repo.deleteJob(job.id));
+    } else if (job.state === 'running' && opts.live) {
+      notices.push({ kind: 'running-job', subject: `job ${job.id}`, detail: `${job.type} for ${job.fileId}, running in the live server`, repairable: false });
     } else if (job.state === 'running') {
       problem('unfinished-job', `job ${job.id}`, `${job.type} job for ${job.fileId} was interrupted while running`, true);
       await repair(`requeued job ${job.id}`, () => void repo.requeueRunningJobs());

@@ -1,5 +1,4 @@
-import { constants } from 'node:fs';
-import { access, rm, statfs, writeFile } from 'node:fs/promises';
+import { rm, statfs, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Repository } from '../db/repository.js';
 
@@ -22,21 +21,6 @@ export type ReadinessDeps = {
 export async function statfsFreeBytes(dir: string): Promise<number> {
   const s = await statfs(dir);
   return Number(s.bavail) * Number(s.bsize);
-}
-
-/** Finds ffmpeg the way `which` does: CHIPMUNK_FFMPEG/FFMPEG_PATH if set, else the first on PATH. */
-export async function findFfmpegOnPath(env: NodeJS.ProcessEnv = process.env): Promise<string | undefined> {
-  const candidates = [env.CHIPMUNK_FFMPEG, env.FFMPEG_PATH].filter((p): p is string => !!p);
-  for (const dir of (env.PATH ?? '').split(path.delimiter).filter(Boolean)) candidates.push(path.join(dir, 'ffmpeg'));
-  for (const candidate of candidates) {
-    try {
-      await access(candidate, constants.X_OK);
-      return candidate;
-    } catch {
-      // next
-    }
-  }
-  return undefined;
 }
 
 export function createReadiness(deps: ReadinessDeps) {

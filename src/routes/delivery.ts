@@ -3,7 +3,7 @@ import { RESPONSE_ALREADY_SENT } from '@hono/node-server/utils/response';
 import { Hono } from 'hono';
 import type { IncomingMessage, RequestListener, ServerResponse } from 'node:http';
 import type { DeliveryServer } from '../delivery/serve.js';
-import { errors } from '../errors.js';
+import { errors, renderError } from '../errors.js';
 import type { Logger } from '../log.js';
 
 // /f/<token>/<n>: Chipmunk's own delivery. The raw request target is matched by the resolver,
@@ -41,9 +41,9 @@ export function withDeliveryFastPath(
         logger.error('delivery failed', { err, requestId });
         if (res.headersSent) return void res.destroy();
         // Like every error: JSON, with a body to read.
-        const json = JSON.stringify(errors.internal().toJSON());
-        res.writeHead(500, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(json) });
-        res.end(json);
+        const { status, headers, body } = renderError(errors.internal());
+        res.writeHead(status, { ...headers, 'Content-Length': Buffer.byteLength(body) });
+        res.end(body);
       });
   };
 }

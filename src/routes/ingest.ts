@@ -3,14 +3,17 @@ import { Hono, type Context } from 'hono';
 import { Readable } from 'node:stream';
 import type { IncomingHttpHeaders } from 'node:http';
 import { isApiKey } from '../auth/api-key.js';
-import { bearerToken, verifyUploadToken } from '../auth/upload-tokens.js';
+import { bearerToken, claimTokenUse, verifyUploadToken, type TokenUseLedger } from '../auth/upload-tokens.js';
 import type { FileRow } from '../db/schema.js';
 import { errors, formatBytes } from '../errors.js';
 import { requestBaseUrl } from '../http.js';
 import type { FileService } from '../services/files.js';
-import { discardRest, readCapped } from '../uploads/body.js';
+import { byteLimit, discardRest } from '../uploads/body.js';
 import type { Grant, Ingest } from '../uploads/ingest.js';
 import { ingestFormFields, ingestJsonRequest } from './schemas.js';
+
+/** The JSON body's fields before `data`, checked as soon as `data` starts. */
+const ingestJsonFields = ingestJsonRequest.omit({ data: true });
 import { parseWith } from './validate.js';
 
 type Env = { Bindings: Partial<HttpBindings> };
@@ -18,24 +21,28 @@ type Env = { Bindings: Partial<HttpBindings> };
 // POST /v1/files: a whole file from the app backend (API key) or from a client holding an upload
 // token, as JSON with base64 `data` or as multipart/form-data. Both end in the tus completion path.
 
-export function ingestRoutes(deps: { ingest: Ingest; files: FileService; apiKey: string; secret: string; publicUrl: string | undefined }) {
+/** What an edge taking upload tokens needs besides the secret: the lifetime cap and the use ledger. */
+export type UploadTokenChecks = { maxLifetimeSeconds: number; uses: TokenUseLedger };
+
+export function ingestRoutes(deps: { ingest: Ingest; files: FileService; apiKey: string; secret: string; publicUrl: string | undefined; tokens: UploadTokenChecks }) {
   const { ingest } = deps;
 
   /** undefined for the API key (the request names user and purpose), else the upload token's grant. */
-  async function uploaderOf(c: Context<Env>): Promise<Grant | undefined> {
+  async function uploaderOf(c: Context<Env>): Promise<(Grant & { refund: () => void }) | undefined> {
     const presented = bearerToken(c.req.header('authorization'));
     if (isApiKey(deps.apiKey, presented)) return undefined;
     if (!presented || presented.split('.').length !== 3) {
       throw errors.unauthorized('POST /v1/files needs the API key or an upload token: send it as "Authorization: Bearer <key or token>".');
     }
-    const grant = await verifyUploadToken(deps.secret, presented);
-    return { userId: grant.userId, purpose: grant.purpose };
+    const grant = await verifyUploadToken(deps.secret, presented, { maxLifetimeSeconds: deps.tokens.maxLifetimeSeconds });
+    return { userId: grant.userId, purpose: grant.purpose, refund: claimTokenUse(deps.tokens.uses, grant) };
   }
 
   return new Hono<Env>().post('/', async (c) => {
     let stored: FileRow;
+    let token: Awaited<ReturnType<typeof uploaderOf>>;
     try {
-      const token = await uploaderOf(c);
+      token = await uploaderOf(c);
       const contentType = c.req.header('content-type') ?? '';
       const contentLength = declaredLength(c.req.header('content-length'));
       if (/^multipart\/form-data\b/i.test(contentType)) {
@@ -51,28 +58,26 @@ export function ingestRoutes(deps: { ingest: Ingest; files: FileService; apiKey:
         const tooLarge = () =>
           errors.tooLarge(`JSON upload bodies may be at most ${formatBytes(cap)}${token ? ` for "${token.purpose}"` : ''}; send larger files as multipart/form-data or with tus.`);
         if (contentLength !== undefined && contentLength > cap) throw tooLarge();
-        const body = parseWith(ingestJsonRequest, parseJson(await readCapped(requestBody(c), cap, tooLarge, contentLength)), 'request body');
-        const grant = ingest.resolveGrant(token, body);
-        stored = await ingest.fromBase64({ ...grant, filename: body.filename, data: body.data });
+        // Decoded as it streams, through a byte counter: memory stays flat whatever the body's size.
+        const body = requestBody(c).pipe(byteLimit(cap, tooLarge));
+        stored = await ingest.fromJsonStream({
+          body,
+          contentLength,
+          token,
+          parseFields: (fields) => parseWith(ingestJsonFields, fields, 'request body'),
+        });
       } else {
         throw errors.unsupportedType('POST /v1/files takes application/json (base64 "data") or multipart/form-data (a "file" part).');
       }
     } catch (err) {
+      // A refused upload does not spend a use of a bounded token.
+      token?.refund();
       // The body may be unread or half read: let the answer reach a client that is still sending.
       if (c.env?.incoming) discardRest(c.env.incoming);
       throw err;
     }
     return c.json(deps.files.describe(stored.id, requestBaseUrl(deps.publicUrl, c.req.raw)), 201);
   });
-}
-
-// Its own function so the raw body and its text are garbage as soon as the JSON is parsed.
-function parseJson(raw: Buffer): unknown {
-  try {
-    return JSON.parse(raw.toString('utf8'));
-  } catch {
-    throw errors.invalidInput('The request body must be JSON.');
-  }
 }
 
 function declaredLength(header: string | undefined): number | undefined {

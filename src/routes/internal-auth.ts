@@ -1,5 +1,5 @@
 import type { IncomingMessage, RequestListener, ServerResponse } from 'node:http';
-import { AppError, toAppError } from '../errors.js';
+import { errors, renderError } from '../errors.js';
 import { rawHeader } from '../http.js';
 import type { Logger } from '../log.js';
 import type { DeliveryResolver } from '../delivery/resolve.js';
@@ -10,9 +10,14 @@ import type { DeliveryResolver } from '../delivery/resolve.js';
 //
 // nginx sends the client's raw request target in X-Original-URI. The answer:
 //   200: X-Chipmunk-Path (relative to the media root), X-Chipmunk-Content-Type, X-Chipmunk-Cache-Control,
-//        X-Chipmunk-Content-Disposition (downloads only)
-//   401 / 403 / 404: the refusal, with its JSON body also in X-Chipmunk-Error
-// Every answer carries X-Chipmunk-Status (nginx maps a 404 back from its auth_request 500 with it)
+//        X-Chipmunk-Content-Disposition (downloads only), X-Chipmunk-Vary (rungs with an AVIF twin: the
+//        path is the AVIF or the WebP file as the client's Accept, sent in X-Original-Accept, decides)
+//   401 / 403: the refusal, with its JSON body also in X-Chipmunk-Error and its real status (404 for
+//        an unknown token, 400…) in X-Chipmunk-Status. Other refusals travel as 403 because
+//        auth_request writes an error.log line for any other status: a flood of random tokens must
+//        not become a flood of error lines. nginx restores the real status from X-Chipmunk-Status.
+//   X-Chipmunk-Size on allowed answers: the variant's bytes, for nginx's 416 Content-Range.
+// Every answer carries X-Chipmunk-Status
 // and X-Accel-Expires: how long nginx may cache it — the auth cache time, never past a link's expiry.
 
 export const INTERNAL_AUTH_PATH = '/internal/auth';
@@ -22,10 +27,10 @@ export type RelativePath = (fileId: string, name: string) => string;
 
 export type AuthAnswer = { status: number; headers: Record<string, string>; body: string };
 
-export function authAnswer(resolve: DeliveryResolver, relativePath: RelativePath, originalUri: string | undefined, cacheSeconds: number, nowMs: number): AuthAnswer {
+export function authAnswer(resolve: DeliveryResolver, relativePath: RelativePath, originalUri: string | undefined, cacheSeconds: number, nowMs: number, accept?: string): AuthAnswer {
   try {
-    if (!originalUri) throw new AppError('BAD_REQUEST', 400, 'X-Original-URI is missing: the nginx config must set it to $request_uri.');
-    const d = resolve(originalUri);
+    if (!originalUri) throw errors.badRequest('X-Original-URI is missing: the nginx config must set it to $request_uri.');
+    const d = resolve(originalUri, accept);
     const left = d.expiresAt === undefined ? cacheSeconds : Math.min(cacheSeconds, Math.floor((d.expiresAt * 1000 - nowMs) / 1000));
     const headers: Record<string, string> = {
       'X-Chipmunk-Status': '200',
@@ -33,20 +38,21 @@ export function authAnswer(resolve: DeliveryResolver, relativePath: RelativePath
       'X-Chipmunk-Content-Type': d.contentType,
       'X-Chipmunk-Cache-Control': d.cacheControl,
       'X-Accel-Expires': String(Math.max(0, left)),
+      'X-Chipmunk-Size': String(d.target.bytes),
     };
     if (d.contentDisposition) headers['X-Chipmunk-Content-Disposition'] = d.contentDisposition;
+    if (d.vary) headers['X-Chipmunk-Vary'] = d.vary;
     return { status: 200, headers, body: '' };
   } catch (err) {
-    const error = toAppError(err);
-    const json = JSON.stringify(error.toJSON());
+    const { status, headers, body: json } = renderError(err);
     return {
-      status: error.status,
+      status: status >= 500 || status === 401 ? status : 403,
       headers: {
-        'Content-Type': 'application/json',
-        'X-Chipmunk-Status': String(error.status),
+        ...headers,
+        'X-Chipmunk-Status': String(status),
         // Header-safe: our messages are ASCII; anything else is escaped by JSON.stringify below.
         'X-Chipmunk-Error': json.replace(/[^\x20-\x7e]/g, (ch) => `\\u${ch.charCodeAt(0).toString(16).padStart(4, '0')}`),
-        'X-Accel-Expires': String(error.status >= 500 ? 0 : cacheSeconds),
+        'X-Accel-Expires': String(status >= 500 ? 0 : cacheSeconds),
       },
       body: json,
     };
@@ -61,10 +67,10 @@ export function internalAuthListener(deps: { resolve: DeliveryResolver; relative
     const path = url.split('?', 1)[0];
     let answer: AuthAnswer;
     if (path !== INTERNAL_AUTH_PATH) {
-      const error = new AppError('NOT_FOUND', 404, 'Route not found.');
-      answer = { status: 404, headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(error.toJSON()) };
+      const { status, headers, body } = renderError(errors.notFound('Route'));
+      answer = { status, headers, body };
     } else {
-      answer = authAnswer(deps.resolve, deps.relativePath, rawHeader(req.rawHeaders, 'x-original-uri'), deps.authCacheSeconds, now());
+      answer = authAnswer(deps.resolve, deps.relativePath, rawHeader(req.rawHeaders, 'x-original-uri'), deps.authCacheSeconds, now(), rawHeader(req.rawHeaders, 'x-original-accept'));
       if (answer.status >= 500) deps.logger.error('auth request failed', { status: answer.status, body: answer.body });
     }
     deps.onAnswer?.(answer.status);

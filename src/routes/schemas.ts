@@ -3,17 +3,24 @@ import { MAX_LINK_SECONDS } from '../delivery/signing.js';
 
 // The request shapes the /v1 routes validate with; the OpenAPI document is generated from these.
 
+/** The one user-id schema: every edge (routes, tus creation, token claims) validates with it. */
 export const userIdSchema = z.string().min(1).max(128).regex(/^[\w.@:+-]+$/, 'letters, digits and . _ @ : + - only');
-export const purposeNameSchema = z.string().min(1).max(32);
+export const purposeNameSchema = z.string().min(1).max(32).regex(/^[a-z][a-z0-9_-]*$/, 'lower-case letters, digits, _ and - only');
+
+/** Users the demo acts for; the /v1 API never names them, so the demo cannot touch an app user. */
+export const DEMO_USER_PREFIX = 'demo-';
+/** A user id as the app backend names it in /v1: any user id except the demo's. */
+export const appUserIdSchema = userIdSchema.refine((id) => !id.startsWith(DEMO_USER_PREFIX), { message: `the ${DEMO_USER_PREFIX} prefix is reserved for the demo's users` });
 
 export const uploadTokenRequest = z.object({
-  userId: userIdSchema,
+  userId: appUserIdSchema,
   purpose: purposeNameSchema,
-  expiresIn: z.number().int().positive().max(7 * 24 * 3600).default(3600).describe('seconds'),
+  expiresIn: z.number().int().positive().max(30 * 24 * 3600).default(3600).describe('seconds, at most CHIPMUNK_UPLOAD_TOKEN_MAX_AGE (7 days by default)'),
+  maxUploads: z.number().int().min(1).max(10_000).optional().describe('how many uploads the token may start (1: single use); unbounded within its lifetime when absent'),
 });
 
 export const fileIdParams = z.object({ id: z.string().regex(/^[0-9a-z]{24}$/, 'not a file id') });
-export const userIdParams = z.object({ id: userIdSchema });
+export const userIdParams = z.object({ id: appUserIdSchema });
 
 export const setQuotaRequest = z.object({ quotaBytes: z.number().int().nonnegative() });
 
@@ -24,7 +31,7 @@ export const listFilesQuery = z.object({
 
 // POST /v1/files. With an upload token, userId and purpose come from the token (and may only repeat it).
 export const ingestJsonRequest = z.object({
-  userId: userIdSchema.optional(),
+  userId: appUserIdSchema.optional(),
   purpose: purposeNameSchema.optional(),
   filename: z.string().min(1).max(255).optional(),
   data: z.string().min(1).describe('the file as base64 (standard or URL-safe alphabet), or a data:<type>;base64,… URI'),
@@ -32,7 +39,7 @@ export const ingestJsonRequest = z.object({
 
 /** The text fields of a multipart upload; they come before the `file` part. */
 export const ingestFormFields = z.object({
-  userId: userIdSchema.optional(),
+  userId: appUserIdSchema.optional(),
   purpose: purposeNameSchema.optional(),
   filename: z.string().min(1).max(255).optional(),
   size: z.coerce.number().int().nonnegative().optional().describe('the file\'s exact length in bytes, making the quota reservation exact'),
@@ -41,7 +48,16 @@ export const ingestFormFields = z.object({
 export const ingestForm = ingestFormFields.extend({ file: z.file().describe('the file; must be the last part') });
 
 // The tus endpoint's request headers (checked by @tus/server and the creation hook).
-export const tusHeaders = z.object({ 'Tus-Resumable': z.literal('1.0.0') });
+export const tusHeaders = z.object({
+  'Tus-Resumable': z.literal('1.0.0'),
+  'X-HTTP-Method-Override': z.enum(['PATCH', 'HEAD', 'DELETE']).optional().describe('on a POST: the method meant (for proxies that block it)'),
+});
+/** The checksum extension: the chunk is applied only if its digest matches (460 otherwise). */
+const uploadChecksum = z
+  .string()
+  .regex(/^(sha1|sha256|sha512|md5) [A-Za-z0-9+/]+={0,2}$/)
+  .optional()
+  .describe('"<algorithm> <base64 digest>" of this request\'s bytes (checksum extension)');
 export const tusCreateHeaders = tusHeaders.extend({
   'Upload-Length': z.string().regex(/^\d+$/).describe('the whole upload\'s size in bytes; deferred length is refused'),
   'Upload-Metadata': z
@@ -50,10 +66,12 @@ export const tusCreateHeaders = tusHeaders.extend({
     .describe('comma-separated "key base64(value)" pairs: filename, filetype, and optionally purpose (must equal the token\'s)'),
   Authorization: z.string().regex(/^Bearer \S+$/).describe('"Bearer <upload token>"'),
   'Content-Type': z.literal('application/offset+octet-stream').optional().describe('only with a first chunk in the creation request'),
+  'Upload-Checksum': uploadChecksum,
 });
 export const tusPatchHeaders = tusHeaders.extend({
   'Upload-Offset': z.string().regex(/^\d+$/).describe('where these bytes start; must equal the server\'s offset'),
   'Content-Type': z.literal('application/offset+octet-stream'),
+  'Upload-Checksum': uploadChecksum,
 });
 
 // Delivery controls (routes/file-delivery.ts) and delivery itself (/f/<token>/<n>).
@@ -81,7 +99,11 @@ export const variantJson = z.object({
   height: z.number().int().optional(),
   bytes: z.number().int(),
   mimeType: z.string(),
-  url: z.url(),
+  url: z.url().describe('answers in AVIF to clients whose Accept names image/avif when the rung has an AVIF twin (formats), else in WebP'),
+  formats: z
+    .array(z.object({ mimeType: z.string(), bytes: z.number().int(), url: z.url() }))
+    .optional()
+    .describe('present on rungs with an AVIF twin: each format with a URL of its own (AVIF first), for <picture>/srcset'),
 });
 
 export const fileJson = z

@@ -9,7 +9,8 @@ import { FinalJobError, type JobHandler } from '../jobs/runner.js';
 import type { Logger } from '../log.js';
 import { AudioDecodeError, readAudio, renderAudio, type AudioInfo } from '../media/audio.js';
 import type { FfmpegTool } from '../media/ffmpeg.js';
-import type { MediaProcessor, ProducedVariant } from '../media/processor.js';
+import type { MediaLimits, MediaProcessor, ProducedVariant } from '../media/processor.js';
+import { defaultMediaBounds, type MediaBounds } from '../media/audio-tags.js';
 import { sniffBytes, type Sniffed } from '../media/sniff.js';
 import type { BlobStorage } from '../storage/storage.js';
 
@@ -28,16 +29,23 @@ export type AudioServiceDeps = {
   ffmpeg: FfmpegTool | undefined;
   /** The image processor, for the cover's square ladder (like an avatar's). */
   images: MediaProcessor;
+  /** Memory and time of each media child (tag parser, ffmpeg); default 1 GB and 60 s. */
+  bounds?: Omit<MediaBounds, 'signal'>;
+  /** The limits of a file's purpose (its duration limit bounds the decode). */
+  limitsFor?: (purpose: string) => Partial<MediaLimits>;
 };
 
 export function createAudioService(deps: AudioServiceDeps) {
   const { repo, storage, events, logger, ffmpeg } = deps;
 
-  async function makeCover(file: FileRow, sourcePath: string, sniffed: Sniffed, workDir: string): Promise<{ variants: ProducedVariant[]; info: Record<string, unknown> } | undefined> {
+  const bounds = deps.bounds ?? defaultMediaBounds;
+
+  async function makeCover(file: FileRow, sourcePath: string, sniffed: Sniffed, workDir: string, signal: AbortSignal): Promise<{ variants: ProducedVariant[]; info: Record<string, unknown> } | undefined> {
     let picture;
     try {
-      picture = (await readAudio(sourcePath, sniffed)).cover;
+      picture = (await readAudio(sourcePath, sniffed, { ...bounds, signal })).cover;
     } catch (err) {
+      if (signal.aborted) throw err;
       logger.warn('cover not read', { fileId: file.id, err });
       return undefined;
     }
@@ -53,15 +61,16 @@ export function createAudioService(deps: AudioServiceDeps) {
     const coverPath = path.join(coverDir, `cover-0.${image.ext}`);
     await writeFile(coverPath, picture.data);
     try {
-      const ladder = await deps.images.process({ fileId: file.id, sourcePath: coverPath, sniffed: image, square: true, workDir: coverDir });
+      const ladder = await deps.images.process({ fileId: file.id, sourcePath: coverPath, sniffed: image, square: true, workDir: coverDir, signal });
       return {
         variants: [
-          { name: 'cover-0', file: coverPath, storedAs: `cover-0.${image.ext}`, mimeType: image.mimeType, width: ladder.width, height: ladder.height },
+          { name: 'cover-0', file: ladder.original?.file ?? coverPath, storedAs: `cover-0.${image.ext}`, mimeType: image.mimeType, width: ladder.width, height: ladder.height },
           ...ladder.variants.map((v) => ({ ...v, name: `cover-${v.name}`, storedAs: `cover-${v.storedAs}` })),
         ],
         info: { ...ladder.info, ...(ladder.width ? { width: ladder.width } : {}), ...(ladder.height ? { height: ladder.height } : {}) },
       };
     } catch (err) {
+      if (signal.aborted) throw err;
       // A broken cover does not make the music unplayable: the track is kept without one.
       logger.warn('cover refused by the image processor', { fileId: file.id, err });
       return undefined;
@@ -89,7 +98,8 @@ export function createAudioService(deps: AudioServiceDeps) {
           const started = Date.now();
           let rendered;
           try {
-            rendered = await renderAudio({ ffmpeg, sourcePath, workDir, info: audioInfo, signal });
+            const maxDurationSeconds = deps.limitsFor?.(file.purpose).maxDurationSeconds;
+            rendered = await renderAudio({ ffmpeg, sourcePath, workDir, info: audioInfo, signal, memoryBytes: bounds.memoryBytes, maxDurationSeconds });
           } catch (err) {
             if (err instanceof AudioDecodeError) throw new FinalJobError(err.message);
             throw err;
@@ -102,7 +112,7 @@ export function createAudioService(deps: AudioServiceDeps) {
           if (audioInfo.durationMs === undefined) info.durationMs = rendered.decodedMs;
           logger.info('audio rendered', { fileId: file.id, ms: Date.now() - started, waveformPoints: rendered.waveform.length });
         }
-        const cover = await makeCover(file, sourcePath, sniffed, workDir);
+        const cover = await makeCover(file, sourcePath, sniffed, workDir, signal);
         if (cover) {
           produced.push(...cover.variants);
           info.cover = cover.info;

@@ -6,11 +6,19 @@ import type { FileRow, VariantRow } from '../db/schema.js';
 import { errors } from '../errors.js';
 import type { EventBus } from '../events.js';
 import type { Logger } from '../log.js';
+import { avifVariantName } from '../media/processor.js';
 import type { BlobStorage } from '../storage/storage.js';
 
 // Reading, describing and deleting stored files. The file JSON is built here and only here.
 
-export type VariantJson = { n: number | string; width?: number; height?: number; bytes: number; mimeType: string; url: string };
+/** One format of a rung, for an app writing <picture>/srcset itself: its own URL always answers in that format. */
+export type VariantFormatJson = { mimeType: string; bytes: number; url: string };
+
+/**
+ * `url` answers by the client's Accept when the rung has an AVIF twin; `formats` (present then)
+ * lists each format with a URL of its own, AVIF first.
+ */
+export type VariantJson = { n: number | string; width?: number; height?: number; bytes: number; mimeType: string; url: string; formats?: VariantFormatJson[] };
 
 export type FileJson = {
   id: string;
@@ -78,6 +86,7 @@ export function createFileService(deps: FileServiceDeps) {
         bytes: v.bytes,
         mimeType: v.mimeType,
         url: variantUrl(file, v.name, baseUrl),
+        ...formatsJson(file, v, variantRows, baseUrl),
       })),
       ...coverJson(file, variantRows, baseUrl),
       ...(file.error ? { error: file.error } : {}),
@@ -85,6 +94,18 @@ export function createFileService(deps: FileServiceDeps) {
       updatedAt: new Date(file.updatedAt).toISOString(),
     };
     return json;
+  }
+
+  /** A rung's AVIF twin ('6-avif' beside '6') and the rung itself, each with its own URL. */
+  function formatsJson(file: FileRow, rung: VariantRow, variantRows: VariantRow[], baseUrl: string): { formats?: VariantFormatJson[] } {
+    const twin = variantRows.find((v) => v.name === avifVariantName(rung.name));
+    if (!twin) return {};
+    return {
+      formats: [
+        { mimeType: twin.mimeType, bytes: twin.bytes, url: variantUrl(file, twin.name, baseUrl) },
+        { mimeType: rung.mimeType, bytes: rung.bytes, url: variantUrl(file, rung.name, baseUrl) },
+      ],
+    };
   }
 
   /** A track's embedded cover, stored as its own square ladder 'cover-0' (the picture) … 'cover-6'. */

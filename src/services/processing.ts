@@ -10,7 +10,7 @@ import type { Logger } from '../log.js';
 import type { MediaProcessor } from '../media/processor.js';
 import { sniffFile } from '../media/sniff.js';
 import { fileData } from '../ops/webhooks.js';
-import type { Purposes } from '../purposes.js';
+import { purposeLimits, type Purposes } from '../purposes.js';
 import type { BlobStorage } from '../storage/storage.js';
 import type { ReceivedArea } from '../uploads/received.js';
 import { renditionBudget } from './budget.js';
@@ -101,7 +101,7 @@ export function createProcessing(deps: ProcessingDeps) {
         throw errors.unsupportedType(`"${purpose.name}" uploads take ${purpose.kinds.join(' or ')} files; this file is ${sniffed.mimeType}.`);
       }
       workDir = await storage.workspace(fileId);
-      const result = await deps.processors[sniffed.kind].process({ fileId, sourcePath, sniffed, square: purpose.square, workDir, signal });
+      const result = await deps.processors[sniffed.kind].process({ fileId, sourcePath, sniffed, square: purpose.square, formats: purpose.formats, limits: purposeLimits(purpose), workDir, signal });
       if (signal.aborted) throw signal.reason;
       // The original: a cleaned copy when the processor made one, else the upload itself (linked, so
       // the received bytes stay until the commit).

@@ -2,7 +2,7 @@ import { rm } from 'node:fs/promises';
 import type { UnitOfWork } from '../db/ports.js';
 import type { Repository } from '../db/repository.js';
 import type { FileRow } from '../db/schema.js';
-import { AppError, errors, formatBytes } from '../errors.js';
+import { AppError, errors, formatBytes, restoreAppError } from '../errors.js';
 import { newDeliveryToken, newFileId } from '../ids.js';
 import type { EventBus } from '../events.js';
 import type { CompletionWaits } from '../jobs/completion.js';
@@ -69,7 +69,7 @@ export function createUploadService(deps: UploadServiceDeps) {
       return file;
     }
     const refusal = await ports.uploads.refusal(fileId);
-    if (refusal) throw new AppError(refusal.code, refusal.status, refusal.message);
+    if (refusal) throw restoreAppError(refusal.code, refusal.status, refusal.message);
     throw errors.uploadGone();
   }
 
@@ -211,8 +211,4 @@ export function sanitizeFilename(name: string | null | undefined): string {
     .trim()
     .slice(0, 255);
   return cleaned || 'upload';
-}
-
-export function isClientError(err: unknown): err is AppError {
-  return err instanceof AppError && err.status < 500;
 }

@@ -1,8 +1,10 @@
 import { createReadStream } from 'node:fs';
-import { copyFile, mkdir, open, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
+import { chmodSync, chownSync, mkdirSync } from 'node:fs';
+import { chmod, chown, copyFile, mkdir, open, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { fileIdPattern } from '../ids.js';
+import { unlessAbsent } from './absent.js';
 import type { BlobStorage } from './storage.js';
 
 const namePattern = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
@@ -17,12 +19,26 @@ export function mediaPath(mediaRoot: string, fileId: string, name?: string): str
   return path.join(folder, name);
 }
 
-export function createLocalStorage(opts: { mediaDir: string; workDir: string }): BlobStorage {
-  const { mediaDir, workDir } = opts;
+// Modes: the media are for Chipmunk and nginx only — folders 0750, blobs 0640, readable through a
+// group (CHIPMUNK_MEDIA_GROUP, nginx's worker group) and by no one else. Processing scratch is 0700.
+const FOLDER_MODE = 0o750;
+const BLOB_MODE = 0o640;
+
+export function createLocalStorage(opts: { mediaDir: string; workDir: string; mediaGid?: number }): BlobStorage {
+  const { mediaDir, workDir, mediaGid } = opts;
+  mkdirSync(mediaDir, { recursive: true, mode: FOLDER_MODE });
+  chmodSync(mediaDir, FOLDER_MODE);
+  if (mediaGid !== undefined) chownSync(mediaDir, -1, mediaGid);
+  const share = async (target: string, mode: number) => {
+    await chmod(target, mode);
+    if (mediaGid !== undefined) await chown(target, -1, mediaGid);
+  };
 
   async function ensureFolder(fileId: string): Promise<string> {
     const folder = mediaPath(mediaDir, fileId);
-    await mkdir(folder, { recursive: true });
+    const first = await mkdir(folder, { recursive: true, mode: FOLDER_MODE });
+    // Each fan-out level this call created gets the media group.
+    if (first) for (let dir = folder; dir.length >= first.length; dir = path.dirname(dir)) await share(dir, FOLDER_MODE);
     return folder;
   }
 
@@ -42,6 +58,8 @@ export function createLocalStorage(opts: { mediaDir: string; workDir: string }):
         await rename(temp, target);
         await unlink(sourcePath);
       }
+      // Uploads and scratch are private to Chipmunk; in the media folder nginx's group may read.
+      await share(target, BLOB_MODE);
       return (await stat(target)).size;
     },
 
@@ -49,13 +67,14 @@ export function createLocalStorage(opts: { mediaDir: string; workDir: string }):
       await ensureFolder(fileId);
       const target = mediaPath(mediaDir, fileId, name);
       const temp = tempName(target);
-      const handle = await open(temp, 'w');
+      const handle = await open(temp, 'w', BLOB_MODE);
       try {
         await handle.writeFile(data);
         await handle.sync();
       } finally {
         await handle.close();
       }
+      await share(temp, BLOB_MODE);
       await rename(temp, target);
       return data.byteLength;
     },
@@ -63,7 +82,7 @@ export function createLocalStorage(opts: { mediaDir: string; workDir: string }):
     async workspace(fileId) {
       if (!fileIdPattern.test(fileId)) throw new Error(`Refusing unsafe file id ${JSON.stringify(fileId)}`);
       const dir = path.join(workDir, fileId);
-      await mkdir(dir, { recursive: true });
+      await mkdir(dir, { recursive: true, mode: 0o700 });
       return dir;
     },
 
@@ -73,12 +92,9 @@ export function createLocalStorage(opts: { mediaDir: string; workDir: string }):
     },
 
     async stat(fileId, name) {
-      try {
-        const s = await stat(mediaPath(mediaDir, fileId, name));
-        return s.isFile() ? { size: s.size, mtimeMs: s.mtimeMs } : undefined;
-      } catch {
-        return undefined;
-      }
+      const file = mediaPath(mediaDir, fileId, name);
+      const s = await unlessAbsent(`Reading ${fileId}/${name}`, () => stat(file), undefined);
+      return s?.isFile() ? { size: s.size, mtimeMs: s.mtimeMs } : undefined;
     },
 
     read(fileId, name, range) {
@@ -104,8 +120,8 @@ export function createLocalStorage(opts: { mediaDir: string; workDir: string }):
     },
 
     async *listFolders() {
-      for (const a of await readdirSafe(mediaDir)) {
-        for (const b of await readdirSafe(path.join(mediaDir, a))) {
+      for (const a of await subfolders(mediaDir)) {
+        for (const b of await subfolders(path.join(mediaDir, a))) {
           for (const id of await readdirSafe(path.join(mediaDir, a, b))) yield id;
         }
       }
@@ -125,10 +141,13 @@ export function createLocalStorage(opts: { mediaDir: string; workDir: string }):
   };
 }
 
-async function readdirSafe(dir: string): Promise<string[]> {
-  try {
-    return await readdir(dir);
-  } catch {
-    return [];
-  }
+/** A folder's names; none when it does not exist (yet). */
+function readdirSafe(dir: string): Promise<string[]> {
+  return unlessAbsent(`Listing ${dir}`, () => readdir(dir), []);
+}
+
+/** The folders inside a folder (a stray file at a fan-out level is not a file's folder). */
+async function subfolders(dir: string): Promise<string[]> {
+  const entries = await unlessAbsent(`Listing ${dir}`, () => readdir(dir, { withFileTypes: true }), []);
+  return entries.filter((e) => e.isDirectory()).map((e) => e.name);
 }

@@ -2,6 +2,7 @@ import { readdir, readFile, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { errors } from '../errors.js';
 import { fileIdPattern } from '../ids.js';
+import { unlessAbsent } from '../storage/absent.js';
 
 // The tus upload area: `<id>` holds the bytes received so far, `<id>.json` tus's record of the
 // upload (its declared size and metadata). Only unfinished uploads live here.
@@ -29,12 +30,7 @@ export function createUploadArea(uploadDir: string) {
     /** Every upload present, keyed by id; names that are not ours are left alone. */
     async list(): Promise<Map<string, UploadEntry>> {
       const entries = new Map<string, UploadEntry>();
-      let names: string[];
-      try {
-        names = await readdir(uploadDir);
-      } catch {
-        return entries;
-      }
+      const names = await unlessAbsent(`Listing the upload folder ${uploadDir}`, () => readdir(uploadDir), []);
       for (const name of names) {
         const id = name.endsWith('.json') ? name.slice(0, -5) : name;
         if (!fileIdPattern.test(id)) continue;
@@ -47,19 +43,18 @@ export function createUploadArea(uploadDir: string) {
 
     /** Bytes received so far, or undefined when the data file is gone. */
     async receivedBytes(id: string): Promise<number | undefined> {
-      try {
-        const s = await stat(dataPath(id));
-        return s.isFile() ? s.size : undefined;
-      } catch {
-        return undefined;
-      }
+      const file = dataPath(id);
+      const s = await unlessAbsent(`Reading upload ${id}`, () => stat(file), undefined);
+      return s?.isFile() ? s.size : undefined;
     },
 
     /** True when tus's record of the upload is present and readable (a kill can leave it half written). */
     async sidecarReadable(id: string): Promise<boolean> {
+      const record = `${dataPath(id)}.json`;
+      const text = await unlessAbsent(`Reading upload ${id}'s record`, () => readFile(record, 'utf8'), undefined);
+      if (text === undefined) return false;
       try {
-        const parsed = JSON.parse(await readFile(`${dataPath(id)}.json`, 'utf8')) as { id?: unknown };
-        return parsed?.id === id;
+        return (JSON.parse(text) as { id?: unknown } | null)?.id === id;
       } catch {
         return false;
       }

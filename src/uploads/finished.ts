@@ -1,6 +1,6 @@
 import type { FileRow } from '../db/schema.js';
 import type { UnitOfWork } from '../db/ports.js';
-import { AppError, errors } from '../errors.js';
+import { AppError, errors, restoreAppError } from '../errors.js';
 import { requestBaseUrl } from '../http.js';
 import { fileIdPattern } from '../ids.js';
 import type { FileService } from '../services/files.js';
@@ -60,7 +60,7 @@ export function createFinishedUploads(deps: { uow: UnitOfWork; uploads: UploadSe
       const file = await uow.ports.files.get(id);
       if (!file) {
         const refusal = await uow.ports.uploads.refusal(id);
-        return refusal ? gone(new AppError(refusal.code, refusal.status, refusal.message), req.method) : undefined;
+        return refusal ? gone(restoreAppError(refusal.code, refusal.status, refusal.message), req.method) : undefined;
       }
       if (file.status === 'uploading' || file.status === 'deleting') return undefined;
       if (failedUpload(file)) return gone(errors.processingFailed(file.error ?? 'Processing failed on the server.'), req.method);

@@ -3,6 +3,7 @@ import type { IncomingHttpHeaders } from 'node:http';
 import { createWriteStream } from 'node:fs';
 import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { once } from 'node:events';
 import { finished, pipeline } from 'node:stream/promises';
 import type { Readable } from 'node:stream';
 import type { Repository } from '../db/repository.js';
@@ -15,6 +16,7 @@ import { admitToPurpose, type Purposes } from '../purposes.js';
 import type { UploadService } from '../services/uploads.js';
 import { largestAffordable } from '../services/budget.js';
 import { byteLimit } from './body.js';
+import { JsonBase64Reader } from './json-base64.js';
 
 // The server-side carriers: a base64 string in a JSON body (the signup avatar) and a streamed
 // multipart/form-data file. Like tus, both reserve first (quota + purpose in one decision), land the
@@ -112,13 +114,102 @@ export function createIngest(deps: IngestDeps) {
       try {
         const bytes = Buffer.from(payload.base64, 'base64');
         if (bytes.length !== length) throw errors.invalidInput('The "data" field is not valid base64.');
-        await mkdir(deps.dir, { recursive: true });
-        await writeFile(sourcePath, bytes, { flag: 'wx' });
+        await mkdir(deps.dir, { recursive: true, mode: 0o700 });
+        await writeFile(sourcePath, bytes, { flag: 'wx', mode: 0o600 });
       } catch (err) {
         await uploads.release(file.id, { sourcePath });
         throw err;
       }
       return uploads.complete({ fileId: file.id, sourcePath, carrier: 'move' });
+    },
+
+    /**
+     * A JSON body with base64 `data`, decoded as it streams (json-base64.ts): memory stays at a socket
+     * chunk and its decoded bytes whatever the file's size. Admission comes first: with an upload
+     * token, before any byte is read (purpose, free quota, disk for the declared Content-Length);
+     * the quota reservation, bounded by ¾ of the Content-Length, as soon as the fields before `data`
+     * (userId, purpose, filename) are read. Completion charges the real size.
+     */
+    async fromJsonStream(req: {
+      body: Readable;
+      contentLength: number | undefined;
+      token: Grant | undefined;
+      /** Validates the fields before `data` (at the edge, with the route's schema). */
+      parseFields: (fields: Record<string, string>) => { userId?: string | undefined; purpose?: string | undefined; filename?: string | undefined };
+    }): Promise<FileRow> {
+      let reserved: { fileId: string; sourcePath: string; length: number; tooLong: () => AppError; mimeType: string | null } | undefined;
+      const admit = async (grant: Grant, filename: string | undefined) => {
+        const purpose = purposes.get(grant.purpose);
+        const cap = Math.min(purpose.maxBytes, deps.maxBase64Bytes);
+        // At most ¾ of the body decodes to bytes.
+        let length = Math.min(cap, req.contentLength !== undefined ? Math.floor((req.contentLength * 3) / 4) : cap);
+        let tooLong = () =>
+          length === deps.maxBase64Bytes && deps.maxBase64Bytes < purpose.maxBytes
+            ? errors.tooLarge(`Base64 uploads carry at most ${formatBytes(deps.maxBase64Bytes)}. Send larger files as multipart/form-data or with tus.`)
+            : errors.tooLarge(`Files for "${purpose.name}" may be at most ${formatBytes(purpose.maxBytes)}; this one is larger.`);
+        const free = freeBytes(grant.userId);
+        if (free > 0 && free < length) {
+          length = free;
+          tooLong = () => errors.quotaExceeded(`Storage quota exceeded: ${formatBytes(free)} free, and this upload is larger.`);
+        }
+        await uploads.ensureDiskSpace(length);
+        const file = await uploads.reserve({ userId: grant.userId, purpose: grant.purpose, length: Math.max(1, length), filename: filename ?? 'upload', mimeType: null });
+        reserved = { fileId: file.id, sourcePath: tempPath(file.id), length, tooLong, mimeType: null };
+      };
+
+      let named: Grant | undefined;
+      let filename: string | undefined;
+      let head: Buffer | undefined;
+      try {
+        // With a token the decision needs no byte of the body: a user without free quota is refused
+        // here (reserve() says so, with its events), and the disk must hold the body's upper bound.
+        // The reservation itself waits for the fields before `data` (the filename goes in its row).
+        if (req.token) {
+          if (freeBytes(req.token.userId) === 0) await admit(req.token, undefined);
+          else await uploads.ensureDiskSpace(Math.min(purposes.get(req.token.purpose).maxBytes, deps.maxBase64Bytes, req.contentLength ?? Infinity));
+        }
+        const reader = new JsonBase64Reader({
+          onDataStart: (fields, mimeType) => {
+            const parsed = req.parseFields(fields);
+            filename = parsed.filename;
+            named = this.resolveGrant(req.token, parsed);
+            if (mimeType) admitToPurpose(purposes.get(named.purpose), { length: 1, mimeType });
+            if (reserved) reserved.mimeType = mimeType;
+            else pendingMime = mimeType;
+          },
+        });
+        let pendingMime: string | null = null;
+        await mkdir(deps.dir, { recursive: true, mode: 0o700 });
+        let out: ReturnType<typeof createWriteStream> | undefined;
+        const write = async (bytes: Buffer[]) => {
+          if (!named) return;
+          if (!reserved) {
+            await admit(named, filename);
+            reserved!.mimeType = pendingMime;
+          }
+          out ??= createWriteStream(reserved!.sourcePath, { flags: 'wx', mode: 0o600 });
+          for (const b of bytes) {
+            if (reader.decoded > reserved!.length) throw reserved!.tooLong();
+            if (!head || head.length < SNIFF_BYTES) head = Buffer.concat([head ?? Buffer.alloc(0), b.subarray(0, SNIFF_BYTES)]);
+            if (!out.write(b)) await once(out, 'drain');
+          }
+        };
+        for await (const chunk of req.body) await write(reader.push(chunk as Buffer));
+        await write(reader.end());
+        if (!reserved) await admit(named!, filename);
+        if (out) {
+          out.end();
+          await finished(out);
+        } else await writeFile(reserved!.sourcePath, Buffer.alloc(0), { flag: 'wx', mode: 0o600 });
+        if (reader.decoded === 0) throw errors.unprocessable('The file is empty.');
+        if (reserved!.mimeType && head) checkClaimedBytes(reserved!.mimeType, head);
+      } catch (err) {
+        if (reserved) await uploads.release(reserved.fileId, { sourcePath: reserved.sourcePath });
+        const appError = toAppError(err);
+        logger.info('json upload refused', { fileId: reserved?.fileId, code: appError.code, status: appError.status });
+        throw appError;
+      }
+      return uploads.complete({ fileId: reserved!.fileId, sourcePath: reserved!.sourcePath });
     },
 
     /**
@@ -182,9 +273,9 @@ export function createIngest(deps: IngestDeps) {
         await uploads.ensureDiskSpace(length);
         const file = await uploads.reserve({ userId: grant.userId, purpose: grant.purpose, length, filename: info.filename || named.filename || 'upload', mimeType });
         reserved = { fileId: file.id, sourcePath: tempPath(file.id) };
-        await mkdir(deps.dir, { recursive: true });
+        await mkdir(deps.dir, { recursive: true, mode: 0o700 });
         const limiter = byteLimit(length, tooLong);
-        await pipeline(stream, limiter, createWriteStream(reserved.sourcePath, { flags: 'wx' }), { signal: abort.signal });
+        await pipeline(stream, limiter, createWriteStream(reserved.sourcePath, { flags: 'wx', mode: 0o600 }), { signal: abort.signal });
         if (declaredSize !== undefined && limiter.bytes() !== declaredSize) {
           throw errors.invalidInput(`The file has ${limiter.bytes()} bytes, not the ${declaredSize} its "size" field declared.`);
         }
@@ -298,7 +389,10 @@ export function decodedLength(base64: string): number {
 
 /** A `data:` URI's type must agree with what its first bytes are. Unrecognisable bytes are left to completion (422). */
 function checkClaimedType(claimed: string, base64: string): void {
-  const head = Buffer.from(base64.slice(0, base64Length(SNIFF_BYTES)), 'base64');
+  checkClaimedBytes(claimed, Buffer.from(base64.slice(0, base64Length(SNIFF_BYTES)), 'base64'));
+}
+
+function checkClaimedBytes(claimed: string, head: Buffer): void {
   const sniffed = sniffBytes(head);
   if (!sniffed) return;
   if (canonicalType(claimed) !== canonicalType(sniffed.mimeType)) {

@@ -1,6 +1,7 @@
-import { FileStore } from '@tus/file-store';
 import { Server, EVENTS } from '@tus/server';
-import { bearerToken, verifyUploadToken } from '../auth/upload-tokens.js';
+import { chmod } from 'node:fs/promises';
+import path from 'node:path';
+import { bearerToken, claimTokenUse, verifyUploadToken, type TokenUseLedger } from '../auth/upload-tokens.js';
 import { errors, toAppError, toTusError } from '../errors.js';
 import { newFileId } from '../ids.js';
 import type { UploadArea } from './area.js';
@@ -10,6 +11,7 @@ import type { UploadService } from '../services/uploads.js';
 import type { UnitOfWork } from '../db/ports.js';
 import type { Repository } from '../db/repository.js';
 import { requestBaseUrl } from '../http.js';
+import { ChecksumFileStore } from './tus-protocol.js';
 
 // tus wiring, kept thin: creation verifies the token and reserves; finish makes one service call.
 
@@ -26,18 +28,29 @@ export type TusDeps = {
   uploads: UploadService;
   files: FileService;
   logger: Logger;
+  /** Upload tokens: the lifetime cap and the ledger of bounded tokens' uses. */
+  tokens: { maxLifetimeSeconds: number; uses: TokenUseLedger };
 };
 
 /** The stock file store, counting the bytes each write lands (for the bytes-received metric). */
-class CountingFileStore extends FileStore {
+class CountingFileStore extends ChecksumFileStore {
   constructor(
-    options: ConstructorParameters<typeof FileStore>[0],
+    options: ConstructorParameters<typeof ChecksumFileStore>[0],
     private readonly onBytes: (bytes: number, id: string) => void,
   ) {
     super(options);
   }
 
-  override async write(readable: Parameters<FileStore['write']>[0], id: string, offset: number): Promise<number> {
+  /** Both files of a new upload are 0600: unfinished uploads are nobody else's to read. */
+  override async create(upload: Parameters<ChecksumFileStore['create']>[0]): ReturnType<ChecksumFileStore['create']> {
+    const created = await super.create(upload);
+    const data = path.join(this.directory, upload.id);
+    await chmod(data, 0o600);
+    await chmod(`${data}.json`, 0o600).catch(() => undefined);
+    return created;
+  }
+
+  override async write(readable: Parameters<ChecksumFileStore['write']>[0], id: string, offset: number): Promise<number> {
     const end = await super.write(readable, id, offset);
     this.onBytes(end - offset, id);
     return end;
@@ -54,14 +67,34 @@ export function createTusServer(deps: TusDeps): { server: Server; uploadPath: (i
   const uploadPath = area.dataPath;
   const discardUpload = area.discard;
 
+  /** The creation's admission once the token is good: purpose, declared length, disk, quota. */
+  async function admit(grant: { userId: string; purpose: string }, upload: { id: string; size?: number; sizeIsDeferred: boolean; metadata?: Record<string, string | null> }) {
+    const meta = upload.metadata ?? {};
+    // Metadata may repeat the token's purpose but never widen it.
+    if (meta.purpose && meta.purpose !== grant.purpose) {
+      throw errors.forbidden(`This upload token is for "${grant.purpose}" uploads, not "${meta.purpose}".`);
+    }
+    if (upload.sizeIsDeferred || upload.size === undefined) throw errors.lengthRequired();
+    await uploads.ensureDiskSpace(upload.size);
+    await uploads.reserve({
+      id: upload.id,
+      userId: grant.userId,
+      purpose: grant.purpose,
+      length: upload.size,
+      filename: meta.filename ?? meta.name ?? 'upload',
+      mimeType: meta.filetype ?? meta.type ?? null,
+    });
+  }
+
   const server = new Server({
     path: TUS_PATH,
     datastore: store,
     respectForwardedHeaders: true,
     // Chunks are bounded by the declared length; the purpose's limit is checked at creation.
     maxSize: 0,
-    exposedHeaders: ['Content-Type', 'Chipmunk-File-Id', 'Chipmunk-File-Status'],
-    allowedHeaders: ['Authorization'],
+    // CORS and the protocol answers @tus/server does not give are set around it (tus-protocol.ts).
+    exposedHeaders: ['Content-Type', 'Upload-Expires', 'Chipmunk-File-Id', 'Chipmunk-File-Status'],
+    allowedHeaders: ['Authorization', 'Upload-Checksum'],
     generateUrl: (req, { proto, host, path: routePath, id }) => {
       const base = deps.publicUrl ?? `${proto}://${host}`;
       return `${base}${routePath}/${id}`;
@@ -77,23 +110,17 @@ export function createTusServer(deps: TusDeps): { server: Server; uploadPath: (i
       try {
         const token = bearerToken(req.headers.get('authorization'));
         if (!token) throw errors.unauthorized('Uploads need an upload token: send it as "Authorization: Bearer <token>".');
-        const grant = await verifyUploadToken(deps.secret, token);
-        const meta = upload.metadata ?? {};
-        // Metadata may repeat the token's purpose but never widen it.
-        if (meta.purpose && meta.purpose !== grant.purpose) {
-          throw errors.forbidden(`This upload token is for "${grant.purpose}" uploads, not "${meta.purpose}".`);
+        const grant = await verifyUploadToken(deps.secret, token, { maxLifetimeSeconds: deps.tokens.maxLifetimeSeconds });
+        const refund = claimTokenUse(deps.tokens.uses, grant);
+        try {
+          await admit(grant, upload);
+        } catch (err) {
+          refund();
+          throw err;
         }
-        if (upload.sizeIsDeferred || upload.size === undefined) throw errors.lengthRequired();
-        await uploads.ensureDiskSpace(upload.size);
-        await uploads.reserve({
-          id: upload.id,
-          userId: grant.userId,
-          purpose: grant.purpose,
-          length: upload.size,
-          filename: meta.filename ?? meta.name ?? 'upload',
-          mimeType: meta.filetype ?? meta.type ?? null,
-        });
-        return { metadata: { ...meta, purpose: grant.purpose, userId: grant.userId } };
+        // Upload-Metadata stays as the client sent it (HEAD answers it back); the user and purpose
+        // live on the file row the reservation made.
+        return {};
       } catch (err) {
         throw toTusError(err);
       }

@@ -1,29 +1,17 @@
 import { spawnSync } from 'node:child_process';
+import type { AudioInfo } from '../../src/media/audio.js';
 import type { TestChipmunk } from './chipmunk.js';
 
 // Audio test helpers: waiting for background jobs, and asking the real ffmpeg/ffprobe about outputs.
 
-export type AudioFileJson = {
+/** The file JSON of a track: the file's fields and its facts (as the server reads them, any may be absent). */
+export type AudioFileJson = Partial<AudioInfo> & {
   id: string;
   status: string;
   kind: string;
   bytes: number;
   totalBytes: number;
   error?: string;
-  durationMs?: number;
-  codec?: string;
-  container?: string;
-  bitrate?: number;
-  sampleRate?: number;
-  channels?: number;
-  lossless?: boolean;
-  title?: string;
-  artist?: string;
-  album?: string;
-  albumArtist?: string;
-  year?: number;
-  trackNumber?: number;
-  genre?: string;
   renditions?: { available: boolean; reason?: string; streams?: Array<{ n: number; codec: string; made: string; bitrate?: number }> };
   cover?: { width?: number; height?: number; variants: string[] };
   variants: Array<{ n: number | string; bytes: number; mimeType: string; url: string }>;

@@ -1,9 +1,11 @@
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import sharp from 'sharp';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { createChipmunk, type Chipmunk, type ChipmunkOptions } from '../../src/chipmunk.js';
 import { loadConfig } from '../../src/config.js';
 import { silentLogger } from '../../src/log.js';
+import { stripLosslessly } from '../../src/media/metadata.js';
 
 export type TestChipmunk = {
   chipmunk: Chipmunk;
@@ -25,13 +27,25 @@ export type TestChipmunk = {
 export const corpus = (...parts: string[]) => path.resolve(import.meta.dirname, '../../../shared/corpus', ...parts);
 
 /**
+ * A photo as Chipmunk stores and serves it as variant 0: metadata stripped (src/media/metadata.ts).
+ * Tests that compare served bytes with sent ones send this form, which stripping leaves as it is.
+ */
+export async function storedForm(photo: string | Buffer): Promise<Buffer> {
+  const bytes = typeof photo === 'string' ? await readFile(photo) : photo;
+  const meta = await sharp(bytes).metadata();
+  return stripLosslessly(meta.format, bytes, meta.orientation) ?? bytes;
+}
+
+/**
  * A real Chipmunk listening on a free loopback port, in its own temporary data directory
  * (or `opts.dataDir`, to restart on the data a previous one left).
  */
 export async function startChipmunk(env: Record<string, string> = {}, opts: ChipmunkOptions & { dataDir?: string } = {}): Promise<TestChipmunk> {
   const { dataDir: given, ...chipmunkOpts } = opts;
   const dataDir = given ?? (await mkdtemp(path.join(tmpdir(), 'chipmunk-test-')));
-  const config = loadConfig({ PORT: '0', HOST: '127.0.0.1', CHIPMUNK_DATA_DIR: dataDir, CHIPMUNK_LOG_LEVEL: 'silent', CHIPMUNK_DISK_MARGIN: '0', CHIPMUNK_INTERNAL_PORT: '0', ...env });
+  // As root, nginx's workers run as nobody:nogroup (test/helpers/nginx.ts): the media are shared with that group.
+  const mediaGroup = process.getuid?.() === 0 ? { CHIPMUNK_MEDIA_GROUP: 'nogroup' } : {};
+  const config = loadConfig({ PORT: '0', HOST: '127.0.0.1', CHIPMUNK_DATA_DIR: dataDir, CHIPMUNK_LOG_LEVEL: 'silent', CHIPMUNK_DISK_MARGIN: '0', CHIPMUNK_INTERNAL_PORT: '0', ...mediaGroup, ...env });
   const chipmunk = createChipmunk(config, { defaultMetrics: false, ...(chipmunkOpts.logWrite ? {} : { logger: silentLogger }), ...chipmunkOpts });
   const { port, internalPort } = await chipmunk.listen();
   const url = `http://127.0.0.1:${port}`;

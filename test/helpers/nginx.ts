@@ -15,7 +15,7 @@ export type TestNginx = { url: string; prefix: string; config: string; close(): 
  * Real nginx in front of a test Chipmunk, configured by the very command operators run
  * (`chipmunk nginx-config`, reading the same environment as that Chipmunk), on a free port.
  */
-export async function startNginx(t: TestChipmunk, opts: { authCacheSeconds?: number; extraServerConfig?: string } = {}): Promise<TestNginx> {
+export async function startNginx(t: TestChipmunk, opts: { authCacheSeconds?: number; extraServerConfig?: string; env?: Record<string, string> } = {}): Promise<TestNginx> {
   const prefix = await mkdtemp(path.join(tmpdir(), 'chipmunk-nginx-'));
   // When the tests run as root, nginx's workers run as nobody: they must reach the media and the prefix.
   await chmod(prefix, 0o755);
@@ -25,6 +25,7 @@ export async function startNginx(t: TestChipmunk, opts: { authCacheSeconds?: num
     CHIPMUNK_DATA_DIR: t.dataDir,
     CHIPMUNK_INTERNAL_PORT: String(t.internalPort),
     CHIPMUNK_AUTH_CACHE: String(opts.authCacheSeconds ?? 5),
+    ...opts.env,
   };
   let config = nginxConfigCommand(['--listen', `127.0.0.1:${port}`, '--upstream', t.url], env);
   if (opts.extraServerConfig) config = config.replace(/\n    }\n}\n$/, `\n${opts.extraServerConfig}\n    }\n}\n`);

@@ -1,6 +1,6 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, readdirSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { createServer } from 'node:net';
@@ -46,15 +46,10 @@ export type ServerProcess = {
   output: () => string;
 };
 
-export async function spawnServer(env: Record<string, string>, opts: { readyTimeoutMs?: number; ownProcessGroup?: boolean } = {}): Promise<ServerProcess> {
+/** `detached` starts the server as the leader of its own process group (for tests that signal the group). */
+export async function spawnServer(env: Record<string, string>, opts: { readyTimeoutMs?: number; detached?: boolean } = {}): Promise<ServerProcess> {
   // A free internal (auth) port, so servers started side by side never collide on the default 8081.
-  // `ownProcessGroup`: the server leads a group, as under systemd or docker, so a test can signal the whole group.
-  const proc = spawn(process.execPath, [entry], {
-    cwd: root,
-    env: { ...process.env, CHIPMUNK_INTERNAL_PORT: '0', ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-    detached: opts.ownProcessGroup ?? false,
-  });
+  const proc = spawn(process.execPath, [entry], { cwd: root, env: { ...process.env, CHIPMUNK_INTERNAL_PORT: '0', ...env }, stdio: ['ignore', 'pipe', 'pipe'], detached: opts.detached });
   let out = '';
   proc.stdout!.on('data', (d) => (out += d));
   proc.stderr!.on('data', (d) => (out += d));
@@ -110,4 +105,14 @@ export async function serverEnvironment(name: string, extra: Record<string, stri
     ...extra,
   };
   return { dataDir, env };
+}
+
+/** True while the process runs: a zombie (exited, not yet reaped by its parent) counts as gone. */
+export function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return !/^\S+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  } catch {
+    return false;
+  }
 }

@@ -25,3 +25,24 @@ export function tusUpload(endpoint: string, data: Buffer, opts: Partial<UploadOp
     upload.start();
   });
 }
+
+/**
+ * Starts an upload and stops it once its first chunk has landed, as a dropped connection would;
+ * resolves with the upload's URL, to resume or terminate.
+ */
+export function uploadFirstChunk(endpoint: string, data: Buffer, opts: { token: string; chunkSize: number; metadata?: Record<string, string> }): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const upload: Upload = new Upload(data, {
+      endpoint,
+      chunkSize: opts.chunkSize,
+      retryDelays: [],
+      headers: { Authorization: `Bearer ${opts.token}` },
+      ...(opts.metadata ? { metadata: opts.metadata } : {}),
+      onChunkComplete: () => {
+        void upload.abort(false).then(() => resolve(upload.url!));
+      },
+      onError: reject,
+    });
+    upload.start();
+  });
+}

@@ -103,6 +103,9 @@ function showError(err) {
   $('error').hidden = false;
 }
 
+// How an app shows Chipmunk's sentence instead of tus-js-client's technical text: every refusal is
+// { "error": { "code", "message" } }, and tus-js-client keeps the answer in err.originalResponse
+// (Uppy: the same err in its 'upload-error' event; see the README's "Clients" section).
 function tusErrorMessage(err) {
   if (err instanceof ServerError) return { sentence: err.message, code: err.code };
   const res = err && err.originalResponse;

@@ -1,0 +1,74 @@
+import { randomBytes } from 'node:crypto';
+import { existsSync, readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import pg from 'pg';
+import type { S3Settings } from '../../src/config.js';
+
+/**
+ * The real PostgreSQL and S3 endpoint of `scripts/services.sh` (CI starts them before `npm test`).
+ * Variables already in the environment win over the script's env file. When neither names them
+ * the test fails with the command to run: distributed-mode tests never skip themselves.
+ */
+export type TestServices = { databaseUrl: string; s3: S3Settings };
+
+const envFile = process.env.CHIPMUNK_SERVICES_DIR
+  ? `${process.env.CHIPMUNK_SERVICES_DIR}/env`
+  : fileURLToPath(new URL('../../.services/env', import.meta.url));
+
+export function testServices(): TestServices {
+  const fromFile: Record<string, string> = {};
+  if (existsSync(envFile)) {
+    for (const line of readFileSync(envFile, 'utf8').split('\n')) {
+      const m = /^export ([A-Z0-9_]+)='(.*)'$/.exec(line);
+      if (m) fromFile[m[1]!] = m[2]!;
+    }
+  }
+  const get = (name: string) => {
+    const value = process.env[name] ?? fromFile[name];
+    if (!value) {
+      throw new Error(`${name} is not set and ${envFile} does not name it: start the test services with \`scripts/services.sh start\` (CI's .ci/run does).`);
+    }
+    return value;
+  };
+  return {
+    databaseUrl: get('CHIPMUNK_TEST_DATABASE_URL'),
+    s3: {
+      endpoint: get('CHIPMUNK_TEST_S3_ENDPOINT'),
+      region: get('CHIPMUNK_TEST_S3_REGION'),
+      bucket: get('CHIPMUNK_TEST_S3_BUCKET'),
+      accessKeyId: get('CHIPMUNK_TEST_S3_ACCESS_KEY_ID'),
+      secretAccessKey: get('CHIPMUNK_TEST_S3_SECRET_ACCESS_KEY'),
+      forcePathStyle: get('CHIPMUNK_TEST_S3_FORCE_PATH_STYLE') === 'true',
+      checksums: get('CHIPMUNK_TEST_S3_CHECKSUMS') === 'when_required' ? 'when_required' : 'when_supported',
+    },
+  };
+}
+
+/** A fresh, empty database of its own for one test file; `drop()` removes it. */
+export async function createTestDatabase(services: TestServices, label: string): Promise<{ url: string; drop(): Promise<void> }> {
+  const name = `t_${label.replace(/[^a-z0-9]/gi, '_').toLowerCase()}_${randomBytes(4).toString('hex')}`;
+  const admin = new pg.Client({ connectionString: services.databaseUrl });
+  await admin.connect();
+  try {
+    await admin.query(`CREATE DATABASE ${name} TEMPLATE template0`);
+  } finally {
+    await admin.end();
+  }
+  const url = new URL(services.databaseUrl);
+  url.pathname = `/${name}`;
+  return {
+    url: url.toString(),
+    async drop() {
+      const c = new pg.Client({ connectionString: services.databaseUrl });
+      await c.connect();
+      try {
+        await c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+      } finally {
+        await c.end();
+      }
+    },
+  };
+}
+
+/** A key prefix no other test file shares, inside the shared test bucket. */
+export const testPrefix = (label: string) => `t-${label}-${randomBytes(4).toString('hex')}/`;
