@@ -343,6 +343,8 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
       if (timer) clearInterval(timer);
       const deadline = Date.now() + config.shutdownTimeoutMs;
       const until = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, Math.max(0, ms)).unref());
+      // Requests waiting for a job answer before their connection is cut: the file as it is (processing).
+      setTimeout(() => waits.settleAll(), Math.max(0, config.shutdownTimeoutMs - 250)).unref();
       for (const s of [server, internalServer]) {
         if (!s) continue;
         const closed = new Promise<void>((resolve) => s.close(() => resolve()));

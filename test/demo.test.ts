@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { launchChromium, type TestBrowser } from './helpers/browser.js';
 import { corpus, startChipmunk, storedForm, type TestChipmunk } from './helpers/chipmunk.js';
 import { tusUpload } from './helpers/tus.js';
+import { creationBudget } from '../src/services/budget.js';
 
 // The demo page, driven in a real Chromium against a real Chipmunk: drop a file, watch the ladder
 // appear, hit the quota, pause and resume, delete. Screenshots land in test-artifacts/.
@@ -222,12 +223,12 @@ describe('demo page', () => {
     await page.waitForSelector('#upload[data-state="paused"]');
     expect(await page.textContent('#pause')).toBe('Resume');
 
-    // The server kept a part of the file, and still holds the whole length in reserve.
+    // The server kept a part of the file, and still holds the whole length (and the quota budget of a photo) in reserve.
     const uploadUrl = (await page.getAttribute('#upload', 'data-upload-url'))!;
     const offset = async () => Number((await fetch(uploadUrl, { method: 'HEAD', headers: { 'Tus-Resumable': '1.0.0' } })).headers.get('upload-offset'));
     await expect.poll(offset).toBeGreaterThan(0);
     expect(await offset()).toBeLessThan(bytes.length);
-    expect((await user('demo-pauser')).reservedBytes).toBe(bytes.length);
+    expect((await user('demo-pauser')).reservedBytes).toBe(bytes.length + creationBudget('image', bytes.length));
 
     await cdp.send('Network.emulateNetworkConditions', { offline: false, latency: 0, downloadThroughput: -1, uploadThroughput: -1 });
     await page.click('#pause');

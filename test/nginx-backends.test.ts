@@ -7,6 +7,7 @@ import { startChipmunk, type TestChipmunk } from './helpers/chipmunk.js';
 import { rawRequest } from './helpers/http.js';
 import { startNginx, type TestNginx } from './helpers/nginx.js';
 import { wavHeader } from './helpers/wav.js';
+import { expectReservationAfterCommit } from './helpers/reservations.js';
 
 // A backend behind compose reaches Chipmunk only through its nginx: POST /v1/files must take what
 // the README promises there (streamed, the purposes' limits), and nginx's own 413 must say the limit.
@@ -39,7 +40,7 @@ describe('POST /v1/files through the rendered nginx', () => {
     const stored = await kit.uploadPath({ userId: 'backend', purpose: 'audio', path: file, mimeType: 'audio/wav' });
     expect(stored).toMatchObject({ kind: 'audio', bytes: 30_000_000, userId: 'backend' });
     expect(['processing', 'ready']).toContain(stored.status);
-    expect((await kit.getUser('backend')).reservedBytes).toBe(0);
+    await expectReservationAfterCommit({ file: () => kit.getFile(stored.id), reservedBytes: async () => (await kit.getUser('backend')).reservedBytes });
   }, 120_000);
 
   it("nginx's own 413 names the limit of the address that refused the body", async () => {

@@ -32,6 +32,11 @@ export function createCompletionWaits() {
       for (const wake of waiters.get(fileId) ?? []) wake();
     },
 
+    /** Wakes every waiter (a shutdown): each answers with the file's state as it is. */
+    settleAll(): void {
+      for (const set of waiters.values()) for (const wake of set) wake();
+    },
+
     get waiting(): number {
       let n = 0;
       for (const set of waiters.values()) n += set.size;
