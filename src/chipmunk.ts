@@ -40,6 +40,7 @@ import { createIngest } from './uploads/ingest.js';
 import { createFinishedUploads } from './uploads/finished.js';
 import { createTusServer } from './uploads/tus.js';
 import { createTusProtocol } from './uploads/tus-protocol.js';
+import { createLifecycle, type Part } from './lifecycle.js';
 import { createCors } from './delivery/cors.js';
 
 // The composition root: builds every part from the config and wires them together.
@@ -247,12 +248,122 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
     );
     return sweeping;
   };
+  let recovery: RecoveryReport | undefined;
+  const ports = { public: 0, internal: 0 };
+  let released: Promise<void> | undefined;
+  const releaseResources = () =>
+    (released ??= (async () => {
+      await imageProcessor.close();
+      db.$client.close();
+    })());
+  const until = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, Math.max(0, ms)).unref());
+
+  // The parts that run, in start order; they stop in reverse, against one deadline (lifecycle.ts).
   let dataDirLock: DataDirLock | undefined;
+  const dataDirPart: Part = {
+    name: 'data-dir lock',
+    // One process per data directory, before anything in it is touched (ops/data-dir-lock.ts).
+    start: async () => void (dataDirLock = lockDataDir(config.dataDir)),
+    // The database is closed (its WAL checkpointed) before another process may take the directory.
+    async stop() {
+      await releaseResources();
+      dataDirLock?.release();
+    },
+  };
+  const recoveryPart: Part = {
+    name: 'start-up recovery',
+    async start() {
+      recovery = await recoverAtStartup({ repo, uow, storage, area, received, uploads, files, logger, audioJob: AUDIO_JOB });
+      if (mediaTools.ffmpeg) logger.info('ffmpeg found', mediaTools.ffmpeg);
+      else logger.warn('ffmpeg unavailable', { reason: mediaTools.ffmpegMissing });
+    },
+    stop: async () => undefined,
+  };
+  const jobsPart: Part = {
+    name: 'job runners',
+    async start() {
+      await jobs.start();
+      await webhookRunner?.start();
+    },
+    async stop(deadline) {
+      // Jobs get what is left of the deadline; any still running are handed back to the queue.
+      await Promise.race([jobs.idle(), until(deadline - Date.now())]);
+      await jobs.close();
+      await webhookRunner?.close();
+    },
+  };
+  let timer: NodeJS.Timeout | undefined;
+  const sweepsPart: Part = {
+    name: 'background sweeps',
+    async start() {
+      await ingest.recoverInterrupted();
+      const startedAt = Date.now();
+      void sweep().catch((err) => logger.error('expiry sweep failed', { err }));
+      track(sweepMediaLeftovers({ repo, storage, logger, startedAt, shouldStop: () => stopping })).catch((err) => logger.error('media leftovers sweep failed', { err }));
+      timer = setInterval(() => void sweep().catch((err) => logger.error('expiry sweep failed', { err })), config.expiryIntervalMs);
+      timer.unref();
+    },
+    async stop(deadline) {
+      if (timer) clearInterval(timer);
+      await Promise.race([Promise.allSettled([...background]), until(deadline + 5_000 - Date.now())]);
+    },
+  };
   let server: ServerType | undefined;
   let internalServer: Server | undefined;
-  let timer: NodeJS.Timeout | undefined;
-  let jobsStarted = false;
-  let recovery: RecoveryReport | undefined;
+  const listenersPart: Part = {
+    name: 'listeners',
+    async start() {
+      ports.public = await new Promise<number>((resolve, reject) => {
+        // /f/ requests take a fast path before the router and any web Request object.
+        const withFastPath = ((options: object, listener: RequestListener) =>
+          createServer(options, withDeliveryFastPath(delivery, logger, listener, (req, res) => requestContext.trackNode(logger, req, res)))) as unknown as typeof createServer;
+        server = serve({ fetch: app.fetch, port: config.port, hostname: config.host, createServer: withFastPath }, (info) => resolve(info.port));
+        server.once('error', (err: NodeJS.ErrnoException) =>
+          reject(err.code === 'EADDRINUSE' ? new ConfigError(`Port ${config.port} on ${config.host} is already in use: stop the other server or set PORT.`) : err),
+        );
+      });
+      // nginx's auth_request endpoint lives on its own port so the public side can never reach it.
+      const internal = createServer(
+        internalAuthListener({ resolve: resolveDelivery, relativePath: (id, name) => storage.relativePath(id, name), authCacheSeconds: config.authCacheSeconds, logger, onAnswer: (status) => metrics.deliveryAnswered(status) }),
+      );
+      // Longer than nginx's upstream keepalive, so nginx always closes idle connections first.
+      internal.keepAliveTimeout = 75_000;
+      internalServer = internal;
+      ports.internal = await new Promise<number>((resolve, reject) => {
+        internal.once('error', (err: NodeJS.ErrnoException) =>
+          reject(
+            err.code === 'EADDRINUSE'
+              ? new ConfigError(`Internal port ${config.internalPort} on ${config.internalHost} is already in use: stop the other server or set CHIPMUNK_INTERNAL_PORT.`)
+              : err,
+          ),
+        );
+        internal.listen(config.internalPort, config.internalHost, () => {
+          const address = internal.address();
+          resolve(typeof address === 'object' && address ? address.port : config.internalPort);
+        });
+      });
+      logger.info('internal auth endpoint listening', { host: config.internalHost, port: ports.internal });
+    },
+    async stop(deadline) {
+      // Requests waiting for a job answer before their connection is cut: the file as it is (processing).
+      const settle = setTimeout(() => waits.settleAll(), Math.max(0, deadline - Date.now() - 250));
+      settle.unref();
+      for (const s of [server, internalServer]) {
+        if (!s) continue;
+        const closed = new Promise<void>((resolve) => s.close(() => resolve()));
+        // Keep-alive connections whose request just finished would otherwise linger until their timeout.
+        const idle = setInterval(() => 'closeIdleConnections' in s && s.closeIdleConnections(), 100);
+        await Promise.race([closed, until(deadline - Date.now())]);
+        clearInterval(idle);
+        if ('closeAllConnections' in s) s.closeAllConnections();
+        await closed;
+      }
+      clearTimeout(settle);
+      // A handler may still run after its socket was cut (a completion mid-processing): a short grace.
+      while (inFlight.requests > 0 && Date.now() < deadline + 5_000) await until(20);
+    },
+  };
+  const lifecycle = createLifecycle([dataDirPart, recoveryPart, sweepsPart, jobsPart, listenersPart], logger);
 
   return {
     config,
@@ -282,90 +393,20 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
 
     /** Settles what a previous process left half done, then listens; slow cleanups continue in the background. */
     async listen(): Promise<{ port: number; internalPort: number }> {
-      // One process per data directory, before anything in it is touched (ops/data-dir-lock.ts).
-      dataDirLock = lockDataDir(config.dataDir);
-      const startedAt = Date.now();
-      recovery = await recoverAtStartup({ repo, uow, storage, area, received, uploads, files, logger });
-      if (mediaTools.ffmpeg) logger.info('ffmpeg found', mediaTools.ffmpeg);
-      else logger.warn('ffmpeg unavailable', { reason: mediaTools.ffmpegMissing });
-      // A stop between an upload's commit and its enqueue leaves a track 'processing' with no job.
-      for (const file of repo.processingFilesWithoutJob('audio', AUDIO_JOB)) repo.enqueueJob(file.id, AUDIO_JOB);
-      await jobs.start();
-      await webhookRunner?.start();
-      jobsStarted = true;
-      await ingest.recoverInterrupted();
-      const { port } = await new Promise<{ port: number }>((resolve, reject) => {
-        // /f/ requests take a fast path before the router and any web Request object.
-        const withFastPath = ((options: object, listener: RequestListener) =>
-          createServer(options, withDeliveryFastPath(delivery, logger, listener, (req, res) => requestContext.trackNode(logger, req, res)))) as unknown as typeof createServer;
-        server = serve({ fetch: app.fetch, port: config.port, hostname: config.host, createServer: withFastPath }, (info) => resolve({ port: info.port }));
-        server.once('error', (err: NodeJS.ErrnoException) =>
-          reject(err.code === 'EADDRINUSE' ? new ConfigError(`Port ${config.port} on ${config.host} is already in use: stop the other server or set PORT.`) : err),
-        );
-      });
-      // nginx's auth_request endpoint lives on its own port so the public side can never reach it.
-      const internal = createServer(
-        internalAuthListener({ resolve: resolveDelivery, relativePath: (id, name) => storage.relativePath(id, name), authCacheSeconds: config.authCacheSeconds, logger, onAnswer: (status) => metrics.deliveryAnswered(status) }),
-      );
-      // Longer than nginx's upstream keepalive, so nginx always closes idle connections first.
-      internal.keepAliveTimeout = 75_000;
-      internalServer = internal;
-      const internalPort = await new Promise<number>((resolve, reject) => {
-        internal.once('error', (err: NodeJS.ErrnoException) =>
-          reject(
-            err.code === 'EADDRINUSE'
-              ? new ConfigError(`Internal port ${config.internalPort} on ${config.internalHost} is already in use: stop the other server or set CHIPMUNK_INTERNAL_PORT.`)
-              : err,
-          ),
-        );
-        internal.listen(config.internalPort, config.internalHost, () => {
-          const address = internal.address();
-          resolve(typeof address === 'object' && address ? address.port : config.internalPort);
-        });
-      });
-      logger.info('internal auth endpoint listening', { host: config.internalHost, port: internalPort });
-      void sweep().catch((err) => logger.error('expiry sweep failed', { err }));
-      track(sweepMediaLeftovers({ repo, storage, logger, startedAt, shouldStop: () => stopping })).catch((err) =>
-        logger.error('media leftovers sweep failed', { err }),
-      );
-      timer = setInterval(() => void sweep().catch((err) => logger.error('expiry sweep failed', { err })), config.expiryIntervalMs);
-      timer.unref();
-      return { port, internalPort };
+      await lifecycle.start(config.shutdownTimeoutMs);
+      return { port: ports.public, internalPort: ports.internal };
     },
 
     /**
      * Graceful stop: no new connections, requests and jobs in flight get until the shutdown
      * deadline, then connections are cut; the database is closed last (checkpointing its WAL).
+     * An instance that never listened has nothing to wait for.
      */
     async close(): Promise<void> {
       if (stopping) return;
       stopping = true;
-      if (timer) clearInterval(timer);
-      const deadline = Date.now() + config.shutdownTimeoutMs;
-      const until = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, Math.max(0, ms)).unref());
-      // Requests waiting for a job answer before their connection is cut: the file as it is (processing).
-      setTimeout(() => waits.settleAll(), Math.max(0, config.shutdownTimeoutMs - 250)).unref();
-      for (const s of [server, internalServer]) {
-        if (!s) continue;
-        const closed = new Promise<void>((resolve) => s.close(() => resolve()));
-        // Keep-alive connections whose request just finished would otherwise linger until their timeout.
-        const idle = setInterval(() => 'closeIdleConnections' in s && s.closeIdleConnections(), 100);
-        await Promise.race([closed, until(deadline - Date.now())]);
-        clearInterval(idle);
-        if ('closeAllConnections' in s) s.closeAllConnections();
-        await closed;
-      }
-      // A handler may still run after its socket was cut (a completion mid-processing): a short grace.
-      while (inFlight.requests > 0 && Date.now() < deadline + 5_000) await until(20);
-      // Audio jobs get what is left of the deadline; any still running are handed back to the queue.
-      // (Only once started: a runner that never ran is never idle, and would hold close() to the deadline.)
-      if (jobsStarted) await Promise.race([jobs.idle(), until(deadline - Date.now())]);
-      await jobs.close();
-      await webhookRunner?.close();
-      await Promise.race([Promise.allSettled([...background]), until(deadline + 5_000 - Date.now())]);
-      await imageProcessor.close();
-      db.$client.close();
-      dataDirLock?.release();
+      await lifecycle.stop(Date.now() + config.shutdownTimeoutMs);
+      await releaseResources();
       logger.info('chipmunk stopped');
     },
   };

@@ -1,4 +1,4 @@
-import { and, asc, desc, eq, gt, inArray, isNull, lt, lte, ne, notExists, sql } from 'drizzle-orm';
+import { and, asc, desc, eq, gt, inArray, isNotNull, isNull, lt, lte, ne, notExists, sql } from 'drizzle-orm';
 import { errors, formatBytes } from '../errors.js';
 import type { Db } from './index.js';
 import { files, jobs, users, variants, type FileRow, type JobRow, type UserRow, type VariantRow, type Visibility } from './schema.js';
@@ -576,6 +576,8 @@ export function createRepository(db: Db) {
         .where(
           and(
             eq(files.status, 'processing'),
+            // Committed tracks only: an uncommitted one is still its processing job's.
+            isNotNull(files.committedAt),
             eq(files.kind, kind),
             notExists(
               db

@@ -23,6 +23,7 @@ import type { UploadService } from './uploads.js';
 //  'deleting' row → bytes were given back already: remove the folder, then the row.
 //  work/<id> → processing scratch of the dead process: delete.
 //  jobs left 'running' → back to 'queued', so interrupted processing resumes.
+//  a committed track with no renditions job → its job is queued again.
 //  *.tmp-* in media folders and folders no row accounts for → removed by a background walk that
 //     only touches what is older than this process.
 
@@ -46,6 +47,8 @@ export type RecoveryDeps = {
   uploads: UploadService;
   files: FileService;
   logger: Logger;
+  /** The job that makes a committed track's renditions. */
+  audioJob: string;
 };
 
 const PAGE = 500;
@@ -106,6 +109,12 @@ export async function recoverAtStartup(deps: RecoveryDeps): Promise<RecoveryRepo
         if (job) report.processingResumed++;
       }
     }
+  }
+  // A committed track whose renditions job is gone (rows from before the one queue made the commit
+  // and the enqueue one transaction): queued again.
+  for (const file of repo.processingFilesWithoutJob('audio', deps.audioJob)) {
+    await uow.ports.jobs.enqueue({ type: deps.audioJob, fileId: file.id, userId: file.userId });
+    report.processingResumed++;
   }
   for (const id of present.keys()) {
     await area.discard(id);
