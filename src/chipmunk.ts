@@ -19,7 +19,7 @@ import { createJobRunner } from './jobs/runner.js';
 import { createAudioProcessor } from './media/audio.js';
 import { describeTools, resolveFfmpeg, type FfmpegTool } from './media/ffmpeg.js';
 import { createImageWorkerPool } from './media/image-pool.js';
-import { lockDataDir, type DataDirLock } from './ops/data-dir-lock.js';
+import { lockDataDir, type DataDirLock } from './db/data-dir-lock.js';
 import { createMetrics, observeEvents } from './ops/metrics.js';
 import { createReadiness, statfsFreeBytes } from './ops/readiness.js';
 import { createRequestContext } from './ops/request-context.js';

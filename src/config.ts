@@ -129,9 +129,9 @@ export type Config = Readonly<{
   generatedSecrets: boolean;
 }>;
 
-export class ConfigError extends Error {
-  override name = 'ConfigError';
-}
+import { ConfigError } from './errors.js';
+
+export { ConfigError };
 
 export type Environment = z.infer<typeof envSchema>;
 

@@ -162,3 +162,8 @@ export function formatBytes(bytes: number): string {
   const digits = unit === 0 || value >= 100 ? 0 : 1;
   return `${value.toFixed(digits).replace(/\.0$/, '')} ${units[unit]}`;
 }
+
+/** A bad setting or a start-up the operator must fix: a sentence naming what to change, never a stack trace. */
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+}

@@ -8,7 +8,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { FileStore } from '@tus/file-store';
 import { Server } from '@tus/server';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { PgLocker } from '../src/uploads/pg-locker.js';
+import { PgLocker } from '../src/db/pg/locker.js';
 import { createTestDatabase, testServices } from './helpers/services.js';
 import { tusUpload } from './helpers/tus.js';
 

@@ -2,7 +2,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { ERRORS } from '@tus/server';
 import pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { PgLocker } from '../src/uploads/pg-locker.js';
+import { PgLocker } from '../src/db/pg/locker.js';
 import { createTestDatabase, testServices } from './helpers/services.js';
 
 // Two PgLockers on one real PostgreSQL play two Chipmunk nodes.

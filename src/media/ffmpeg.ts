@@ -1,6 +1,6 @@
 import { spawnSync } from 'node:child_process';
 import { createRequire } from 'node:module';
-import { ConfigError } from '../config.js';
+import { ConfigError } from '../errors.js';
 import { runBounded } from './bounded.js';
 
 // Which ffmpeg Chipmunk runs, decided once at start-up: FFMPEG_PATH, then `ffmpeg` on PATH, then the

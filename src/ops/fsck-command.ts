@@ -5,7 +5,7 @@ import { createRepository } from '../db/repository.js';
 import { createLocalStorage } from '../storage/local.js';
 import { createUploadArea } from '../uploads/area.js';
 import { createReceivedArea } from '../uploads/received.js';
-import { tryLockDataDir, recordedPid } from './data-dir-lock.js';
+import { tryLockDataDir, recordedPid } from '../db/data-dir-lock.js';
 import { formatFsckReport, fsck } from './fsck.js';
 
 /** `chipmunk fsck [--repair]`: prints the report; exit 0 clean, 1 problems (left), 2 refused to run. */

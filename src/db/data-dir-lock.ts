@@ -1,7 +1,7 @@
 import Database from 'better-sqlite3';
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { ConfigError } from '../config.js';
+import { ConfigError } from '../errors.js';
 
 // One process owns a data directory at a time: the server for its whole life, `fsck --repair` while
 // it repairs. Two servers on one directory (a rolling deploy, a restart overlap, pm2 cluster mode)

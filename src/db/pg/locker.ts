@@ -1,7 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ERRORS, type Lock, type Locker, type RequestRelease } from '@tus/server';
 import type pg from 'pg';
-import { advisoryKey, connectPgSession, type PgOptions } from '../db/pg/connection.js';
+import { advisoryKey, connectPgSession, type PgOptions } from './connection.js';
 
 /**
  * A tus `Locker` that spans nodes, on PostgreSQL advisory locks (@tus/server ships only the
