@@ -41,6 +41,8 @@ import { createFinishedUploads } from './uploads/finished.js';
 import { createTusServer } from './uploads/tus.js';
 import { createTusProtocol } from './uploads/tus-protocol.js';
 import { createLifecycle, type Part } from './lifecycle.js';
+import { fsck } from './ops/fsck.js';
+import type { FileRow } from './db/schema.js';
 import { createCors } from './delivery/cors.js';
 
 // The composition root: builds every part from the config and wires them together.
@@ -365,8 +367,26 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
   };
   const lifecycle = createLifecycle([dataDirPart, recoveryPart, sweepsPart, jobsPart, listenersPart], logger);
 
+  /** Read-only views of the state behind the API, for tests and operator tools (writes go through the services). */
+  const inspect = {
+    file: (fileId: string) => repo.getFile(fileId),
+    variants: (fileId: string) => repo.getVariants(fileId),
+    variant: (fileId: string, name: string) => repo.getVariant(fileId, name),
+    jobs: (fileId: string) => repo.jobsForFile(fileId),
+    jobCounts: () => repo.jobCounts(),
+    unfinishedJobs: () => repo.unfinishedJobs(),
+    usageFromFiles: () => repo.usageFromFiles(),
+    reservationTotals: () => repo.reservationTotals(),
+    users: () => repo.allUsers(),
+    webhooks: () => repo.allWebhooks(),
+    filesPage: (afterId: string, limit: number, status?: FileRow['status']) => repo.filesPage(afterId, limit, status),
+    /** `chipmunk fsck` on this instance's data (read-only unless `repair`). */
+    fsck: (opts?: Parameters<typeof fsck>[1]) => fsck({ repo, storage, area, received }, opts),
+  };
+
   return {
     config,
+    inspect,
     app,
     db,
     repo,

@@ -59,7 +59,7 @@ describe.each(modes)('delivery access control: %s', (_name, viaNginx) => {
   };
   /** A second variant, so signatures can be tried across variants (the image ladder adds its own). */
   const withSecondVariant = async (file: FileJson): Promise<FileJson> => {
-    if (!t.chipmunk.repo.getVariant(file.id, '1')) {
+    if (!t.chipmunk.inspect.variant(file.id, '1')) {
       const bytes = await t.chipmunk.storage.write(file.id, '1.webp', extra);
       t.chipmunk.repo.addVariants(file.id, [{ name: '1', path: '1.webp', mimeType: 'image/webp', bytes, width: 1, height: 1 }]);
     }
@@ -147,7 +147,7 @@ describe.each(modes)('delivery access control: %s', (_name, viaNginx) => {
     expect(exp).toBeGreaterThanOrEqual(Math.floor(Date.now() / 1000) + 600);
     const got = await fetch(at(link.url));
     expect(got.status).toBe(200);
-    const stored = await readFile(t.chipmunk.storage.localPath(file.id, t.chipmunk.repo.getVariant(file.id, '1')!.path));
+    const stored = await readFile(t.chipmunk.storage.localPath(file.id, t.chipmunk.inspect.variant(file.id, '1')!.path));
     expect(sha256(Buffer.from(await got.arrayBuffer()))).toBe(sha256(stored));
     expect((await t.api(`/v1/files/${file.id}/url?variant=..%2F0&expiresIn=600`)).status).toBe(400);
     expect((await t.api(`/v1/files/${file.id}/url?variant=9`)).status).toBe(404);
@@ -201,7 +201,7 @@ describe.each(modes)('delivery access control: %s', (_name, viaNginx) => {
     });
     expect(created.status).toBe(201);
     const id = created.headers.get('location')!.split('/').pop()!;
-    const row = t.chipmunk.repo.getFile(id)!;
+    const row = t.chipmunk.inspect.file(id)!;
     expect(row.status).toBe('uploading');
     expect((await fetch(`${base}/f/${row.deliveryToken}/0`)).status).toBe(404);
   });

@@ -95,10 +95,10 @@ describe('start-up recovery', () => {
         workspaces: 1,
         jobsRequeued: 0,
       });
-      for (const id of [s.moved, s.torn, s.bare, s.empty, s.deleting.id]) expect(t.chipmunk.repo.getFile(id), id).toBeUndefined();
+      for (const id of [s.moved, s.torn, s.bare, s.empty, s.deleting.id]) expect(t.chipmunk.inspect.file(id), id).toBeUndefined();
       // Every byte of `full` had arrived: a crash after the last byte no longer throws the upload away.
       await t.chipmunk.jobs.idle();
-      const full = t.chipmunk.repo.getFile(s.full)!;
+      const full = t.chipmunk.inspect.file(s.full)!;
       expect(full.status).toBe('ready');
       expect(await readFile(mediaPath(s.media, s.full, '0.jpg'))).toEqual(await storedForm(s.photo));
       expect(existsSync(mediaPath(s.media, s.moved))).toBe(false);
@@ -113,7 +113,7 @@ describe('start-up recovery', () => {
       const user = (await (await t.api('/v1/users/rita')).json()) as { usedBytes: number; reservedBytes: number; fileCount: number };
       const reservation = s.photo.length + creationBudget('image', s.photo.length);
       expect(user).toMatchObject({ usedBytes: s.kept.totalBytes + s.tempHolder.totalBytes + full.totalBytes, reservedBytes: reservation, fileCount: 3 });
-      const report = await fsck({ repo: t.chipmunk.repo, storage: t.chipmunk.storage, area: t.chipmunk.area, received: t.chipmunk.received });
+      const report = await t.chipmunk.inspect.fsck();
       expect(report.problems).toEqual([]);
       expect(report.notices.map((n) => n.kind)).toEqual(['upload-in-progress']);
 
