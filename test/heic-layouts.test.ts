@@ -1,6 +1,8 @@
+import { execFile } from 'node:child_process';
 import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { promisify } from 'node:util';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mediaPath } from '../src/storage/local.js';
@@ -31,14 +33,15 @@ let work: string;
 let decodeLog: string;
 let savedPath: string | undefined;
 let userSeq = 0;
+/** The decoder itself, for the test's own decodes (not counted by the shim). */
+const realHeifConvert = '/usr/bin/heif-convert';
 
 beforeAll(async () => {
   work = await mkdtemp(path.join(tmpdir(), 'chipmunk-heic-layouts-'));
   decodeLog = path.join(work, 'heif-convert.log');
   const shimDir = path.join(work, 'bin');
-  const real = path.join('/usr/bin', 'heif-convert');
   await mkdir(shimDir);
-  await writeFile(path.join(shimDir, 'heif-convert'), `#!/bin/sh\necho "$@" >> '${decodeLog}'\nexec '${real}' "$@"\n`);
+  await writeFile(path.join(shimDir, 'heif-convert'), `#!/bin/sh\necho "$@" >> '${decodeLog}'\nexec '${realHeifConvert}' "$@"\n`);
   await chmod(path.join(shimDir, 'heif-convert'), 0o755);
   // Bounded children inherit this worker's environment (test files run in forks of their own).
   savedPath = process.env.PATH;
@@ -178,6 +181,13 @@ describe('HEIC layouts made in code', () => {
     const file = await uploadOk(heic, 'IMG_0003.HEIC');
     expect([file.width, file.height]).toEqual([900, 1000]);
     expectColours(quadrantColours(await decode(rungFile(file, 5))), [C, A, D, B], 'irot 3 + EXIF 6');
+    // The kept original is the upright picture coded again, with no EXIF left to turn it a second time.
+    const original = mediaPath(path.join(t.dataDir, 'media'), file.id, '0.heic');
+    const meta = await sharp(original).metadata();
+    expect([meta.width, meta.height, meta.orientation, meta.exif]).toEqual([900, 1000, undefined, undefined]);
+    const png = path.join(work, 'original.png');
+    await promisify(execFile)(realHeifConvert, ['--quiet', original, png]);
+    expectColours(quadrantColours(await decode(png)), [C, A, D, B], 'the kept original');
   });
 
   it('does not turn a HEIC by its EXIF Orientation alone: in HEIF the container\'s transforms rule, the EXIF tag is informative', async () => {
