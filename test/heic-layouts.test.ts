@@ -245,17 +245,27 @@ describe('HEIC refusals', () => {
     expect(await user(userId)).toMatchObject({ usedBytes: 0, reservedBytes: 0, fileCount: 0 });
   });
 
-  it('refuses a grid whose own description declares a canvas over the limit though its ispe is honest (libheif allocates the description\'s), without decoding', async () => {
-    // ispe says 1000 × 900; the grid's description in idat says 30000 × 30000 (900 megapixels, 1.3 GB
-    // and 25 s in heif-convert here, which the child's memory cap would cut short as a "corrupt" 422).
-    const heic = await buildHeic({ image: await quadrants(1000, 900, [A, B, C, D]), tileSize: 512, gridSize: { width: 30_000, height: 30_000 } });
+  // ispe says 1000 × 900; the derived image's description (in idat) says more: 30000 × 30000 in a grid
+  // is 900 megapixels, 1.3 GB and 25 s in heif-convert here (which the child's memory cap would cut
+  // short as a "corrupt" 422); an overlay's 70000 × 70000 needs its 32-bit fields.
+  it.each([
+    { derivation: 'grid' as const, side: 30_000 },
+    { derivation: 'iovl' as const, side: 70_000 },
+  ])('refuses a $derivation whose own description declares $side × $side though its ispe is honest (libheif allocates the description\'s canvas), without decoding', async ({ derivation, side }) => {
+    const heic = await buildHeic({ image: await quadrants(1000, 900, [A, B, C, D]), tileSize: 512, derivation, gridSize: { width: side, height: side } });
     expect((await sharp(heic).metadata()).width).toBe(1000); // a reader of ispe alone sees a small photo
     const before = await decodeRuns();
-    const { result, userId } = await upload(heic, 'lying-grid.heic');
+    const { result, userId } = await upload(heic, `lying-${derivation}.heic`);
     expect(result.ok === false && result.status).toBe(413);
-    if (!result.ok) expect(JSON.parse(result.body!).error).toMatchObject({ code: 'FILE_TOO_LARGE', message: expect.stringContaining('30000 × 30000') });
+    if (!result.ok) expect(JSON.parse(result.body!).error).toMatchObject({ code: 'FILE_TOO_LARGE', message: expect.stringContaining(`${side} × ${side}`) });
     expect(await decodeRuns()).toBe(before);
     expect(await user(userId)).toMatchObject({ usedBytes: 0, reservedBytes: 0, fileCount: 0 });
+  });
+
+  it('decodes an honest overlay (iovl) of the same tiles like the grid', async () => {
+    const file = await uploadOk(await buildHeic({ image: await quadrants(1000, 900, [A, B, C, D]), tileSize: 512, derivation: 'iovl' }), 'overlay.heic');
+    expect([file.width, file.height]).toEqual([1000, 900]);
+    expectColours(quadrantColours(await decode(rungFile(file, 6))), [A, B, C, D], 'iovl');
   });
 
   it('answers 422 for a grid HEIC cut short in its tiles, leaving nothing behind', async () => {

@@ -19,6 +19,8 @@ export type HeifFixtureOptions = {
   image: Buffer;
   /** Code it as a grid of square tiles of this side (iPhones: 512); absent: one coded image. */
   tileSize?: number;
+  /** How the tiles are put together: a `grid` item (iPhones) or an `iovl` overlay placing each at its offset. */
+  derivation?: 'grid' | 'iovl';
   /** `irot`: quarter turns anti-clockwise (HEIF's direction); iPhone orientation 6 is 3. */
   irot?: 0 | 1 | 2 | 3;
   /** `imir` (ISO/IEC 23008-12:2022 semantics, libheif's): 0 exchanges top and bottom, 1 left and right. */
@@ -29,7 +31,7 @@ export type HeifFixtureOptions = {
   icc?: Buffer;
   /** What the primary item's `ispe` (and a grid's output size) declares instead of the real size: a hostile file. */
   declaredSize?: { width: number; height: number };
-  /** What the grid's description alone declares as its output size (default: declaredSize): a hostile file whose ispe is honest. */
+  /** What the grid's (or overlay's) description alone declares as its output size (default: declaredSize): a hostile file whose ispe is honest. */
   gridSize?: { width: number; height: number };
   /** heif-enc quality of every tile. */
   quality?: number;
@@ -164,7 +166,8 @@ export function assembleHeic(a: Assembly): Buffer {
 
   const infe = (id: number, type: string, hidden: boolean) =>
     fullBox('infe', 2, hidden ? 1 : 0, Buffer.concat([u16(id), u16(0), Buffer.from(type, 'latin1'), Buffer.from([0])]));
-  const infos = [...tileIds.map((id) => infe(id, 'hvc1', gridId !== undefined)), ...(gridId ? [infe(gridId, 'grid', false)] : []), ...(exifId ? [infe(exifId, 'Exif', false)] : [])];
+  const derivation = a.derivation ?? 'grid';
+  const infos = [...tileIds.map((id) => infe(id, 'hvc1', gridId !== undefined)), ...(gridId ? [infe(gridId, derivation, false)] : []), ...(exifId ? [infe(exifId, 'Exif', false)] : [])];
 
   const references: Buffer[] = [];
   if (gridId) references.push(box('dimg', Buffer.concat([u16(gridId), u16(tileIds.length), ...tileIds.map(u16)])));
@@ -173,9 +176,20 @@ export function assembleHeic(a: Assembly): Buffer {
   // The grid's description lives in idat (as on iPhones); 32-bit output sizes when 16 bits cannot hold them.
   const output = a.gridSize ?? declared;
   const wide = output.width > 0xffff || output.height > 0xffff;
-  const gridData = a.grid
-    ? Buffer.concat([Buffer.from([0, wide ? 1 : 0, a.grid.rows - 1, a.grid.columns - 1]), ...(wide ? [u32(output.width), u32(output.height)] : [u16(output.width), u16(output.height)])])
-    : undefined;
+  const field = wide ? u32 : u16;
+  const side = a.tiles[0]!.width;
+  const gridData = !a.grid
+    ? undefined
+    : derivation === 'grid'
+      ? Buffer.concat([Buffer.from([0, wide ? 1 : 0, a.grid.rows - 1, a.grid.columns - 1]), field(output.width), field(output.height)])
+      : // ImageOverlay: version, flags, an opaque black canvas (RGBA, 16 bits each), its size, each input's offset.
+        Buffer.concat([
+          Buffer.from([0, wide ? 1 : 0]),
+          u16(0), u16(0), u16(0), u16(0xffff),
+          field(output.width),
+          field(output.height),
+          ...a.tiles.map((_, i) => Buffer.concat([field((i % a.grid!.columns) * side), field(Math.floor(i / a.grid!.columns) * side)])),
+        ]);
   const exifData = exifId ? exifPayload(a.exifOrientation!) : undefined;
 
   // mdat holds the tiles, then the Exif; iloc points at them by absolute file offsets, known once meta's size is.
