@@ -1,4 +1,4 @@
-import { execFile } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -33,8 +33,8 @@ let work: string;
 let decodeLog: string;
 let savedPath: string | undefined;
 let userSeq = 0;
-/** The decoder itself, for the test's own decodes (not counted by the shim). */
-const realHeifConvert = '/usr/bin/heif-convert';
+/** The decoder itself (found before the shim goes on PATH), for the test's own decodes, which the shim does not count. */
+const realHeifConvert = execFileSync('sh', ['-c', 'command -v heif-convert'], { encoding: 'utf8' }).trim();
 
 beforeAll(async () => {
   work = await mkdtemp(path.join(tmpdir(), 'chipmunk-heic-layouts-'));
