@@ -14,7 +14,12 @@ import { BoundedChildError, runBounded } from './bounded.js';
 // 0.63 s and 79 MB resident for heif-convert, 1.67 s and 219 MB for heic-decode, which also returns no
 // colour profile (the P3 pixels would be taken as sRGB); see the README.
 
-/** Width × height of every image item the container declares (`ispe`), read without decoding anything. */
+/**
+ * Width × height of every image the container declares, read without decoding anything: each
+ * item's `ispe` property, and the output size written in each derived image's own description
+ * (`grid`, `iovl`), which is what a decoder allocates for it (libheif makes a grid's canvas from
+ * its description, whatever the grid's ispe says).
+ */
 export async function heifDeclaredSizes(filePath: string): Promise<Array<{ width: number; height: number }>> {
   const handle = await open(filePath, 'r');
   try {
@@ -39,7 +44,8 @@ export async function heifDeclaredSizes(filePath: string): Promise<Array<{ width
         // Item properties of a photo take a few kilobytes; a meta box past this is not a photo's.
         if (boxSize > 4 * 1024 * 1024) throw errors.unprocessable('The HEIF container is malformed (its metadata box is implausibly large).');
         const meta = await read(at + headerSize, boxSize - headerSize);
-        return collectIspe(meta.subarray(4));
+        const boxes = metaChildren(meta.subarray(4));
+        return [...collectIspe(boxes), ...(await derivedImageSizes(boxes, read))];
       }
       at += boxSize;
     }
@@ -49,22 +55,116 @@ export async function heifDeclaredSizes(filePath: string): Promise<Array<{ width
   }
 }
 
-/** Walks meta → iprp → ipco and reads each `ispe` (a full box: version/flags, width, height). */
-function collectIspe(meta: Buffer): Array<{ width: number; height: number }> {
+type Box = { type: string; body: Buffer };
+
+/** The boxes directly inside `b` (32-bit sizes: a photo's metadata boxes are small); stops at the first malformed one. */
+function metaChildren(b: Buffer): Box[] {
+  const boxes: Box[] = [];
+  for (let at = 0; at + 8 <= b.length; ) {
+    const boxSize = b.readUInt32BE(at);
+    if (boxSize < 8 || at + boxSize > b.length) break;
+    boxes.push({ type: b.toString('latin1', at + 4, at + 8), body: b.subarray(at + 8, at + boxSize) });
+    at += boxSize;
+  }
+  return boxes;
+}
+
+/** Walks iprp → ipco and reads each `ispe` (a full box: version/flags, width, height). */
+function collectIspe(meta: Box[]): Array<{ width: number; height: number }> {
   const sizes: Array<{ width: number; height: number }> = [];
-  const walk = (b: Buffer, want: string[]) => {
-    for (let at = 0; at + 8 <= b.length; ) {
-      const boxSize = b.readUInt32BE(at);
-      if (boxSize < 8 || at + boxSize > b.length) return;
-      const type = b.toString('latin1', at + 4, at + 8);
-      const body = b.subarray(at + 8, at + boxSize);
-      if (type === want[0] && want.length > 1) walk(body, want.slice(1));
-      else if (type === 'ispe' && want[0] === 'ispe' && body.length >= 12) sizes.push({ width: body.readUInt32BE(4), height: body.readUInt32BE(8) });
-      at += boxSize;
+  for (const iprp of meta.filter((b) => b.type === 'iprp')) {
+    for (const ipco of metaChildren(iprp.body).filter((b) => b.type === 'ipco')) {
+      for (const ispe of metaChildren(ipco.body).filter((b) => b.type === 'ispe' && b.body.length >= 12)) {
+        sizes.push({ width: ispe.body.readUInt32BE(4), height: ispe.body.readUInt32BE(8) });
+      }
     }
-  };
-  walk(meta, ['iprp', 'ipco', 'ispe']);
+  }
   return sizes;
+}
+
+/**
+ * The output size in the description of every `grid` (ImageGrid) and `iovl` (ImageOverlay) item,
+ * found through iinf (item types) and iloc (where each item's data is: in the file or in idat).
+ * A description that cannot be located or read is left to the decoder, which refuses it.
+ */
+async function derivedImageSizes(meta: Box[], read: (at: number, length: number) => Promise<Buffer>): Promise<Array<{ width: number; height: number }>> {
+  const derived = itemTypes(meta).filter((item) => item.type === 'grid' || item.type === 'iovl');
+  if (derived.length === 0) return [];
+  const locations = itemLocations(meta);
+  const idat = meta.find((b) => b.type === 'idat')?.body;
+  const sizes: Array<{ width: number; height: number }> = [];
+  for (const item of derived) {
+    const location = locations.get(item.id);
+    if (!location) continue;
+    // The sizes sit in the first bytes: grid 4 + 2 × 4, overlay 2 + 4 × 2 fill values + 2 × 4.
+    const want = item.type === 'grid' ? 12 : 18;
+    const parts: Buffer[] = [];
+    for (const extent of location.extents) {
+      const length = Math.min(want, extent.length || want);
+      if (location.method === 0) parts.push(await read(location.base + extent.offset, length));
+      else if (location.method === 1 && idat) parts.push(idat.subarray(location.base + extent.offset, location.base + extent.offset + length));
+      if (Buffer.concat(parts).length >= want) break;
+    }
+    const data = Buffer.concat(parts);
+    const at = item.type === 'grid' ? 4 : 10;
+    const wide = data.length >= 2 && (data[1]! & 1) === 1;
+    if (data.length < at + (wide ? 8 : 4)) continue;
+    sizes.push(wide ? { width: data.readUInt32BE(at), height: data.readUInt32BE(at + 4) } : { width: data.readUInt16BE(at), height: data.readUInt16BE(at + 2) });
+  }
+  return sizes;
+}
+
+/** Each item's id and four-character type, from iinf's `infe` boxes (versions 2 and 3 carry a type). */
+function itemTypes(meta: Box[]): Array<{ id: number; type: string }> {
+  const iinf = meta.find((b) => b.type === 'iinf')?.body;
+  if (!iinf || iinf.length < 6) return [];
+  const items: Array<{ id: number; type: string }> = [];
+  for (const infe of metaChildren(iinf.subarray(iinf[0] === 0 ? 6 : 8)).filter((b) => b.type === 'infe')) {
+    const version = infe.body[0]!;
+    if (version === 2 && infe.body.length >= 12) items.push({ id: infe.body.readUInt16BE(4), type: infe.body.toString('latin1', 8, 12) });
+    else if (version === 3 && infe.body.length >= 14) items.push({ id: infe.body.readUInt32BE(4), type: infe.body.toString('latin1', 10, 14) });
+  }
+  return items;
+}
+
+type ItemLocation = { method: number; base: number; extents: Array<{ offset: number; length: number }> };
+
+/** iloc (ISO/IEC 14496-12 8.11.3), versions 0-2: where each item's bytes are. */
+function itemLocations(meta: Box[]): Map<number, ItemLocation> {
+  const locations = new Map<number, ItemLocation>();
+  const b = meta.find((box) => box.type === 'iloc')?.body;
+  if (!b || b.length < 8) return locations;
+  const version = b[0]!;
+  const offsetSize = b[4]! >> 4;
+  const lengthSize = b[4]! & 15;
+  const baseSize = b[5]! >> 4;
+  const indexSize = version >= 1 ? b[5]! & 15 : 0;
+  let at = 6;
+  const uint = (n: number) => {
+    if (at + n > b.length) throw new RangeError('iloc ends early');
+    let value = 0;
+    for (let i = 0; i < n; i++) value = value * 256 + b[at + i]!;
+    at += n;
+    return value;
+  };
+  try {
+    const count = uint(version < 2 ? 2 : 4);
+    for (let i = 0; i < count; i++) {
+      const id = uint(version < 2 ? 2 : 4);
+      const method = version >= 1 ? uint(2) & 15 : 0;
+      uint(2); // data_reference_index
+      const base = uint(baseSize);
+      const extents: ItemLocation['extents'] = [];
+      for (let e = uint(2); e > 0; e--) {
+        uint(indexSize);
+        extents.push({ offset: uint(offsetSize), length: uint(lengthSize) });
+      }
+      locations.set(id, { method, base, extents });
+    }
+  } catch {
+    // A cut-off table: the items read so far are located; the decoder judges the rest.
+  }
+  return locations;
 }
 
 export type HeicDecodeOptions = {
