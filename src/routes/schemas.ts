@@ -46,7 +46,7 @@ export const ingestFormFields = z.object({
   size: z.coerce.number().int().nonnegative().optional().describe('the file\'s exact length in bytes, making the quota reservation exact'),
 });
 
-export const ingestForm = ingestFormFields.extend({ file: z.file().describe('the file; must be the last part') });
+export const ingestForm = ingestFormFields.extend({ file: z.file().meta({ type: 'string', format: 'binary', description: 'the file; must be the last part' }) });
 
 // The tus endpoint's request headers (checked by @tus/server and the creation hook).
 export const tusHeaders = z.object({
