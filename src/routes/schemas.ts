@@ -115,7 +115,7 @@ export const variantJson = z.object({
     .array(variantFormatJson)
     .optional()
     .describe('present on rungs with an AVIF twin: each format with a URL of its own (AVIF first), for <picture>/srcset'),
-});
+}).meta({ id: 'Variant' });
 
 /** What every file's JSON holds, whatever its kind. */
 const fileCommon = {
@@ -137,14 +137,14 @@ const fileCommon = {
 };
 
 /** An image: its facts (media/info.ts) are present once it is processed. */
-export const imageFileJson = z.object({ ...fileCommon, kind: z.literal('image'), ...imageInfoSchema.partial().shape }).meta({ id: 'ImageFile' });
+export const imageFileJson = z.object({ kind: z.literal('image'), ...fileCommon, ...imageInfoSchema.partial().shape }).meta({ id: 'ImageFile' });
 
 /** A track's embedded cover: its facts and its square ladder's URLs, 'cover-0' (the picture as stored) first. */
-export const coverJson = coverInfoSchema.extend({ variants: z.array(z.url()) });
+export const coverJson = coverInfoSchema.extend({ variants: z.array(z.url()) }).meta({ id: 'Cover' });
 
 /** A track: its tags and stream facts (media/info.ts), its renditions once made, and its cover if it has one. */
 export const audioFileJson = z
-  .object({ ...fileCommon, kind: z.literal('audio'), ...audioInfoSchema.partial().shape, renditions: audioRenditionsSchema.optional(), cover: coverJson.optional() })
+  .object({ kind: z.literal('audio'), ...fileCommon, ...audioInfoSchema.partial().shape, renditions: audioRenditionsSchema.optional(), cover: coverJson.optional() })
   .meta({ id: 'AudioFile' });
 
 /** The file JSON: one shape per kind, told apart by `kind`. */
