@@ -179,6 +179,12 @@ describe('every documented /v1 answer matches its schema', () => {
     await answer('get', list, await noKey('/v1/users/contract/files'), 401);
   });
 
+  it('asks for the key before answering 404 to an unknown /v1 path, as before', async () => {
+    expect((await noKey('/v1/nothing-here')).status).toBe(401);
+    expect((await t.api('/v1/nothing-here')).status).toBe(404);
+    expect((await noKey(`/v1/files/${image.id}`, { method: 'PUT' })).status).toBe(401);
+  });
+
   it('deletes last, then has driven every documented answer of every /v1 route', async () => {
     await answer('delete', '/v1/files/{id}', await t.api(`/v1/files/${image.id}`, { method: 'DELETE' }), 204);
     const documented: string[] = [];
