@@ -9,10 +9,10 @@ import { invalidInput, readJson } from './validate.js';
 // route its validation, its typed answers, its credentials and its part of /openapi.json.
 
 /** What a router's inputs are called in a refusal: "Invalid file id (id): not a file id". */
-export type InputNames = { param: string; query?: string; json?: string };
+export type InputNames = { param?: string; query?: string; json?: string };
 
 /** A router whose failed input checks are the API's 400 INVALID_INPUT, worded as they always were. */
-export function v1Router<E extends Env = Env>(names: InputNames) {
+export function v1Router<E extends Env = Env>(names: InputNames = {}) {
   const named: Record<string, string> = { query: 'query', json: 'request body', ...names };
   return new OpenAPIHono<E>({
     defaultHook: (result) => {

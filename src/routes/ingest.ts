@@ -64,7 +64,7 @@ export function ingestRoutes(deps: { ingest: Ingest; files: FileService; apiKey:
     responses: { 201: jsonReply('the file JSON', fileJson), ...errorReplies(400, 401, 403, 413, 415, 422) },
   });
 
-  const router = v1Router<Env>({ param: 'path' });
+  const router = v1Router<Env>();
   // Documented with its bodies, but served without the generated body validators: they would read
   // the whole body into memory, and this route streams it (parsing its fields with the same schemas).
   const { middleware: _served, ...documented } = upload;

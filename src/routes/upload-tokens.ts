@@ -15,7 +15,7 @@ export function uploadTokenRoutes(deps: { secret: string; apiKey: string; purpos
     responses: { 201: jsonReply('the token', uploadTokenResponse), ...errorReplies(400, 401) },
   });
 
-  return v1Router({ param: 'path' }).openapi(mint, async (c) => {
+  return v1Router().openapi(mint, async (c) => {
     const body = c.req.valid('json');
     deps.purposes.get(body.purpose);
     if (body.expiresIn > deps.maxLifetimeSeconds) {

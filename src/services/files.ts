@@ -11,8 +11,6 @@ import type { BlobStorage } from '../storage/storage.js';
 // Reading, describing and deleting stored files. The file JSON is built here and only here, to the
 // shape declared in routes/schemas.ts (one per kind).
 
-export type { CoverJson, FileJson, VariantFormatJson, VariantJson };
-
 /** Builds the URL of one variant; delivery decides whether it needs a signature. */
 export type VariantUrl = (file: FileRow, variantName: string, baseUrl: string) => string;
 
