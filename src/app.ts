@@ -1,4 +1,4 @@
-import { Hono } from 'hono';
+import { OpenAPIHono } from '@hono/zod-openapi';
 import type { HttpBindings } from '@hono/node-server';
 import { RESPONSE_ALREADY_SENT } from '@hono/node-server/utils/response';
 import { requireApiKey } from './auth/api-key.js';
@@ -8,7 +8,7 @@ import { demoRoutes } from './demo/routes.js';
 import type { Repository } from './db/repository.js';
 import { errors, renderError } from './errors.js';
 import type { Logger } from './log.js';
-import { openApiDocument, servedRoutes } from './openapi.js';
+import { documentHandRoutes, openApiDocument } from './openapi.js';
 import type { Purposes } from './purposes.js';
 import type { RequestContext } from './ops/request-context.js';
 import type { DeliveryLinks } from './delivery/links.js';
@@ -21,6 +21,7 @@ import { ingestRoutes, type UploadTokenChecks } from './routes/ingest.js';
 import { uploadTokenRoutes } from './routes/upload-tokens.js';
 import { userRoutes } from './routes/users.js';
 import type { FileService } from './services/files.js';
+import { createUserService } from './services/users.js';
 import type { Ingest } from './uploads/ingest.js';
 import { TUS_PATH } from './uploads/tus.js';
 import type { TusProtocol } from './uploads/tus-protocol.js';
@@ -48,7 +49,8 @@ export type AppDeps = {
 // Builds the HTTP app from its dependencies; importing this module does no I/O.
 export function createApp(deps: AppDeps) {
   const { config, logger } = deps;
-  const app = new Hono<{ Bindings: Partial<HttpBindings> }>();
+  const app = new OpenAPIHono<{ Bindings: Partial<HttpBindings> }>();
+  const users = createUserService({ repo: deps.repo, defaultQuotaBytes: config.defaultQuotaBytes });
 
   app.use('*', deps.requestContext.middleware(logger));
   app.use('*', async (_c, next) => {
@@ -72,8 +74,9 @@ export function createApp(deps: AppDeps) {
   app.route('/', opsRoutes(deps.ops));
 
   // Built on first request, once every route is mounted: it documents exactly what the app serves.
+  documentHandRoutes(app.openAPIRegistry);
   let openApi: Record<string, unknown> | undefined;
-  app.get('/openapi.json', (c) => c.json((openApi ??= openApiDocument(servedRoutes(app), { serverUrl: config.publicUrl }).document)));
+  app.get('/openapi.json', (c) => c.json((openApi ??= openApiDocument(app, { serverUrl: config.publicUrl }))));
 
   // tus: on Node the upload body streams straight from the socket to the store; elsewhere
   // (app.request in tests) the web Request is handed over.
@@ -89,19 +92,21 @@ export function createApp(deps: AppDeps) {
 
   app.route('/f', deliveryRoutes(deps.delivery));
 
-  const v1 = new Hono();
-  // POST /v1/files also takes an upload token instead of the API key (the signup avatar), so it
-  // authenticates itself and is mounted ahead of the API-key check that guards everything else.
-  v1.route('/files', ingestRoutes({ ingest: deps.ingest, files: deps.files, apiKey: config.apiKey, secret: config.secret, publicUrl: config.publicUrl, tokens: deps.tokens }));
-  v1.use('*', requireApiKey(config.apiKey));
-  v1.route('/upload-tokens', uploadTokenRoutes({ secret: config.secret, purposes: deps.purposes, maxLifetimeSeconds: config.uploadTokenMaxSeconds }));
-  v1.route('/files', fileDeliveryRoutes({ files: deps.files, links: deps.links, publicUrl: config.publicUrl }));
-  v1.route('/files', fileRoutes({ files: deps.files, publicUrl: config.publicUrl }));
-  v1.route('/users', userRoutes({ repo: deps.repo, files: deps.files, defaultQuotaBytes: config.defaultQuotaBytes, publicUrl: config.publicUrl }));
+  // Every /v1 route declares its own credentials (routes/declare.ts), wherever it is mounted.
+  const { apiKey, publicUrl } = config;
+  const v1 = new OpenAPIHono();
+  v1.route('/files', ingestRoutes({ ingest: deps.ingest, files: deps.files, apiKey, secret: config.secret, publicUrl, tokens: deps.tokens }));
+  v1.route('/upload-tokens', uploadTokenRoutes({ secret: config.secret, apiKey, purposes: deps.purposes, maxLifetimeSeconds: config.uploadTokenMaxSeconds }));
+  v1.route('/files', fileDeliveryRoutes({ files: deps.files, links: deps.links, apiKey, publicUrl }));
+  v1.route('/files', fileRoutes({ files: deps.files, apiKey, publicUrl }));
+  v1.route('/users', userRoutes({ users, files: deps.files, apiKey, publicUrl }));
+  // Registered after every route, so it only meets paths no route matched: an unknown /v1 path asks
+  // for the key before it says 404, and reveals nothing to a caller without it.
+  v1.use('*', requireApiKey(apiKey));
   app.route('/v1', v1);
 
   if (config.demo && deps.demoAssets) {
-    app.route('/', demoRoutes({ repo: deps.repo, files: deps.files, purposes: deps.purposes, secret: config.secret, defaultQuotaBytes: config.defaultQuotaBytes, publicUrl: config.publicUrl, assets: deps.demoAssets }));
+    app.route('/', demoRoutes({ users, files: deps.files, purposes: deps.purposes, secret: config.secret, publicUrl: config.publicUrl, assets: deps.demoAssets }));
   }
 
   return app;

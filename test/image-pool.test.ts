@@ -32,7 +32,7 @@ describe('image worker pool', () => {
       const made = await pool.process(await input('images/photos/portrait-canal.jpg'));
       expect(made.variants.map((v) => v.name)).toEqual(['1', '2', '3', '4', '5', '6']);
       expect((await stat(made.variants[5]!.file)).size).toBeGreaterThan(1000);
-      expect(made.info.thumbhash).toEqual(expect.any(String));
+      expect(made.info).toMatchObject({ thumbhash: expect.any(String) });
 
       await expect(pool.process(await input('images/hostile/truncated-photo.jpg'))).rejects.toMatchObject({ status: 422, code: 'UNPROCESSABLE_MEDIA' });
 

@@ -4,41 +4,15 @@ import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { SignJWT } from 'jose';
+import type { ChipmunkFile, ChipmunkFileList, ChipmunkUser, SignedLink, UploadToken } from './contract.js';
 
 // The typed kit for an app backend: `import { createChipmunk } from 'chipmunk/client'`.
 // It speaks only HTTP (and signs locally with the shared secret); nothing here imports the server.
 
-export type Visibility = 'public' | 'private';
+// The JSON the server answers with: types generated from its zod schemas (scripts/contract-types.ts).
+export type { ChipmunkAudioFile, ChipmunkCover, ChipmunkFile, ChipmunkFileList, ChipmunkImageFile, ChipmunkUser, ChipmunkVariant, SignedLink, UploadToken } from './contract.js';
 
-/** `formats`: on rungs with an AVIF twin, each format with its own URL (AVIF first), for <picture>/srcset. */
-export type ChipmunkVariant = { n: number | string; width?: number; height?: number; bytes: number; mimeType: string; url: string; formats?: Array<{ mimeType: string; bytes: number; url: string }> };
-
-export type ChipmunkFile = {
-  id: string;
-  userId: string;
-  purpose: string;
-  kind: 'image' | 'audio';
-  status: 'processing' | 'ready' | 'failed';
-  visibility: Visibility;
-  filename: string;
-  mimeType: string | null;
-  /** Size of the original. */
-  bytes: number;
-  /** Original plus everything generated: what the user is charged. */
-  totalBytes: number;
-  width?: number;
-  height?: number;
-  variants: ChipmunkVariant[];
-  error?: string;
-  createdAt: string;
-  updatedAt: string;
-  /** Kind-specific facts (placeholder, thumbhash, audio tags…). */
-  [extra: string]: unknown;
-};
-
-export type ChipmunkUser = { id: string; quotaBytes: number; usedBytes: number; reservedBytes: number; fileCount: number };
-
-export type UploadToken = { token: string; expiresAt: string };
+export type Visibility = ChipmunkFile['visibility'];
 
 export type ChipmunkOptions = {
   /** Where Chipmunk listens, e.g. http://localhost:8080. */
@@ -177,7 +151,7 @@ export function createChipmunk(options: ChipmunkOptions) {
     },
 
     /** One page of a user's files, newest first. */
-    listFiles(userId: string, page: { limit?: number; cursor?: string } = {}): Promise<{ files: ChipmunkFile[]; nextCursor: string | null }> {
+    listFiles(userId: string, page: { limit?: number; cursor?: string } = {}): Promise<ChipmunkFileList> {
       const query = new URLSearchParams();
       if (page.limit !== undefined) query.set('limit', String(page.limit));
       if (page.cursor) query.set('cursor', page.cursor);
@@ -209,7 +183,7 @@ export function createChipmunk(options: ChipmunkOptions) {
     },
 
     /** Asks the server for a signed link to one variant (`variant` defaults to the original, '0'). */
-    signedUrl(fileId: string, opts: { variant?: string | number; expiresIn?: number } = {}): Promise<{ url: string; expiresAt: string }> {
+    signedUrl(fileId: string, opts: { variant?: string | number; expiresIn?: number } = {}): Promise<SignedLink> {
       const query = new URLSearchParams({ variant: String(opts.variant ?? '0'), expiresIn: String(opts.expiresIn ?? 3600) });
       return call('GET', `/v1/files/${enc(fileId)}/url?${query}`);
     },

@@ -1,15 +1,16 @@
 import type { HttpBindings } from '@hono/node-server';
-import { Hono, type MiddlewareHandler } from 'hono';
+import { OpenAPIHono, type RouteConfig } from '@hono/zod-openapi';
+import type { MiddlewareHandler } from 'hono';
 import { z } from 'zod';
 import { signUploadToken } from '../auth/upload-tokens.js';
-import type { Repository } from '../db/repository.js';
 import { errors } from '../errors.js';
 import { requestBaseUrl } from '../http.js';
 import type { Purposes } from '../purposes.js';
-import { DEMO_USER_PREFIX, fileIdParams, listFilesQuery, purposeNameSchema, setQuotaRequest, userIdSchema } from '../routes/schemas.js';
-import { describeUser } from '../routes/users.js';
+import { errorReplies, jsonReply, jsonRequest } from '../routes/declare.js';
+import { DEMO_USER_PREFIX, fileIdParams, fileJson, fileListResponse, listFilesQuery, purposeNameSchema, setQuotaRequest, uploadTokenResponse, userIdSchema, userJson } from '../routes/schemas.js';
 import { jsonBody, parseWith } from '../routes/validate.js';
 import type { FileService } from '../services/files.js';
+import type { UserService } from '../services/users.js';
 import { TUS_PATH } from '../uploads/tus.js';
 import type { DemoAsset } from './assets.js';
 
@@ -33,17 +34,16 @@ export const demoUserId = userIdSchema.refine((id) => id.startsWith(DEMO_USER_PR
 export const demoTokenRequest = z.object({ userId: demoUserId, purpose: purposeNameSchema });
 
 export type DemoDeps = {
-  repo: Repository;
+  users: UserService;
   files: FileService;
   purposes: Purposes;
   secret: string;
-  defaultQuotaBytes: number;
   publicUrl: string | undefined;
   assets: Map<string, DemoAsset>;
 };
 
 export function demoRoutes(deps: DemoDeps) {
-  const { repo, files, purposes } = deps;
+  const { users, files, purposes } = deps;
   const baseUrl = (req: Request) => requestBaseUrl(deps.publicUrl, req);
   const demoFile = (id: string, req: Request) => {
     const file = files.describe(parseWith(fileIdParams, { id }, 'file id').id, baseUrl(req));
@@ -51,14 +51,15 @@ export function demoRoutes(deps: DemoDeps) {
     return file;
   };
 
-  const app = new Hono<{ Bindings: Partial<HttpBindings> }>();
+  const app = new OpenAPIHono<{ Bindings: Partial<HttpBindings> }>();
+  for (const route of demoDocs) app.openAPIRegistry.registerPath(route);
 
   app.use('/', demoFence({ publicUrl: deps.publicUrl, api: false }));
   app.use('/demo/*', demoFence({ publicUrl: deps.publicUrl, api: false }));
   app.get('/', (c) => serveAsset(c, deps.assets, 'index.html', pageSecurityHeaders(deps.publicUrl)));
   app.get('/demo/assets/:name', (c) => serveAsset(c, deps.assets, c.req.param('name')));
 
-  const api = new Hono<{ Bindings: Partial<HttpBindings> }>();
+  const api = new OpenAPIHono<{ Bindings: Partial<HttpBindings> }>();
   api.use('*', demoFence({ publicUrl: deps.publicUrl, api: true }));
   api.get('/config', (c) =>
     c.json({
@@ -75,14 +76,13 @@ export function demoRoutes(deps: DemoDeps) {
   });
   api.get('/users/:id', (c) => {
     const id = parseWith(demoUserId, c.req.param('id'), 'user id');
-    return c.json(describeUser(repo, id, deps.defaultQuotaBytes));
+    return c.json(users.describe(id));
   });
   // Lets a newcomer see a full quota without uploading a gigabyte first.
   api.put('/users/:id/quota', async (c) => {
     const id = parseWith(demoUserId, c.req.param('id'), 'user id');
     const { quotaBytes } = await jsonBody(c, setQuotaRequest);
-    repo.setQuota(id, quotaBytes);
-    return c.json(describeUser(repo, id, deps.defaultQuotaBytes));
+    return c.json(users.setQuota(id, quotaBytes));
   });
   api.get('/users/:id/files', (c) => {
     const id = parseWith(demoUserId, c.req.param('id'), 'user id');
@@ -99,6 +99,46 @@ export function demoRoutes(deps: DemoDeps) {
 
   return app;
 }
+
+// The demo's routes keep their own checks (the fence, demo-… users); their part of /openapi.json is written here.
+const demoOnly = 'Demo mode only; answers only same-origin requests from the machine Chipmunk runs on, for users named demo-….';
+const demoUser = z.object({ id: demoUserId });
+const demoDocs: RouteConfig[] = [
+  { method: 'get', path: '/', summary: 'Demo page (demo mode only)', security: [], responses: { 200: { description: 'the demo page', content: { 'text/html': { schema: z.string() } } } } },
+  {
+    method: 'get',
+    path: '/demo/assets/{name}',
+    summary: 'Demo page scripts and styles, served from npm packages (demo mode only)',
+    security: [],
+    request: { params: z.object({ name: z.string() }) },
+    responses: { 200: { description: 'the asset', content: { '*/*': { schema: { type: 'string', contentMediaType: 'application/octet-stream' } } } }, ...errorReplies(404) },
+  },
+  { method: 'get', path: '/demo/api/config', summary: 'Purposes and limits for the demo page', responses: { 200: jsonReply("the page's settings", z.record(z.string(), z.unknown())) } },
+  {
+    method: 'post',
+    path: '/demo/api/upload-tokens',
+    summary: 'Mint a 15-minute upload token for a demo-… user',
+    request: { body: jsonRequest(demoTokenRequest) },
+    responses: { 201: jsonReply('an upload token', uploadTokenResponse), ...errorReplies(400, 403) },
+  },
+  { method: 'get', path: '/demo/api/users/{id}', summary: "A demo user's quota and usage", request: { params: demoUser }, responses: { 200: jsonReply('quota and usage', userJson), ...errorReplies(400, 403) } },
+  {
+    method: 'put',
+    path: '/demo/api/users/{id}/quota',
+    summary: "Set a demo user's quota",
+    request: { params: demoUser, body: jsonRequest(setQuotaRequest) },
+    responses: { 200: jsonReply('quota and usage', userJson), ...errorReplies(400, 403) },
+  },
+  {
+    method: 'get',
+    path: '/demo/api/users/{id}/files',
+    summary: "A demo user's files",
+    request: { params: demoUser, query: listFilesQuery },
+    responses: { 200: jsonReply('one page', fileListResponse), ...errorReplies(400, 403) },
+  },
+  { method: 'get', path: '/demo/api/files/{id}', summary: "A demo user's file", request: { params: fileIdParams }, responses: { 200: jsonReply('the file JSON', fileJson), ...errorReplies(400, 403, 404) } },
+  { method: 'delete', path: '/demo/api/files/{id}', summary: "Delete a demo user's file", request: { params: fileIdParams }, responses: { 204: { description: 'deleted' }, ...errorReplies(400, 403, 404) } },
+].map((route) => ({ security: [], ...(route.path.startsWith('/demo/api') ? { description: demoOnly } : {}), ...route }) as RouteConfig);
 
 function serveAsset(c: { body: (data: Uint8Array, status: 200, headers: Record<string, string>) => Response }, assets: Map<string, DemoAsset>, name: string, extra: Record<string, string> = {}) {
   const asset = assets.get(name);

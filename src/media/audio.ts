@@ -6,31 +6,14 @@ import { BoundedChildError } from './bounded.js';
 import { runFfmpeg, type FfmpegTool } from './ffmpeg.js';
 import type { MediaProcessor, ProducedVariant } from './processor.js';
 import type { Sniffed } from './sniff.js';
+import type { AudioFileInfo, AudioInfo } from './info.js';
 import { PeakReducer, type WaveformJson } from './waveform.js';
 
 // Music: the facts (music-metadata, in a bounded child), the renditions and the waveform peaks (ffmpeg). The completion
 // path only reads the facts — fast, and the check that the bytes are audio at all; the renditions,
 // the waveform and the cover ladder are made by a background job (src/services/audio.ts).
 
-export type AudioInfo = {
-  durationMs?: number;
-  /** mp3, aac, alac, flac, vorbis, opus, pcm, … */
-  codec: string;
-  /** mpeg, adts, mp4, flac, wav, aiff, ogg */
-  container: string;
-  /** Bits per second, as the parser measured or read it. */
-  bitrate?: number;
-  sampleRate?: number;
-  channels?: number;
-  lossless: boolean;
-  title?: string;
-  artist?: string;
-  album?: string;
-  albumArtist?: string;
-  year?: number;
-  trackNumber?: number;
-  genre?: string;
-};
+export type { AudioInfo } from './info.js';
 
 export type CoverPicture = { data: Uint8Array; format: string };
 
@@ -92,14 +75,14 @@ export type AudioProcessorDeps = {
 };
 
 /** The completion-time half of audio: validate and describe; the rest is a background job. */
-export function createAudioProcessor(deps: AudioProcessorDeps): MediaProcessor {
+export function createAudioProcessor(deps: AudioProcessorDeps): MediaProcessor<AudioFileInfo> {
   const bounds = deps.bounds ?? defaultMediaBounds;
   return {
     async process({ sourcePath, sniffed, limits, signal }) {
       const { info, cover } = await readAudio(sourcePath, sniffed, { ...bounds, signal });
       checkDuration(info, limits?.maxDurationSeconds ?? deps.maxDurationSeconds ?? Infinity);
       if (deps.ffmpeg) await proveDecodable(deps.ffmpeg, sourcePath, { ...bounds, signal });
-      const extra: Record<string, unknown> = {};
+      const extra: Pick<AudioFileInfo, 'renditions'> = {};
       if (!deps.ffmpeg) extra.renditions = { available: false, reason: 'No ffmpeg on this server: only the original is served.' };
       // Without ffmpeg and without a cover there is nothing left to make.
       const background = Boolean(deps.ffmpeg || cover);

@@ -8,6 +8,7 @@ import type { Logger } from '../log.js';
 import type { ImageProcessorOptions } from './images.js';
 import type { WorkerError, WorkerReply, WorkerRequest } from './image-worker.js';
 import { createLimiter } from './limiter.js';
+import type { ImageInfo } from './info.js';
 import type { MediaProcessor, ProcessInput, ProcessResult } from './processor.js';
 
 // Images are processed in worker processes, one image at a time each, as many as
@@ -29,7 +30,7 @@ const here = fileURLToPath(import.meta.url);
 const fromSources = here.endsWith('.ts');
 const workerFile = path.join(path.dirname(here), fromSources ? 'image-worker.ts' : 'image-worker.js');
 
-type Pending = { resolve: (result: ProcessResult) => void; reject: (err: Error) => void };
+type Pending = { resolve: (result: ProcessResult<ImageInfo>) => void; reject: (err: Error) => void };
 type Worker = {
   child: ChildProcess;
   pending: Map<number, Pending>;
@@ -51,7 +52,7 @@ export type ImageWorkerPoolOptions = ImageProcessorOptions & {
   timeoutMs?: number;
 };
 
-export type ImageWorkerPool = MediaProcessor & {
+export type ImageWorkerPool = MediaProcessor<ImageInfo> & {
   readonly queued: number;
   readonly active: number;
   /** Process ids of the live workers (for operators and tests). */
@@ -130,7 +131,7 @@ export function createImageWorkerPool(opts: ImageWorkerPoolOptions): ImageWorker
     return new Error(`The image worker stopped before it answered (${how}).`);
   }
 
-  function runOn(worker: Worker, input: ProcessInput): Promise<ProcessResult> {
+  function runOn(worker: Worker, input: ProcessInput): Promise<ProcessResult<ImageInfo>> {
     const id = nextId++;
     const { signal, ...request } = input;
     // Timeouts and aborts kill the whole worker: a decoder cannot be interrupted from inside.
@@ -145,7 +146,7 @@ export function createImageWorkerPool(opts: ImageWorkerPoolOptions): ImageWorker
     if (worker.ready) startClock();
     else worker.whenReady.push(startClock);
     const onAbort = () => kill('aborted');
-    return new Promise<ProcessResult>((resolve, reject) => {
+    return new Promise<ProcessResult<ImageInfo>>((resolve, reject) => {
       if (signal?.aborted) return reject(signal.reason instanceof Error ? signal.reason : new Error('image processing was cancelled'));
       signal?.addEventListener('abort', onAbort, { once: true });
       worker.pending.set(id, { resolve, reject });

@@ -1,5 +1,6 @@
 import { AppError, errors } from '../errors.js';
 import { createImageProcessor, type ImageProcessorOptions } from './images.js';
+import type { ImageInfo } from './info.js';
 import type { ProcessInput, ProcessResult } from './processor.js';
 
 // One image worker process (forked by image-pool.ts): it runs the image processor for one image at
@@ -7,7 +8,7 @@ import type { ProcessInput, ProcessResult } from './processor.js';
 
 export type WorkerRequest = { id: number; input: ProcessInput };
 export type WorkerError = { code: string; status: number; message: string; cause?: string };
-export type WorkerReply = { id: number; result: ProcessResult } | { id: number; error: WorkerError };
+export type WorkerReply = { id: number; result: ProcessResult<ImageInfo> } | { id: number; error: WorkerError };
 
 const options = JSON.parse(process.argv[2] ?? '{}') as Omit<ImageProcessorOptions, 'concurrency'>;
 const processor = createImageProcessor({ ...options, concurrency: 1 });

@@ -8,6 +8,7 @@ import { decodeHeicToJpeg, encodeCleanHeic, heifDeclaredSizes } from './heif.js'
 import { isSrgbProfile } from './icc.js';
 import { createLimiter } from './limiter.js';
 import { stripLosslessly } from './metadata.js';
+import type { ImageInfo } from './info.js';
 import { avifVariantName, type ImageFormat, type MediaLimits, type MediaProcessor, type ProcessInput, type ProcessResult, type ProducedVariant } from './processor.js';
 
 // The only module that imports sharp. An image is decoded once (orientation applied, colour
@@ -57,7 +58,7 @@ const decodable = new Set(['jpeg', 'png', 'webp', 'gif', 'tiff', 'heif']);
 const animatable = new Set(['image/gif', 'image/webp']);
 const heifFamily = new Set(['image/heic', 'image/heif', 'image/avif']);
 
-export function createImageProcessor(opts: ImageProcessorOptions): MediaProcessor & { readonly queued: number; readonly active: number } {
+export function createImageProcessor(opts: ImageProcessorOptions): MediaProcessor<ImageInfo> & { readonly queued: number; readonly active: number } {
   // Uploads are unique files: libvips' operation cache would only hold memory. Parallelism comes
   // from processing several images at once (bounded below), not from threads inside one image.
   sharp.cache(false);
@@ -75,7 +76,7 @@ export function createImageProcessor(opts: ImageProcessorOptions): MediaProcesso
   };
 }
 
-async function processImage(input: ProcessInput, opts: ImageProcessorOptions): Promise<ProcessResult> {
+async function processImage(input: ProcessInput, opts: ImageProcessorOptions): Promise<ProcessResult<ImageInfo>> {
   const { sourcePath, sniffed, square, workDir, formats } = input;
   const canAnimate = animatable.has(sniffed.mimeType);
   // HEIF/AVIF: the container's own declarations first, before any libheif (sharp's or the HEVC child) parses it.

@@ -1,3 +1,4 @@
+import type { MediaInfo } from './info.js';
 import type { Sniffed } from './sniff.js';
 
 // The contract between the completion service and whatever turns an original into variants.
@@ -55,11 +56,11 @@ export type ProducedVariant = {
   height?: number;
 };
 
-export type ProcessResult = {
+export type ProcessResult<I extends MediaInfo = MediaInfo> = {
   width?: number;
   height?: number;
-  /** Kind-specific facts that go in the file JSON (placeholder, thumbhash, tags…). */
-  info: Record<string, unknown>;
+  /** Kind-specific facts that go in the file JSON (placeholder, thumbhash, tags…), declared in info.ts. */
+  info: I;
   variants: ProducedVariant[];
   /** 'processing' when more is made in the background (audio renditions), else 'ready'. */
   status: 'ready' | 'processing';
@@ -71,6 +72,6 @@ export type ProcessResult = {
   original?: { file: string };
 };
 
-export interface MediaProcessor {
-  process(input: ProcessInput): Promise<ProcessResult>;
+export interface MediaProcessor<I extends MediaInfo = MediaInfo> {
+  process(input: ProcessInput): Promise<ProcessResult<I>>;
 }

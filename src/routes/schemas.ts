@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { MAX_LINK_SECONDS } from '../delivery/signing.js';
+import { audioInfoSchema, audioRenditionsSchema, coverInfoSchema, imageInfoSchema } from '../media/info.js';
 
 // The request shapes the /v1 routes validate with; the OpenAPI document is generated from these.
 
@@ -45,7 +46,7 @@ export const ingestFormFields = z.object({
   size: z.coerce.number().int().nonnegative().optional().describe('the file\'s exact length in bytes, making the quota reservation exact'),
 });
 
-export const ingestForm = ingestFormFields.extend({ file: z.file().describe('the file; must be the last part') });
+export const ingestForm = ingestFormFields.extend({ file: z.file().meta({ type: 'string', format: 'binary', description: 'the file; must be the last part' }) });
 
 // The tus endpoint's request headers (checked by @tus/server and the creation hook).
 export const tusHeaders = z.object({
@@ -80,18 +81,28 @@ export const signedLinkQuery = z.object({
   variant: z.string().regex(/^[0-9a-z][0-9a-z-]{0,31}$/, 'a variant name such as 0, 3 or waveform').default('0'),
   expiresIn: z.coerce.number().int().min(1).max(MAX_LINK_SECONDS).default(3600).describe('seconds'),
 });
-export const signedLinkResponse = z.object({ url: z.url(), expiresAt: z.iso.datetime() });
+export const signedLinkResponse = z.object({ url: z.url(), expiresAt: z.iso.datetime() }).meta({ id: 'SignedLink' });
 export const deliveryParams = z.object({ token: z.string().regex(/^[0-9a-z]{32}$/), n: z.string().regex(/^[0-9a-z-]{1,32}$/) });
 export const deliveryQuery = z.object({
   exp: z.coerce.number().int().positive().optional().describe('expiry of a signed URL, unix seconds'),
   sig: z.string().regex(/^[A-Za-z0-9_-]{43}$/).optional().describe('unpadded base64url HMAC-SHA256 of "/f/<token>/<n>?exp=<exp>" keyed with CHIPMUNK_SECRET'),
 });
 
-// What the routes answer. Documentation only: the answers are built by the services.
+// What the routes answer: the server's types (z.infer below), the OpenAPI document and the client kit's
+// types (src/client/contract.ts, generated from these by `npm run contract:types`) all come from here.
+// `.meta({ id })` names a schema in the document's components.
 
-export const errorResponse = z.object({ error: z.object({ code: z.string(), message: z.string() }) });
+export const errorResponse = z.object({ error: z.object({ code: z.string(), message: z.string() }) }).meta({ id: 'Error' });
 
-export const uploadTokenResponse = z.object({ token: z.string(), expiresAt: z.iso.datetime() });
+export const uploadTokenResponse = z
+  .object({
+    token: z.string(),
+    expiresAt: z.iso.datetime(),
+    maxUploads: z.number().int().optional().describe('echoed when the token was minted with a bound on its uses'),
+  })
+  .meta({ id: 'UploadToken' });
+
+export const variantFormatJson = z.object({ mimeType: z.string(), bytes: z.number().int(), url: z.url() });
 
 export const variantJson = z.object({
   n: z.union([z.number().int(), z.string()]),
@@ -101,38 +112,64 @@ export const variantJson = z.object({
   mimeType: z.string(),
   url: z.url().describe('answers in AVIF to clients whose Accept names image/avif when the rung has an AVIF twin (formats), else in WebP'),
   formats: z
-    .array(z.object({ mimeType: z.string(), bytes: z.number().int(), url: z.url() }))
+    .array(variantFormatJson)
     .optional()
     .describe('present on rungs with an AVIF twin: each format with a URL of its own (AVIF first), for <picture>/srcset'),
-});
+}).meta({ id: 'Variant' });
 
-export const fileJson = z
+/** What every file's JSON holds, whatever its kind. */
+const fileCommon = {
+  id: z.string(),
+  userId: z.string(),
+  purpose: z.string(),
+  status: z.enum(['processing', 'ready', 'failed']),
+  visibility: z.enum(['public', 'private']),
+  filename: z.string(),
+  mimeType: z.string().nullable(),
+  bytes: z.number().int().describe('the original'),
+  totalBytes: z.number().int().describe('original plus everything generated: what the user is charged'),
+  width: z.number().int().optional(),
+  height: z.number().int().optional(),
+  variants: z.array(variantJson),
+  error: z.string().optional(),
+  createdAt: z.iso.datetime(),
+  updatedAt: z.iso.datetime(),
+};
+
+/** An image: its facts (media/info.ts) are present once it is processed. */
+export const imageFileJson = z.object({ kind: z.literal('image'), ...fileCommon, ...imageInfoSchema.partial().shape }).meta({ id: 'ImageFile' });
+
+/** A track's embedded cover: its facts and its square ladder's URLs, 'cover-0' (the picture as stored) first. */
+export const coverJson = coverInfoSchema.extend({ variants: z.array(z.url()) }).meta({ id: 'Cover' });
+
+/** A track: its tags and stream facts (media/info.ts), its renditions once made, and its cover if it has one. */
+export const audioFileJson = z
+  .object({ kind: z.literal('audio'), ...fileCommon, ...audioInfoSchema.partial().shape, renditions: audioRenditionsSchema.optional(), cover: coverJson.optional() })
+  .meta({ id: 'AudioFile' });
+
+/** The file JSON: one shape per kind, told apart by `kind`. */
+export const fileJson = z.discriminatedUnion('kind', [imageFileJson, audioFileJson]).meta({ id: 'File' });
+
+export const fileListResponse = z.object({ files: z.array(fileJson), nextCursor: z.string().nullable() }).meta({ id: 'FileList' });
+
+export const userJson = z
   .object({
     id: z.string(),
-    userId: z.string(),
-    purpose: z.string(),
-    kind: z.enum(['image', 'audio']),
-    status: z.enum(['processing', 'ready', 'failed']),
-    visibility: z.enum(['public', 'private']),
-    filename: z.string(),
-    mimeType: z.string().nullable(),
-    bytes: z.number().int().describe('the original'),
-    totalBytes: z.number().int().describe('original plus everything generated: what the user is charged'),
-    width: z.number().int().optional(),
-    height: z.number().int().optional(),
-    variants: z.array(variantJson),
-    error: z.string().optional(),
-    createdAt: z.iso.datetime(),
-    updatedAt: z.iso.datetime(),
+    quotaBytes: z.number().int(),
+    usedBytes: z.number().int(),
+    reservedBytes: z.number().int(),
+    fileCount: z.number().int(),
   })
-  .catchall(z.unknown());
+  .meta({ id: 'User' });
 
-export const fileListResponse = z.object({ files: z.array(fileJson), nextCursor: z.string().nullable() });
-
-export const userJson = z.object({
-  id: z.string(),
-  quotaBytes: z.number().int(),
-  usedBytes: z.number().int(),
-  reservedBytes: z.number().int(),
-  fileCount: z.number().int(),
-});
+export type ErrorJson = z.infer<typeof errorResponse>;
+export type UploadTokenJson = z.infer<typeof uploadTokenResponse>;
+export type SignedLinkJson = z.infer<typeof signedLinkResponse>;
+export type VariantFormatJson = z.infer<typeof variantFormatJson>;
+export type VariantJson = z.infer<typeof variantJson>;
+export type ImageFileJson = z.infer<typeof imageFileJson>;
+export type AudioFileJson = z.infer<typeof audioFileJson>;
+export type CoverJson = z.infer<typeof coverJson>;
+export type FileJson = z.infer<typeof fileJson>;
+export type FileListJson = z.infer<typeof fileListResponse>;
+export type UserJson = z.infer<typeof userJson>;

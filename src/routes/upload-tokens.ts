@@ -1,13 +1,22 @@
-import { Hono } from 'hono';
+import { createRoute } from '@hono/zod-openapi';
 import { signUploadToken } from '../auth/upload-tokens.js';
 import { errors } from '../errors.js';
 import type { Purposes } from '../purposes.js';
-import { uploadTokenRequest } from './schemas.js';
-import { jsonBody } from './validate.js';
+import { anyTypeJson, errorReplies, jsonReply, jsonRequest, v1Router, withApiKey } from './declare.js';
+import { uploadTokenRequest, uploadTokenResponse } from './schemas.js';
 
-export function uploadTokenRoutes(deps: { secret: string; purposes: Purposes; maxLifetimeSeconds: number }) {
-  return new Hono().post('/', async (c) => {
-    const body = await jsonBody(c, uploadTokenRequest);
+export function uploadTokenRoutes(deps: { secret: string; apiKey: string; purposes: Purposes; maxLifetimeSeconds: number }) {
+  const mint = createRoute({
+    method: 'post',
+    path: '/',
+    summary: 'Mint an upload token for one user and purpose',
+    ...withApiKey(deps.apiKey, anyTypeJson),
+    request: { body: jsonRequest(uploadTokenRequest) },
+    responses: { 201: jsonReply('the token', uploadTokenResponse), ...errorReplies(400, 401) },
+  });
+
+  return v1Router().openapi(mint, async (c) => {
+    const body = c.req.valid('json');
     deps.purposes.get(body.purpose);
     if (body.expiresIn > deps.maxLifetimeSeconds) {
       throw errors.invalidInput(`expiresIn may be at most ${deps.maxLifetimeSeconds} seconds on this server (CHIPMUNK_UPLOAD_TOKEN_MAX_AGE).`);

@@ -1,40 +1,38 @@
-import { Hono } from 'hono';
-import type { Repository } from '../db/repository.js';
+import { createRoute } from '@hono/zod-openapi';
 import { requestBaseUrl } from '../http.js';
 import type { FileService } from '../services/files.js';
-import { listFilesQuery, setQuotaRequest, userIdParams } from './schemas.js';
-import { jsonBody, parseWith } from './validate.js';
+import type { UserService } from '../services/users.js';
+import { anyTypeJson, errorReplies, jsonReply, jsonRequest, v1Router, withApiKey } from './declare.js';
+import { fileListResponse, listFilesQuery, setQuotaRequest, userIdParams, userJson } from './schemas.js';
 
-export type UserJson = { id: string; quotaBytes: number; usedBytes: number; reservedBytes: number; fileCount: number };
+export function userRoutes(deps: { users: UserService; files: FileService; apiKey: string; publicUrl: string | undefined }) {
+  const getUser = createRoute({
+    method: 'get',
+    path: '/{id}',
+    summary: "A user's quota and usage",
+    ...withApiKey(deps.apiKey),
+    request: { params: userIdParams },
+    responses: { 200: jsonReply('quota and usage', userJson), ...errorReplies(400, 401) },
+  });
+  const setQuota = createRoute({
+    method: 'put',
+    path: '/{id}',
+    summary: "Set a user's quota",
+    ...withApiKey(deps.apiKey, anyTypeJson),
+    request: { params: userIdParams, body: jsonRequest(setQuotaRequest) },
+    responses: { 200: jsonReply('quota and usage', userJson), ...errorReplies(400, 401) },
+  });
+  const listFiles = createRoute({
+    method: 'get',
+    path: '/{id}/files',
+    summary: "A user's files, newest first, page by page",
+    ...withApiKey(deps.apiKey),
+    request: { params: userIdParams, query: listFilesQuery },
+    responses: { 200: jsonReply('one page', fileListResponse), ...errorReplies(400, 401) },
+  });
 
-/** A user Chipmunk has not seen yet has the default quota and nothing stored. */
-export function describeUser(repo: Repository, id: string, defaultQuotaBytes: number): UserJson {
-  const user = repo.getUser(id);
-  return {
-    id,
-    quotaBytes: user?.quotaBytes ?? defaultQuotaBytes,
-    usedBytes: user?.usedBytes ?? 0,
-    reservedBytes: user?.reservedBytes ?? 0,
-    fileCount: user?.fileCount ?? 0,
-  };
-}
-
-export function userRoutes(deps: { repo: Repository; files: FileService; defaultQuotaBytes: number; publicUrl: string | undefined }) {
-  const describe = (id: string) => describeUser(deps.repo, id, deps.defaultQuotaBytes);
-  return new Hono()
-    .get('/:id', (c) => {
-      const { id } = parseWith(userIdParams, c.req.param(), 'user id');
-      return c.json(describe(id));
-    })
-    .put('/:id', async (c) => {
-      const { id } = parseWith(userIdParams, c.req.param(), 'user id');
-      const { quotaBytes } = await jsonBody(c, setQuotaRequest);
-      deps.repo.setQuota(id, quotaBytes);
-      return c.json(describe(id));
-    })
-    .get('/:id/files', (c) => {
-      const { id } = parseWith(userIdParams, c.req.param(), 'user id');
-      const query = parseWith(listFilesQuery, c.req.query(), 'query');
-      return c.json(deps.files.list(id, query, requestBaseUrl(deps.publicUrl, c.req.raw)));
-    });
+  return v1Router({ param: 'user id' })
+    .openapi(getUser, (c) => c.json(deps.users.describe(c.req.valid('param').id), 200))
+    .openapi(setQuota, (c) => c.json(deps.users.setQuota(c.req.valid('param').id, c.req.valid('json').quotaBytes), 200))
+    .openapi(listFiles, (c) => c.json(deps.files.list(c.req.valid('param').id, c.req.valid('query'), requestBaseUrl(deps.publicUrl, c.req.raw)), 200));
 }

@@ -7,7 +7,8 @@ import type { FileRow, JobRow } from '../db/schema.js';
 import type { EventBus } from '../events.js';
 import { FinalJobError, type JobHandler } from '../jobs/runner.js';
 import type { Logger } from '../log.js';
-import { AudioDecodeError, readAudio, renderAudio, type AudioInfo } from '../media/audio.js';
+import { AudioDecodeError, readAudio, renderAudio } from '../media/audio.js';
+import type { AudioFileInfo, AudioInfo, CoverInfo, ImageInfo } from '../media/info.js';
 import type { FfmpegTool } from '../media/ffmpeg.js';
 import type { MediaLimits, MediaProcessor, ProducedVariant } from '../media/processor.js';
 import { defaultMediaBounds, type MediaBounds } from '../media/audio-tags.js';
@@ -28,7 +29,7 @@ export type AudioServiceDeps = {
   logger: Logger;
   ffmpeg: FfmpegTool | undefined;
   /** The image processor, for the cover's square ladder (like an avatar's). */
-  images: MediaProcessor;
+  images: MediaProcessor<ImageInfo>;
   /** Memory and time of each media child (tag parser, ffmpeg); default 1 GB and 60 s. */
   bounds?: Omit<MediaBounds, 'signal'>;
   /** The limits of a file's purpose (its duration limit bounds the decode). */
@@ -40,7 +41,7 @@ export function createAudioService(deps: AudioServiceDeps) {
 
   const bounds = deps.bounds ?? defaultMediaBounds;
 
-  async function makeCover(file: FileRow, sourcePath: string, sniffed: Sniffed, workDir: string, signal: AbortSignal): Promise<{ variants: ProducedVariant[]; info: Record<string, unknown> } | undefined> {
+  async function makeCover(file: FileRow, sourcePath: string, sniffed: Sniffed, workDir: string, signal: AbortSignal): Promise<{ variants: ProducedVariant[]; info: CoverInfo } | undefined> {
     let picture;
     try {
       picture = (await readAudio(sourcePath, sniffed, { ...bounds, signal })).cover;
@@ -93,7 +94,7 @@ export function createAudioService(deps: AudioServiceDeps) {
       const workDir = await storage.workspace(file.id);
       try {
         const produced: ProducedVariant[] = [];
-        const info: Record<string, unknown> = {};
+        const info: Partial<AudioFileInfo> = {};
         if (ffmpeg) {
           const started = Date.now();
           let rendered;

@@ -7,40 +7,12 @@ import { errors } from '../errors.js';
 import type { EventBus } from '../events.js';
 import type { Logger } from '../log.js';
 import { avifVariantName } from '../media/processor.js';
+import type { AudioFileInfo, ImageInfo } from '../media/info.js';
+import type { CoverJson, FileJson, FileListJson, VariantFormatJson, VariantJson } from '../routes/schemas.js';
 import type { BlobStorage } from '../storage/storage.js';
 
-// Reading, describing and deleting stored files. The file JSON is built here and only here.
-
-/** One format of a rung, for an app writing <picture>/srcset itself: its own URL always answers in that format. */
-export type VariantFormatJson = { mimeType: string; bytes: number; url: string };
-
-/**
- * `url` answers by the client's Accept when the rung has an AVIF twin; `formats` (present then)
- * lists each format with a URL of its own, AVIF first.
- */
-export type VariantJson = { n: number | string; width?: number; height?: number; bytes: number; mimeType: string; url: string; formats?: VariantFormatJson[] };
-
-export type FileJson = {
-  id: string;
-  userId: string;
-  purpose: string;
-  kind: FileRow['kind'];
-  status: FileRow['status'];
-  visibility: FileRow['visibility'];
-  filename: string;
-  mimeType: string | null;
-  bytes: number;
-  totalBytes: number;
-  width?: number;
-  height?: number;
-  variants: VariantJson[];
-  error?: string;
-  createdAt: string;
-  updatedAt: string;
-} & Record<string, unknown>;
-
-/** `width`/`height` of the square ladder when the image processor reports them; `variants` are URLs, 'cover-0' first. */
-export type CoverJson = { width?: number; height?: number; variants: string[] } & Record<string, unknown>;
+// Reading, describing and deleting stored files. The file JSON is built here and only here, to the
+// shape declared in routes/schemas.ts (one per kind).
 
 /** Builds the URL of one variant; delivery decides whether it needs a signature. */
 export type VariantUrl = (file: FileRow, variantName: string, baseUrl: string) => string;
@@ -64,13 +36,11 @@ export function createFileService(deps: FileServiceDeps) {
   const variantUrl = deps.variantUrl ?? unsignedVariantUrl;
 
   function toJson(file: FileRow, variantRows: VariantRow[], baseUrl: string): FileJson {
-    const json: FileJson = {
-      id: file.id,
-      userId: file.userId,
-      purpose: file.purpose,
-      kind: file.kind,
-      // 'received' (waiting for its job) and 'processing' look the same to clients: not ready yet.
-      status: file.status === 'received' ? 'processing' : file.status,
+    const head = { id: file.id, userId: file.userId, purpose: file.purpose };
+    const state = {
+      // Only stored files are described (never uploading or deleting ones); 'received' (waiting for its
+      // job) and 'processing' look the same to clients: not ready yet.
+      status: (file.status === 'received' ? 'processing' : file.status) as FileJson['status'],
       visibility: file.visibility,
       filename: file.filename,
       mimeType: file.mimeType,
@@ -78,22 +48,27 @@ export function createFileService(deps: FileServiceDeps) {
       totalBytes: file.totalBytes,
       ...(file.width != null ? { width: file.width } : {}),
       ...(file.height != null ? { height: file.height } : {}),
-      ...file.info,
-      variants: variantRows.filter(isLadderVariant).sort(byVariantOrder).map((v) => ({
-        n: /^\d+$/.test(v.name) ? Number(v.name) : v.name,
-        ...(v.width != null ? { width: v.width } : {}),
-        ...(v.height != null ? { height: v.height } : {}),
-        bytes: v.bytes,
-        mimeType: v.mimeType,
-        url: variantUrl(file, v.name, baseUrl),
-        ...formatsJson(file, v, variantRows, baseUrl),
-      })),
-      ...coverJson(file, variantRows, baseUrl),
+    };
+    const variants: VariantJson[] = variantRows.filter(isLadderVariant).sort(byVariantOrder).map((v) => ({
+      n: /^\d+$/.test(v.name) ? Number(v.name) : v.name,
+      ...(v.width != null ? { width: v.width } : {}),
+      ...(v.height != null ? { height: v.height } : {}),
+      bytes: v.bytes,
+      mimeType: v.mimeType,
+      url: variantUrl(file, v.name, baseUrl),
+      ...formatsJson(file, v, variantRows, baseUrl),
+    }));
+    const tail = {
       ...(file.error ? { error: file.error } : {}),
       createdAt: new Date(file.createdAt).toISOString(),
       updatedAt: new Date(file.updatedAt).toISOString(),
     };
-    return json;
+    // The facts are the processor's (media/info.ts), stored as they were reported.
+    if (file.kind === 'audio') {
+      const { cover: _facts, ...facts } = file.info as Partial<AudioFileInfo>;
+      return { ...head, kind: 'audio', ...state, ...facts, variants, ...coverJson(file, variantRows, baseUrl), ...tail };
+    }
+    return { ...head, kind: 'image', ...state, ...(file.info as Partial<ImageInfo>), variants, ...tail };
   }
 
   /** A rung's AVIF twin ('6-avif' beside '6') and the rung itself, each with its own URL. */
@@ -115,7 +90,7 @@ export function createFileService(deps: FileServiceDeps) {
       .filter((v) => /^cover-\d+$/.test(v.name))
       .sort((a, b) => Number(a.name.slice(6)) - Number(b.name.slice(6)));
     if (!ladder.length) return {};
-    const facts = (file.info.cover ?? {}) as Record<string, unknown>;
+    const facts = (file.info as Partial<AudioFileInfo>).cover ?? {};
     return { cover: { ...facts, variants: ladder.map((v) => variantUrl(file, v.name, baseUrl)) } };
   }
 
@@ -128,7 +103,7 @@ export function createFileService(deps: FileServiceDeps) {
       return toJson(file, repo.getVariants(file.id), baseUrl);
     },
 
-    list(userId: string, opts: { limit: number; cursor?: string }, baseUrl: string): { files: FileJson[]; nextCursor: string | null } {
+    list(userId: string, opts: { limit: number; cursor?: string }, baseUrl: string): FileListJson {
       const rows = repo.listUserFiles(userId, { limit: opts.limit + 1, cursor: opts.cursor });
       const page = rows.slice(0, opts.limit);
       return {

@@ -123,7 +123,7 @@ export function createProcessing(deps: ProcessingDeps) {
         const bytes = await storage.adopt(fileId, v.storedAs, v.file);
         stored.push({ name: v.name, path: v.storedAs, mimeType: v.mimeType, bytes, width: v.width ?? null, height: v.height ?? null });
       }
-      const durationMs = typeof result.info.durationMs === 'number' ? result.info.durationMs : undefined;
+      const durationMs = 'durationMs' in result.info && typeof result.info.durationMs === 'number' ? result.info.durationMs : undefined;
       const keepReservedBytes = result.status === 'processing' ? renditionBudget(durationMs, file.reservedBytes) : 0;
       const committed = await uow.run(async (tx) => {
         const row = await tx.files.commit(fileId, {
