@@ -2,14 +2,14 @@ import { AsyncLocalStorage } from 'node:async_hooks';
 import { randomUUID } from 'node:crypto';
 import { and, asc, eq, gt, inArray, lte, notInArray, sql } from 'drizzle-orm';
 import type { Db } from './index.js';
-import type { CommitInput, FileCatalogue, JobQueue, NewJob, Outbox, Ports, ReserveOutcome, ReserveUploadInput, UnitOfWork, UploadLedger } from './ports.js';
+import { WEBHOOK_JOB, type CommitInput, type FileCatalogue, type JobQueue, type NewJob, type Outbox, type Ports, type ReserveOutcome, type ReserveUploadInput, type UnitOfWork, type UploadLedger } from './ports.js';
 import { files, jobs, refusedUploads, users, variants, type FileRow, type FileStatus, type JobRow } from './schema.js';
 
 // The ports on better-sqlite3. Statements are synchronous; a unit of work holds an in-process mutex
 // around BEGIN IMMEDIATE … COMMIT so two units never interleave on the one connection. Quota checks are
 // guarded UPDATEs (… WHERE used + reserved + n <= quota), which PostgreSQL runs the same way.
 
-export const WEBHOOK_JOB = 'webhook.deliver';
+export { WEBHOOK_JOB };
 
 export type SqlitePortsOptions = {
   /** Outbox rows are only written when a receiver is configured. */
