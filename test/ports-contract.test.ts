@@ -581,6 +581,29 @@ describe.each([
       expect(await jobsOf(b.id)).toEqual([]);
     });
 
+    it('a call left behind by a finished unit gets a transaction of its own, not the next unit’s', async () => {
+      const file = await fileIn('received');
+      let go!: () => void;
+      const later = new Promise<void>((resolve) => (go = resolve));
+      let late: Promise<FileRow | undefined> | undefined;
+      // A continuation registered inside the first unit, run once that unit is over.
+      await h.uow.run(async () => {
+        late = later.then(() => h.uow.ports.files.transition(file.id, ['received'], 'processing'));
+      });
+      await expect(
+        h.uow.run(async (tx) => {
+          await tx.jobs.enqueue({ type: 'other', fileId: 'f-other', userId: 'u1' });
+          go();
+          await new Promise((resolve) => setImmediate(resolve));
+          throw new Error('undo this unit only');
+        }),
+      ).rejects.toThrow('undo this unit only');
+      // The late call answered a row: it must have been committed, whatever became of the other unit.
+      expect(await late).toMatchObject({ status: 'processing' });
+      expect((await h.uow.ports.files.get(file.id))!.status).toBe('processing');
+      expect(await jobsOf('f-other')).toEqual([]);
+    });
+
     it('20 concurrent read-then-compare-and-set units: the state ends as the winners left it', async () => {
       // Each unit reads the state and flips it with a compare-and-set; a unit whose read went stale loses.
       const file = await fileIn('received');
