@@ -56,12 +56,22 @@ const sqliteBackend: Backend = async ({ webhooksEnabled }) => {
 };
 
 let template: { name: string; drop(): Promise<void> } | undefined;
+type TestDb = Awaited<ReturnType<typeof createTestDatabase>>;
+// The next test's database is copied while this one runs (a copy takes a moment on a loaded machine).
+let spare: Promise<TestDb> | undefined;
+async function freshPgDatabase(): Promise<TestDb> {
+  const services = testServices();
+  template ??= await createTemplateDatabase(services, 'ports', (url) => migratePg({ url }));
+  const copy = () => createTestDatabase(services, 'ports', { template: template!.name });
+  const db = await (spare ?? copy());
+  spare = copy();
+  spare.catch(() => undefined);
+  return db;
+}
 /** Units PostgreSQL aborted and the ports ran again, by SQLSTATE. */
 const retried: string[] = [];
 const pgBackend: Backend = async ({ webhooksEnabled }) => {
-  const services = testServices();
-  template ??= await createTemplateDatabase(services, 'ports', (url) => migratePg({ url }));
-  const db = await createTestDatabase(services, 'ports', { template: template.name });
+  const db = await freshPgDatabase();
   const pools = [createPgPool({ url: db.url, max: 30 }), createPgPool({ url: db.url, max: 30 })] as const;
   const { fired, hooks } = callbacks();
   const onRetry = (err: unknown) => void retried.push(String((err as { cause?: { code?: string } }).cause?.code ?? (err as { code?: string }).code));
@@ -78,6 +88,7 @@ const pgBackend: Backend = async ({ webhooksEnabled }) => {
 };
 
 afterAll(async () => {
+  await (await spare?.catch(() => undefined))?.drop();
   await template?.drop();
 });
 
