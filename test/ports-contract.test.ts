@@ -378,6 +378,20 @@ describe.each([
       expect(await user()).toEqual({ quota: 10_000, used: 10, reserved: 150 });
     });
 
+    it('byte counts past 2 GiB and millisecond times go through every step exactly', async () => {
+      const GiB = 1024 ** 3;
+      const at = Date.UTC(2026, 11, 1);
+      const file = await fileIn('processing', { length: 3 * GiB, reserveBytes: 5 * GiB, defaultQuotaBytes: 12 * GiB, expiresAt: at, maxUnfinished: { count: 5, bytes: 4 * GiB } });
+      expect(file).toMatchObject({ bytes: 3 * GiB, uploadLength: 3 * GiB, reservedBytes: 5 * GiB });
+      expect(await user()).toEqual({ quota: 12 * GiB, used: 0, reserved: 5 * GiB });
+      const row = await h.uow.ports.files.commit(file.id, commitInput([variant('0', 3 * GiB), variant('1', GiB + 7)], { status: 'processing', keepReservedBytes: 2 * GiB }));
+      expect(row).toMatchObject({ bytes: 3 * GiB, totalBytes: 4 * GiB + 7, reservedBytes: 2 * GiB });
+      expect(await user()).toEqual({ quota: 12 * GiB, used: 4 * GiB + 7, reserved: 2 * GiB });
+      const job = await h.uow.ports.jobs.enqueue({ type: 'audio', fileId: file.id, userId: 'u1', runAfter: at });
+      expect(job.runAfter).toBe(at);
+      expect(await h.uow.ports.jobs.nextDueAt(['audio'])).toBe(at);
+    });
+
     it('variants are listed by name in byte order', async () => {
       const file = await fileIn('processing');
       await h.uow.ports.files.commit(file.id, commitInput([variant('waveform', 1), variant('Z', 1), variant('6', 1), variant('0', 1), variant('a', 1)]));
