@@ -1,13 +1,16 @@
 import { cp, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { eq } from 'drizzle-orm';
+import { eq, is } from 'drizzle-orm';
 import { drizzle } from 'drizzle-orm/node-postgres';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createPgPool } from '../src/db/pg/connection.js';
 import { migratePg, pgMigrationsFolder } from '../src/db/pg/migrate.js';
 import * as pgSchema from '../src/db/pg/schema.js';
+import * as sqliteSchema from '../src/db/schema.js';
+import { getTableConfig as pgTableConfig, PgTable } from 'drizzle-orm/pg-core';
+import { getTableConfig as sqliteTableConfig, SQLiteTable } from 'drizzle-orm/sqlite-core';
 import { createTestDatabase, testServices } from './helpers/services.js';
 
 // The committed PostgreSQL migrations applied by several nodes starting at once, on a real server.
@@ -37,7 +40,7 @@ const advisoryLocks = async () =>
 describe('PostgreSQL migrations', () => {
   it('are applied once when four nodes start together', async () => {
     await Promise.all(Array.from({ length: 4 }, () => migratePg({ url: db.url })));
-    expect(await tables()).toEqual(['files', 'jobs', 'users', 'variants', 'webhook_deliveries']);
+    expect(await tables()).toEqual(['files', 'jobs', 'refused_uploads', 'upload_token_uses', 'users', 'variants', 'webhook_deliveries']);
     const journal = JSON.parse(await readFile(path.join(pgMigrationsFolder, 'meta/_journal.json'), 'utf8'));
     expect(await applied()).toBe(journal.entries.length);
     expect(await advisoryLocks()).toBe(0);
@@ -49,10 +52,10 @@ describe('PostgreSQL migrations', () => {
     const journalFile = path.join(dir, 'meta/_journal.json');
     const journal = JSON.parse(await readFile(journalFile, 'utf8'));
     const last = journal.entries.at(-1);
-    journal.entries.push({ idx: last.idx + 1, version: last.version, when: last.when + 1, tag: '0001_probe', breakpoints: true });
+    journal.entries.push({ idx: last.idx + 1, version: last.version, when: last.when + 1, tag: '9999_probe', breakpoints: true });
     await writeFile(journalFile, JSON.stringify(journal));
     // Not idempotent on purpose: applied twice, the second run fails.
-    await writeFile(path.join(dir, '0001_probe.sql'), 'CREATE TABLE "probe" ("id" bigint PRIMARY KEY);\n--> statement-breakpoint\nINSERT INTO "probe" VALUES (1);');
+    await writeFile(path.join(dir, '9999_probe.sql'), 'CREATE TABLE "probe" ("id" bigint PRIMARY KEY);\n--> statement-breakpoint\nINSERT INTO "probe" VALUES (1);');
     await Promise.all(Array.from({ length: 3 }, () => migratePg({ url: db.url, migrationsFolder: dir })));
     expect((await admin.query('SELECT id FROM probe')).rows).toEqual([{ id: '1' }]);
     expect(await applied()).toBe(journal.entries.length);
@@ -72,5 +75,20 @@ describe('PostgreSQL migrations', () => {
     } finally {
       await pool.end();
     }
+  });
+
+  it('mirror the SQLite schema table for table, column for column, index for index', () => {
+    const shape = (config: { name: string; columns: { name: string; notNull: boolean }[]; indexes: { config: { name?: string } }[] }) => ({
+      name: config.name,
+      columns: config.columns.map((c) => `${c.name}${c.notNull ? ' not null' : ''}`).sort(),
+      indexes: config.indexes.map((i) => i.config.name).sort(),
+    });
+    const tablesOf = <T,>(schema: Record<string, unknown>, is: (v: unknown) => v is T, config: (t: T) => Parameters<typeof shape>[0]) =>
+      Object.values(schema).filter(is).map((t) => shape(config(t))).sort((a, b) => a.name.localeCompare(b.name));
+    const isPg = (v: unknown): v is PgTable => is(v, PgTable);
+    const isSqlite = (v: unknown): v is SQLiteTable => is(v, SQLiteTable);
+    const sqliteTables = tablesOf(sqliteSchema, isSqlite, (t) => sqliteTableConfig(t));
+    expect(sqliteTables.map((t) => t.name)).toContain('refused_uploads');
+    expect(tablesOf(pgSchema, isPg, (t) => pgTableConfig(t))).toEqual(sqliteTables);
   });
 });

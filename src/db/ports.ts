@@ -72,6 +72,9 @@ export interface FileCatalogue {
   variants(fileId: string): Promise<VariantRow[]>;
 }
 
+/** The job type of a webhook delivery (outbox rows are jobs of this type). */
+export const WEBHOOK_JOB = 'webhook.deliver';
+
 export type NewJob = { type: string; fileId: string; userId: string; payload?: string | null; runAfter?: number };
 
 export interface JobQueue {

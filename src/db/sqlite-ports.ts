@@ -2,14 +2,14 @@ import { AsyncLocalStorage } from 'node:async_hooks';
 import { randomUUID } from 'node:crypto';
 import { and, asc, eq, gt, inArray, lte, notInArray, sql } from 'drizzle-orm';
 import type { Db } from './index.js';
-import type { CommitInput, FileCatalogue, JobQueue, NewJob, Outbox, Ports, ReserveOutcome, ReserveUploadInput, UnitOfWork, UploadLedger } from './ports.js';
+import { WEBHOOK_JOB, type CommitInput, type FileCatalogue, type JobQueue, type NewJob, type Outbox, type Ports, type ReserveOutcome, type ReserveUploadInput, type UnitOfWork, type UploadLedger } from './ports.js';
 import { files, jobs, refusedUploads, users, variants, type FileRow, type FileStatus, type JobRow } from './schema.js';
 
 // The ports on better-sqlite3. Statements are synchronous; a unit of work holds an in-process mutex
 // around BEGIN IMMEDIATE … COMMIT so two units never interleave on the one connection. Quota checks are
 // guarded UPDATEs (… WHERE used + reserved + n <= quota), which PostgreSQL runs the same way.
 
-export const WEBHOOK_JOB = 'webhook.deliver';
+export { WEBHOOK_JOB };
 
 export type SqlitePortsOptions = {
   /** Outbox rows are only written when a receiver is configured. */
@@ -24,8 +24,10 @@ export function createSqlitePorts(db: Db, opts: SqlitePortsOptions): UnitOfWork 
   const now = () => Date.now();
   let queued = false;
   let deliverables = false;
-  // Marks the async context of the open unit, so a unit started inside it joins it (and only then).
-  const inUnit = new AsyncLocalStorage<true>();
+  // Marks the async context of the open unit, so a unit started inside it joins it (and only while it is
+  // open: a continuation it left behind that runs later must queue for a transaction of its own, or its
+  // statements would land in whichever unit holds the connection then and be undone with it).
+  const inUnit = new AsyncLocalStorage<{ open: boolean }>();
 
   const uploads: UploadLedger = {
     async reserve(input: ReserveUploadInput): Promise<ReserveOutcome> {
@@ -293,12 +295,15 @@ export function createSqlitePorts(db: Db, opts: SqlitePortsOptions): UnitOfWork 
 
   async function inTransaction<T>(work: (tx: Ports) => Promise<T>): Promise<T> {
     db.$client.exec('BEGIN IMMEDIATE');
+    const unit = { open: true };
     try {
-      const result = await inUnit.run(true, () => work(ports));
+      const result = await inUnit.run(unit, () => work(ports));
+      unit.open = false;
       db.$client.exec('COMMIT');
       afterCommit();
       return result;
     } catch (err) {
+      unit.open = false;
       if (db.$client.inTransaction) db.$client.exec('ROLLBACK');
       queued = false;
       deliverables = false;
@@ -308,7 +313,7 @@ export function createSqlitePorts(db: Db, opts: SqlitePortsOptions): UnitOfWork 
 
   const uow: UnitOfWork = {
     run<T>(work: (tx: Ports) => Promise<T>): Promise<T> {
-      if (inUnit.getStore()) return work(ports);
+      if (inUnit.getStore()?.open) return work(ports);
       const run = tail.then(() => inTransaction(work));
       tail = run.catch(() => undefined);
       return run;

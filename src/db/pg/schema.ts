@@ -38,6 +38,8 @@ export const files = pgTable(
     createdAt: int8('created_at').notNull(),
     updatedAt: int8('updated_at').notNull(),
     expiresAt: int8('expires_at'),
+    uploadLength: int8('upload_length'),
+    committedAt: int8('committed_at'),
   },
   (t) => [
     uniqueIndex('files_delivery_token').on(t.deliveryToken),
@@ -67,7 +69,9 @@ export const jobs = pgTable(
   {
     id: int8('id').primaryKey().generatedAlwaysAsIdentity(),
     fileId: text('file_id').notNull(),
+    userId: text('user_id').notNull().default(''),
     type: text('type').notNull(),
+    payload: text('payload'),
     state: text('state', { enum: ['queued', 'running', 'done', 'failed'] }).notNull(),
     attempts: integer('attempts').notNull().default(0),
     runAfter: int8('run_after').notNull(),
@@ -75,8 +79,17 @@ export const jobs = pgTable(
     createdAt: int8('created_at').notNull(),
     updatedAt: int8('updated_at').notNull(),
   },
-  (t) => [index('jobs_state_run_after').on(t.state, t.runAfter)],
+  (t) => [index('jobs_state_run_after').on(t.state, t.runAfter), index('jobs_file').on(t.fileId)],
 );
+
+export const refusedUploads = pgTable('refused_uploads', {
+  id: text('id').primaryKey(),
+  userId: text('user_id').notNull(),
+  code: text('code').notNull(),
+  status: integer('status').notNull(),
+  message: text('message').notNull(),
+  expiresAt: int8('expires_at').notNull(),
+});
 
 export const webhookDeliveries = pgTable(
   'webhook_deliveries',
@@ -92,3 +105,10 @@ export const webhookDeliveries = pgTable(
   },
   (t) => [index('webhook_pending').on(t.deliveredAt, t.nextAttemptAt)],
 );
+
+/** expires_at is in seconds here (a JWT's exp), as in SQLite. */
+export const uploadTokenUses = pgTable('upload_token_uses', {
+  jti: text('jti').primaryKey(),
+  uses: integer('uses').notNull(),
+  expiresAt: int8('expires_at').notNull(),
+});
