@@ -9,6 +9,7 @@ import { createRepository } from './db/repository.js';
 import { createTokenUses } from './db/token-uses.js';
 import { loadDemoAssets } from './demo/assets.js';
 import { createDeliveryLinks } from './delivery/links.js';
+import { createDeliveryChanges } from './delivery/invalidation.js';
 import { createDeliveryResolver } from './delivery/resolve.js';
 import { createDeliveryServer } from './delivery/serve.js';
 import { createEventBus } from './events.js';
@@ -69,7 +70,9 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
     chmodSync(dir, 0o700);
   }
   const db = openDatabase(config.databasePath);
-  const repo = createRepository(db);
+  // The repository announces committed changes to files; delivery's caches listen.
+  const deliveryChanges = createDeliveryChanges();
+  const repo = createRepository(db, { onDeliverablesChanged: deliveryChanges.changed });
   const storage = createLocalStorage({ mediaDir: config.mediaDir, workDir, mediaGid: config.mediaGroupId });
   const area = createUploadArea(config.uploadDir);
   const purposes = loadPurposes(config.purposesFile, { maxFrames: config.maxFrames, maxAnimationPixels: config.maxAnimationPixels, maxDurationSeconds: config.maxDurationSeconds });
@@ -86,9 +89,9 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
   observeEvents(events, metrics);
   const privateOriginal = (purpose: string) => keepsOriginalPrivate(purposes, purpose);
   const links = createDeliveryLinks({ repo, secret: config.secret, privateOriginal });
-  const resolveDelivery = createDeliveryResolver({ repo, secret: config.secret, privateOriginal });
+  const resolveDelivery = createDeliveryResolver({ repo, invalidation: deliveryChanges, secret: config.secret, privateOriginal });
   const cors = createCors(config.corsOrigins);
-  const delivery = createDeliveryServer({ resolve: resolveDelivery, storage, logger, cors, onAnswer: (status) => metrics.deliveryAnswered(status) });
+  const delivery = createDeliveryServer({ resolve: resolveDelivery, invalidation: deliveryChanges, storage, logger, cors, onAnswer: (status) => metrics.deliveryAnswered(status) });
   const files = createFileService({ repo, storage, logger, events, variantUrl: links.variantUrl });
   // One pool of image workers (and its concurrency bound) for uploads and for tracks' cover ladders.
   const imageProcessor = createImageWorkerPool({

@@ -8,6 +8,7 @@ import type { BlobStorage } from '../storage/storage.js';
 import { notModified, usableRange } from './conditional.js';
 import type { Cors } from './cors.js';
 import { createDeliveryCache, stringBytes } from './cache.js';
+import type { DeliveryInvalidation } from './invalidation.js';
 import { deliveryErrors, type DeliveryResolver } from './resolve.js';
 
 // Chipmunk's own delivery, for when no nginx stands in front: the same URLs and access rules as the
@@ -24,22 +25,44 @@ type Plan = {
 };
 
 /** What is known about one stored variant's bytes; small ones carry the bytes themselves. */
-type Blob = { size: number; etag: string; lastModified: string; mtime: number; bytes: Buffer | undefined };
+type Blob = {
+  size: number;
+  etag: string;
+  lastModified: string;
+  mtime: number;
+  bytes: Buffer | undefined;
+  /** The file's id and the row it was read for: an entry made for another row is not used. */
+  fileId: string;
+  updatedAt: number;
+  recordedBytes: number;
+};
 
 /**
- * Small variants (thumbnails, avatars) are kept in memory, bounded by total size (cache.ts). Entries
- * are keyed by the file's updatedAt and the variant's recorded size: bytes only change through a
- * repository update (a re-run replacing a variant), which moves updatedAt, so a stale entry is never
- * looked up; they are not dropped at every deliverables generation (each new upload moves it).
+ * Small variants (thumbnails, avatars) are kept in memory, bounded by total size (cache.ts), keyed by
+ * file and variant path. A file's entries go when a committed change to it is announced (a re-run
+ * replacing a variant, a delete); an entry read for an older row of the file (another updatedAt or
+ * recorded size, should an announcement be missed) is not used.
  */
-function createBlobCache(maxBytes: number, maxEntryBytes: number) {
-  const cache = createDeliveryCache<Blob>({ maxBytes, maxEntryBytes: maxEntryBytes + 1024, ttlMs: 600_000, sizeOf: (blob, key) => 200 + stringBytes(key) + blob.size });
+function createBlobCache(maxBytes: number, maxEntryBytes: number, invalidation: DeliveryInvalidation) {
+  const cache = createDeliveryCache<Blob>({
+    maxBytes,
+    maxEntryBytes: maxEntryBytes + 1024,
+    ttlMs: 600_000,
+    invalidation,
+    fileOf: (blob) => blob.fileId,
+    sizeOf: (blob, key) => 200 + stringBytes(key) + blob.size,
+  });
   return {
     maxEntryBytes,
-    get: (key: string) => cache.get(key),
-    set(key: string, blob: Blob): void {
+    epoch: () => cache.epoch(),
+    get(v: Deliverable): Blob | undefined {
+      const blob = cache.get(`${v.fileId}/${v.path}`);
+      return blob && blob.updatedAt === v.updatedAt && blob.recordedBytes === v.bytes ? blob : undefined;
+    },
+    /** `since`: epoch() before the disk was read; a change announced meanwhile keeps the entry out. */
+    set(v: Deliverable, blob: Blob, since: number): void {
       if (!blob.bytes || blob.size > maxEntryBytes || maxBytes <= 0) return;
-      cache.set(key, blob);
+      cache.set(`${v.fileId}/${v.path}`, blob, since);
     },
   };
 }
@@ -48,6 +71,8 @@ export function createDeliveryServer(deps: {
   resolve: DeliveryResolver;
   storage: BlobStorage;
   logger: Logger;
+  /** Committed changes to files: their variants' remembered bytes go at once. */
+  invalidation: DeliveryInvalidation;
   /** Memory for small variants' bytes (default 32 MB, variants up to 256 KB); 0 turns it off. */
   memoryCacheBytes?: number;
   /** Told the status of every answer (metrics). */
@@ -56,22 +81,11 @@ export function createDeliveryServer(deps: {
   cors?: Cors;
 }) {
   const { resolve, storage, logger } = deps;
-  const cache = createBlobCache(deps.memoryCacheBytes ?? 32 * 1024 * 1024, 256 * 1024);
-  // Each deliverable's cache key is built once: the repository hands out the same object until a
-  // write replaces it, so the hot path neither concatenates nor hashes a new string.
-  const keys = new WeakMap<Deliverable, string>();
-  const blobKey = (v: Deliverable): string => {
-    let key = keys.get(v);
-    if (key === undefined) {
-      key = `${v.fileId}/${v.path}/${v.updatedAt}/${v.bytes}`;
-      keys.set(v, key);
-    }
-    return key;
-  };
+  const cache = createBlobCache(deps.memoryCacheBytes ?? 32 * 1024 * 1024, 256 * 1024, deps.invalidation);
 
-  async function blobOf(fileId: string, name: string, key: string): Promise<Blob | undefined> {
-    const cached = cache.get(key);
-    if (cached) return cached;
+  async function blobOf(v: Deliverable): Promise<Blob | undefined> {
+    const { fileId, path: name } = v;
+    const since = cache.epoch();
     const stat = await storage.stat(fileId, name);
     if (!stat) return undefined;
     const mtime = Math.floor(stat.mtimeMs / 1000);
@@ -92,9 +106,12 @@ export function createDeliveryServer(deps: {
       etag: `"${mtime.toString(16)}-${stat.size.toString(16)}"`,
       lastModified: new Date(mtime * 1000).toUTCString(),
       bytes: small,
+      fileId,
+      updatedAt: v.updatedAt,
+      recordedBytes: v.bytes,
     };
     if (blob.bytes && blob.bytes.length !== blob.size) return { ...blob, bytes: undefined };
-    cache.set(key, blob);
+    cache.set(v, blob, since);
     return blob;
   }
 
@@ -119,11 +136,9 @@ export function createDeliveryServer(deps: {
       if (method === 'OPTIONS' && deps.cors) return answered({ status: 204, headers: deps.cors.deliveryPreflight(origin) });
       if (method !== 'GET' && method !== 'HEAD') throw errors.methodNotAllowed();
       const d = resolve(target, header('accept'));
-      const v = d.target;
-      const key = blobKey(v);
-      const cached = cache.get(key);
+      const cached = cache.get(d.target);
       if (cached) return answered(planFor(method, d, cached, header));
-      return blobOf(v.fileId, v.path, key).then(
+      return blobOf(d.target).then(
         (blob) => answered(blob ? planFor(method, d, blob, header) : refusal(deliveryErrors.notFound(), requestId)),
         (err: unknown) => answered(refusal(err, requestId)),
       );
