@@ -12,8 +12,7 @@ import { openApiDocument, servedRoutes } from './openapi.js';
 import type { Purposes } from './purposes.js';
 import type { RequestContext } from './ops/request-context.js';
 import type { DeliveryLinks } from './delivery/links.js';
-import type { DeliveryServer } from './delivery/serve.js';
-import { deliveryRoutes } from './routes/delivery.js';
+import { DELIVERY_ROUTE } from './delivery/serve.js';
 import { fileDeliveryRoutes } from './routes/file-delivery.js';
 import { fileRoutes } from './routes/files.js';
 import { opsRoutes } from './routes/ops.js';
@@ -36,7 +35,6 @@ export type AppDeps = {
   files: FileService;
   tus: TusProtocol;
   ingest: Ingest;
-  delivery: DeliveryServer;
   links: DeliveryLinks;
   logger: Logger;
   /** How upload tokens are checked at POST /v1/files: the lifetime cap and the use ledger. */
@@ -71,9 +69,10 @@ export function createApp(deps: AppDeps) {
 
   app.route('/', opsRoutes(deps.ops));
 
-  // Built on first request, once every route is mounted: it documents exactly what the app serves.
+  // Built on first request, once every route is mounted: it documents exactly what the app serves,
+  // and /f/, which the listening server answers before the app (delivery/serve.ts).
   let openApi: Record<string, unknown> | undefined;
-  app.get('/openapi.json', (c) => c.json((openApi ??= openApiDocument(servedRoutes(app), { serverUrl: config.publicUrl }).document)));
+  app.get('/openapi.json', (c) => c.json((openApi ??= openApiDocument([...servedRoutes(app), DELIVERY_ROUTE], { serverUrl: config.publicUrl }).document)));
 
   // tus: on Node the upload body streams straight from the socket to the store; elsewhere
   // (app.request in tests) the web Request is handed over.
@@ -86,8 +85,6 @@ export function createApp(deps: AppDeps) {
   };
   app.all(TUS_PATH, tusHandler);
   app.all(`${TUS_PATH}/*`, tusHandler);
-
-  app.route('/f', deliveryRoutes(deps.delivery));
 
   const v1 = new Hono();
   // POST /v1/files also takes an upload token instead of the API key (the signup avatar), so it

@@ -11,7 +11,7 @@ import { loadDemoAssets } from './demo/assets.js';
 import { createDeliveryLinks } from './delivery/links.js';
 import { createDeliveryChanges } from './delivery/invalidation.js';
 import { createDeliveryResolver } from './delivery/resolve.js';
-import { createDeliveryServer } from './delivery/serve.js';
+import { createDeliveryServer, withDeliveryFastPath } from './delivery/serve.js';
 import { createEventBus } from './events.js';
 import { createLogger, type Logger } from './log.js';
 import { createJobRunner } from './jobs/runner.js';
@@ -24,7 +24,6 @@ import { createReadiness, statfsFreeBytes } from './ops/readiness.js';
 import { createRequestContext } from './ops/request-context.js';
 import { createWebhooks } from './ops/webhooks.js';
 import { keepsOriginalPrivate, loadPurposes, purposeLimits } from './purposes.js';
-import { withDeliveryFastPath } from './routes/delivery.js';
 import { internalAuthListener } from './routes/internal-auth.js';
 import { AUDIO_JOB, createAudioService } from './services/audio.js';
 import { createFileService } from './services/files.js';
@@ -159,7 +158,6 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
     files,
     tus: createTusProtocol({ server: tus.server, cors }),
     ingest,
-    delivery,
     links,
     logger,
     requestContext,
@@ -231,7 +229,7 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
       const { port } = await new Promise<{ port: number }>((resolve, reject) => {
         // /f/ requests take a fast path before the router and any web Request object.
         const withFastPath = ((options: object, listener: RequestListener) =>
-          createServer(options, withDeliveryFastPath(delivery, logger, listener, (req, res) => requestContext.trackNode(logger, req, res)))) as unknown as typeof createServer;
+          createServer(options, withDeliveryFastPath(delivery, listener, (req, res) => requestContext.trackNode(logger, req, res)))) as unknown as typeof createServer;
         server = serve({ fetch: app.fetch, port: config.port, hostname: config.host, createServer: withFastPath }, (info) => resolve({ port: info.port }));
         server.once('error', (err: NodeJS.ErrnoException) =>
           reject(err.code === 'EADDRINUSE' ? new ConfigError(`Port ${config.port} on ${config.host} is already in use: stop the other server or set PORT.`) : err),

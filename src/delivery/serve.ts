@@ -1,6 +1,6 @@
-import type { IncomingMessage, ServerResponse } from 'node:http';
-import { Readable } from 'node:stream';
-import { AppError, errors, renderError, toAppError } from '../errors.js';
+import type { IncomingMessage, RequestListener, ServerResponse } from 'node:http';
+import type { Readable } from 'node:stream';
+import { errors, renderError } from '../errors.js';
 import { rawHeader } from '../http.js';
 import type { Logger } from '../log.js';
 import type { Deliverable } from '../db/repository.js';
@@ -14,6 +14,13 @@ import { deliveryErrors, type DeliveryResolver } from './resolve.js';
 // Chipmunk's own delivery, for when no nginx stands in front: the same URLs and access rules as the
 // nginx path (both go through the one resolver), streaming from storage with the headers nginx's
 // static module would send — the same ETag format, so validators survive putting nginx in front.
+// It is the only /f/ code: a bare Node handler the listening server calls before Hono (measured
+// faster than any route: no web Request, no router), rendering errors with the one renderError and
+// answering the request id the Hono middleware would (ops/request-context.ts).
+
+export const DELIVERY_PREFIX = '/f/';
+/** How /f/ appears among the app's routes (openapi.ts documents it; Hono never serves it). */
+export const DELIVERY_ROUTE = 'ALL /f/*';
 
 type Plan = {
   status: number;
@@ -218,29 +225,50 @@ export function createDeliveryServer(deps: {
 
   return {
     /**
-     * On Node: writes straight to the socket (the fast path). `target` is the raw request target;
-     * `requestId`, when given, is answered as x-request-id. Returns a promise only when it had to
-     * wait for the disk: a thumbnail already in memory is answered within the call.
+     * Answers one /f/ request, writing straight to the socket; `req.url` is the raw request target
+     * and `requestId`, when given, is answered as x-request-id. Returns a promise only when it had to
+     * wait for the disk: a thumbnail already in memory is answered within the call. Never throws or
+     * rejects: whatever fails becomes the rendered 500 (or a cut connection once bytes have left).
      */
-    handleNode(req: IncomingMessage, res: ServerResponse, requestId?: string): void | Promise<void> {
-      const planned = plan(req.method ?? 'GET', req.url ?? '/', (name) => rawHeader(req.rawHeaders, name), requestId);
-      if (planned instanceof Promise) return planned.then((p) => send(req, res, p, requestId));
-      send(req, res, planned, requestId);
-    },
-
-    /** Anywhere else (app.request in tests): a web Response. */
-    async handleWeb(req: Request): Promise<Response> {
-      const url = new URL(req.url);
-      const p = await plan(req.method, `${url.pathname}${url.search}`, (name) => req.headers.get(name) ?? undefined, undefined);
-      if (p.error) return new Response(req.method === 'HEAD' ? null : p.error, { status: p.status, headers: p.headers });
-      if (p.body?.memory) return new Response(new Uint8Array(p.body.memory.subarray(p.body.start, p.body.end + 1)), { status: p.status, headers: p.headers });
-      const body = p.body ? (Readable.toWeb(storage.read(p.body.fileId, p.body.name, { start: p.body.start, end: p.body.end })) as ReadableStream) : null;
-      return new Response(body, { status: p.status, headers: p.headers });
+    handle(req: IncomingMessage, res: ServerResponse, requestId?: string): void | Promise<void> {
+      const failed = (err: unknown) => {
+        if (res.headersSent) {
+          logger.error('delivery failed', { err, requestId });
+          res.destroy();
+          return;
+        }
+        const refused = refusal(err, requestId);
+        deps.onAnswer?.(refused.status);
+        send(req, res, refused, requestId);
+      };
+      try {
+        const planned = plan(req.method ?? 'GET', req.url ?? '/', (name) => rawHeader(req.rawHeaders, name), requestId);
+        if (planned instanceof Promise) return planned.then((p) => send(req, res, p, requestId)).catch(failed);
+        send(req, res, planned, requestId);
+      } catch (err) {
+        failed(err);
+      }
     },
   };
 }
 
 export type DeliveryServer = ReturnType<typeof createDeliveryServer>;
+
+/**
+ * The listening server's request listener: /f/ requests go to delivery before any web Request object
+ * or router is built; everything else goes to `app` (Hono). `requestIdFor` gives the request its id
+ * and its request log line (RequestContext.trackNode, the Hono middleware's twin).
+ */
+export function withDeliveryFastPath(
+  delivery: DeliveryServer,
+  app: RequestListener,
+  requestIdFor: (req: IncomingMessage, res: ServerResponse) => string | undefined = () => undefined,
+): RequestListener {
+  return (req, res) => {
+    if (!req.url?.startsWith(DELIVERY_PREFIX)) return app(req, res);
+    void delivery.handle(req, res, requestIdFor(req, res));
+  };
+}
 
 async function readAll(stream: Readable): Promise<Buffer> {
   const chunks: Buffer[] = [];
