@@ -5,7 +5,7 @@ import { rawHeader } from '../http.js';
 import type { Logger } from '../log.js';
 import type { Deliverable } from '../db/repository.js';
 import type { BlobStorage } from '../storage/storage.js';
-import { notModified, usableRange } from './conditional.js';
+import { notModified, preconditionsHold, usableRange } from './conditional.js';
 import type { Cors } from './cors.js';
 import { createDeliveryCache, stringBytes } from './cache.js';
 import type { DeliveryInvalidation } from './invalidation.js';
@@ -168,11 +168,12 @@ export function createDeliveryServer(deps: {
     if (d.contentDisposition) headers['Content-Disposition'] = d.contentDisposition;
     if (d.vary) headers.Vary = d.vary;
 
+    if (!preconditionsHold(header('if-match'), header('if-unmodified-since'), etag, mtime)) return refusal(errors.preconditionFailed(), undefined);
     if (notModified(header('if-none-match'), header('if-modified-since'), etag, mtime)) {
       delete headers['Content-Type'];
       return { status: 304, headers };
     }
-    const range = usableRange(header('range'), header('if-range'), etag, lastModified, size);
+    const range = usableRange(header('range'), header('if-range'), etag, mtime, size);
     if (range === 'unsatisfiable') {
       // A refusal like any other (JSON, no-store), with the size the client may ask within.
       const refused = refusal(errors.rangeNotSatisfiable(), undefined);
