@@ -14,6 +14,8 @@ import { createDeliveryResolver } from './delivery/resolve.js';
 import { createDeliveryServer, withDeliveryFastPath } from './delivery/serve.js';
 import { createEventBus } from './events.js';
 import { createLogger, type Logger } from './log.js';
+import { createSqlitePorts, WEBHOOK_JOB } from './db/sqlite-ports.js';
+import { createCompletionWaits } from './jobs/completion.js';
 import { createJobRunner } from './jobs/runner.js';
 import { createAudioProcessor } from './media/audio.js';
 import { describeTools, resolveFfmpeg, type FfmpegTool } from './media/ffmpeg.js';
@@ -27,12 +29,15 @@ import { keepsOriginalPrivate, loadPurposes, purposeLimits } from './purposes.js
 import { internalAuthListener } from './routes/internal-auth.js';
 import { AUDIO_JOB, createAudioService } from './services/audio.js';
 import { createFileService } from './services/files.js';
+import { createProcessing, PROCESS_JOB } from './services/processing.js';
 import { recoverAtStartup, sweepMediaLeftovers, type RecoveryReport } from './services/recovery.js';
 import { createUploadService } from './services/uploads.js';
 import { createLocalStorage } from './storage/local.js';
 import { createUploadArea } from './uploads/area.js';
+import { createReceivedArea } from './uploads/received.js';
 import { sweepExpiredUploads } from './uploads/expiry.js';
 import { createIngest } from './uploads/ingest.js';
+import { createFinishedUploads } from './uploads/finished.js';
 import { createTusServer } from './uploads/tus.js';
 import { createTusProtocol } from './uploads/tus-protocol.js';
 import { createCors } from './delivery/cors.js';
@@ -63,8 +68,8 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
   const ffmpeg = opts.ffmpeg === null ? undefined : (opts.ffmpeg ?? resolveFfmpeg({ ffmpegPath: config.ffmpegPath }));
   const mediaTools = describeTools(ffmpeg, opts.ffmpeg === null ? 'off' : config.ffmpegPath);
   const workDir = path.join(config.dataDir, 'work');
-  // Unfinished uploads and scratch: Chipmunk's alone (0700); the media folder's modes are storage's.
-  for (const dir of [config.uploadDir, workDir]) {
+  // Unfinished uploads, received bytes and scratch: Chipmunk's alone (0700); the media folder's modes are storage's.
+  for (const dir of [config.uploadDir, workDir, path.join(config.dataDir, 'received')]) {
     mkdirSync(dir, { recursive: true });
     chmodSync(dir, 0o700);
   }
@@ -77,21 +82,31 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
   const purposes = loadPurposes(config.purposesFile, { maxFrames: config.maxFrames, maxAnimationPixels: config.maxAnimationPixels, maxDurationSeconds: config.maxDurationSeconds });
   const events = createEventBus();
   const disk = { freeBytes: opts.freeBytes ?? (() => statfsFreeBytes(config.dataDir)), marginBytes: config.diskMarginBytes };
+  const received = createReceivedArea(path.join(config.dataDir, 'received'));
+  const waits = createCompletionWaits();
+  // The persistence ports of the durable pipeline; a commit that queued jobs wakes their runner in-process.
+  const uow = createSqlitePorts(db, {
+    webhooksEnabled: config.webhook !== undefined,
+    onJobsQueued: () => {
+      jobs.wake();
+      webhookRunner?.wake();
+    },
+    onDeliverablesChanged: (fileId) => repo.deliverablesChanged(fileId),
+  });
   const webhooks = config.webhook
-    ? createWebhooks({ repo, events, logger, options: config.webhook, onAttempt: (outcome) => metrics.webhookAttempt(outcome) })
+    ? createWebhooks({ uow, events, logger, options: config.webhook, pendingCount: () => repo.pendingWebhookCount(), onAttempt: (outcome) => metrics.webhookAttempt(outcome) })
     : undefined;
   const queueDepth = () => {
-    const jobs = repo.jobCounts();
-    return { jobs: jobs.queued + jobs.running, webhooks: webhooks?.pending() ?? 0 };
+    const counts = repo.jobCounts();
+    return { jobs: counts.queued + counts.running, webhooks: webhooks?.pending() ?? 0 };
   };
-  const metrics = createMetrics({ queueDepth, reservations: () => repo.reservationTotals() }, { defaultMetrics: opts.defaultMetrics });
+  const metrics = createMetrics({ queueDepth, reservations: () => repo.reservationTotals(), jobStates: () => repo.jobCounts().byType }, { defaultMetrics: opts.defaultMetrics });
   observeEvents(events, metrics);
   const privateOriginal = (purpose: string) => keepsOriginalPrivate(purposes, purpose);
   const links = createDeliveryLinks({ repo, secret: config.secret, privateOriginal });
   const resolveDelivery = createDeliveryResolver({ repo, invalidation: deliveryChanges, secret: config.secret, privateOriginal });
   const cors = createCors(config.corsOrigins);
   const delivery = createDeliveryServer({ resolve: resolveDelivery, invalidation: deliveryChanges, storage, logger, cors, onAnswer: (status) => metrics.deliveryAnswered(status) });
-  const files = createFileService({ repo, storage, logger, events, variantUrl: links.variantUrl });
   // One pool of image workers (and its concurrency bound) for uploads and for tracks' cover ladders.
   const imageProcessor = createImageWorkerPool({
     maxPixels: config.maxPixels,
@@ -103,28 +118,70 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
     logger,
   });
   const mediaBounds = { memoryBytes: config.mediaMemoryBytes, timeoutMs: config.mediaTimeoutMs };
-  const audio = createAudioService({ repo, storage, events, logger, ffmpeg, images: imageProcessor, bounds: mediaBounds, limitsFor: (name) => (purposes.all().some((p) => p.name === name) ? purposeLimits(purposes.get(name)) : {}) });
-  // Each audio job runs two ffmpeg processes side by side, so half as many jobs as cores.
-  const jobs = createJobRunner({ repo, logger, handlers: { [AUDIO_JOB]: audio.handler }, concurrency: Math.max(1, Math.floor(config.concurrency / 2)) });
-  const uploads = createUploadService({
+  const audio = createAudioService({
     repo,
+    uow,
     storage,
+    events,
+    logger,
+    ffmpeg,
+    images: imageProcessor,
+    bounds: mediaBounds,
+    limitsFor: (name) => (purposes.all().some((p) => p.name === name) ? purposeLimits(purposes.get(name)) : {}),
+  });
+  const processing = createProcessing({
+    uow,
+    storage,
+    received,
     purposes,
     processors: { image: imageProcessor, audio: createAudioProcessor({ ffmpeg, bounds: mediaBounds, maxDurationSeconds: config.maxDurationSeconds }) },
+    events,
+    logger,
+    waits,
+    audioJob: AUDIO_JOB,
+    refusalTtlMs: config.uploadExpiryMs,
+    carrierPath: area.dataPath,
+    discardCarrier: area.discard,
+  });
+  // One queue, two lanes: media work (fair between users) and webhook deliveries (network-bound).
+  const jobs = createJobRunner({
+    jobs: uow.ports.jobs,
+    logger,
+    handlers: { [PROCESS_JOB]: processing.handler, [AUDIO_JOB]: audio.handler },
+    concurrency: config.concurrency,
+    perUserLimit: config.jobsPerUser,
+    onOutcome: (type, outcome) => metrics.jobOutcome(type, outcome),
+  });
+  const webhookRunner = webhooks
+    ? createJobRunner({ jobs: uow.ports.jobs, logger, handlers: { [WEBHOOK_JOB]: webhooks.handler }, concurrency: 4, onOutcome: (type, outcome) => metrics.jobOutcome(type, outcome) })
+    : undefined;
+  const files = createFileService({
+    repo,
+    uow,
+    storage,
+    received,
+    logger,
+    events,
+    variantUrl: links.variantUrl,
+    onDeleted: (fileId) => {
+      jobs.abortFile(fileId);
+      waits.settle(fileId);
+    },
+  });
+  const uploads = createUploadService({
+    repo,
+    uow,
+    received,
+    waits,
+    purposes,
     logger,
     events,
     defaultQuotaBytes: config.defaultQuotaBytes,
     uploadExpiryMs: config.uploadExpiryMs,
+    idleExpiryMs: config.uploadIdleExpiryMs,
+    maxUnfinished: { count: config.maxUnfinishedUploads, bytes: config.maxUnfinishedBytes },
+    completionWaitMs: config.completionWaitMs,
     disk,
-    onStored: (file) => {
-      // Never throws back into the completion path (the file is committed); a missed enqueue is
-      // caught up at the next start (processingFilesWithoutJob).
-      try {
-        if (audio.needsJob(file)) jobs.enqueue(file.id, AUDIO_JOB);
-      } catch (err) {
-        logger.error('could not queue the audio job', { fileId: file.id, err });
-      }
-    },
   });
   const tokens = { maxLifetimeSeconds: config.uploadTokenMaxSeconds, uses: createTokenUses(db) };
   const tus = createTusServer({
@@ -135,6 +192,7 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
     publicUrl: config.publicUrl,
     uploadExpiryMs: config.uploadExpiryMs,
     repo,
+    uow,
     uploads,
     files,
     logger,
@@ -156,7 +214,7 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
     repo,
     purposes,
     files,
-    tus: createTusProtocol({ server: tus.server, cors }),
+    tus: createTusProtocol({ server: tus.server, cors, finished: createFinishedUploads({ uow, uploads, files, publicUrl: config.publicUrl }) }),
     ingest,
     links,
     logger,
@@ -178,7 +236,13 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
   let sweeping: Promise<number> | undefined;
   const sweep = () => {
     sweeping ??= track(
-      sweepExpiredUploads({ repo, uploads, discardUpload: area.discard, logger, shouldStop: () => stopping }).finally(() => {
+      sweepExpiredUploads({ repo, uploads, discardUpload: area.discard, logger, shouldStop: () => stopping })
+        // Refusals are answered (410) on the upload URL for as long as an upload could have lived.
+        .then(async (swept) => {
+          await uow.ports.uploads.dropExpiredRefusals(Date.now());
+          return swept;
+        })
+        .finally(() => {
         sweeping = undefined;
       }),
     );
@@ -206,6 +270,10 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
     metrics,
     webhooks,
     jobs,
+    webhookRunner,
+    uow,
+    received,
+    waits,
     /** Which ffmpeg renders audio (or why none), for the start-up log and readiness checks. */
     mediaTools,
     sweepExpiredUploads: sweep,
@@ -218,12 +286,13 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
       // One process per data directory, before anything in it is touched (ops/data-dir-lock.ts).
       dataDirLock = lockDataDir(config.dataDir);
       const startedAt = Date.now();
-      recovery = await recoverAtStartup({ repo, storage, area, uploads, files, logger });
+      recovery = await recoverAtStartup({ repo, uow, storage, area, received, uploads, files, logger });
       if (mediaTools.ffmpeg) logger.info('ffmpeg found', mediaTools.ffmpeg);
       else logger.warn('ffmpeg unavailable', { reason: mediaTools.ffmpegMissing });
       // A stop between an upload's commit and its enqueue leaves a track 'processing' with no job.
       for (const file of repo.processingFilesWithoutJob('audio', AUDIO_JOB)) repo.enqueueJob(file.id, AUDIO_JOB);
-      jobs.start();
+      await jobs.start();
+      await webhookRunner?.start();
       jobsStarted = true;
       await ingest.recoverInterrupted();
       const { port } = await new Promise<{ port: number }>((resolve, reject) => {
@@ -260,7 +329,6 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
       track(sweepMediaLeftovers({ repo, storage, logger, startedAt, shouldStop: () => stopping })).catch((err) =>
         logger.error('media leftovers sweep failed', { err }),
       );
-      webhooks?.start();
       timer = setInterval(() => void sweep().catch((err) => logger.error('expiry sweep failed', { err })), config.expiryIntervalMs);
       timer.unref();
       return { port, internalPort };
@@ -292,7 +360,7 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
       // (Only once started: a runner that never ran is never idle, and would hold close() to the deadline.)
       if (jobsStarted) await Promise.race([jobs.idle(), until(deadline - Date.now())]);
       await jobs.close();
-      await webhooks?.stop();
+      await webhookRunner?.close();
       await Promise.race([Promise.allSettled([...background]), until(deadline + 5_000 - Date.now())]);
       await imageProcessor.close();
       db.$client.close();

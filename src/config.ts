@@ -54,6 +54,11 @@ const envSchema = z.object({
   CHIPMUNK_LOG_LEVEL: z.enum(['debug', 'info', 'warn', 'error', 'silent']).default('info'),
   CHIPMUNK_DISK_MARGIN: z.coerce.number().int().min(0).default(100_000_000),
   CHIPMUNK_SHUTDOWN_TIMEOUT: seconds.default(15),
+  CHIPMUNK_COMPLETION_WAIT: z.coerce.number().min(0).max(3600).default(30),
+  CHIPMUNK_UPLOAD_IDLE_EXPIRY: seconds.default(3600),
+  CHIPMUNK_MAX_UNFINISHED_UPLOADS: z.coerce.number().int().min(1).default(20),
+  CHIPMUNK_MAX_UNFINISHED_BYTES: bytes.default(10 * 1024 ** 3),
+  CHIPMUNK_JOBS_PER_USER: z.coerce.number().int().min(1).optional(),
   CHIPMUNK_WEBHOOK_URL: z.url().optional(),
   CHIPMUNK_WEBHOOK_SECRET: z.string().min(16, 'must be at least 16 characters').optional(),
   CHIPMUNK_WEBHOOK_BACKOFF: seconds.default(5),
@@ -90,6 +95,15 @@ export type Config = Readonly<{
   mediaMemoryBytes: number;
   mediaTimeoutMs: number;
   concurrency: number;
+  /** How long the request that carried an upload's last byte waits for its processing job. */
+  completionWaitMs: number;
+  /** An upload that received no byte expires this long after its creation. */
+  uploadIdleExpiryMs: number;
+  /** What one user may hold in unfinished uploads at once. */
+  maxUnfinishedUploads: number;
+  maxUnfinishedBytes: number;
+  /** Media jobs one user may have running at once (fairness between users). */
+  jobsPerUser: number;
   logLevel: 'debug' | 'info' | 'warn' | 'error' | 'silent';
   /** Free disk space kept back: a creation that would eat into it is refused with 507. */
   diskMarginBytes: number;
@@ -178,6 +192,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     mediaMemoryBytes: e.CHIPMUNK_MEDIA_MEMORY,
     mediaTimeoutMs: e.CHIPMUNK_MEDIA_TIMEOUT * 1000,
     concurrency: e.CHIPMUNK_CONCURRENCY,
+    completionWaitMs: e.CHIPMUNK_COMPLETION_WAIT * 1000,
+    uploadIdleExpiryMs: e.CHIPMUNK_UPLOAD_IDLE_EXPIRY * 1000,
+    maxUnfinishedUploads: e.CHIPMUNK_MAX_UNFINISHED_UPLOADS,
+    maxUnfinishedBytes: e.CHIPMUNK_MAX_UNFINISHED_BYTES,
+    jobsPerUser: e.CHIPMUNK_JOBS_PER_USER ?? Math.max(1, Math.floor(e.CHIPMUNK_CONCURRENCY / 2)),
     logLevel: e.CHIPMUNK_LOG_LEVEL,
     diskMarginBytes: e.CHIPMUNK_DISK_MARGIN,
     shutdownTimeoutMs: e.CHIPMUNK_SHUTDOWN_TIMEOUT * 1000,

@@ -22,6 +22,7 @@ export const ERROR_STATUS = Object.freeze({
   UPLOAD_NOT_FOUND: 404,
   METHOD_NOT_ALLOWED: 405,
   OFFSET_MISMATCH: 409,
+  UPLOAD_CONFLICT: 409,
   TUS_VERSION_UNSUPPORTED: 412,
   PRECONDITION_FAILED: 412,
   FILE_TOO_LARGE: 413,
@@ -29,8 +30,10 @@ export const ERROR_STATUS = Object.freeze({
   UNSUPPORTED_MEDIA_TYPE: 415,
   RANGE_NOT_SATISFIABLE: 416,
   UNPROCESSABLE_MEDIA: 422,
+  TOO_MANY_UNFINISHED_UPLOADS: 429,
   CHECKSUM_MISMATCH: 460,
   INTERNAL: 500,
+  PROCESSING_FAILED: 500,
   AUTH_UNAVAILABLE: 502,
   UNAVAILABLE: 502,
   INSUFFICIENT_STORAGE: 507,
@@ -99,6 +102,9 @@ export const errors = {
   /** nginx's answers when Chipmunk behind it does not respond (rendered into its config). */
   authUnavailable: () => new AppError('AUTH_UNAVAILABLE', 'Chipmunk did not answer the access check; try again shortly.'),
   unavailable: () => new AppError('UNAVAILABLE', 'Chipmunk is not answering; try again shortly.'),
+  tooManyUnfinished: (message: string) => new AppError('TOO_MANY_UNFINISHED_UPLOADS', message),
+  processingFailed: (reason: string) => new AppError('PROCESSING_FAILED', reason),
+  uploadConflict: (message: string) => new AppError('UPLOAD_CONFLICT', message),
 };
 
 /** An error rebuilt from its parts (a worker's reply, our JSON body relayed by @tus/server), code and status as they were. */

@@ -47,16 +47,16 @@ describe('audio jobs', () => {
     const uploaded = await uploadTo(first, 'ringo', longTrack);
     expect(uploaded.status).toBe('processing');
     // Wait until the job really runs (ffmpeg started), then stop the process under it.
-    await until(() => first.chipmunk.repo.jobsForFile(uploaded.id)[0]?.state === 'running');
+    await until(() => first.chipmunk.repo.jobsForFile(uploaded.id).find((j) => j.type === 'audio.derive')?.state === 'running');
     await first.chipmunk.close();
 
     let db = new Database(path.join(dataDir, 'chipmunk.db'));
-    const afterStop = db.prepare('select state, attempts from jobs where file_id = ?').get(uploaded.id) as { state: string; attempts: number };
+    const afterStop = db.prepare("select state, attempts from jobs where file_id = ? and type = 'audio.derive'").get(uploaded.id) as { state: string; attempts: number };
     // A clean stop puts the job back in the queue without counting the attempt…
     expect(afterStop).toEqual({ state: 'queued', attempts: 0 });
     expect(db.prepare('select status from files where id = ?').get(uploaded.id)).toEqual({ status: 'processing' });
     // …and a crash would have left it 'running' with half-written outputs in the scratch folder: do that.
-    db.prepare("update jobs set state = 'running', attempts = 1 where file_id = ?").run(uploaded.id);
+    db.prepare("update jobs set state = 'running', attempts = 1 where file_id = ? and type = 'audio.derive'").run(uploaded.id);
     db.close();
     const scratchDir = path.join(dataDir, 'work', uploaded.id);
     await mkdir(scratchDir, { recursive: true });
@@ -68,7 +68,7 @@ describe('audio jobs', () => {
       expect(done.status).toBe('ready');
       expect(done.variants.map((v) => v.n)).toEqual([0, 1, 2, 'waveform']);
       await second.chipmunk.jobs.idle();
-      const jobs = second.chipmunk.repo.jobsForFile(uploaded.id);
+      const jobs = second.chipmunk.repo.jobsForFile(uploaded.id).filter((j) => j.type === 'audio.derive');
       expect(jobs.map((j) => [j.state, j.attempts])).toEqual([['done', 2]]);
       expect(existsSync(scratchDir)).toBe(false);
       // A long track keeps its exact length through the restart (±1%, no special allowance needed).
@@ -92,7 +92,7 @@ describe('audio jobs', () => {
     // As if three processes in a row had died during this job.
     const db = new Database(path.join(dataDir, 'chipmunk.db'));
     db.prepare("update files set status = 'processing' where id = ?").run(uploaded.id);
-    db.prepare("update jobs set state = 'running', attempts = 3 where file_id = ?").run(uploaded.id);
+    db.prepare("update jobs set state = 'running', attempts = 3 where file_id = ? and type = 'audio.derive'").run(uploaded.id);
     db.close();
     const second = await chipmunkOn(dataDir, { FFMPEG_PATH: 'off' });
     try {

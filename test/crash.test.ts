@@ -97,8 +97,12 @@ describe('crash safety', () => {
           metadata: { filename: 'crash.jpg' },
           onSuccess: (payload) => {
             const body = payload.lastResponse.getBody();
-            // A resume that finds every byte already there succeeds without a final body: not a stored file.
-            if (!body) return resolve({ ok: false, url: u.url });
+            // A resume whose final answer a kill swallowed: HEAD says every byte is there and names the
+            // file it became (no second upload).
+            if (!body) {
+              const id = payload.lastResponse.getHeader('Chipmunk-File-Id');
+              return resolve(id ? { ok: true, id } : { ok: false, url: u.url });
+            }
             resolve({ ok: true, id: (JSON.parse(body) as { id: string }).id });
           },
           onError: (err) => resolve({ ok: false, url: u.url, status: (err as { originalResponse?: { getStatus(): number } }).originalResponse?.getStatus() }),
@@ -194,8 +198,13 @@ describe('crash safety', () => {
     try {
       const users = db.prepare('select id, used_bytes as used, reserved_bytes as reserved from users').all() as Array<{ id: string; used: number; reserved: number }>;
       const totals = db.prepare("select user_id as id, sum(total_bytes) as total from files where status in ('processing','ready','failed') group by user_id").all() as Array<{ id: string; total: number }>;
-      const unsettled = db.prepare("select count(*) as n from files where status in ('uploading','deleting')").get() as { n: number };
+      const unsettled = db.prepare("select count(*) as n from files where status in ('uploading','received','deleting') or (status = 'processing' and committed_at is null)").get() as { n: number };
       expect(unsettled.n).toBe(0);
+      // Nothing waits in the received area once every job ended, and no job is left unfinished.
+      expect(await readdir(path.join(dataDir, 'received'))).toEqual([]);
+      expect(db.prepare("select count(*) as n from jobs where state in ('queued','running')").get()).toEqual({ n: 0 });
+      // Kills interrupt processing but never make it fail: a received upload is never thrown away.
+      expect(db.prepare("select count(*) as n from files where status = 'failed'").get()).toEqual({ n: 0 });
       for (const u of users) {
         expect(u.reserved, u.id).toBe(0);
         expect(u.used, u.id).toBe(totals.find((t) => t.id === u.id)?.total ?? 0);

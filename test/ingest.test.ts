@@ -8,6 +8,7 @@ import { mediaPath } from '../src/storage/local.js';
 import { corpus, startChipmunk, storedForm, type TestChipmunk } from './helpers/chipmunk.js';
 import { rawRequest } from './helpers/http.js';
 import { tusUpload } from './helpers/tus.js';
+import { creationBudget } from '../src/services/budget.js';
 
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
@@ -246,11 +247,18 @@ describe('refusals leave nothing', () => {
     expect(unsized).toMatchObject({ status: 413, code: 'QUOTA_EXCEEDED' });
     await expectNothingLeft('tight');
     expect((await kit.getUser('tight')).quotaBytes).toBe(photo.length - 1);
-    // Exactly at the quota it fits (generated variants are charged past it, never refused).
+    // Exactly the photo's size is not enough: its variants must fit too (README, "Quota budget").
     await kit.setQuota('tight', photo.length);
+    const variantsDoNotFit = await kit.uploadStream({ userId: 'tight', purpose: 'image', stream: repeat(photo, 1) }).catch((e: unknown) => e);
+    expect(variantsDoNotFit).toMatchObject({ status: 413, code: 'QUOTA_EXCEEDED' });
+    await expectNothingLeft('tight');
+    // The photo and its budget fit; what it really weighs is charged, never more than the quota.
+    const quota = photo.length + creationBudget('image', photo.length);
+    await kit.setQuota('tight', quota);
     const fits = await kit.uploadStream({ userId: 'tight', purpose: 'image', stream: repeat(photo, 1) });
     expect(fits.bytes).toBe(photo.length);
     expect(await kit.getUser('tight')).toMatchObject({ usedBytes: fits.totalBytes, reservedBytes: 0 });
+    expect(fits.totalBytes).toBeLessThanOrEqual(quota);
   });
 
   it('malformed forms → 400: no file, fields after the file, a wrong declared size, two files', async () => {
@@ -294,9 +302,9 @@ describe('refusals leave nothing', () => {
   });
 
   it('a restart releases uploads an earlier process was still receiving', async () => {
-    const file = t.chipmunk.uploads.reserve({ userId: 'crashed', purpose: 'image', length: 5000, filename: 'x.jpg' });
+    const file = await t.chipmunk.uploads.reserve({ userId: 'crashed', purpose: 'image', length: 5000, filename: 'x.jpg' });
     await writeFile(path.join(t.dataDir, 'ingest', file.id), photo.subarray(0, 1000));
-    expect((await kit.getUser('crashed')).reservedBytes).toBe(5000);
+    expect((await kit.getUser('crashed')).reservedBytes).toBe(5000 + creationBudget('image', 5000));
     const { createIngest } = await import('../src/uploads/ingest.js');
     const ingest = createIngest({
       dir: path.join(t.dataDir, 'ingest'),

@@ -3,6 +3,7 @@ import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { corpus, startChipmunk, type TestChipmunk } from './helpers/chipmunk.js';
 import { tusUpload } from './helpers/tus.js';
+import { creationBudget } from '../src/services/budget.js';
 
 type Json = Record<string, any>;
 const running: TestChipmunk[] = [];
@@ -72,7 +73,7 @@ describe('health, readiness and metrics', () => {
     expect(metricValue(m, 'chipmunk_processing_duration_seconds_count', { kind: 'image', outcome: 'ok' })).toBe(1);
     expect(metricValue(m, 'chipmunk_processing_duration_seconds_count', { outcome: 'refused' })).toBe(1);
     expect(metricValue(m, 'chipmunk_reservations_outstanding')).toBe(1);
-    expect(metricValue(m, 'chipmunk_reserved_bytes')).toBe(777);
+    expect(metricValue(m, 'chipmunk_reserved_bytes')).toBe(777 + creationBudget('image', 777));
     expect(metricValue(m, 'chipmunk_queue_depth', { queue: 'jobs' })).toBe(0);
     // The delivery routes report through this hook (wired by the delivery branch).
     t.chipmunk.metrics.deliveryAnswered(200);

@@ -7,6 +7,7 @@ import { fsck } from '../src/ops/fsck.js';
 import { mediaPath } from '../src/storage/local.js';
 import { corpus, startChipmunk, type TestChipmunk } from './helpers/chipmunk.js';
 import { tusUpload } from './helpers/tus.js';
+import { creationBudget } from '../src/services/budget.js';
 
 type FileJson = { id: string; totalBytes: number };
 
@@ -82,19 +83,35 @@ describe('start-up recovery', () => {
     const s = await crashLeftovers();
     const t = await startChipmunk({}, { dataDir: s.t.dataDir });
     try {
-      expect(t.chipmunk.recovery).toEqual({ uploadsSettled: 4, orphanUploads: 1, deletesFinished: 1, workspaces: 1, jobsRequeued: 0 });
-      for (const id of [s.moved, s.full, s.torn, s.bare, s.deleting.id]) expect(t.chipmunk.repo.getFile(id), id).toBeUndefined();
+      expect(t.chipmunk.recovery).toEqual({
+        uploadsSettled: 3,
+        uploadsReceived: 1,
+        processingResumed: 1,
+        orphanUploads: 1,
+        orphanReceived: 0,
+        deletesFinished: 1,
+        workspaces: 1,
+        jobsRequeued: 0,
+      });
+      for (const id of [s.moved, s.torn, s.bare, s.deleting.id]) expect(t.chipmunk.repo.getFile(id), id).toBeUndefined();
+      // Every byte of `full` had arrived: a crash after the last byte no longer throws the upload away.
+      await t.chipmunk.jobs.idle();
+      const full = t.chipmunk.repo.getFile(s.full)!;
+      expect(full.status).toBe('ready');
+      expect(await readFile(mediaPath(s.media, s.full, '0.jpg'))).toEqual(s.photo);
       expect(existsSync(mediaPath(s.media, s.moved))).toBe(false);
       expect(existsSync(mediaPath(s.media, s.deleting.id))).toBe(false);
       expect((await readdir(s.uploads)).sort()).toEqual([s.partial, `${s.partial}.json`].sort());
       expect(await readdir(path.join(t.dataDir, 'work'))).toEqual([]);
+      expect(await readdir(path.join(t.dataDir, 'received'))).toEqual([]);
       // The background walk removes the old temporary blob and the folder no row accounts for.
       await expect.poll(() => existsSync(s.temp) || existsSync(mediaPath(s.media, s.orphanFolder))).toBe(false);
       expect(existsSync(mediaPath(s.media, s.tempHolder.id, '0.jpg'))).toBe(true);
 
       const user = (await (await t.api('/v1/users/rita')).json()) as { usedBytes: number; reservedBytes: number; fileCount: number };
-      expect(user).toMatchObject({ usedBytes: s.kept.totalBytes + s.tempHolder.totalBytes, reservedBytes: s.photo.length, fileCount: 2 });
-      const report = await fsck({ repo: t.chipmunk.repo, storage: t.chipmunk.storage, area: t.chipmunk.area });
+      const reservation = s.photo.length + creationBudget('image', s.photo.length);
+      expect(user).toMatchObject({ usedBytes: s.kept.totalBytes + s.tempHolder.totalBytes + full.totalBytes, reservedBytes: reservation, fileCount: 3 });
+      const report = await fsck({ repo: t.chipmunk.repo, storage: t.chipmunk.storage, area: t.chipmunk.area, received: t.chipmunk.received });
       expect(report.problems).toEqual([]);
       expect(report.notices.map((n) => n.kind)).toEqual(['upload-in-progress']);
 
@@ -103,7 +120,7 @@ describe('start-up recovery', () => {
       expect(head.headers.get('upload-offset')).toBe('1000');
       const rest = s.photo.subarray(1000);
       expect((await patch(t, s.partial, 1000, rest)).status).toBe(200);
-      expect(await t.api('/v1/users/rita').then((r) => r.json())).toMatchObject({ reservedBytes: 0, fileCount: 3 });
+      expect(await t.api('/v1/users/rita').then((r) => r.json())).toMatchObject({ reservedBytes: 0, fileCount: 4 });
     } finally {
       await t.close();
     }
@@ -122,7 +139,7 @@ describe('fsck', () => {
       c.repo.setUserCounters('rita', { usedBytes: 1, reservedBytes: 2 });
       await rm(mediaPath(s.media, s.kept.id, '0.jpg'));
       await writeFile(mediaPath(s.media, s.tempHolder.id, 'stray.bin'), 'x');
-      const deps = { repo: c.repo, storage: c.storage, area: c.area };
+      const deps = { repo: c.repo, storage: c.storage, area: c.area, received: c.received };
       const found = await fsck(deps);
       const kinds = found.problems.map((p) => p.kind).sort();
       expect(kinds).toEqual(
@@ -131,7 +148,6 @@ describe('fsck', () => {
           'orphan-folder',
           'orphan-upload',
           'reservation',
-          'stale-reservation',
           'stale-reservation',
           'stale-reservation',
           'stale-reservation',
@@ -148,7 +164,8 @@ describe('fsck', () => {
       const after = await fsck(deps);
       expect(after.problems.map((p) => p.kind)).toEqual(['missing-variant']);
       const rita = c.repo.getUser('rita')!;
-      expect(rita.reservedBytes).toBe(s.photo.length);
+      // The partial upload and the complete one (processed at the next start) keep their reservations.
+      expect(rita.reservedBytes).toBe(2 * (s.photo.length + creationBudget('image', s.photo.length)));
       expect(rita.usedBytes).toBe(s.kept.totalBytes + s.tempHolder.totalBytes);
     } finally {
       await c.close();

@@ -6,6 +6,7 @@ import { SignJWT } from 'jose';
 import { Upload } from 'tus-js-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mediaPath } from '../src/storage/local.js';
+import { creationBudget } from '../src/services/budget.js';
 import { corpus, startChipmunk, storedForm, type TestChipmunk } from './helpers/chipmunk.js';
 import { tusUpload, uploadFirstChunk } from './helpers/tus.js';
 
@@ -68,7 +69,7 @@ describe('tus uploads', () => {
   it('terminating an upload gives its reservation and partial bytes back', async () => {
     const token = await t.uploadToken('carol', 'image');
     const url = await uploadFirstChunk(endpoint, photo, { token, chunkSize: 50_000 });
-    expect((await user('carol')).reservedBytes).toBe(photo.length);
+    expect((await user('carol')).reservedBytes).toBe(photo.length + creationBudget('image', photo.length));
     await Upload.terminate(url, { headers: { Authorization: `Bearer ${token}` } });
     await expect.poll(async () => (await user('carol')).reservedBytes).toBe(0);
     expect((await user('carol')).usedBytes).toBe(0);
@@ -85,7 +86,7 @@ describe('tus uploads', () => {
     if (result.ok) return;
     expect(result.status).toBe(413);
     expect(JSON.parse(result.body!)).toEqual({
-      error: { code: 'QUOTA_EXCEEDED', message: expect.stringMatching(/^Storage quota exceeded: 100 KB free, this upload needs 133(\.\d)? KB\.$/) },
+      error: { code: 'QUOTA_EXCEEDED', message: expect.stringMatching(/^Storage quota exceeded: 100 KB free, this upload needs \d+(\.\d)? KB \(\d+(\.\d)? KB and up to \d+(\.\d)? KB for what is made from it\)\.$/) },
     });
     expect(result.error.message).toContain('QUOTA_EXCEEDED');
     expect(await user('dave')).toMatchObject({ usedBytes: 0, reservedBytes: 0 });
@@ -104,7 +105,7 @@ describe('tus uploads', () => {
     expect(await uploadDirEntries()).toEqual([]);
   });
 
-  it('answers 404 to a HEAD after a refused final PATCH, so a client cannot mistake it for success', async () => {
+  it('answers 410 with the reason to a HEAD after a refused final PATCH, so a client cannot mistake it for success', async () => {
     const token = await t.uploadToken('erin2', 'image');
     const text = Buffer.from('plain text, not an image '.repeat(50));
     const create = await fetch(endpoint, {
@@ -119,8 +120,13 @@ describe('tus uploads', () => {
     });
     expect(patch.status).toBe(422);
     const head = await fetch(location, { method: 'HEAD', headers: { 'Tus-Resumable': '1.0.0' } });
-    expect(head.status).toBe(404);
+    expect(head.status).toBe(410);
     expect(head.headers.get('upload-offset')).toBeNull();
+    expect(head.headers.get('chipmunk-error-code')).toBe('UNPROCESSABLE_MEDIA');
+    // A replayed final PATCH hears the same verdict, as JSON.
+    const replay = await fetch(location, { method: 'PATCH', headers: { 'Tus-Resumable': '1.0.0', 'Upload-Offset': String(text.length), 'Content-Type': 'application/offset+octet-stream' } });
+    expect(replay.status).toBe(410);
+    expect(((await replay.json()) as { error: { code: string } }).error.code).toBe('UNPROCESSABLE_MEDIA');
   });
 
   it('refuses a type the purpose does not take, by declared type and by bytes', async () => {
@@ -191,7 +197,9 @@ describe('tus uploads', () => {
     const k = 7;
     // A tiny valid image: every upload is now decoded, so a truncated photo would be refused.
     const data = await readFile(corpus('images/color/png8-rgba-basn6a08.png'));
-    await t.api('/v1/users/racer', { method: 'PUT', json: { quotaBytes: k * data.length + data.length - 1 } });
+    // Each creation reserves the file and the budget for its variants (README, "Quota budget").
+    const cost = data.length + creationBudget('image', data.length);
+    await t.api('/v1/users/racer', { method: 'PUT', json: { quotaBytes: k * cost + cost - 1 } });
     const token = await t.uploadToken('racer', 'image');
     // All 50 creations race first (the reservation is the quota decision); finished uploads then
     // charge their variants too, which must not change who was admitted.
@@ -217,7 +225,7 @@ describe('tus uploads', () => {
       headers: { 'Tus-Resumable': '1.0.0', 'Upload-Length': '5000', Authorization: `Bearer ${token}` },
     });
     expect(create.status).toBe(201);
-    expect((await user('jack')).reservedBytes).toBe(5000);
+    expect((await user('jack')).reservedBytes).toBe(5000 + creationBudget('image', 5000));
     const id = create.headers.get('location')!.split('/').pop()!;
     expect(t.chipmunk.repo.getFile(id)?.status).toBe('uploading');
     // Pretend a day has passed by sweeping with a clock past the expiry.

@@ -1,9 +1,12 @@
 import path from 'node:path';
+import { eq } from 'drizzle-orm';
 import { afterEach, beforeEach, expect, it } from 'vitest';
 import { tempDirEach } from '../../test/helpers/temp-dir.js';
 import { newDeliveryToken, newFileId } from '../ids.js';
 import { openDatabase, type Db } from './index.js';
 import { createRepository, type Deliverable } from './repository.js';
+import { files } from './schema.js';
+import { createSqlitePorts } from './sqlite-ports.js';
 
 // The repository holds no delivery cache; it announces, after each commit that could change what
 // /f/ serves, which file changed (delivery's caches listen). Told too early, a cache could store
@@ -40,6 +43,8 @@ function storedFile() {
     newDeliveryToken,
   });
   repo.commitUpload(row.id, { mimeType: 'image/jpeg', ext: 'jpg', status: 'ready', variants: [{ name: '0', path: '0.jpg', mimeType: 'image/jpeg', bytes: 10, width: 1, height: 1 }] });
+  // As the durable pipeline's commit leaves it (generated variants are added only to committed files).
+  db.update(files).set({ committedAt: Date.now() }).where(eq(files.id, row.id)).run();
   return repo.getFile(row.id)!;
 }
 
@@ -84,4 +89,28 @@ it('announces a delete once the file is no longer served, and nothing for a writ
   expect(repo.updateFile(file.id, { visibility: 'public' })).toBeUndefined();
   expect(repo.addVariants(file.id, [])).toBeUndefined();
   expect(told).toEqual([]);
+});
+
+it('the durable pipeline’s unit of work announces each file it changed, once committed', async () => {
+  const file = storedFile();
+  watched = { token: file.deliveryToken, name: '0' };
+  const announced: Array<{ fileId: string; inTransaction: boolean; seen: Deliverable | undefined }> = [];
+  const uow = createSqlitePorts(db, {
+    webhooksEnabled: false,
+    onDeliverablesChanged: (fileId) => announced.push({ fileId, inTransaction: db.$client.inTransaction, seen: repo.getDeliverable(file.deliveryToken, '0') }),
+  });
+  await uow.run(async (tx) => {
+    await tx.files.transition(file.id, ['ready'], 'deleting');
+    expect(announced).toEqual([]);
+  });
+  expect(announced).toEqual([{ fileId: file.id, inTransaction: false, seen: undefined }]);
+  // A unit that rolls back announces nothing.
+  const other = storedFile();
+  await expect(
+    uow.run(async (tx) => {
+      await tx.files.transition(other.id, ['ready'], 'deleting');
+      throw new Error('rolled back');
+    }),
+  ).rejects.toThrow('rolled back');
+  expect(announced).toHaveLength(1);
 });

@@ -1,7 +1,7 @@
 import { and, asc, desc, eq, gt, inArray, isNull, lt, lte, ne, notExists, sql } from 'drizzle-orm';
 import { errors, formatBytes } from '../errors.js';
 import type { Db } from './index.js';
-import { files, jobs, users, variants, webhookDeliveries, type FileRow, type JobRow, type UserRow, type VariantRow, type Visibility } from './schema.js';
+import { files, jobs, users, variants, type FileRow, type JobRow, type UserRow, type VariantRow, type Visibility } from './schema.js';
 
 // The only code that reads or writes SQL. Every change to usage or reservations happens
 // inside one transaction together with the file-state change that justifies it, so a crash
@@ -48,7 +48,8 @@ export type Deliverable = {
   bytes: number;
 };
 
-const storedStatuses = ['processing', 'ready', 'failed'] as const;
+// What the API shows as a file (received and processing ones included: their JSON says they are not ready yet).
+const storedStatuses = ['received', 'processing', 'ready', 'failed'] as const;
 
 export type RepositoryOptions = {
   /**
@@ -176,27 +177,37 @@ export function createRepository(db: Db, opts: RepositoryOptions = {}) {
       return committed;
     },
 
-    /** Adds generated files to a stored file (audio renditions, covers), charging their bytes. */
-    addVariants(fileId: string, added: NewVariant[], patch: { status?: FileRow['status']; info?: Record<string, unknown>; error?: string | null } = {}): FileRow | undefined {
+    /**
+     * Adds generated files to a committed file (audio renditions, covers), charging their bytes and giving
+     * back the budget the file kept reserved for them. 'quota' (nothing changed) when they do not fit.
+     */
+    addVariants(fileId: string, added: NewVariant[], patch: { status?: FileRow['status']; info?: Record<string, unknown>; error?: string | null } = {}): FileRow | 'quota' | undefined {
       const updated = db.transaction((tx) => {
         const file = tx.select().from(files).where(eq(files.id, fileId)).get();
-        if (!file || file.status === 'deleting' || file.status === 'uploading') return undefined;
+        if (!file || file.status === 'deleting' || file.committedAt === null) return undefined;
         const existing = added.length
           ? tx.select().from(variants).where(and(eq(variants.fileId, fileId), inArray(variants.name, added.map((v) => v.name)))).all()
           : [];
         // Safe to run twice: a variant already recorded is replaced and its old bytes uncharged.
         const delta = added.reduce((s, v) => s + v.bytes, 0) - existing.reduce((s, v) => s + v.bytes, 0);
+        const charged = tx
+          .update(users)
+          .set({ usedBytes: sql`${users.usedBytes} + ${delta}`, reservedBytes: sql`${users.reservedBytes} - ${file.reservedBytes}` })
+          .where(and(eq(users.id, file.userId), sql`${delta} <= 0 OR ${users.usedBytes} + ${users.reservedBytes} - ${file.reservedBytes} + ${delta} <= ${users.quotaBytes}`))
+          .returning({ id: users.id })
+          .get();
+        if (!charged) return 'quota' as const;
         for (const v of added) {
           tx.insert(variants)
             .values({ ...v, fileId })
             .onConflictDoUpdate({ target: [variants.fileId, variants.name], set: { path: v.path, mimeType: v.mimeType, bytes: v.bytes, width: v.width, height: v.height } })
             .run();
         }
-        tx.update(users).set({ usedBytes: sql`${users.usedBytes} + ${delta}` }).where(eq(users.id, file.userId)).run();
         return tx
           .update(files)
           .set({
             totalBytes: file.totalBytes + delta,
+            reservedBytes: 0,
             status: patch.status ?? file.status,
             info: patch.info ? { ...file.info, ...patch.info } : file.info,
             error: patch.error === undefined ? file.error : patch.error,
@@ -206,7 +217,7 @@ export function createRepository(db: Db, opts: RepositoryOptions = {}) {
           .returning()
           .get();
       });
-      if (updated) deliverablesChanged(fileId);
+      if (updated && updated !== 'quota') deliverablesChanged(fileId);
       return updated;
     },
 
@@ -214,6 +225,17 @@ export function createRepository(db: Db, opts: RepositoryOptions = {}) {
     releaseUpload(fileId: string): boolean {
       return db.transaction((tx) => {
         const file = tx.select().from(files).where(and(eq(files.id, fileId), eq(files.status, 'uploading'))).get();
+        if (!file) return false;
+        tx.update(users).set({ reservedBytes: sql`${users.reservedBytes} - ${file.reservedBytes}` }).where(eq(users.id, file.userId)).run();
+        tx.delete(files).where(eq(files.id, fileId)).run();
+        return true;
+      });
+    },
+
+    /** Drops an uncommitted received upload and gives its reservation back (fsck --repair). */
+    releaseAwaiting(fileId: string): boolean {
+      return db.transaction((tx) => {
+        const file = tx.select().from(files).where(and(eq(files.id, fileId), inArray(files.status, ['received', 'processing']), isNull(files.committedAt))).get();
         if (!file) return false;
         tx.update(users).set({ reservedBytes: sql`${users.reservedBytes} - ${file.reservedBytes}` }).where(eq(users.id, file.userId)).run();
         tx.delete(files).where(eq(files.id, fileId)).run();
@@ -245,8 +267,17 @@ export function createRepository(db: Db, opts: RepositoryOptions = {}) {
       const deleting = db.transaction((tx) => {
         const file = tx.select().from(files).where(and(eq(files.id, fileId), inArray(files.status, [...storedStatuses]))).get();
         if (!file) return undefined;
-        tx.update(users).set({ usedBytes: sql`${users.usedBytes} - ${file.totalBytes}` }).where(eq(users.id, file.userId)).run();
-        return tx.update(files).set({ status: 'deleting', totalBytes: 0, updatedAt: now() }).where(eq(files.id, fileId)).returning().get();
+        tx.update(users)
+          .set({ usedBytes: sql`${users.usedBytes} - ${file.totalBytes}`, reservedBytes: sql`${users.reservedBytes} - ${file.reservedBytes}` })
+          .where(eq(users.id, file.userId))
+          .run();
+        // Compare-and-set on the state it was read in: a job that moved it meanwhile makes this a miss.
+        return tx
+          .update(files)
+          .set({ status: 'deleting', totalBytes: 0, reservedBytes: 0, updatedAt: now() })
+          .where(and(eq(files.id, fileId), eq(files.status, file.status)))
+          .returning()
+          .get();
       });
       if (deleting) deliverablesChanged(fileId);
       return deleting;
@@ -286,6 +317,9 @@ export function createRepository(db: Db, opts: RepositoryOptions = {}) {
 
     /** Moves on after every commit that could change a deliverable (onDeliverablesChanged is told which file). */
     deliverablesGeneration: () => deliverablesGeneration,
+
+    /** For writers outside this object (the durable pipeline's ports): call after such a commit, with the file. */
+    deliverablesChanged,
 
     /** A stored file's variant by delivery token and variant name, or undefined (delivery caches it: src/delivery/). */
     getDeliverable(token: string, name: string): Deliverable | undefined {
@@ -357,8 +391,8 @@ export function createRepository(db: Db, opts: RepositoryOptions = {}) {
       return db
         .select({
           userId: files.userId,
-          used: sql<number>`coalesce(sum(case when ${files.status} in ('processing','ready','failed') then ${files.totalBytes} else 0 end), 0)`,
-          reserved: sql<number>`coalesce(sum(case when ${files.status} = 'uploading' then ${files.reservedBytes} else 0 end), 0)`,
+          used: sql<number>`coalesce(sum(case when ${files.status} <> 'deleting' then ${files.totalBytes} else 0 end), 0)`,
+          reserved: sql<number>`coalesce(sum(case when ${files.status} <> 'deleting' then ${files.reservedBytes} else 0 end), 0)`,
         })
         .from(files)
         .groupBy(files.userId)
@@ -371,12 +405,12 @@ export function createRepository(db: Db, opts: RepositoryOptions = {}) {
 
     // ---- operations: recovery, fsck, readiness, metrics, webhooks ----
 
-    /** Unfinished uploads holding a reservation, and the bytes they hold. */
+    /** Files holding a reservation (uploads in flight, received uploads, budgets for work to come), and the bytes they hold. */
     reservationTotals(): { count: number; bytes: number } {
       const row = db
         .select({ count: sql<number>`count(*)`, bytes: sql<number>`coalesce(sum(${files.reservedBytes}), 0)` })
         .from(files)
-        .where(eq(files.status, 'uploading'))
+        .where(gt(files.reservedBytes, 0))
         .get();
       return { count: row?.count ?? 0, bytes: row?.bytes ?? 0 };
     },
@@ -409,10 +443,11 @@ export function createRepository(db: Db, opts: RepositoryOptions = {}) {
       deliverablesChanged(fileId);
     },
 
-    jobCounts(): { queued: number; running: number; failed: number } {
-      const rows = db.select({ state: jobs.state, n: sql<number>`count(*)` }).from(jobs).groupBy(jobs.state).all();
-      const count = (state: string) => rows.find((r) => r.state === state)?.n ?? 0;
-      return { queued: count('queued'), running: count('running'), failed: count('failed') };
+    /** Jobs by state, webhook deliveries apart (they have their own figure). */
+    jobCounts(): { queued: number; running: number; failed: number; byType: Array<{ type: string; state: string; n: number }> } {
+      const rows = db.select({ type: jobs.type, state: jobs.state, n: sql<number>`count(*)` }).from(jobs).groupBy(jobs.type, jobs.state).all();
+      const count = (state: string) => rows.filter((r) => r.state === state && r.type !== 'webhook.deliver').reduce((s, r) => s + r.n, 0);
+      return { queued: count('queued'), running: count('running'), failed: count('failed'), byType: rows };
     },
 
     unfinishedJobs(limit = 1000): JobRow[] {
@@ -441,50 +476,20 @@ export function createRepository(db: Db, opts: RepositoryOptions = {}) {
       }
     },
 
-    enqueueWebhook(event: string, payload: string, at = now()): number {
-      return db.insert(webhookDeliveries).values({ event, payload, nextAttemptAt: at, createdAt: at }).returning({ id: webhookDeliveries.id }).get()!.id;
-    },
-
-    dueWebhooks(at: number, maxAttempts: number, limit: number) {
-      return db
-        .select()
-        .from(webhookDeliveries)
-        .where(and(isNull(webhookDeliveries.deliveredAt), lte(webhookDeliveries.nextAttemptAt, at), lt(webhookDeliveries.attempts, maxAttempts)))
-        .orderBy(asc(webhookDeliveries.nextAttemptAt), asc(webhookDeliveries.id))
-        .limit(limit)
-        .all();
-    },
-
-    /** When the next undelivered webhook falls due, or undefined when none waits. */
-    nextWebhookAt(maxAttempts: number): number | undefined {
-      const row = db
-        .select({ at: sql<number | null>`min(${webhookDeliveries.nextAttemptAt})` })
-        .from(webhookDeliveries)
-        .where(and(isNull(webhookDeliveries.deliveredAt), lt(webhookDeliveries.attempts, maxAttempts)))
-        .get();
-      return row?.at ?? undefined;
-    },
-
-    pendingWebhookCount(maxAttempts: number): number {
+    /** Webhook deliveries still to make (jobs of the one queue). */
+    pendingWebhookCount(): number {
       return (
         db
           .select({ n: sql<number>`count(*)` })
-          .from(webhookDeliveries)
-          .where(and(isNull(webhookDeliveries.deliveredAt), lt(webhookDeliveries.attempts, maxAttempts)))
+          .from(jobs)
+          .where(and(eq(jobs.type, 'webhook.deliver'), inArray(jobs.state, ['queued', 'running'])))
           .get()?.n ?? 0
       );
     },
 
-    webhookDelivered(id: number, attempts: number, at = now()): void {
-      db.update(webhookDeliveries).set({ deliveredAt: at, attempts, lastError: null }).where(eq(webhookDeliveries.id, id)).run();
-    },
-
-    webhookFailed(id: number, attempts: number, nextAttemptAt: number, error: string): void {
-      db.update(webhookDeliveries).set({ attempts, nextAttemptAt, lastError: error.slice(0, 500) }).where(eq(webhookDeliveries.id, id)).run();
-    },
-
-    allWebhooks() {
-      return db.select().from(webhookDeliveries).orderBy(asc(webhookDeliveries.id)).all();
+    /** Every webhook delivery, as its job row (the body is the payload). */
+    allWebhooks(): JobRow[] {
+      return db.select().from(jobs).where(eq(jobs.type, 'webhook.deliver')).orderBy(asc(jobs.id)).all();
     },
 
     olderThan(status: FileRow['status'], at: number): FileRow[] {

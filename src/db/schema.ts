@@ -5,14 +5,16 @@ import { index, integer, primaryKey, sqliteTable, text, uniqueIndex } from 'driz
 export const users = sqliteTable('users', {
   id: text('id').primaryKey(),
   quotaBytes: integer('quota_bytes').notNull(),
-  // Invariant: usedBytes = sum(files.total_bytes) of the user's stored files (not uploading, not deleting);
-  // reservedBytes = sum(files.reserved_bytes) of the user's uploading files.
+  // Invariant: usedBytes = sum(files.total_bytes) of the user's files (0 until committed, 0 once deleting);
+  // reservedBytes = sum(files.reserved_bytes) of the user's files (uploads in flight, received uploads
+  // waiting for their job, and the generated-bytes budget a committed track keeps for its renditions).
   usedBytes: integer('used_bytes').notNull().default(0),
   reservedBytes: integer('reserved_bytes').notNull().default(0),
   createdAt: integer('created_at').notNull(),
 });
 
-export const fileStatuses = ['uploading', 'processing', 'ready', 'failed', 'deleting'] as const;
+// uploading → received → processing → ready | failed, and deleting (see README, "Durable processing").
+export const fileStatuses = ['uploading', 'received', 'processing', 'ready', 'failed', 'deleting'] as const;
 export type FileStatus = (typeof fileStatuses)[number];
 export type Visibility = 'public' | 'private';
 
@@ -44,6 +46,10 @@ export const files = sqliteTable(
     updatedAt: integer('updated_at').notNull(),
     /** When an unfinished upload stops being resumable and its reservation is released. */
     expiresAt: integer('expires_at'),
+    /** The length the upload declared (tus Upload-Length), kept for HEAD after completion. */
+    uploadLength: integer('upload_length'),
+    /** Set in the transaction that records the variants: from then on only a delete removes the folder. */
+    committedAt: integer('committed_at'),
   },
   (t) => [
     uniqueIndex('files_delivery_token').on(t.deliveryToken),
@@ -75,7 +81,11 @@ export const jobs = sqliteTable(
   {
     id: integer('id').primaryKey({ autoIncrement: true }),
     fileId: text('file_id').notNull(),
+    /** Whose job it is, for fair scheduling ('' for jobs of no user). */
+    userId: text('user_id').notNull().default(''),
     type: text('type').notNull(),
+    /** Job-specific input as JSON (a webhook's body). */
+    payload: text('payload'),
     state: text('state', { enum: ['queued', 'running', 'done', 'failed'] }).notNull(),
     attempts: integer('attempts').notNull().default(0),
     runAfter: integer('run_after').notNull(),
@@ -83,8 +93,21 @@ export const jobs = sqliteTable(
     createdAt: integer('created_at').notNull(),
     updatedAt: integer('updated_at').notNull(),
   },
-  (t) => [index('jobs_state_run_after').on(t.state, t.runAfter)],
+  (t) => [index('jobs_state_run_after').on(t.state, t.runAfter), index('jobs_file').on(t.fileId)],
 );
+
+/**
+ * Uploads refused on their content (or given up), kept as long as tus records are, so HEAD on the
+ * upload URL answers 410 with the reason instead of 404 (which would make a client upload again).
+ */
+export const refusedUploads = sqliteTable('refused_uploads', {
+  id: text('id').primaryKey(),
+  userId: text('user_id').notNull(),
+  code: text('code').notNull(),
+  status: integer('status').notNull(),
+  message: text('message').notNull(),
+  expiresAt: integer('expires_at').notNull(),
+});
 
 export const webhookDeliveries = sqliteTable(
   'webhook_deliveries',
@@ -112,3 +135,4 @@ export type UserRow = typeof users.$inferSelect;
 export type FileRow = typeof files.$inferSelect;
 export type VariantRow = typeof variants.$inferSelect;
 export type JobRow = typeof jobs.$inferSelect;
+export type RefusedUploadRow = typeof refusedUploads.$inferSelect;

@@ -4,6 +4,7 @@ import { openDatabase } from '../db/index.js';
 import { createRepository } from '../db/repository.js';
 import { createLocalStorage } from '../storage/local.js';
 import { createUploadArea } from '../uploads/area.js';
+import { createReceivedArea } from '../uploads/received.js';
 import { tryLockDataDir, recordedPid } from './data-dir-lock.js';
 import { formatFsckReport, fsck } from './fsck.js';
 
@@ -32,6 +33,7 @@ export async function fsckCommand(args: string[], env: NodeJS.ProcessEnv = proce
       repo: createRepository(db),
       storage: createLocalStorage({ mediaDir: config.mediaDir, workDir: path.join(config.dataDir, 'work'), mediaGid: config.mediaGroupId }),
       area: createUploadArea(config.uploadDir),
+      received: createReceivedArea(path.join(config.dataDir, 'received')),
     };
     if (live) process.stdout.write('note: a server is running on this data directory; its uploads, jobs and processing in flight are reported as notices.\n');
     const report = await fsck(deps, { repair, live });

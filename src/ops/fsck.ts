@@ -3,6 +3,7 @@ import type { FileRow } from '../db/schema.js';
 import { fileIdPattern } from '../ids.js';
 import { isTempName, type BlobStorage } from '../storage/storage.js';
 import type { UploadArea } from '../uploads/area.js';
+import type { ReceivedArea } from '../uploads/received.js';
 
 // `chipmunk fsck`: compares the database with the media folder and the upload area. Every
 // finding is a problem (exit 1) or a notice (work that is merely pending). `--repair` fixes what
@@ -13,7 +14,7 @@ import type { UploadArea } from '../uploads/area.js';
 export type Finding = { kind: string; subject: string; detail: string; repairable: boolean };
 export type FsckReport = { problems: Finding[]; notices: Finding[]; repaired: string[] };
 
-export type FsckDeps = { repo: Repository; storage: BlobStorage; area: UploadArea; now?: number };
+export type FsckDeps = { repo: Repository; storage: BlobStorage; area: UploadArea; received?: ReceivedArea; now?: number };
 
 const PAGE = 500;
 
@@ -31,6 +32,7 @@ export async function fsck(deps: FsckDeps, opts: { repair?: boolean; live?: bool
   };
   const uploadsPresent = await area.list();
   const rowIds = new Set<string>();
+  const awaiting = new Set<string>();
 
   // 1. Every file row against its folder, its variants and its upload.
   let after = '';
@@ -41,6 +43,7 @@ export async function fsck(deps: FsckDeps, opts: { repair?: boolean; live?: bool
     for (const file of page) {
       rowIds.add(file.id);
       if (file.status === 'uploading') await checkUpload(file);
+      else if ((file.status === 'received' || file.status === 'processing') && file.committedAt === null) await checkAwaiting(file);
       else if (file.status === 'deleting') {
         problem('unfinished-delete', file.id, 'a delete was interrupted (its bytes were already given back)', true);
         await repair(`finished the delete of ${file.id}`, async () => {
@@ -60,10 +63,13 @@ export async function fsck(deps: FsckDeps, opts: { repair?: boolean; live?: bool
     if (folder.length > 0) why = 'an unfinished upload has a media folder (killed between the move and the commit)';
     else if (received === undefined) why = 'an unfinished upload has no bytes in the upload area';
     else if (!entry?.hasSidecar || !(await area.sidecarReadable(file.id))) why = "an unfinished upload lost tus's record of it";
-    else if (received >= file.bytes) why = 'an upload received all its bytes but was never completed';
-    else if (file.expiresAt !== null && file.expiresAt <= now) why = 'an unfinished upload expired but still holds its reservation';
-    // Beside a live server an upload between its last byte and its commit is being completed, not stuck.
-    if (opts.live && why && (received !== undefined && received >= file.bytes || folder.length > 0)) why = undefined;
+    else if (received >= (file.uploadLength ?? file.bytes) && received > 0) {
+      // The last byte is a commitment: the next start makes it 'received' and processes it.
+      notices.push({ kind: 'upload-complete', subject: file.id, detail: `all ${received} bytes received; processed ${opts.live ? 'by the live server' : 'at the next start'}`, repairable: false });
+      return;
+    } else if (file.expiresAt !== null && file.expiresAt <= now) why = 'an unfinished upload expired but still holds its reservation';
+    // Beside a live server an upload between its move and its commit is being completed, not stuck.
+    if (opts.live && why && folder.length > 0) why = undefined;
     if (!why) {
       notices.push({ kind: 'upload-in-progress', subject: file.id, detail: `${received} of ${file.bytes} bytes received`, repairable: false });
       return;
@@ -73,6 +79,21 @@ export async function fsck(deps: FsckDeps, opts: { repair?: boolean; live?: bool
       await storage.removeFolder(file.id);
       repo.releaseUpload(file.id);
       await area.discard(file.id);
+    });
+  }
+
+  // A received upload waiting for (or in) its processing job: its bytes must be in the received area.
+  async function checkAwaiting(file: FileRow) {
+    awaiting.add(file.id);
+    uploadsPresent.delete(file.id);
+    if (await deps.received?.locate(file.id)) {
+      notices.push({ kind: 'awaiting-processing', subject: file.id, detail: `${file.status}; processing resumes at the next start if the server is stopped`, repairable: false });
+      return;
+    }
+    problem('received-bytes-missing', file.id, `a received upload has no bytes in the received area; ${file.reservedBytes} bytes reserved`, true);
+    await repair(`released the received upload ${file.id}`, async () => {
+      await storage.removeFolder(file.id);
+      await repo.releaseAwaiting(file.id);
     });
   }
 
@@ -119,6 +140,13 @@ export async function fsck(deps: FsckDeps, opts: { repair?: boolean; live?: bool
     await repair(`removed the orphan upload ${id}`, () => area.discard(id));
   }
 
+  // 3b. Received-area files with no upload waiting for processing.
+  for (const id of (await deps.received?.list()) ?? []) {
+    if (awaiting.has(id)) continue;
+    problem('orphan-received', id, 'received-area bytes of an upload that is no longer waiting for processing', true);
+    await repair(`removed the received leftovers of ${id}`, () => deps.received!.remove(id));
+  }
+
   // 4. Processing scratch space (only a dead process leaves any).
   const workspaces = await storage.listWorkspaces();
   if (workspaces.length && opts.live) {
@@ -143,6 +171,7 @@ export async function fsck(deps: FsckDeps, opts: { repair?: boolean; live?: bool
 
   // 6. Jobs: 'running' with the server stopped means interrupted; a job whose file is gone is dead.
   for (const job of repo.unfinishedJobs()) {
+    if (job.type === 'webhook.deliver') continue; // counted below
     const file = repo.getFile(job.fileId);
     if (!file || file.status === 'deleting' || file.status === 'uploading') {
       problem('orphan-job', `job ${job.id}`, `${job.type} job for a file that is gone`, true);
@@ -154,7 +183,7 @@ export async function fsck(deps: FsckDeps, opts: { repair?: boolean; live?: bool
       await repair(`requeued job ${job.id}`, () => void repo.requeueRunningJobs());
     } else notices.push({ kind: 'queued-job', subject: `job ${job.id}`, detail: `${job.type} for ${job.fileId}, runs at next start`, repairable: false });
   }
-  const pendingWebhooks = repo.pendingWebhookCount(Number.MAX_SAFE_INTEGER);
+  const pendingWebhooks = repo.pendingWebhookCount();
   if (pendingWebhooks) notices.push({ kind: 'webhooks-pending', subject: 'webhooks', detail: `${pendingWebhooks} not yet delivered`, repairable: false });
 
   return { problems, notices, repaired };

@@ -10,6 +10,8 @@ export type MetricsSources = {
   queueDepth(): Record<string, number>;
   /** Unfinished uploads holding a reservation, and the bytes they hold. */
   reservations(): { count: number; bytes: number };
+  /** Jobs of the one queue by type and state (absent: not exported). */
+  jobStates?(): Array<{ type: string; state: string; n: number }>;
 };
 
 export type Metrics = ReturnType<typeof createMetrics>;
@@ -83,6 +85,22 @@ export function createMetrics(sources: MetricsSources, opts: { defaultMetrics?: 
     },
   });
   new Gauge({
+    name: 'chipmunk_jobs',
+    help: 'Jobs of the one queue (processing, audio renditions, webhook deliveries), by type and state.',
+    labelNames: ['type', 'state'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const row of sources.jobStates?.() ?? []) this.set({ type: row.type, state: row.state }, row.n);
+    },
+  });
+  const jobOutcomes = new Counter({
+    name: 'chipmunk_job_attempts_total',
+    help: 'Job attempts, by type and outcome (done, retry, failed, interrupted).',
+    labelNames: ['type', 'outcome'],
+    registers: [registry],
+  });
+  new Gauge({
     name: 'chipmunk_reservations_outstanding',
     help: 'Unfinished uploads holding part of a quota.',
     registers: [registry],
@@ -112,6 +130,7 @@ export function createMetrics(sources: MetricsSources, opts: { defaultMetrics?: 
     },
     quotaRefused: (purpose: string) => quotaRefusals.inc({ purpose }),
     webhookAttempt: (outcome: 'delivered' | 'failed') => webhookAttempts.inc({ outcome }),
+    jobOutcome: (type: string, outcome: string) => jobOutcomes.inc({ type, outcome }),
     /** Time a piece of processing: `const done = metrics.startProcessing('image'); … done('ok')`. */
     startProcessing(kind: string): (outcome: 'ok' | 'refused' | 'error') => void {
       const end = processingDuration.startTimer({ kind });

@@ -1,11 +1,12 @@
-import { createHmac, randomUUID } from 'node:crypto';
-import type { Repository } from '../db/repository.js';
-import type { FileRow } from '../db/schema.js';
+import { createHmac } from 'node:crypto';
+import type { UnitOfWork } from '../db/ports.js';
+import type { FileRow, JobRow } from '../db/schema.js';
+import type { JobHandler, JobResult } from '../jobs/runner.js';
 import type { EventBus } from '../events.js';
 import type { Logger } from '../log.js';
 
-// Webhooks: each event is written to SQLite (webhook_deliveries) the moment it happens, then
-// POSTed to CHIPMUNK_WEBHOOK_URL until the receiver answers 2xx, with exponential backoff.
+// Webhooks: each event is written to the job queue in the transaction of the change it announces,
+// then POSTed to CHIPMUNK_WEBHOOK_URL until the receiver answers 2xx, with exponential backoff.
 // A restart picks up whatever was not delivered. Each request is signed:
 //   Chipmunk-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, `${t}.${body}`)>
 
@@ -30,7 +31,7 @@ export function signWebhook(secret: string, timestamp: number, body: string): st
 }
 
 /** What a receiver sees of a file: never its delivery token. */
-function fileData(file: FileRow, extra: Record<string, unknown> = {}) {
+export function fileData(file: FileRow, extra: Record<string, unknown> = {}) {
   return {
     id: file.id,
     userId: file.userId,
@@ -46,117 +47,72 @@ function fileData(file: FileRow, extra: Record<string, unknown> = {}) {
   };
 }
 
+/**
+ * Webhook deliveries are jobs of the one queue (type `webhook.deliver`, the body in the job's payload):
+ * the row is written in the same unit of work as the change it announces (ports.outbox), and the job
+ * runner retries with this backoff until the receiver answers 2xx or the attempts run out.
+ */
 export function createWebhooks(deps: {
-  repo: Repository;
+  uow: UnitOfWork;
   events: EventBus;
   logger: Logger;
   options: WebhookOptions;
+  /** Deliveries still to make, for /metrics and readiness. */
+  pendingCount: () => number;
   onAttempt?: (outcome: 'delivered' | 'failed') => void;
 }) {
-  const { repo, logger, options } = deps;
+  const { logger, options } = deps;
   const maxAttempts = options.maxAttempts ?? 15;
   const maxBackoffMs = options.maxBackoffMs ?? 3600_000;
   const timeoutMs = options.timeoutMs ?? 10_000;
-  let timer: NodeJS.Timeout | undefined;
-  let running: Promise<void> | undefined;
-  let again = false;
-  let stopped = true;
 
-  // Written synchronously in the listener, so the row exists as soon as the event is emitted.
-  const record = (event: WebhookEvent, data: Record<string, unknown>) => {
-    const createdAt = Date.now();
-    const payload = JSON.stringify({ id: randomUUID(), type: event, createdAt: new Date(createdAt).toISOString(), data });
-    repo.enqueueWebhook(event, payload, createdAt);
-    kick();
-  };
-  deps.events.on('file.ready', (file) => record('file.ready', fileData(file)));
-  deps.events.on('file.failed', (file, reason) => record('file.failed', fileData(file, { reason })));
-  deps.events.on('file.deleted', (file) => record('file.deleted', fileData(file, { status: 'deleted' })));
-  deps.events.on('quota.exceeded', (info) => record('quota.exceeded', { ...info }));
+  // A refusal at creation has no unit of work of its own: its row is its own transaction.
+  deps.events.on('quota.exceeded', (info) => {
+    deps.uow.ports.outbox.add('quota.exceeded', { ...info }, { fileId: '', userId: info.userId }).catch((err: unknown) => logger.error('could not record a webhook', { err }));
+  });
 
-  function kick(): void {
-    if (stopped) return;
-    if (running) {
-      again = true;
-      return;
-    }
-    if (timer) clearTimeout(timer);
-    timer = undefined;
-    running = pump().finally(() => {
-      running = undefined;
-      if (again) {
-        again = false;
-        kick();
-      } else schedule();
-    });
-  }
-
-  function schedule(): void {
-    if (stopped) return;
-    const next = repo.nextWebhookAt(maxAttempts);
-    if (next === undefined) return;
-    timer = setTimeout(kick, Math.max(0, next - Date.now()));
-    timer.unref();
-  }
-
-  async function pump(): Promise<void> {
-    for (;;) {
-      if (stopped) return;
-      const due = repo.dueWebhooks(Date.now(), maxAttempts, 10);
-      if (due.length === 0) return;
-      await Promise.all(due.map((d) => attempt(d)));
-    }
-  }
-
-  async function attempt(d: { id: number; event: string; payload: string; attempts: number }): Promise<void> {
-    const attempts = d.attempts + 1;
-    const timestamp = Math.floor(Date.now() / 1000);
-    let error: string | undefined;
-    try {
-      const res = await fetch(options.url, {
-        method: 'POST',
-        headers: {
-          'content-type': 'application/json',
-          'user-agent': 'Chipmunk-Webhooks/1',
-          'chipmunk-event': d.event,
-          'chipmunk-delivery': String(d.id),
-          'chipmunk-signature': signWebhook(options.secret, timestamp, d.payload),
-        },
-        body: d.payload,
-        signal: AbortSignal.timeout(timeoutMs),
-      });
-      await res.body?.cancel().catch(() => {});
-      if (!res.ok) error = `receiver answered ${res.status}`;
-    } catch (err) {
-      error = (err as Error).message;
-    }
-    if (!error) {
-      repo.webhookDelivered(d.id, attempts);
-      deps.onAttempt?.('delivered');
-      logger.info('webhook delivered', { deliveryId: d.id, event: d.event, attempts });
-      return;
-    }
-    const delay = Math.min(maxBackoffMs, options.backoffMs * 2 ** (attempts - 1));
-    const jitter = delay * 0.2 * Math.random();
-    repo.webhookFailed(d.id, attempts, Date.now() + delay + jitter, error);
-    deps.onAttempt?.('failed');
-    const gaveUp = attempts >= maxAttempts;
-    logger[gaveUp ? 'error' : 'warn'](gaveUp ? 'webhook given up' : 'webhook failed, will retry', { deliveryId: d.id, event: d.event, attempts, error });
-  }
-
-  return {
-    /** Starts delivering, including what a previous process left undelivered. */
-    start(): void {
-      stopped = false;
-      kick();
+  const handler: JobHandler = {
+    maxAttempts,
+    retryDelayMs: (attempt) => {
+      const delay = Math.min(maxBackoffMs, options.backoffMs * 2 ** (attempt - 1));
+      return delay + delay * 0.2 * Math.random();
     },
-    /** Stops scheduling; waits for the attempts in flight (each bounded by its timeout). */
-    async stop(): Promise<void> {
-      stopped = true;
-      if (timer) clearTimeout(timer);
-      timer = undefined;
-      await running;
+    async run(job: JobRow, signal: AbortSignal): Promise<JobResult> {
+      const payload = job.payload ?? '{}';
+      const event = (JSON.parse(payload) as { type?: string }).type ?? 'unknown';
+      const timestamp = Math.floor(Date.now() / 1000);
+      let error: string | undefined;
+      try {
+        const res = await fetch(options.url, {
+          method: 'POST',
+          headers: {
+            'content-type': 'application/json',
+            'user-agent': 'Chipmunk-Webhooks/1',
+            'chipmunk-event': event,
+            'chipmunk-delivery': String(job.id),
+            'chipmunk-signature': signWebhook(options.secret, timestamp, payload),
+          },
+          body: payload,
+          signal: AbortSignal.any([signal, AbortSignal.timeout(timeoutMs)]),
+        });
+        await res.body?.cancel().catch(() => {});
+        if (!res.ok) error = `receiver answered ${res.status}`;
+      } catch (err) {
+        if (signal.aborted) throw err;
+        error = (err as Error).message;
+      }
+      deps.onAttempt?.(error ? 'failed' : 'delivered');
+      if (!error) {
+        logger.info('webhook delivered', { deliveryId: job.id, event, attempts: job.attempts });
+        return { result: 'done' };
+      }
+      logger[job.attempts >= maxAttempts ? 'error' : 'warn']('webhook failed', { deliveryId: job.id, event, attempts: job.attempts, error });
+      return { result: 'retry', reason: error };
     },
-    pending: () => repo.pendingWebhookCount(maxAttempts),
+    fail(job: JobRow, reason: string): void {
+      logger.error('webhook given up', { deliveryId: job.id, attempts: job.attempts, reason });
+    },
   };
+
+  return { handler, pending: deps.pendingCount };
 }

@@ -1,6 +1,8 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import type { UnitOfWork } from '../db/ports.js';
 import type { Repository, NewVariant } from '../db/repository.js';
+import { fileData } from '../ops/webhooks.js';
 import type { FileRow, JobRow } from '../db/schema.js';
 import type { EventBus } from '../events.js';
 import { FinalJobError, type JobHandler } from '../jobs/runner.js';
@@ -20,6 +22,7 @@ export const AUDIO_JOB = 'audio.derive';
 
 export type AudioServiceDeps = {
   repo: Repository;
+  uow: UnitOfWork;
   storage: BlobStorage;
   events: EventBus;
   logger: Logger;
@@ -75,6 +78,7 @@ export function createAudioService(deps: AudioServiceDeps) {
   }
 
   const handler: JobHandler = {
+    maxAttempts: 3,
     async run(job: JobRow, signal: AbortSignal): Promise<void> {
       const file = repo.getStoredFile(job.fileId);
       // Deleted meanwhile, or finished by an earlier run that stopped before recording the job as done.
@@ -120,7 +124,16 @@ export function createAudioService(deps: AudioServiceDeps) {
           const bytes = await storage.adopt(file.id, v.storedAs, v.file);
           stored.push({ name: v.name, path: v.storedAs, mimeType: v.mimeType, bytes, width: v.width ?? null, height: v.height ?? null });
         }
-        const updated = repo.addVariants(file.id, stored, { status: 'ready', info, error: null });
+        // The renditions are charged (against the budget the track kept) and announced in one unit.
+        const updated = await deps.uow.run(async (tx) => {
+          const row = repo.addVariants(file.id, stored, { status: 'ready', info, error: null });
+          if (row && row !== 'quota') await tx.outbox.add('file.ready', fileData(row), { fileId: row.id, userId: row.userId });
+          return row;
+        });
+        if (updated === 'quota') {
+          for (const v of stored) await storage.removeName(file.id, v.path);
+          throw new FinalJobError('Storage quota exceeded: the renditions do not fit in the quota.');
+        }
         if (!updated) {
           // Deleted while we worked: its folder is going away; make sure what we just moved in goes too.
           await storage.removeFolder(file.id);
@@ -132,9 +145,13 @@ export function createAudioService(deps: AudioServiceDeps) {
       }
     },
 
-    fail(job: JobRow, reason: string): void {
-      const updated = repo.addVariants(job.fileId, [], { status: 'failed', error: reason });
-      if (updated) events.emit('file.failed', updated, reason);
+    async fail(job: JobRow, reason: string): Promise<void> {
+      const updated = await deps.uow.run(async (tx) => {
+        const row = repo.addVariants(job.fileId, [], { status: 'failed', error: reason });
+        if (row && row !== 'quota') await tx.outbox.add('file.failed', fileData(row, { reason }), { fileId: row.id, userId: row.userId });
+        return row;
+      });
+      if (updated && updated !== 'quota') events.emit('file.failed', updated, reason);
     },
   };
 

@@ -1,4 +1,7 @@
+import type { UnitOfWork } from '../db/ports.js';
 import type { Repository } from '../db/repository.js';
+import { fileData } from '../ops/webhooks.js';
+import type { ReceivedArea } from '../uploads/received.js';
 import type { FileRow, VariantRow } from '../db/schema.js';
 import { errors } from '../errors.js';
 import type { EventBus } from '../events.js';
@@ -44,7 +47,19 @@ export type VariantUrl = (file: FileRow, variantName: string, baseUrl: string) =
 
 export const unsignedVariantUrl: VariantUrl = (file, name, baseUrl) => `${baseUrl}/f/${file.deliveryToken}/${name}`;
 
-export function createFileService(deps: { repo: Repository; storage: BlobStorage; logger: Logger; events: EventBus; variantUrl?: VariantUrl }) {
+export type FileServiceDeps = {
+  repo: Repository;
+  uow: UnitOfWork;
+  storage: BlobStorage;
+  received: ReceivedArea;
+  logger: Logger;
+  events: EventBus;
+  variantUrl?: VariantUrl;
+  /** After a delete committed: abort the file's running jobs, wake requests waiting on it. */
+  onDeleted?: (fileId: string) => void;
+};
+
+export function createFileService(deps: FileServiceDeps) {
   const { repo, storage, logger } = deps;
   const variantUrl = deps.variantUrl ?? unsignedVariantUrl;
 
@@ -54,7 +69,8 @@ export function createFileService(deps: { repo: Repository; storage: BlobStorage
       userId: file.userId,
       purpose: file.purpose,
       kind: file.kind,
-      status: file.status,
+      // 'received' (waiting for its job) and 'processing' look the same to clients: not ready yet.
+      status: file.status === 'received' ? 'processing' : file.status,
       visibility: file.visibility,
       filename: file.filename,
       mimeType: file.mimeType,
@@ -121,12 +137,20 @@ export function createFileService(deps: { repo: Repository; storage: BlobStorage
       };
     },
 
-    /** Bytes go back in the same transaction that hides the file; then its one folder goes. */
+    /**
+     * Bytes go back in the same transaction that hides the file, records its webhook and cancels its
+     * waiting jobs; running ones are aborted; then its one folder goes.
+     */
     async remove(fileId: string): Promise<void> {
-      const file = repo.beginDelete(fileId);
+      const file = await deps.uow.run(async (tx) => {
+        const row = repo.beginDelete(fileId);
+        if (!row) return undefined;
+        await tx.jobs.cancelForFile(fileId);
+        await tx.outbox.add('file.deleted', fileData(row, { status: 'deleted' }), { fileId, userId: row.userId });
+        return row;
+      });
       if (!file) throw errors.notFound('File');
-      // Emitted with no await after the commit, so its webhook is recorded even if we crash now;
-      // the folder removal that follows is finished at start-up if interrupted.
+      deps.onDeleted?.(fileId);
       deps.events.emit('file.deleted', file);
       await finishDelete(fileId);
     },
@@ -141,6 +165,7 @@ export function createFileService(deps: { repo: Repository; storage: BlobStorage
 
   async function finishDelete(fileId: string): Promise<void> {
     await storage.removeFolder(fileId);
+    await deps.received.remove(fileId);
     repo.finishDelete(fileId);
     logger.info('file deleted', { fileId });
   }

@@ -1,4 +1,8 @@
+import type { UnitOfWork } from '../db/ports.js';
 import type { Repository } from '../db/repository.js';
+import type { FileRow } from '../db/schema.js';
+import type { ReceivedArea } from '../uploads/received.js';
+import { PROCESS_JOB } from './processing.js';
 import { fileIdPattern } from '../ids.js';
 import type { Logger } from '../log.js';
 import { isTempName, type BlobStorage } from '../storage/storage.js';
@@ -10,10 +14,12 @@ import type { UploadService } from './uploads.js';
 // answers its first request. Every step is idempotent, so a kill during recovery is recovered
 // by the next start. What each state means:
 //
-//  'uploading' row, upload bytes gone, unreadable or complete → the process died while creating
-//     or completing it; the client never saw success: remove its folder (if the move happened),
-//     give the reservation back, drop the upload files. (A partial upload stays resumable.)
-//  upload files with no 'uploading' row → orphans of a finished, refused or released upload: delete.
+//  'uploading' row with every byte → the commitment is made now: received, its job queued.
+//  'uploading' row with no byte, or with tus's record lost → released (its client creates again).
+//     (A partial upload with its record stays resumable.)
+//  'received' / uncommitted 'processing' row → its processing job is queued again (idempotent).
+//  upload files with no 'uploading' row → leftovers of a finished, refused or released upload: delete.
+//  received-area files with no upload awaiting processing → leftovers: delete.
 //  'deleting' row → bytes were given back already: remove the folder, then the row.
 //  work/<id> → processing scratch of the dead process: delete.
 //  jobs left 'running' → back to 'queued', so interrupted processing resumes.
@@ -22,7 +28,10 @@ import type { UploadService } from './uploads.js';
 
 export type RecoveryReport = {
   uploadsSettled: number;
+  uploadsReceived: number;
+  processingResumed: number;
   orphanUploads: number;
+  orphanReceived: number;
   deletesFinished: number;
   workspaces: number;
   jobsRequeued: number;
@@ -30,8 +39,10 @@ export type RecoveryReport = {
 
 export type RecoveryDeps = {
   repo: Repository;
+  uow: UnitOfWork;
   storage: BlobStorage;
   area: UploadArea;
+  received: ReceivedArea;
   uploads: UploadService;
   files: FileService;
   logger: Logger;
@@ -39,12 +50,14 @@ export type RecoveryDeps = {
 
 const PAGE = 500;
 
+const awaitingProcessing = (f: FileRow) => (f.status === 'received' || f.status === 'processing') && f.committedAt === null;
+
 export async function recoverAtStartup(deps: RecoveryDeps): Promise<RecoveryReport> {
-  const { repo, storage, area, uploads, logger } = deps;
-  const report: RecoveryReport = { uploadsSettled: 0, orphanUploads: 0, deletesFinished: 0, workspaces: 0, jobsRequeued: 0 };
+  const { repo, uow, storage, area, received, uploads, logger } = deps;
+  const report: RecoveryReport = { uploadsSettled: 0, uploadsReceived: 0, processingResumed: 0, orphanUploads: 0, orphanReceived: 0, deletesFinished: 0, workspaces: 0, jobsRequeued: 0 };
 
   report.workspaces = await storage.discardAllWorkspaces();
-  report.jobsRequeued = repo.requeueRunningJobs();
+  report.jobsRequeued = await uow.ports.jobs.requeueRunning();
   for (;;) {
     const n = await deps.files.finishInterruptedDeletes();
     report.deletesFinished += n;
@@ -60,21 +73,51 @@ export async function recoverAtStartup(deps: RecoveryDeps): Promise<RecoveryRepo
     for (const file of page) {
       const entry = present.get(file.id);
       present.delete(file.id);
-      const received = entry ? await area.receivedBytes(file.id) : undefined;
-      const resumable = received !== undefined && received < file.bytes && entry?.hasSidecar && (await area.sidecarReadable(file.id));
+      const bytes = entry ? await area.receivedBytes(file.id) : undefined;
+      const length = file.uploadLength ?? file.bytes;
+      if (bytes !== undefined && bytes >= length && bytes > 0) {
+        // Every byte arrived but the process stopped before the commitment: it is made now.
+        await uploads.receive(file.id, area.dataPath(file.id), 'keep');
+        await area.discard(file.id); // no request can race for it before we listen
+        report.uploadsReceived++;
+        continue;
+      }
+      const resumable = bytes !== undefined && bytes > 0 && entry?.hasSidecar && (await area.sidecarReadable(file.id));
       if (resumable) continue;
-      // Folder first (it exists if the move into storage happened), then the row and the reservation.
+      // No byte at all (cheap for its client to create again), or tus's record of it is lost.
       await storage.removeFolder(file.id);
       await uploads.release(file.id, { discardCarrier: () => area.discard(file.id) });
       report.uploadsSettled++;
+    }
+  }
+
+  // Received uploads resume their processing job; their bytes come back from the tus area if needed.
+  const waiting = new Set<string>();
+  for (const status of ['received', 'processing'] as const) {
+    let from = '';
+    for (;;) {
+      const page = repo.filesPage(from, PAGE, status);
+      if (page.length === 0) break;
+      from = page[page.length - 1]!.id;
+      for (const file of page.filter(awaitingProcessing)) {
+        waiting.add(file.id);
+        if (!(await received.locate(file.id)) && present.has(file.id)) await received.keep(file.id, area.dataPath(file.id));
+        const job = await uow.ports.jobs.enqueue({ type: PROCESS_JOB, fileId: file.id, userId: file.userId });
+        if (job) report.processingResumed++;
+      }
     }
   }
   for (const id of present.keys()) {
     await area.discard(id);
     report.orphanUploads++;
   }
+  for (const id of await received.list()) {
+    if (waiting.has(id)) continue;
+    await received.remove(id);
+    report.orphanReceived++;
+  }
 
-  const changed = Object.values(report).some((n) => n > 0);
+  const changed = Object.entries(report).some(([k, n]) => k !== 'processingResumed' && n > 0) || report.uploadsReceived > 0;
   logger[changed ? 'warn' : 'info']('start-up recovery done', report);
   return report;
 }

@@ -1,17 +1,20 @@
 import { rm } from 'node:fs/promises';
+import type { UnitOfWork } from '../db/ports.js';
 import type { Repository } from '../db/repository.js';
 import type { FileRow } from '../db/schema.js';
-import { AppError, errors, formatBytes, toAppError } from '../errors.js';
+import { AppError, errors, formatBytes, restoreAppError } from '../errors.js';
 import { newDeliveryToken, newFileId } from '../ids.js';
 import type { EventBus } from '../events.js';
+import type { CompletionWaits } from '../jobs/completion.js';
 import type { Logger } from '../log.js';
-import type { MediaProcessor } from '../media/processor.js';
-import { sniffFile } from '../media/sniff.js';
-import { admitToPurpose, purposeLimits, type Purposes } from '../purposes.js';
-import type { BlobStorage } from '../storage/storage.js';
+import { admitToPurpose, type Purposes } from '../purposes.js';
+import type { ReceivedArea } from '../uploads/received.js';
+import { creationBudget } from './budget.js';
+import { PROCESS_JOB } from './processing.js';
 
 // The one path every upload takes, whatever carried its bytes (tus, base64, multipart):
-// reserve (quota + purpose in one decision) → bytes land somewhere local → complete or release.
+// reserve (quota + budget + purpose in one decision) → bytes land somewhere local → received (a
+// persisted processing job) → ready | refused | failed; or release when the bytes never all arrive.
 
 export type ReserveRequest = {
   /** A carrier that already named the upload (tus) passes its id; otherwise one is generated. */
@@ -25,67 +28,109 @@ export type ReserveRequest = {
 
 export type CompleteRequest = {
   fileId: string;
-  /** The finished upload on local disk; moved into storage on success, removed on failure. */
+  /** The finished upload on local disk. */
   sourcePath: string;
-  /** Removes whatever else the carrier kept for this upload (tus's .json sidecar). */
-  discardCarrier?: () => Promise<void>;
+  /**
+   * 'keep': the carrier keeps its file for racing requests (tus); the bytes are linked into the
+   * received area. 'move' (default): the carrier's temporary file is moved there.
+   */
+  carrier?: 'keep' | 'move';
 };
 
 export type UploadServiceDeps = {
   repo: Repository;
-  storage: BlobStorage;
+  uow: UnitOfWork;
+  received: ReceivedArea;
+  waits: CompletionWaits;
   purposes: Purposes;
-  processors: { image: MediaProcessor; audio: MediaProcessor };
   logger: Logger;
   events: EventBus;
   defaultQuotaBytes: number;
   uploadExpiryMs: number;
+  /** An upload that received no byte yet expires this long after its creation. */
+  idleExpiryMs: number;
+  /** What one user may hold in unfinished uploads. */
+  maxUnfinished: { count: number; bytes: number };
+  /** How long the request that carried the last byte waits for processing (CHIPMUNK_COMPLETION_WAIT). */
+  completionWaitMs: number;
   /** Free space of the data volume and the margin to keep; absent: no disk check. */
   disk?: { freeBytes(): Promise<number>; marginBytes: number };
-  /** Called after a file is committed; background work (audio renditions) hooks in here. */
-  onStored?: (file: FileRow) => void;
 };
 
 export function createUploadService(deps: UploadServiceDeps) {
-  const { repo, storage, purposes, logger } = deps;
+  const { repo, uow, purposes, logger } = deps;
+  const ports = uow.ports;
+
+  /** What the client is answered once the wait is over: the file, or the refusal as an error. */
+  async function outcome(fileId: string): Promise<FileRow> {
+    const file = await ports.files.get(fileId);
+    if (file && file.status !== 'deleting' && file.status !== 'uploading') {
+      if (file.status === 'failed' && file.totalBytes === 0 && file.error) throw errors.processingFailed(file.error);
+      return file;
+    }
+    const refusal = await ports.uploads.refusal(fileId);
+    if (refusal) throw restoreAppError(refusal.code, refusal.status, refusal.message);
+    throw errors.uploadGone();
+  }
+
+  const settled = async (fileId: string) => {
+    const file = await ports.files.get(fileId);
+    return !file || file.committedAt !== null || (file.status !== 'received' && file.status !== 'processing');
+  };
 
   return {
-    reserve(req: ReserveRequest): FileRow {
+    async reserve(req: ReserveRequest): Promise<FileRow> {
       if (!Number.isSafeInteger(req.length) || req.length < 0) throw errors.lengthRequired();
       if (req.length === 0) throw errors.unprocessable('The file is empty.');
       const purpose = purposes.get(req.purpose);
       const { kind } = admitToPurpose(purpose, { length: req.length, mimeType: req.mimeType });
-      let file: FileRow;
-      // A purpose name is only trusted once purposes.get has accepted it.
-      try {
-        file = repo.reserveUpload({
+      // Confirmed from the bytes at completion; until then the declared type or the purpose's first kind.
+      const fileKind = kind ?? purpose.kinds[0]!;
+      const budget = Math.max(...purpose.kinds.map((k) => creationBudget(k, req.length)));
+      const reserveBytes = req.length + (kind ? creationBudget(kind, req.length) : budget);
+      const outcome = await ports.uploads.reserve({
         userId: req.userId,
         purpose: purpose.name,
-        // Confirmed from the bytes at completion; until then the declared type or the purpose's first kind.
-        kind: kind ?? purpose.kinds[0]!,
+        kind: fileKind,
         filename: sanitizeFilename(req.filename),
         mimeType: req.mimeType ?? null,
         length: req.length,
+        reserveBytes,
         visibility: purpose.visibility,
         defaultQuotaBytes: deps.defaultQuotaBytes,
-        expiresAt: Date.now() + deps.uploadExpiryMs,
+        expiresAt: Date.now() + Math.min(deps.idleExpiryMs, deps.uploadExpiryMs),
+        maxUnfinished: deps.maxUnfinished,
         newId: req.id ? () => req.id! : newFileId,
         newDeliveryToken,
-        });
-      } catch (err) {
-        if (err instanceof AppError && err.code === 'QUOTA_EXCEEDED') {
-          const user = repo.getUser(req.userId);
-          const freeBytes = user ? Math.max(0, user.quotaBytes - user.usedBytes - user.reservedBytes) : 0;
-          deps.events.emit('quota.exceeded', { userId: req.userId, purpose: purpose.name, neededBytes: req.length, freeBytes });
+      });
+      if (!outcome.ok) {
+        let err: AppError;
+        if (outcome.reason === 'quota') {
+          deps.events.emit('quota.exceeded', { userId: req.userId, purpose: purpose.name, neededBytes: reserveBytes, freeBytes: outcome.freeBytes });
+          err = errors.quotaExceeded(
+            reserveBytes === req.length
+              ? `Storage quota exceeded: ${formatBytes(outcome.freeBytes)} free, this upload needs ${formatBytes(req.length)}.`
+              : `Storage quota exceeded: ${formatBytes(outcome.freeBytes)} free, this upload needs ${formatBytes(reserveBytes)} (${formatBytes(req.length)} and up to ${formatBytes(reserveBytes - req.length)} for what is made from it).`,
+          );
+        } else if (outcome.reason === 'unfinished-count') {
+          err = errors.tooManyUnfinished(`This user already has ${outcome.held.count} unfinished uploads (at most ${deps.maxUnfinished.count}): finish or cancel one first.`);
+        } else {
+          err = errors.tooManyUnfinished(
+            `This user's unfinished uploads already hold ${formatBytes(outcome.held.bytes)} (at most ${formatBytes(deps.maxUnfinished.bytes)} together): finish or cancel one first.`,
+          );
         }
-        if (err instanceof AppError) {
-          deps.events.emit('upload.refused', { fileId: req.id ?? '', userId: req.userId, purpose: purpose.name, code: err.code, status: err.status });
-        }
+        deps.events.emit('upload.refused', { fileId: req.id ?? '', userId: req.userId, purpose: purpose.name, code: err.code, status: err.status });
         throw err;
       }
-      logger.info('upload reserved', { fileId: file.id, userId: file.userId, purpose: file.purpose, bytes: req.length });
+      const file = outcome.file;
+      logger.info('upload reserved', { fileId: file.id, userId: file.userId, purpose: file.purpose, bytes: req.length, reservedBytes: reserveBytes });
       deps.events.emit('upload.started', { fileId: file.id, userId: file.userId, purpose: file.purpose, bytes: req.length });
       return file;
+    },
+
+    /** The upload received its first bytes: it may now live its full expiry, not the idle window. */
+    async touch(fileId: string): Promise<void> {
+      await ports.uploads.extendExpiry(fileId, Date.now() + deps.uploadExpiryMs);
     },
 
     /**
@@ -107,71 +152,32 @@ export function createUploadService(deps: UploadServiceDeps) {
     },
 
     /**
-     * Checks the bytes really are what the purpose allows, makes the variants, moves everything
-     * into the file's one folder and turns the reservation into usage. On any failure nothing is
-     * left: no folder, no charge, no reservation, no upload bytes.
+     * The last byte arrived: a commitment. The bytes are kept in the received area, the upload becomes
+     * 'received' and its processing job is queued, in one transaction (one compare-and-set: a racing
+     * second request loses it and touches nothing). Then the request waits for the job, up to the
+     * completion wait, and answers the file (a 'processing' one past the wait) or the refusal.
      */
     async complete(req: CompleteRequest): Promise<FileRow> {
       const { fileId, sourcePath } = req;
-      const file = repo.getFile(fileId);
-      if (!file || file.status !== 'uploading') throw errors.uploadGone();
-      const purpose = purposes.get(file.purpose);
-      const started = performance.now();
-      let kind: string = file.kind;
-      let workDir: string | undefined;
-      let committed: FileRow;
-      try {
-        const sniffed = await sniffFile(sourcePath);
-        if (!sniffed) throw errors.unprocessable('The file is not a recognisable image or audio format.');
-        if (sniffed.kind === 'other' || !purpose.kinds.includes(sniffed.kind)) {
-          throw errors.unsupportedType(`"${purpose.name}" uploads take ${purpose.kinds.join(' or ')} files; this file is ${sniffed.mimeType}.`);
-        }
-        kind = sniffed.kind;
-        workDir = await storage.workspace(fileId);
-        const result = await deps.processors[sniffed.kind].process({ fileId, sourcePath, sniffed, square: purpose.square, formats: purpose.formats, limits: purposeLimits(purpose), workDir });
-        const originalName = `0.${sniffed.ext}`;
-        // The processor's cleaned copy (metadata stripped) is what gets stored and served as variant 0.
-        const originalBytes = await storage.adopt(fileId, originalName, result.original?.file ?? sourcePath);
-        if (result.original) await rm(sourcePath, { force: true });
-        const stored = [{ name: '0', path: originalName, mimeType: sniffed.mimeType, bytes: originalBytes, width: result.width ?? null, height: result.height ?? null }];
-        for (const v of result.variants) {
-          const bytes = await storage.adopt(fileId, v.storedAs, v.file);
-          stored.push({ name: v.name, path: v.storedAs, mimeType: v.mimeType, bytes, width: v.width ?? null, height: v.height ?? null });
-        }
-        committed = repo.commitUpload(fileId, {
-          status: result.status,
-          mimeType: sniffed.mimeType,
-          ext: sniffed.ext,
-          width: result.width,
-          height: result.height,
-          info: result.info,
-          variants: stored,
-        });
-      } catch (err) {
-        const appError = toAppError(err);
-        // Folder first, row last: a crash in between leaves an 'uploading' row that start-up
-        // recovery settles, never a folder that no row accounts for.
-        await storage.removeFolder(fileId);
-        await this.release(fileId, { sourcePath, discardCarrier: req.discardCarrier });
-        deps.events.emit('upload.refused', { fileId, userId: file.userId, purpose: file.purpose, code: appError.code, status: appError.status, kind, ms: performance.now() - started });
-        logger[appError.status >= 500 ? 'error' : 'info']('upload refused', { fileId, code: appError.code, status: appError.status, err: appError.status >= 500 ? err : undefined });
-        throw appError;
-      } finally {
-        if (workDir) await storage.discardWorkspace(fileId);
-      }
-      // Committed: from here on nothing may undo the file. Events go right after the commit,
-      // before any await: their listeners (the webhook outbox) write synchronously.
-      try {
-        deps.events.emit('upload.stored', committed, { ms: performance.now() - started });
-        if (committed.status === 'ready') deps.events.emit('file.ready', committed);
-      } catch (err) {
-        logger.error('an upload.stored listener failed', { fileId, err });
-      }
-      logger.info('upload stored', { fileId, userId: committed.userId, purpose: committed.purpose, totalBytes: committed.totalBytes });
-      // A leftover sidecar is an orphan that start-up recovery and fsck remove.
-      await req.discardCarrier?.().catch((err: unknown) => logger.warn('could not remove the finished upload\'s leftovers', { fileId, err }));
-      deps.onStored?.(committed);
-      return committed;
+      const current = await ports.files.get(fileId);
+      if (current?.status === 'uploading') await this.receive(fileId, sourcePath, req.carrier ?? 'move');
+      await deps.waits.wait(fileId, deps.completionWaitMs, () => settled(fileId));
+      return outcome(fileId);
+    },
+
+    /** The commitment alone (start-up recovery makes it for uploads a stop interrupted): true for the winner. */
+    async receive(fileId: string, sourcePath: string, carrier: 'keep' | 'move'): Promise<boolean> {
+      // Bytes first, claim second: whoever wins finds them in the received area. A loser's link is the
+      // same bytes, and a loser never removes anything.
+      if (carrier === 'keep') await deps.received.keep(fileId, sourcePath);
+      else await deps.received.take(fileId, sourcePath);
+      const won = await uow.run(async (tx) => {
+        const row = await tx.uploads.markReceived(fileId);
+        if (row) await tx.jobs.enqueue({ type: PROCESS_JOB, fileId, userId: row.userId });
+        return row;
+      });
+      if (won) logger.info('upload received', { fileId, userId: won.userId, bytes: won.uploadLength });
+      return won !== undefined;
     },
 
     /**
@@ -187,11 +193,11 @@ export function createUploadService(deps: UploadServiceDeps) {
 
     /** Gives an unfinished upload's reservation back and removes its bytes. Safe to call twice. */
     async release(fileId: string, carrier: { sourcePath?: string; discardCarrier?: () => Promise<void> } = {}): Promise<boolean> {
-      const released = repo.releaseUpload(fileId);
+      const released = await ports.uploads.release(fileId, ['uploading']);
       if (carrier.sourcePath) await rm(carrier.sourcePath, { force: true });
       await carrier.discardCarrier?.();
       if (released) logger.info('upload released', { fileId });
-      return released;
+      return released !== undefined;
     },
   };
 }

@@ -124,8 +124,11 @@ function errorBody(status: number, text: string): ErrorBody {
 
 export type TusProtocol = ReturnType<typeof createTusProtocol>;
 
-export function createTusProtocol(deps: { server: Pick<Server, 'handleWeb'>; cors?: Cors }) {
-  const { server, cors } = deps;
+/** Answers for uploads whose last byte arrived (uploads/finished.ts); undefined hands the request to tus. */
+export type FinishedAnswers = { answer(req: Request): Promise<Response | undefined> };
+
+export function createTusProtocol(deps: { server: Pick<Server, 'handleWeb'>; cors?: Cors; finished?: FinishedAnswers }) {
+  const { server, cors, finished } = deps;
 
   function refusal(error: AppError, origin: string | null): Response {
     const body = JSON.stringify(error.toJSON());
@@ -175,6 +178,9 @@ export function createTusProtocol(deps: { server: Pick<Server, 'handleWeb'>; cor
     if (refused) return refusal(refused, origin);
     const checksum = method === 'PATCH' || method === 'POST' ? parseChecksum(request.headers.get('upload-checksum'), method === 'POST') : undefined;
     if (checksum instanceof AppError) return refusal(checksum, origin);
+    // Received, processing, ready, refused and failed uploads are Chipmunk's to answer, not tus's.
+    const done = await finished?.answer(request);
+    if (done) return finishAsync(done, method, origin);
     const res = await chunkChecksum.run(checksum, () => server.handleWeb(request));
     return finishAsync(res, method, origin);
   }

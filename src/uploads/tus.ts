@@ -8,6 +8,7 @@ import type { UploadArea } from './area.js';
 import type { Logger } from '../log.js';
 import type { FileService } from '../services/files.js';
 import type { UploadService } from '../services/uploads.js';
+import type { UnitOfWork } from '../db/ports.js';
 import type { Repository } from '../db/repository.js';
 import { requestBaseUrl } from '../http.js';
 import { ChecksumFileStore } from './tus-protocol.js';
@@ -23,6 +24,7 @@ export type TusDeps = {
   publicUrl: string | undefined;
   uploadExpiryMs: number;
   repo: Repository;
+  uow: UnitOfWork;
   uploads: UploadService;
   files: FileService;
   logger: Logger;
@@ -34,7 +36,7 @@ export type TusDeps = {
 class CountingFileStore extends ChecksumFileStore {
   constructor(
     options: ConstructorParameters<typeof ChecksumFileStore>[0],
-    private readonly onBytes: (bytes: number) => void,
+    private readonly onBytes: (bytes: number, id: string) => void,
   ) {
     super(options);
   }
@@ -50,14 +52,18 @@ class CountingFileStore extends ChecksumFileStore {
 
   override async write(readable: Parameters<ChecksumFileStore['write']>[0], id: string, offset: number): Promise<number> {
     const end = await super.write(readable, id, offset);
-    this.onBytes(end - offset);
+    this.onBytes(end - offset, id);
     return end;
   }
 }
 
 export function createTusServer(deps: TusDeps): { server: Server; uploadPath: (id: string) => string; discardUpload: (id: string) => Promise<void> } {
   const { repo, uploads, files, logger, area } = deps;
-  const store = new CountingFileStore({ directory: area.dir, expirationPeriodInMilliseconds: deps.uploadExpiryMs }, (n) => deps.onBytesReceived?.(n));
+  const store = new CountingFileStore({ directory: area.dir, expirationPeriodInMilliseconds: deps.uploadExpiryMs }, (n, id) => {
+    deps.onBytesReceived?.(n);
+    // The first bytes end the idle window: the upload may now live its full expiry.
+    if (n > 0) uploads.touch(id).catch((err: unknown) => logger.warn('could not extend an upload\'s expiry', { fileId: id, err }));
+  });
   const uploadPath = area.dataPath;
   const discardUpload = area.discard;
 
@@ -70,7 +76,7 @@ export function createTusServer(deps: TusDeps): { server: Server; uploadPath: (i
     }
     if (upload.sizeIsDeferred || upload.size === undefined) throw errors.lengthRequired();
     await uploads.ensureDiskSpace(upload.size);
-    uploads.reserve({
+    await uploads.reserve({
       id: upload.id,
       userId: grant.userId,
       purpose: grant.purpose,
@@ -87,7 +93,7 @@ export function createTusServer(deps: TusDeps): { server: Server; uploadPath: (i
     // Chunks are bounded by the declared length; the purpose's limit is checked at creation.
     maxSize: 0,
     // CORS and the protocol answers @tus/server does not give are set around it (tus-protocol.ts).
-    exposedHeaders: ['Content-Type', 'Upload-Expires'],
+    exposedHeaders: ['Content-Type', 'Upload-Expires', 'Chipmunk-File-Id', 'Chipmunk-File-Status'],
     allowedHeaders: ['Authorization', 'Upload-Checksum'],
     generateUrl: (req, { proto, host, path: routePath, id }) => {
       const base = deps.publicUrl ?? `${proto}://${host}`;
@@ -120,11 +126,13 @@ export function createTusServer(deps: TusDeps): { server: Server; uploadPath: (i
       }
     },
 
-    // HEAD, PATCH and DELETE only reach uploads still in flight: a finished, refused or expired
-    // upload is gone (404), so a client that retries after a refused final PATCH sees an error.
+    // Finished uploads are answered before tus (uploads/finished.ts). What reaches tus is an upload in
+    // flight, or a final PATCH that raced its twin past that check: it goes on to onUploadFinish, loses
+    // the compare-and-set there and answers the file like the winner.
     async onIncomingRequest(req, id) {
       if (req.method === 'POST') return; // creation is checked by onUploadCreate
       const file = repo.getFile(id);
+      if (file && req.method === 'PATCH' && (file.status === 'received' || file.status === 'processing' || file.status === 'ready')) return;
       if (!file || file.status !== 'uploading' || (file.expiresAt !== null && file.expiresAt <= Date.now())) {
         throw toTusError(errors.uploadGone());
       }
@@ -132,13 +140,24 @@ export function createTusServer(deps: TusDeps): { server: Server; uploadPath: (i
 
     async onUploadFinish(req, upload) {
       try {
-        const stored = await uploads.complete({
-          fileId: upload.id,
-          sourcePath: uploadPath(upload.id),
-          discardCarrier: () => discardUpload(upload.id),
-        });
+        // The tus files stay while the job runs (the data file is linked, not copied, into the received area)
+        // so a racing twin request still finds them; they go once this request has its answer.
+        const stored = await uploads.complete({ fileId: upload.id, sourcePath: uploadPath(upload.id), carrier: 'keep' });
+        // A PATCH is done with tus's files once answered; a creation-with-upload still reads them (POST_FINISH below).
+        if (req.method === 'PATCH') await discardUpload(upload.id);
         const body = JSON.stringify(files.toJson(stored, repo.getVariants(stored.id), requestBaseUrl(deps.publicUrl, req)));
-        return { status_code: 200, headers: { 'Content-Type': 'application/json' }, body };
+        const length = String(stored.uploadLength ?? upload.size ?? stored.bytes);
+        return {
+          // Creation-with-upload of the whole file is still a creation: 201 with its Location.
+          status_code: req.method === 'POST' ? 201 : 200,
+          headers: {
+            'Content-Type': 'application/json',
+            'Upload-Offset': length,
+            'Chipmunk-File-Id': stored.id,
+            'Chipmunk-File-Status': stored.status === 'received' ? 'processing' : stored.status,
+          },
+          body,
+        };
       } catch (err) {
         throw toTusError(err);
       }
@@ -149,6 +168,13 @@ export function createTusServer(deps: TusDeps): { server: Server; uploadPath: (i
       if (appError.status >= 500) logger.error('tus request failed', { method: req.method, err });
       return toTusError(appError);
     },
+  });
+
+  // The answer is out: tus's files of a finished upload go (the received area holds the bytes). A
+  // crash before this leaves them to start-up recovery.
+  server.on(EVENTS.POST_FINISH, (_req: unknown, _res: unknown, upload: { id: string }) => {
+    if (repo.getFile(upload.id)?.status === 'uploading') return;
+    discardUpload(upload.id).catch((err) => logger.warn('could not remove a finished upload\'s tus files', { fileId: upload.id, err }));
   });
 
   server.on(EVENTS.POST_TERMINATE, (_req: unknown, _res: unknown, id: string) => {

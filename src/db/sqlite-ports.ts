@@ -1,0 +1,332 @@
+import { AsyncLocalStorage } from 'node:async_hooks';
+import { randomUUID } from 'node:crypto';
+import { and, asc, eq, gt, inArray, lte, notInArray, sql } from 'drizzle-orm';
+import type { Db } from './index.js';
+import type { CommitInput, FileCatalogue, JobQueue, NewJob, Outbox, Ports, ReserveOutcome, ReserveUploadInput, UnitOfWork, UploadLedger } from './ports.js';
+import { files, jobs, refusedUploads, users, variants, type FileRow, type FileStatus, type JobRow } from './schema.js';
+
+// The ports on better-sqlite3. Statements are synchronous; a unit of work holds an in-process mutex
+// around BEGIN IMMEDIATE … COMMIT so two units never interleave on the one connection. Quota checks are
+// guarded UPDATEs (… WHERE used + reserved + n <= quota), which PostgreSQL runs the same way.
+
+export const WEBHOOK_JOB = 'webhook.deliver';
+
+export type SqlitePortsOptions = {
+  /** Outbox rows are only written when a receiver is configured. */
+  webhooksEnabled: boolean;
+  /** After a commit that queued jobs: wake the runner in-process. */
+  onJobsQueued?: () => void;
+  /** After a commit that changed what is deliverable (new variants, a delete): once per file changed. */
+  onDeliverablesChanged?: (fileId: string) => void;
+};
+
+export function createSqlitePorts(db: Db, opts: SqlitePortsOptions): UnitOfWork {
+  const now = () => Date.now();
+  let queued = false;
+  const deliverables = new Set<string>();
+  // Marks the async context of the open unit, so a unit started inside it joins it (and only then).
+  const inUnit = new AsyncLocalStorage<true>();
+
+  const uploads: UploadLedger = {
+    async reserve(input: ReserveUploadInput): Promise<ReserveOutcome> {
+      db.insert(users).values({ id: input.userId, quotaBytes: input.defaultQuotaBytes, createdAt: now() }).onConflictDoNothing().run();
+      const held = db
+        .select({ count: sql<number>`count(*)`, bytes: sql<number>`coalesce(sum(${files.uploadLength}), 0)` })
+        .from(files)
+        .where(and(eq(files.userId, input.userId), eq(files.status, 'uploading')))
+        .get() ?? { count: 0, bytes: 0 };
+      if (held.count + 1 > input.maxUnfinished.count) return { ok: false, reason: 'unfinished-count', held };
+      if (held.bytes + input.length > input.maxUnfinished.bytes) return { ok: false, reason: 'unfinished-bytes', held };
+      const admitted = db
+        .update(users)
+        .set({ reservedBytes: sql`${users.reservedBytes} + ${input.reserveBytes}` })
+        .where(and(eq(users.id, input.userId), sql`${users.usedBytes} + ${users.reservedBytes} + ${input.reserveBytes} <= ${users.quotaBytes}`))
+        .returning({ id: users.id })
+        .get();
+      if (!admitted) {
+        const user = db.select().from(users).where(eq(users.id, input.userId)).get()!;
+        return { ok: false, reason: 'quota', freeBytes: Math.max(0, user.quotaBytes - user.usedBytes - user.reservedBytes) };
+      }
+      const at = now();
+      for (let attempt = 0; ; attempt++) {
+        const inserted = db
+          .insert(files)
+          .values({
+            id: input.newId(),
+            userId: input.userId,
+            purpose: input.purpose,
+            kind: input.kind,
+            status: 'uploading',
+            filename: input.filename,
+            mimeType: input.mimeType,
+            bytes: input.length,
+            uploadLength: input.length,
+            reservedBytes: input.reserveBytes,
+            visibility: input.visibility,
+            deliveryToken: input.newDeliveryToken(),
+            createdAt: at,
+            updatedAt: at,
+            expiresAt: input.expiresAt,
+          })
+          .onConflictDoNothing()
+          .returning()
+          .get();
+        if (inserted) return { ok: true, file: inserted };
+        if (attempt >= 5) throw new Error('Could not allocate a unique file id.');
+      }
+    },
+
+    async markReceived(fileId) {
+      return db
+        .update(files)
+        .set({ status: 'received', expiresAt: null, updatedAt: now() })
+        .where(and(eq(files.id, fileId), eq(files.status, 'uploading')))
+        .returning()
+        .get();
+    },
+
+    async extendExpiry(fileId, expiresAt) {
+      db.update(files).set({ expiresAt }).where(and(eq(files.id, fileId), eq(files.status, 'uploading'), sql`${files.expiresAt} < ${expiresAt}`)).run();
+    },
+
+    async release(fileId, from) {
+      const file = db
+        .delete(files)
+        .where(and(eq(files.id, fileId), inArray(files.status, [...from]), sql`${files.committedAt} is null`))
+        .returning()
+        .get();
+      if (!file) return undefined;
+      db.update(users).set({ reservedBytes: sql`${users.reservedBytes} - ${file.reservedBytes}` }).where(eq(users.id, file.userId)).run();
+      db.delete(jobs).where(and(eq(jobs.fileId, fileId), eq(jobs.state, 'queued'), sql`${jobs.type} <> ${WEBHOOK_JOB}`)).run();
+      return file;
+    },
+
+    async recordRefusal(row) {
+      db.insert(refusedUploads).values(row).onConflictDoUpdate({ target: refusedUploads.id, set: row }).run();
+    },
+
+    async refusal(fileId) {
+      return db.select().from(refusedUploads).where(eq(refusedUploads.id, fileId)).get();
+    },
+
+    async dropExpiredRefusals(at) {
+      return db.delete(refusedUploads).where(lte(refusedUploads.expiresAt, at)).run().changes;
+    },
+  };
+
+  const catalogue: FileCatalogue = {
+    async get(fileId) {
+      return db.select().from(files).where(eq(files.id, fileId)).get();
+    },
+
+    async transition(fileId, from, to, patch = {}) {
+      const row = db
+        .update(files)
+        .set({ status: to, updatedAt: now(), ...(patch.error !== undefined ? { error: patch.error } : {}) })
+        .where(and(eq(files.id, fileId), inArray(files.status, [...from])))
+        .returning()
+        .get();
+      if (row && to === 'deleting') deliverables.add(fileId);
+      return row;
+    },
+
+    async commit(fileId, input: CommitInput) {
+      const file = db.select().from(files).where(and(eq(files.id, fileId), eq(files.status, 'processing'), sql`${files.committedAt} is null`)).get();
+      if (!file) return undefined;
+      const totalBytes = input.variants.reduce((sum, v) => sum + v.bytes, 0);
+      const keep = Math.min(input.keepReservedBytes, file.reservedBytes);
+      // Usage never passes the quota: the file's own reservation is swapped for what it really weighs
+      // (plus the budget it keeps), and only if that fits beside everything else held.
+      const charged = db
+        .update(users)
+        .set({
+          reservedBytes: sql`${users.reservedBytes} - ${file.reservedBytes} + ${keep}`,
+          usedBytes: sql`${users.usedBytes} + ${totalBytes}`,
+        })
+        .where(and(eq(users.id, file.userId), sql`${users.usedBytes} + ${users.reservedBytes} - ${file.reservedBytes} + ${keep} + ${totalBytes} <= ${users.quotaBytes}`))
+        .returning({ id: users.id })
+        .get();
+      if (!charged) return 'quota';
+      db.insert(variants)
+        .values(input.variants.map((v) => ({ ...v, fileId })))
+        .run();
+      deliverables.add(fileId);
+      const original = input.variants.find((v) => v.name === '0');
+      return db
+        .update(files)
+        .set({
+          status: input.status,
+          mimeType: input.mimeType,
+          ext: input.ext,
+          bytes: original?.bytes ?? 0,
+          totalBytes,
+          reservedBytes: keep,
+          width: input.width ?? null,
+          height: input.height ?? null,
+          info: input.info ?? {},
+          expiresAt: null,
+          committedAt: now(),
+          updatedAt: now(),
+        })
+        .where(eq(files.id, fileId))
+        .returning()
+        .get();
+    },
+
+    async fail(fileId, reason) {
+      const file = db
+        .select()
+        .from(files)
+        .where(and(eq(files.id, fileId), inArray(files.status, ['received', 'processing']), sql`${files.committedAt} is null`))
+        .get();
+      if (!file) return undefined;
+      db.update(users).set({ reservedBytes: sql`${users.reservedBytes} - ${file.reservedBytes}` }).where(eq(users.id, file.userId)).run();
+      return db
+        .update(files)
+        .set({ status: 'failed', error: reason, reservedBytes: 0, totalBytes: 0, committedAt: now(), updatedAt: now() })
+        .where(eq(files.id, fileId))
+        .returning()
+        .get();
+    },
+
+    async variants(fileId) {
+      return db.select().from(variants).where(eq(variants.fileId, fileId)).orderBy(asc(variants.name)).all();
+    },
+  };
+
+  const jobQueue: JobQueue = {
+    async enqueue(job: NewJob) {
+      const at = now();
+      if (!job.payload) {
+        const pending = db
+          .select()
+          .from(jobs)
+          .where(and(eq(jobs.fileId, job.fileId), eq(jobs.type, job.type), inArray(jobs.state, ['queued', 'running'])))
+          .get();
+        if (pending) return pending;
+      }
+      queued = true;
+      return db
+        .insert(jobs)
+        .values({ fileId: job.fileId, userId: job.userId, type: job.type, payload: job.payload ?? null, state: 'queued', runAfter: job.runAfter ?? at, createdAt: at, updatedAt: at })
+        .returning()
+        .get();
+    },
+
+    async claim(types, { at, afterUser, busyUsers }) {
+      const due = and(eq(jobs.state, 'queued'), lte(jobs.runAfter, at), inArray(jobs.type, [...types]), busyUsers.length ? notInArray(jobs.userId, [...busyUsers]) : undefined);
+      const pick = (cond: ReturnType<typeof and>) =>
+        db.select({ id: jobs.id }).from(jobs).where(cond).orderBy(asc(jobs.userId), asc(jobs.runAfter), asc(jobs.id)).limit(1).get();
+      const next = pick(and(due, gt(jobs.userId, afterUser))) ?? pick(due);
+      if (!next) return undefined;
+      return db
+        .update(jobs)
+        .set({ state: 'running', attempts: sql`${jobs.attempts} + 1`, updatedAt: now() })
+        .where(and(eq(jobs.id, next.id), eq(jobs.state, 'queued')))
+        .returning()
+        .get();
+    },
+
+    async finish(id, outcome) {
+      db.update(jobs)
+        .set({ state: outcome.state, error: outcome.error ?? null, updatedAt: now() })
+        .where(eq(jobs.id, id))
+        .run();
+    },
+
+    async requeue(id, o) {
+      db.update(jobs)
+        .set({
+          state: 'queued',
+          runAfter: o.runAfter,
+          error: o.error ?? null,
+          attempts: o.refundAttempt ? sql`max(0, ${jobs.attempts} - 1)` : jobs.attempts,
+          updatedAt: now(),
+        })
+        .where(and(eq(jobs.id, id), eq(jobs.state, 'running')))
+        .run();
+    },
+
+    async requeueRunning() {
+      return db.update(jobs).set({ state: 'queued', runAfter: now(), updatedAt: now() }).where(eq(jobs.state, 'running')).run().changes;
+    },
+
+    async cancelForFile(fileId) {
+      return db
+        .delete(jobs)
+        .where(and(eq(jobs.fileId, fileId), eq(jobs.state, 'queued'), sql`${jobs.type} <> ${WEBHOOK_JOB}`))
+        .run().changes;
+    },
+
+    async nextDueAt(types) {
+      const row = db
+        .select({ at: sql<number | null>`min(${jobs.runAfter})` })
+        .from(jobs)
+        .where(and(eq(jobs.state, 'queued'), inArray(jobs.type, [...types])))
+        .get();
+      return row?.at ?? undefined;
+    },
+  };
+
+  const outbox: Outbox = {
+    async add(event, data, link) {
+      if (!opts.webhooksEnabled) return;
+      const createdAt = now();
+      const payload = JSON.stringify({ id: randomUUID(), type: event, createdAt: new Date(createdAt).toISOString(), data });
+      await jobQueue.enqueue({ type: WEBHOOK_JOB, fileId: link.fileId, userId: link.userId, payload, runAfter: createdAt });
+    },
+  };
+
+  const ports: Ports = { uploads, files: catalogue, jobs: jobQueue, outbox };
+
+  // One unit at a time on the connection; a unit started inside another joins it.
+  let tail: Promise<unknown> = Promise.resolve();
+
+  function afterCommit(): void {
+    const wake = queued;
+    const changed = [...deliverables];
+    queued = false;
+    deliverables.clear();
+    for (const fileId of changed) opts.onDeliverablesChanged?.(fileId);
+    if (wake) opts.onJobsQueued?.();
+  }
+
+  async function inTransaction<T>(work: (tx: Ports) => Promise<T>): Promise<T> {
+    db.$client.exec('BEGIN IMMEDIATE');
+    try {
+      const result = await inUnit.run(true, () => work(ports));
+      db.$client.exec('COMMIT');
+      afterCommit();
+      return result;
+    } catch (err) {
+      if (db.$client.inTransaction) db.$client.exec('ROLLBACK');
+      queued = false;
+      deliverables.clear();
+      throw err;
+    }
+  }
+
+  const uow: UnitOfWork = {
+    run<T>(work: (tx: Ports) => Promise<T>): Promise<T> {
+      if (inUnit.getStore()) return work(ports);
+      const run = tail.then(() => inTransaction(work));
+      tail = run.catch(() => undefined);
+      return run;
+    },
+    // Single calls outside a unit are one statement group each; wrap them so their hooks fire too.
+    ports: wrapEach(ports, (call) => uow.run(() => call())),
+  };
+  return uow;
+}
+
+type AnyPorts = Record<string, Record<string, (...args: never[]) => Promise<unknown>>>;
+
+function wrapEach(ports: Ports, run: <T>(call: () => Promise<T>) => Promise<T>): Ports {
+  const wrapped: AnyPorts = {};
+  for (const [name, port] of Object.entries(ports as unknown as AnyPorts)) {
+    wrapped[name] = Object.fromEntries(Object.entries(port).map(([method, fn]) => [method, (...args: never[]) => run(() => fn(...args))]));
+  }
+  return wrapped as unknown as Ports;
+}
+
+export type { FileRow, FileStatus, JobRow };
