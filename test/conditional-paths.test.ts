@@ -95,7 +95,10 @@ describe('conditional requests on both delivery paths', () => {
   it.each(cases)('%s', async (_name, headers) => {
     const answers = [];
     for (const base of [t.url, nginx.url]) {
-      const res = await fetch(url.replace(t.url, base), { headers: headers() });
+      const res = await fetch(url.replace(t.url, base), { headers: headers() }).catch((err: Error) => {
+        // Say which path dropped the connection, and why (undici hides it in the cause).
+        throw new Error(`${base === t.url ? 'Chipmunk alone' : 'nginx'}: ${err.message} (${String((err.cause as Error | undefined)?.message)})`);
+      });
       const body = Buffer.from(await res.arrayBuffer());
       answers.push({ status: res.status, contentRange: res.headers.get('content-range'), bytes: res.status === 200 ? body.length : res.status === 206 ? body.length : 0 });
     }
