@@ -12,8 +12,7 @@ import { documentHandRoutes, openApiDocument } from './openapi.js';
 import type { Purposes } from './purposes.js';
 import type { RequestContext } from './ops/request-context.js';
 import type { DeliveryLinks } from './delivery/links.js';
-import type { DeliveryServer } from './delivery/serve.js';
-import { deliveryRoutes } from './routes/delivery.js';
+import { DELIVERY_ROUTE } from './delivery/serve.js';
 import { fileDeliveryRoutes } from './routes/file-delivery.js';
 import { fileRoutes } from './routes/files.js';
 import { opsRoutes } from './routes/ops.js';
@@ -37,7 +36,6 @@ export type AppDeps = {
   files: FileService;
   tus: TusProtocol;
   ingest: Ingest;
-  delivery: DeliveryServer;
   links: DeliveryLinks;
   logger: Logger;
   /** How upload tokens are checked at POST /v1/files: the lifetime cap and the use ledger. */
@@ -89,8 +87,6 @@ export function createApp(deps: AppDeps) {
   };
   app.all(TUS_PATH, tusHandler);
   app.all(`${TUS_PATH}/*`, tusHandler);
-
-  app.route('/f', deliveryRoutes(deps.delivery));
 
   // Every /v1 route declares its own credentials (routes/declare.ts), wherever it is mounted.
   const { apiKey, publicUrl } = config;

@@ -9,8 +9,9 @@ import { createRepository } from './db/repository.js';
 import { createTokenUses } from './db/token-uses.js';
 import { loadDemoAssets } from './demo/assets.js';
 import { createDeliveryLinks } from './delivery/links.js';
+import { createDeliveryChanges } from './delivery/invalidation.js';
 import { createDeliveryResolver } from './delivery/resolve.js';
-import { createDeliveryServer } from './delivery/serve.js';
+import { createDeliveryServer, withDeliveryFastPath } from './delivery/serve.js';
 import { createEventBus } from './events.js';
 import { createLogger, type Logger } from './log.js';
 import { createSqlitePorts, WEBHOOK_JOB } from './db/sqlite-ports.js';
@@ -25,7 +26,6 @@ import { createReadiness, statfsFreeBytes } from './ops/readiness.js';
 import { createRequestContext } from './ops/request-context.js';
 import { createWebhooks } from './ops/webhooks.js';
 import { keepsOriginalPrivate, loadPurposes, purposeLimits } from './purposes.js';
-import { withDeliveryFastPath } from './routes/delivery.js';
 import { internalAuthListener } from './routes/internal-auth.js';
 import { AUDIO_JOB, createAudioService } from './services/audio.js';
 import { createFileService } from './services/files.js';
@@ -77,7 +77,9 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
     chmodSync(dir, 0o700);
   }
   const db = openDatabase(config.databasePath);
-  const repo = createRepository(db);
+  // The repository announces committed changes to files; delivery's caches listen.
+  const deliveryChanges = createDeliveryChanges();
+  const repo = createRepository(db, { onDeliverablesChanged: deliveryChanges.changed });
   const storage = createLocalStorage({ mediaDir: config.mediaDir, workDir, mediaGid: config.mediaGroupId });
   const area = createUploadArea(config.uploadDir);
   const purposes = loadPurposes(config.purposesFile, { maxFrames: config.maxFrames, maxAnimationPixels: config.maxAnimationPixels, maxDurationSeconds: config.maxDurationSeconds });
@@ -92,7 +94,7 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
       jobs.wake();
       webhookRunner?.wake();
     },
-    onDeliverablesChanged: () => repo.deliverablesChanged(),
+    onDeliverablesChanged: (fileId) => repo.deliverablesChanged(fileId),
   });
   const webhooks = config.webhook
     ? createWebhooks({ uow, events, logger, options: config.webhook, pendingCount: () => repo.pendingWebhookCount(), onAttempt: (outcome) => metrics.webhookAttempt(outcome) })
@@ -105,9 +107,9 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
   observeEvents(events, metrics);
   const privateOriginal = (purpose: string) => keepsOriginalPrivate(purposes, purpose);
   const links = createDeliveryLinks({ repo, secret: config.secret, privateOriginal });
-  const resolveDelivery = createDeliveryResolver({ repo, secret: config.secret, privateOriginal });
+  const resolveDelivery = createDeliveryResolver({ repo, invalidation: deliveryChanges, secret: config.secret, privateOriginal });
   const cors = createCors(config.corsOrigins);
-  const delivery = createDeliveryServer({ resolve: resolveDelivery, storage, logger, cors, onAnswer: (status) => metrics.deliveryAnswered(status) });
+  const delivery = createDeliveryServer({ resolve: resolveDelivery, invalidation: deliveryChanges, storage, logger, cors, onAnswer: (status) => metrics.deliveryAnswered(status) });
   // One pool of image workers (and its concurrency bound) for uploads and for tracks' cover ladders.
   const imageProcessor = createImageWorkerPool({
     maxPixels: config.maxPixels,
@@ -217,7 +219,6 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
     files,
     tus: createTusProtocol({ server: tus.server, cors, finished: createFinishedUploads({ uow, uploads, files, publicUrl: config.publicUrl }) }),
     ingest,
-    delivery,
     links,
     logger,
     requestContext,
@@ -318,7 +319,7 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
       ports.public = await new Promise<number>((resolve, reject) => {
         // /f/ requests take a fast path before the router and any web Request object.
         const withFastPath = ((options: object, listener: RequestListener) =>
-          createServer(options, withDeliveryFastPath(delivery, logger, listener, (req, res) => requestContext.trackNode(logger, req, res)))) as unknown as typeof createServer;
+          createServer(options, withDeliveryFastPath(delivery, listener, (req, res) => requestContext.trackNode(logger, req, res)))) as unknown as typeof createServer;
         server = serve({ fetch: app.fetch, port: config.port, hostname: config.host, createServer: withFastPath }, (info) => resolve(info.port));
         server.once('error', (err: NodeJS.ErrnoException) =>
           reject(err.code === 'EADDRINUSE' ? new ConfigError(`Port ${config.port} on ${config.host} is already in use: stop the other server or set PORT.`) : err),

@@ -1,6 +1,6 @@
 import { createHash, createHmac } from 'node:crypto';
 import { request } from 'node:http';
-import { readFile } from 'node:fs/promises';
+import { readFile, rm, symlink } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { corpus, startChipmunk, storedForm, type TestChipmunk } from './helpers/chipmunk.js';
 import { startNginx, type TestNginx } from './helpers/nginx.js';
@@ -285,25 +285,67 @@ describe.each(modes)('delivery access control: %s', (_name, viaNginx) => {
   });
 });
 
-describe('delivery without a Node server (app.request)', () => {
+describe('the one /f/ implementation (Chipmunk alone)', () => {
   let t: TestChipmunk;
   beforeAll(async () => {
     t = await startChipmunk();
   });
   afterAll(() => t?.close());
 
-  it('serves and refuses through the Hono route as well', async () => {
+  const uploadPhoto = async (name: string) => {
     const photo = await storedForm(corpus('images/photos/portrait-canal.jpg'));
-    const result = await tusUpload(`${t.url}/uploads`, photo, { token: await t.uploadToken('web', 'image'), metadata: { filename: 'w.jpg' } });
+    const result = await tusUpload(`${t.url}/uploads`, photo, { token: await t.uploadToken('one', 'avatar'), metadata: { filename: name } });
     if (!result.ok) throw result.error;
-    const url = new URL((result.body as FileJson).variants[0]!.url);
-    const res = await t.chipmunk.app.request(`${url.pathname}${url.search}`);
-    expect(res.status).toBe(200);
-    expect(sha256(Buffer.from(await res.arrayBuffer()))).toBe(sha256(photo));
-    const part = await t.chipmunk.app.request(`${url.pathname}${url.search}`, { headers: { Range: 'bytes=0-9' } });
-    expect(part.status).toBe(206);
-    expect(Buffer.from(await part.arrayBuffer()).equals(photo.subarray(0, 10))).toBe(true);
-    expect((await t.chipmunk.app.request(url.pathname)).status).toBe(401);
-    expect((await t.chipmunk.app.request(`${url.pathname}x`)).status).toBe(404);
+    return result.body as FileJson;
+  };
+
+  it('is answered by the listening server before the app: the Hono app has no /f/ route', async () => {
+    const file = await uploadPhoto('a.jpg');
+    const url = new URL(file.variants[0]!.url);
+    expect((await fetch(url)).status).toBe(200);
+    const viaApp = await t.chipmunk.app.request(`${url.pathname}${url.search}`);
+    expect(viaApp.status).toBe(404);
+    expect(((await viaApp.json()) as { error: { message: string } }).error.message).toBe('Route not found.');
+  });
+
+  it('answers the request id like every other route, on files and on refusals', async () => {
+    const file = await uploadPhoto('b.jpg');
+    const served = await fetch(file.variants[0]!.url, { headers: { 'x-request-id': 'delivery-trace.1' } });
+    expect(served.status).toBe(200);
+    expect(served.headers.get('x-request-id')).toBe('delivery-trace.1');
+    const refused = await fetch(`${t.url}/f/${'a'.repeat(32)}/0`);
+    expect(refused.status).toBe(404);
+    expect(refused.headers.get('x-request-id')).toMatch(/^[0-9a-z]{16}$/);
+  });
+
+  it('serves a replaced variant’s new bytes right after the commit that replaced it (the cached bytes go)', async () => {
+    const file = await uploadPhoto('c.jpg');
+    const rung = file.variants.find((v) => v.n !== 0)!;
+    const before = Buffer.from(await (await fetch(rung.url)).arrayBuffer());
+    expect(before.length).toBe(rung.bytes);
+    // A re-run writing the rung again (bytes of another length, under a new name), then its commit.
+    const replacement = Buffer.concat([before, Buffer.from('again')]);
+    const bytes = await t.chipmunk.storage.write(file.id, 'again.webp', replacement);
+    t.chipmunk.repo.addVariants(file.id, [{ name: String(rung.n), path: 'again.webp', mimeType: 'image/webp', bytes, width: 1, height: 1 }]);
+    const after = await fetch(rung.url);
+    expect(after.status).toBe(200);
+    expect(Buffer.from(await after.arrayBuffer()).equals(replacement)).toBe(true);
+  });
+
+  it('renders a storage failure as the JSON 500, with no path or stack, and keeps serving', async () => {
+    const file = await uploadPhoto('d.jpg');
+    const rung = file.variants.find((v) => v.n !== 0)!;
+    // The variant's file replaced by a symlink to itself: its stat fails with ELOOP, an error, not "absent".
+    const where = t.chipmunk.storage.localPath(file.id, t.chipmunk.repo.getVariant(file.id, String(rung.n))!.path);
+    await rm(where);
+    await symlink(where, where);
+    const res = await fetch(rung.url);
+    expect(res.status).toBe(500);
+    expect(res.headers.get('content-type')).toBe('application/json');
+    expect(res.headers.get('cache-control')).toBe('no-store');
+    const text = await res.text();
+    expect(JSON.parse(text)).toEqual({ error: { code: 'INTERNAL', message: 'Something went wrong on our side.' } });
+    expect(text).not.toContain(t.dataDir);
+    expect((await fetch(file.variants[0]!.url)).status).toBe(200);
   });
 });

@@ -16,14 +16,14 @@ export type SqlitePortsOptions = {
   webhooksEnabled: boolean;
   /** After a commit that queued jobs: wake the runner in-process. */
   onJobsQueued?: () => void;
-  /** After a commit that changed what is deliverable (new variants, a delete). */
-  onDeliverablesChanged?: () => void;
+  /** After a commit that changed what is deliverable (new variants, a delete): once per file changed. */
+  onDeliverablesChanged?: (fileId: string) => void;
 };
 
 export function createSqlitePorts(db: Db, opts: SqlitePortsOptions): UnitOfWork {
   const now = () => Date.now();
   let queued = false;
-  let deliverables = false;
+  const deliverables = new Set<string>();
   // Marks the async context of the open unit, so a unit started inside it joins it (and only while it is
   // open: a continuation it left behind that runs later must queue for a transaction of its own, or its
   // statements would land in whichever unit holds the connection then and be undone with it).
@@ -128,7 +128,7 @@ export function createSqlitePorts(db: Db, opts: SqlitePortsOptions): UnitOfWork 
         .where(and(eq(files.id, fileId), inArray(files.status, [...from])))
         .returning()
         .get();
-      if (row && to === 'deleting') deliverables = true;
+      if (row && to === 'deleting') deliverables.add(fileId);
       return row;
     },
 
@@ -152,7 +152,7 @@ export function createSqlitePorts(db: Db, opts: SqlitePortsOptions): UnitOfWork 
       db.insert(variants)
         .values(input.variants.map((v) => ({ ...v, fileId })))
         .run();
-      deliverables = true;
+      deliverables.add(fileId);
       const original = input.variants.find((v) => v.name === '0');
       return db
         .update(files)
@@ -286,10 +286,10 @@ export function createSqlitePorts(db: Db, opts: SqlitePortsOptions): UnitOfWork 
 
   function afterCommit(): void {
     const wake = queued;
-    const changed = deliverables;
+    const changed = [...deliverables];
     queued = false;
-    deliverables = false;
-    if (changed) opts.onDeliverablesChanged?.();
+    deliverables.clear();
+    for (const fileId of changed) opts.onDeliverablesChanged?.(fileId);
     if (wake) opts.onJobsQueued?.();
   }
 
@@ -306,7 +306,7 @@ export function createSqlitePorts(db: Db, opts: SqlitePortsOptions): UnitOfWork 
       unit.open = false;
       if (db.$client.inTransaction) db.$client.exec('ROLLBACK');
       queued = false;
-      deliverables = false;
+      deliverables.clear();
       throw err;
     }
   }

@@ -1,16 +1,17 @@
 import { describe, expect, it } from 'vitest';
 import type { Deliverable } from '../db/repository.js';
+import { createDeliveryChanges } from './invalidation.js';
 import { createDeliveryResolver } from './resolve.js';
 import { signDeliveryUrl } from './signing.js';
 
-// The resolver remembers grants by raw target; these pin down that the memory never outlives the
-// truth: a write to the deliverables, a link's expiry, or the seconds its max-age counts down.
+// The resolver remembers deliverables and grants; these pin down that the memory never outlives the
+// truth: an announced change to the file, a link's expiry, or the seconds its max-age counts down.
 
 const secret = 'x'.repeat(40);
 const token = 'a'.repeat(32);
 
 function fakeRepository(visibility: 'public' | 'private') {
-  let generation = 0;
+  const invalidation = createDeliveryChanges();
   let current: Deliverable | undefined = {
     fileId: 'f'.repeat(24),
     purpose: 'image',
@@ -25,25 +26,26 @@ function fakeRepository(visibility: 'public' | 'private') {
   let lookups = 0;
   return {
     repo: {
-      deliverablesGeneration: () => generation,
       getDeliverable: (t: string, name: string) => {
         lookups++;
         return t === token && name === current?.name ? current : undefined;
       },
     },
-    /** A write that could change deliverables: here, the file's deletion. */
+    invalidation,
+    /** A committed write that changes the file's deliverables, announced after its commit: here, its deletion. */
     remove() {
+      const fileId = current!.fileId;
       current = undefined;
-      generation++;
+      invalidation.changed(fileId);
     },
     lookups: () => lookups,
   };
 }
 
 describe('delivery resolver', () => {
-  it('answers a repeated target from memory until a write moves the generation', () => {
+  it('answers a repeated target from memory until a change to its file is announced', () => {
     const store = fakeRepository('public');
-    const resolve = createDeliveryResolver({ repo: store.repo, secret });
+    const resolve = createDeliveryResolver({ repo: store.repo, invalidation: store.invalidation, secret });
     const target = `/f/${token}/3`;
     expect(resolve(target).target.path).toBe('3.webp');
     expect(resolve(target).target.path).toBe('3.webp');
@@ -53,10 +55,23 @@ describe('delivery resolver', () => {
     expect(() => resolve(target)).toThrow(expect.objectContaining({ status: 404 }));
   });
 
+  it('keeps what it knows of a file when another file changes', () => {
+    const store = fakeRepository('public');
+    const resolve = createDeliveryResolver({ repo: store.repo, invalidation: store.invalidation, secret });
+    resolve(`/f/${token}/3`);
+    store.invalidation.changed('o'.repeat(24));
+    resolve(`/f/${token}/3`);
+    expect(store.lookups()).toBe(2);
+    // An announcement naming no file (a lost notification channel, say) drops everything.
+    store.invalidation.changed(undefined);
+    resolve(`/f/${token}/3`);
+    expect(store.lookups()).toBe(4);
+  });
+
   it('counts a private grant’s max-age down with the clock and refuses it once expired', () => {
     const store = fakeRepository('private');
     let nowMs = 1_700_000_000_000;
-    const resolve = createDeliveryResolver({ repo: store.repo, secret, now: () => nowMs });
+    const resolve = createDeliveryResolver({ repo: store.repo, invalidation: store.invalidation, secret, now: () => nowMs });
     const exp = 1_700_000_100;
     const target = signDeliveryUrl(secret, token, '3', exp);
     expect(resolve(target).cacheControl).toBe('private, max-age=100, immutable');
@@ -71,7 +86,7 @@ describe('delivery resolver', () => {
 
   it('never remembers a refusal', () => {
     const store = fakeRepository('private');
-    const resolve = createDeliveryResolver({ repo: store.repo, secret, now: () => 1_700_000_000_000 });
+    const resolve = createDeliveryResolver({ repo: store.repo, invalidation: store.invalidation, secret, now: () => 1_700_000_000_000 });
     const good = signDeliveryUrl(secret, token, '3', 1_700_000_100);
     const tampered = `${good.slice(0, -2)}AA`;
     expect(() => resolve(tampered)).toThrow(expect.objectContaining({ code: 'INVALID_SIGNATURE' }));
@@ -81,7 +96,7 @@ describe('delivery resolver', () => {
 
   it('keys grants by token, variant, exp and sig: junk parameters neither miss the cache nor grow it', () => {
     const store = fakeRepository('public');
-    const resolve = createDeliveryResolver({ repo: store.repo, secret });
+    const resolve = createDeliveryResolver({ repo: store.repo, invalidation: store.invalidation, secret });
     for (let i = 0; i < 10_000; i++) expect(resolve(`/f/${token}/3?v=${i}&utm_source=${'x'.repeat(i % 200)}`).target.name).toBe('3');
     // One decision: the variant and the look-up of its AVIF twin (negotiate.ts), then only the cache.
     expect(store.lookups()).toBe(2);
@@ -90,7 +105,7 @@ describe('delivery resolver', () => {
 
   it('bounds the grant cache by bytes, whatever the number of distinct signed links', () => {
     const store = fakeRepository('private');
-    const resolve = createDeliveryResolver({ repo: store.repo, secret, now: () => 1_700_000_000_000, cacheBytes: { grants: 64 * 1024 } });
+    const resolve = createDeliveryResolver({ repo: store.repo, invalidation: store.invalidation, secret, now: () => 1_700_000_000_000, cacheBytes: { grants: 64 * 1024 } });
     for (let i = 0; i < 2_000; i++) resolve(signDeliveryUrl(secret, token, '3', 1_700_000_100 + i));
     expect(resolve.cached.grantBytes).toBeLessThanOrEqual(64 * 1024);
     expect(resolve.cached.grants).toBeLessThan(2_000);
@@ -100,11 +115,10 @@ describe('delivery resolver', () => {
 describe('a purpose that keeps its original private', () => {
   function originalOf(visibility: 'public' | 'private') {
     const repo = {
-      deliverablesGeneration: () => 0,
       getDeliverable: (t: string, name: string): Deliverable | undefined =>
         t === token ? { fileId: 'f'.repeat(24), purpose: 'kyc', visibility, filename: 'id.jpg', updatedAt: 1, name, path: name === '0' ? '0.jpg' : `${name}.webp`, mimeType: 'image/jpeg', bytes: 10 } : undefined,
     };
-    return createDeliveryResolver({ repo, secret, now: () => 1_700_000_000_000, privateOriginal: (p) => p === 'kyc' });
+    return createDeliveryResolver({ repo, invalidation: createDeliveryChanges(), secret, now: () => 1_700_000_000_000, privateOriginal: (p) => p === 'kyc' });
   }
 
   it('serves variant 0 of a public file only with a signed link; its other variants stay public', () => {

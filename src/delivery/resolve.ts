@@ -1,6 +1,8 @@
 import type { Deliverable, Repository } from '../db/repository.js';
 import { AppError, errors } from '../errors.js';
 import { createDeliveryCache, stringBytes } from './cache.js';
+import { createDeliverableCache } from './deliverables.js';
+import type { DeliveryInvalidation } from './invalidation.js';
 import { acceptsAvif, negotiateFormat } from './negotiate.js';
 import { deliveryKey, isValidDeliverySignature } from './signing.js';
 
@@ -37,20 +39,24 @@ const targetPattern = /^\/f\/([0-9a-z]{32})\/([0-9a-z][0-9a-z-]{0,31})(?:\?([^#]
 export type DeliveryResolver = (target: string, accept?: string) => Delivery;
 
 /** The resolver with a view of its caches: entries and estimated bytes (for tests and operators). */
-export type CachingDeliveryResolver = DeliveryResolver & { readonly cached: { grants: number; grantBytes: number; signatures: number } };
+export type CachingDeliveryResolver = DeliveryResolver & {
+  readonly cached: { grants: number; grantBytes: number; signatures: number; deliverables: number; deliverableBytes: number };
+};
 
 export type DeliveryResolverDeps = {
-  repo: Pick<Repository, 'getDeliverable' | 'deliverablesGeneration'>;
+  repo: Pick<Repository, 'getDeliverable'>;
+  /** Committed changes to files: what is remembered of a changed file goes at once. */
+  invalidation: DeliveryInvalidation;
   secret: string;
   now?: () => number;
   /** Purposes whose original (variant 0) is served only with a signed link, whatever the file's visibility. */
   privateOriginal?: (purpose: string) => boolean;
-  /** Memory for remembered grants (default 8 MB) and valid signatures (default 2 MB). */
-  cacheBytes?: { grants?: number; signatures?: number };
+  /** Memory for remembered grants (default 8 MB), valid signatures (default 2 MB) and deliverables (default 4 MB). */
+  cacheBytes?: { grants?: number; signatures?: number; deliverables?: number };
 };
 
 export function createDeliveryResolver(deps: DeliveryResolverDeps): CachingDeliveryResolver {
-  const { repo } = deps;
+  const findDeliverable = createDeliverableCache({ find: (token, name) => deps.repo.getDeliverable(token, name), invalidation: deps.invalidation, maxBytes: deps.cacheBytes?.deliverables });
   const secret = deliveryKey(deps.secret);
   const now = deps.now ?? Date.now;
   const privateOriginal = deps.privateOriginal ?? (() => false);
@@ -68,13 +74,14 @@ export function createDeliveryResolver(deps: DeliveryResolverDeps): CachingDeliv
 
   // The same variant is asked for again and again (a thumbnail on a busy page): grants already made
   // are remembered, keyed by what decides access — token and variant, plus exp and sig for signed
-  // grants — so junk query parameters neither miss the cache nor add to it. Every entry goes at the
-  // next write that could change a deliverable. Private grants still expire on time, and their
-  // max-age is recomputed as the seconds pass.
+  // grants — so junk query parameters neither miss the cache nor add to it. A file's grants go when a
+  // committed change to it is announced. Private grants still expire on time, and their max-age is
+  // recomputed as the seconds pass.
   const granted = createDeliveryCache<Grant>({
     maxBytes: deps.cacheBytes?.grants ?? 8 * 1024 * 1024,
     ttlMs: 60_000,
-    generation: () => repo.deliverablesGeneration(),
+    invalidation: deps.invalidation,
+    fileOf: (g) => g.delivery.target.fileId,
     sizeOf: (g, key) => 400 + stringBytes(key) + stringBytes(g.delivery.target.filename) + stringBytes(g.delivery.contentDisposition),
   });
 
@@ -102,7 +109,7 @@ export function createDeliveryResolver(deps: DeliveryResolverDeps): CachingDeliv
     }
 
     // Excludes files being uploaded or deleted.
-    const asked = repo.getDeliverable(token, name);
+    const asked = findDeliverable(token, name);
     if (!asked) throw deliveryErrors.notFound();
 
     let expiresAt: number | undefined;
@@ -119,7 +126,7 @@ export function createDeliveryResolver(deps: DeliveryResolverDeps): CachingDeliv
       cacheControl = privateCacheControl(left);
     }
 
-    const { target, vary } = negotiateFormat(asked, token, avif, (t, n) => repo.getDeliverable(t, n));
+    const { target, vary } = negotiateFormat(asked, token, avif, findDeliverable);
     const delivery: Delivery = {
       target,
       contentType: target.mimeType,
@@ -132,7 +139,9 @@ export function createDeliveryResolver(deps: DeliveryResolverDeps): CachingDeliv
     return delivery;
   };
   // defineProperty, not Object.assign: assign would copy the getter's value once.
-  return Object.defineProperty(resolve, 'cached', { get: () => ({ grants: granted.size, grantBytes: granted.bytes, signatures: knownGood.size }) }) as CachingDeliveryResolver;
+  return Object.defineProperty(resolve, 'cached', {
+    get: () => ({ grants: granted.size, grantBytes: granted.bytes, signatures: knownGood.size, deliverables: findDeliverable.cached.entries, deliverableBytes: findDeliverable.cached.bytes }),
+  }) as CachingDeliveryResolver;
 }
 
 const VALID = Object.freeze({});

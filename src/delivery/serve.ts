@@ -1,18 +1,26 @@
-import type { IncomingMessage, ServerResponse } from 'node:http';
-import { Readable } from 'node:stream';
-import { AppError, errors, renderError, toAppError } from '../errors.js';
+import type { IncomingMessage, RequestListener, ServerResponse } from 'node:http';
+import type { Readable } from 'node:stream';
+import { errors, renderError } from '../errors.js';
 import { rawHeader } from '../http.js';
 import type { Logger } from '../log.js';
 import type { Deliverable } from '../db/repository.js';
 import type { BlobStorage } from '../storage/storage.js';
-import { notModified, usableRange } from './conditional.js';
+import { notModified, preconditionsHold, usableRange } from './conditional.js';
 import type { Cors } from './cors.js';
 import { createDeliveryCache, stringBytes } from './cache.js';
+import type { DeliveryInvalidation } from './invalidation.js';
 import { deliveryErrors, type DeliveryResolver } from './resolve.js';
 
 // Chipmunk's own delivery, for when no nginx stands in front: the same URLs and access rules as the
 // nginx path (both go through the one resolver), streaming from storage with the headers nginx's
 // static module would send — the same ETag format, so validators survive putting nginx in front.
+// It is the only /f/ code: a bare Node handler the listening server calls before Hono (measured
+// faster than any route: no web Request, no router), rendering errors with the one renderError and
+// answering the request id the Hono middleware would (ops/request-context.ts).
+
+export const DELIVERY_PREFIX = '/f/';
+/** How /f/ appears among the app's routes (openapi.ts documents it; Hono never serves it). */
+export const DELIVERY_ROUTE = 'ALL /f/*';
 
 type Plan = {
   status: number;
@@ -24,22 +32,44 @@ type Plan = {
 };
 
 /** What is known about one stored variant's bytes; small ones carry the bytes themselves. */
-type Blob = { size: number; etag: string; lastModified: string; mtime: number; bytes: Buffer | undefined };
+type Blob = {
+  size: number;
+  etag: string;
+  lastModified: string;
+  mtime: number;
+  bytes: Buffer | undefined;
+  /** The file's id and the row it was read for: an entry made for another row is not used. */
+  fileId: string;
+  updatedAt: number;
+  recordedBytes: number;
+};
 
 /**
- * Small variants (thumbnails, avatars) are kept in memory, bounded by total size (cache.ts). Entries
- * are keyed by the file's updatedAt and the variant's recorded size: bytes only change through a
- * repository update (a re-run replacing a variant), which moves updatedAt, so a stale entry is never
- * looked up; they are not dropped at every deliverables generation (each new upload moves it).
+ * Small variants (thumbnails, avatars) are kept in memory, bounded by total size (cache.ts), keyed by
+ * file and variant path. A file's entries go when a committed change to it is announced (a re-run
+ * replacing a variant, a delete); an entry read for an older row of the file (another updatedAt or
+ * recorded size, should an announcement be missed) is not used.
  */
-function createBlobCache(maxBytes: number, maxEntryBytes: number) {
-  const cache = createDeliveryCache<Blob>({ maxBytes, maxEntryBytes: maxEntryBytes + 1024, ttlMs: 600_000, sizeOf: (blob, key) => 200 + stringBytes(key) + blob.size });
+function createBlobCache(maxBytes: number, maxEntryBytes: number, invalidation: DeliveryInvalidation) {
+  const cache = createDeliveryCache<Blob>({
+    maxBytes,
+    maxEntryBytes: maxEntryBytes + 1024,
+    ttlMs: 600_000,
+    invalidation,
+    fileOf: (blob) => blob.fileId,
+    sizeOf: (blob, key) => 200 + stringBytes(key) + blob.size,
+  });
   return {
     maxEntryBytes,
-    get: (key: string) => cache.get(key),
-    set(key: string, blob: Blob): void {
+    epoch: () => cache.epoch(),
+    get(v: Deliverable): Blob | undefined {
+      const blob = cache.get(`${v.fileId}/${v.path}`);
+      return blob && blob.updatedAt === v.updatedAt && blob.recordedBytes === v.bytes ? blob : undefined;
+    },
+    /** `since`: epoch() before the disk was read; a change announced meanwhile keeps the entry out. */
+    set(v: Deliverable, blob: Blob, since: number): void {
       if (!blob.bytes || blob.size > maxEntryBytes || maxBytes <= 0) return;
-      cache.set(key, blob);
+      cache.set(`${v.fileId}/${v.path}`, blob, since);
     },
   };
 }
@@ -48,6 +78,8 @@ export function createDeliveryServer(deps: {
   resolve: DeliveryResolver;
   storage: BlobStorage;
   logger: Logger;
+  /** Committed changes to files: their variants' remembered bytes go at once. */
+  invalidation: DeliveryInvalidation;
   /** Memory for small variants' bytes (default 32 MB, variants up to 256 KB); 0 turns it off. */
   memoryCacheBytes?: number;
   /** Told the status of every answer (metrics). */
@@ -56,22 +88,11 @@ export function createDeliveryServer(deps: {
   cors?: Cors;
 }) {
   const { resolve, storage, logger } = deps;
-  const cache = createBlobCache(deps.memoryCacheBytes ?? 32 * 1024 * 1024, 256 * 1024);
-  // Each deliverable's cache key is built once: the repository hands out the same object until a
-  // write replaces it, so the hot path neither concatenates nor hashes a new string.
-  const keys = new WeakMap<Deliverable, string>();
-  const blobKey = (v: Deliverable): string => {
-    let key = keys.get(v);
-    if (key === undefined) {
-      key = `${v.fileId}/${v.path}/${v.updatedAt}/${v.bytes}`;
-      keys.set(v, key);
-    }
-    return key;
-  };
+  const cache = createBlobCache(deps.memoryCacheBytes ?? 32 * 1024 * 1024, 256 * 1024, deps.invalidation);
 
-  async function blobOf(fileId: string, name: string, key: string): Promise<Blob | undefined> {
-    const cached = cache.get(key);
-    if (cached) return cached;
+  async function blobOf(v: Deliverable): Promise<Blob | undefined> {
+    const { fileId, path: name } = v;
+    const since = cache.epoch();
     const stat = await storage.stat(fileId, name);
     if (!stat) return undefined;
     const mtime = Math.floor(stat.mtimeMs / 1000);
@@ -92,9 +113,12 @@ export function createDeliveryServer(deps: {
       etag: `"${mtime.toString(16)}-${stat.size.toString(16)}"`,
       lastModified: new Date(mtime * 1000).toUTCString(),
       bytes: small,
+      fileId,
+      updatedAt: v.updatedAt,
+      recordedBytes: v.bytes,
     };
     if (blob.bytes && blob.bytes.length !== blob.size) return { ...blob, bytes: undefined };
-    cache.set(key, blob);
+    cache.set(v, blob, since);
     return blob;
   }
 
@@ -119,11 +143,9 @@ export function createDeliveryServer(deps: {
       if (method === 'OPTIONS' && deps.cors) return answered({ status: 204, headers: deps.cors.deliveryPreflight(origin) });
       if (method !== 'GET' && method !== 'HEAD') throw errors.methodNotAllowed();
       const d = resolve(target, header('accept'));
-      const v = d.target;
-      const key = blobKey(v);
-      const cached = cache.get(key);
+      const cached = cache.get(d.target);
       if (cached) return answered(planFor(method, d, cached, header));
-      return blobOf(v.fileId, v.path, key).then(
+      return blobOf(d.target).then(
         (blob) => answered(blob ? planFor(method, d, blob, header) : refusal(deliveryErrors.notFound(), requestId)),
         (err: unknown) => answered(refusal(err, requestId)),
       );
@@ -146,11 +168,12 @@ export function createDeliveryServer(deps: {
     if (d.contentDisposition) headers['Content-Disposition'] = d.contentDisposition;
     if (d.vary) headers.Vary = d.vary;
 
+    if (!preconditionsHold(header('if-match'), header('if-unmodified-since'), etag, mtime)) return refusal(errors.preconditionFailed(), undefined);
     if (notModified(header('if-none-match'), header('if-modified-since'), etag, mtime)) {
       delete headers['Content-Type'];
       return { status: 304, headers };
     }
-    const range = usableRange(header('range'), header('if-range'), etag, lastModified, size);
+    const range = usableRange(header('range'), header('if-range'), etag, mtime, size);
     if (range === 'unsatisfiable') {
       // A refusal like any other (JSON, no-store), with the size the client may ask within.
       const refused = refusal(errors.rangeNotSatisfiable(), undefined);
@@ -203,29 +226,50 @@ export function createDeliveryServer(deps: {
 
   return {
     /**
-     * On Node: writes straight to the socket (the fast path). `target` is the raw request target;
-     * `requestId`, when given, is answered as x-request-id. Returns a promise only when it had to
-     * wait for the disk: a thumbnail already in memory is answered within the call.
+     * Answers one /f/ request, writing straight to the socket; `req.url` is the raw request target
+     * and `requestId`, when given, is answered as x-request-id. Returns a promise only when it had to
+     * wait for the disk: a thumbnail already in memory is answered within the call. Never throws or
+     * rejects: whatever fails becomes the rendered 500 (or a cut connection once bytes have left).
      */
-    handleNode(req: IncomingMessage, res: ServerResponse, requestId?: string): void | Promise<void> {
-      const planned = plan(req.method ?? 'GET', req.url ?? '/', (name) => rawHeader(req.rawHeaders, name), requestId);
-      if (planned instanceof Promise) return planned.then((p) => send(req, res, p, requestId));
-      send(req, res, planned, requestId);
-    },
-
-    /** Anywhere else (app.request in tests): a web Response. */
-    async handleWeb(req: Request): Promise<Response> {
-      const url = new URL(req.url);
-      const p = await plan(req.method, `${url.pathname}${url.search}`, (name) => req.headers.get(name) ?? undefined, undefined);
-      if (p.error) return new Response(req.method === 'HEAD' ? null : p.error, { status: p.status, headers: p.headers });
-      if (p.body?.memory) return new Response(new Uint8Array(p.body.memory.subarray(p.body.start, p.body.end + 1)), { status: p.status, headers: p.headers });
-      const body = p.body ? (Readable.toWeb(storage.read(p.body.fileId, p.body.name, { start: p.body.start, end: p.body.end })) as ReadableStream) : null;
-      return new Response(body, { status: p.status, headers: p.headers });
+    handle(req: IncomingMessage, res: ServerResponse, requestId?: string): void | Promise<void> {
+      const failed = (err: unknown) => {
+        if (res.headersSent) {
+          logger.error('delivery failed', { err, requestId });
+          res.destroy();
+          return;
+        }
+        const refused = refusal(err, requestId);
+        deps.onAnswer?.(refused.status);
+        send(req, res, refused, requestId);
+      };
+      try {
+        const planned = plan(req.method ?? 'GET', req.url ?? '/', (name) => rawHeader(req.rawHeaders, name), requestId);
+        if (planned instanceof Promise) return planned.then((p) => send(req, res, p, requestId)).catch(failed);
+        send(req, res, planned, requestId);
+      } catch (err) {
+        failed(err);
+      }
     },
   };
 }
 
 export type DeliveryServer = ReturnType<typeof createDeliveryServer>;
+
+/**
+ * The listening server's request listener: /f/ requests go to delivery before any web Request object
+ * or router is built; everything else goes to `app` (Hono). `requestIdFor` gives the request its id
+ * and its request log line (RequestContext.trackNode, the Hono middleware's twin).
+ */
+export function withDeliveryFastPath(
+  delivery: DeliveryServer,
+  app: RequestListener,
+  requestIdFor: (req: IncomingMessage, res: ServerResponse) => string | undefined = () => undefined,
+): RequestListener {
+  return (req, res) => {
+    if (!req.url?.startsWith(DELIVERY_PREFIX)) return app(req, res);
+    void delivery.handle(req, res, requestIdFor(req, res));
+  };
+}
 
 async function readAll(stream: Readable): Promise<Buffer> {
   const chunks: Buffer[] = [];
