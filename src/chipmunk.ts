@@ -32,7 +32,7 @@ import { createFileService } from './services/files.js';
 import { createProcessing, PROCESS_JOB } from './services/processing.js';
 import { recoverAtStartup, sweepMediaLeftovers, type RecoveryReport } from './services/recovery.js';
 import { createUploadService } from './services/uploads.js';
-import { createLocalStorage } from './storage/local.js';
+import { openBlobStorage } from './storage/open.js';
 import { createUploadArea } from './uploads/area.js';
 import { createReceivedArea } from './uploads/received.js';
 import { sweepExpiredUploads } from './uploads/expiry.js';
@@ -76,7 +76,9 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
   }
   const db = openDatabase(config.databasePath);
   const repo = createRepository(db);
-  const storage = createLocalStorage({ mediaDir: config.mediaDir, workDir, mediaGid: config.mediaGroupId });
+  // The media blobs: the local media folder, or the S3 bucket when CHIPMUNK_S3_BUCKET is set.
+  const blobs = openBlobStorage(config, workDir);
+  const storage = blobs.storage;
   const area = createUploadArea(config.uploadDir);
   const purposes = loadPurposes(config.purposesFile, { maxFrames: config.maxFrames, maxAnimationPixels: config.maxAnimationPixels, maxDurationSeconds: config.maxDurationSeconds });
   const events = createEventBus();
@@ -254,6 +256,7 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
   const releaseResources = () =>
     (released ??= (async () => {
       await imageProcessor.close();
+      blobs.close();
       db.$client.close();
     })());
   const until = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, Math.max(0, ms)).unref());
