@@ -327,7 +327,7 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
       });
       // nginx's auth_request endpoint lives on its own port so the public side can never reach it.
       const internal = createServer(
-        internalAuthListener({ resolve: resolveDelivery, relativePath: (id, name) => storage.relativePath(id, name), authCacheSeconds: config.authCacheSeconds, logger, onAnswer: (status) => metrics.deliveryAnswered(status) }),
+        internalAuthListener({ resolve: resolveDelivery, relativePath: (id, name) => storage.relativePath(id, name), locate: blobs.locate, authCacheSeconds: config.authCacheSeconds, logger, onAnswer: (status) => metrics.deliveryAnswered(status) }),
       );
       // Longer than nginx's upstream keepalive, so nginx always closes idle connections first.
       internal.keepAliveTimeout = 75_000;
