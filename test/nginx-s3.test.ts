@@ -88,7 +88,9 @@ describe('nginx in front, blobs in S3', () => {
       const served = Buffer.from(await res.arrayBuffer());
       expect(served.equals(replaced)).toBe(true);
       expect(Buffer.from(await (await fetch(via(t.url, rung.url))).arrayBuffer()).equals(before)).toBe(true);
-      const headers = JSON.stringify([...res.headers]);
+      const pairs: string[] = [];
+      res.headers.forEach((value, name) => pairs.push(`${name}: ${value}`));
+      const headers = pairs.join('\n');
       expect(headers).not.toMatch(/amz|rgw|X-Chipmunk|chipmunk-test|\/t-nginx/i);
       expect(headers).not.toContain(bucket.s3.bucket);
     } finally {
