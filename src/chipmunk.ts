@@ -198,7 +198,7 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
     files,
     logger,
   });
-  const readiness = createReadiness({ repo, dataDir: config.dataDir, disk, ffmpegPath: opts.ffmpegPath ?? (async () => mediaTools.ffmpeg?.path), queueDepth });
+  const readiness = createReadiness({ repo, dataDir: config.dataDir, disk, ffmpegPath: opts.ffmpegPath ?? (async () => mediaTools.ffmpeg?.path), queueDepth, storageProbe: blobs.probe });
   let stopping = false;
   const inFlight = { requests: 0 };
   const ingest = createIngest({

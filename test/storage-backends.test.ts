@@ -169,6 +169,14 @@ describe.each(backends)('media blobs in the %s', (name, open) => {
     expect((await t.api(`/v1/files/${lost.id}`, { method: 'DELETE' })).status).toBe(204);
   });
 
+  it('says in /ready whether the bucket answers (no such check for the local folder: the data directory one covers it)', async () => {
+    const res = await fetch(`${t.url}/ready`);
+    expect(res.status).toBe(200);
+    const report = (await res.json()) as { checks: Record<string, { ok: boolean }> };
+    if (onS3) expect(report.checks.storage).toEqual({ ok: true });
+    else expect(report.checks.storage).toBeUndefined();
+  });
+
   it('a delete removes the file\'s whole prefix and gives its bytes back', async () => {
     const doomed = await upload('grace', 'image', photo, 'doomed.jpg');
     expect((await user('grace')).usedBytes).toBe(doomed.totalBytes);
@@ -210,6 +218,22 @@ describe.each(backends)('media blobs in the %s', (name, open) => {
       expect((await blobs.storage.listNames(track.id)).length).toBeGreaterThan(3);
     } finally {
       blobs.close();
+    }
+  });
+});
+
+describe('media blobs in a bucket that does not answer', () => {
+  it('starts, and /ready says the storage is not ready with the store\'s reason', async () => {
+    const { s3 } = testServices();
+    const t = await startChipmunk(s3Env({ ...s3, bucket: `no-such-bucket-${newFileId().slice(0, 8)}` }));
+    try {
+      const res = await fetch(`${t.url}/ready`);
+      expect(res.status).toBe(503);
+      const report = (await res.json()) as { checks: Record<string, { ok: boolean; detail?: string }> };
+      expect(report.checks.storage?.ok).toBe(false);
+      expect(report.checks.storage?.detail).toMatch(/NoSuchBucket/);
+    } finally {
+      await t.close();
     }
   });
 });
