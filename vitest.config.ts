@@ -15,6 +15,7 @@ const e2e = [
   'test/hostile.test.ts',
   'test/ingest-memory.test.ts',
   'test/nginx.test.ts',
+  'test/nginx-s3.test.ts',
   'test/readme.test.ts',
   'test/shutdown.test.ts',
 ];

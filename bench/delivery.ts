@@ -3,6 +3,9 @@
 //   nginx+auth:      /f/ through nginx, auth_request answered from nginx's auth cache
 //   nginx+auth(nc):  /f/ through nginx with the auth cache off (every request asks Chipmunk)
 //   Chipmunk alone:  /f/ served by Chipmunk itself
+//   nginx+auth from S3 against nginx proxying the same object directly (a presigned GET, no auth):
+//                    the same 10 KB as an object in a bucket of the test services' RGW
+//                    (scripts/services.sh start), through the config rendered for a bucket
 // Each as a ratio to static, with p99 latency; the last line is one JSON object.
 // Load comes from wrk (Debian: apt-get install wrk), which must be on PATH.
 import { execFile, execFileSync } from 'node:child_process';
@@ -14,6 +17,11 @@ import { promisify } from 'node:util';
 import { corpus, startChipmunk } from '../test/helpers/chipmunk.js';
 import { startNginx } from '../test/helpers/nginx.js';
 import { tusUpload } from '../test/helpers/tus.js';
+import { createTestBucket, testServices } from '../test/helpers/services.js';
+import { GetObjectCommand } from '@aws-sdk/client-s3';
+import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
+import { createS3Client } from '../src/storage/s3.js';
+import { mediaKey } from '../src/storage/objects.js';
 
 const DURATION = Number(process.env.BENCH_SECONDS ?? 5);
 const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 32);
@@ -59,6 +67,38 @@ const staticLocation = `        location /static/ {\n            alias ${mediaDi
 const cached = await startNginx(t, { authCacheSeconds: 5, extraServerConfig: staticLocation });
 const uncached = await startNginx(t, { authCacheSeconds: 0 });
 
+// The same bytes as an object: a Chipmunk on a bucket of its own, nginx rendered for it, and beside
+// /f/ a location proxying the object's presigned GET to the same endpoint without asking Chipmunk.
+const bucket = await createTestBucket(testServices(), 'bench');
+const s3Env = {
+  CHIPMUNK_LOG_LEVEL: 'silent',
+  CHIPMUNK_S3_BUCKET: bucket.s3.bucket,
+  CHIPMUNK_S3_ENDPOINT: bucket.s3.endpoint!,
+  CHIPMUNK_S3_REGION: bucket.s3.region,
+  CHIPMUNK_S3_ACCESS_KEY_ID: bucket.s3.accessKeyId!,
+  CHIPMUNK_S3_SECRET_ACCESS_KEY: bucket.s3.secretAccessKey!,
+  CHIPMUNK_S3_FORCE_PATH_STYLE: String(bucket.s3.forcePathStyle),
+  CHIPMUNK_S3_CHECKSUMS: bucket.s3.checksums,
+};
+const onS3 = await startChipmunk(s3Env);
+const s3Up = await tusUpload(`${onS3.url}/uploads`, photo, { token: await onS3.uploadToken('bench', 'image'), metadata: { filename: 'bench.jpg' } });
+if (!s3Up.ok) throw s3Up.error;
+const s3FileId = (s3Up.body as { id: string }).id;
+const s3Bytes = await onS3.chipmunk.storage.write(s3FileId, 'bench.webp', tenKb);
+onS3.chipmunk.repo.addVariants(s3FileId, [{ name: 'bench', path: 'bench.webp', mimeType: 'image/webp', bytes: s3Bytes, width: 64, height: 64 }]);
+const s3Link = (await (await onS3.api(`/v1/files/${s3FileId}/url?variant=bench&expiresIn=86400`)).json()) as { url: string };
+const s3Client = createS3Client(bucket.s3);
+const presigned = new URL(await getSignedUrl(s3Client, new GetObjectCommand({ Bucket: bucket.s3.bucket, Key: mediaKey(s3FileId, 'bench.webp') }), { expiresIn: 86400 }));
+s3Client.destroy();
+const s3DirectLocation = `        location = /s3direct {
+            proxy_pass http://chipmunk_objects${presigned.pathname}${presigned.search};
+            proxy_http_version 1.1;
+            proxy_set_header Host ${presigned.host};
+            proxy_set_header Connection "";
+            proxy_buffering off;
+        }`;
+const s3Nginx = await startNginx(onS3, { authCacheSeconds: 5, extraServerConfig: s3DirectLocation, env: s3Env });
+
 // For context only: the same 10 KB from a bare Node http server (Node's own ceiling on this machine).
 const bare = createServer((_req, res) => {
   res.writeHead(200, { 'Content-Type': 'image/webp', 'Content-Length': tenKb.length });
@@ -72,6 +112,8 @@ const targets = {
   nginxAuth: `${cached.url}${signedPath}`,
   nginxAuthUncached: `${uncached.url}${signedPath}`,
   app: `${t.url}${signedPath}`,
+  s3Direct: `${s3Nginx.url}/s3direct`,
+  nginxS3: `${s3Nginx.url}${new URL(s3Link.url).pathname}${new URL(s3Link.url).search}`,
   bareNode: `http://127.0.0.1:${barePort}/`,
 };
 for (const [name, url] of Object.entries(targets)) {
@@ -98,6 +140,9 @@ try {
   await cached.close();
   await uncached.close();
   await t.close();
+  await s3Nginx.close();
+  await onS3.close();
+  await bucket.drop();
   bare.close();
 }
 
@@ -113,11 +158,16 @@ console.log(line('nginx + auth_request (cached)', 'nginxAuth'));
 console.log(line('nginx + auth_request (uncached)', 'nginxAuthUncached'));
 console.log(line('Chipmunk alone', 'app'));
 console.log(line('(context) bare Node http, same bytes', 'bareNode'));
+console.log(line('nginx proxying the S3 object directly', 's3Direct'));
+console.log(line('nginx + auth_request, bytes from S3', 'nginxS3'));
+const s3Ratio = Math.round(median(rounds.map((r) => r.nginxS3.rps / r.s3Direct.rps)) * 100) / 100;
+console.log(`nginx from S3 over nginx proxying S3 directly: ${s3Ratio.toFixed(2)}× (target ≥ 0.8)`);
 console.log(
   JSON.stringify({
     nginxAuthOverStatic: ratio('nginxAuth'),
     nginxAuthUncachedOverStatic: ratio('nginxAuthUncached'),
     appOverStatic: ratio('app'),
+    nginxS3OverS3Direct: s3Ratio,
     p99Ms: Math.round(p99('nginxAuth') * 100) / 100,
   }),
 );

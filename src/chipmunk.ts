@@ -32,7 +32,7 @@ import { createFileService } from './services/files.js';
 import { createProcessing, PROCESS_JOB } from './services/processing.js';
 import { recoverAtStartup, sweepMediaLeftovers, type RecoveryReport } from './services/recovery.js';
 import { createUploadService } from './services/uploads.js';
-import { createLocalStorage } from './storage/local.js';
+import { openBlobStorage } from './storage/open.js';
 import { createUploadArea } from './uploads/area.js';
 import { createReceivedArea } from './uploads/received.js';
 import { sweepExpiredUploads } from './uploads/expiry.js';
@@ -80,7 +80,9 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
   // The repository announces committed changes to files; delivery's caches listen.
   const deliveryChanges = createDeliveryChanges();
   const repo = createRepository(db, { onDeliverablesChanged: deliveryChanges.changed });
-  const storage = createLocalStorage({ mediaDir: config.mediaDir, workDir, mediaGid: config.mediaGroupId });
+  // The media blobs: the local media folder, or the S3 bucket when CHIPMUNK_S3_BUCKET is set.
+  const blobs = openBlobStorage(config, workDir);
+  const storage = blobs.storage;
   const area = createUploadArea(config.uploadDir);
   const purposes = loadPurposes(config.purposesFile, { maxFrames: config.maxFrames, maxAnimationPixels: config.maxAnimationPixels, maxDurationSeconds: config.maxDurationSeconds });
   const events = createEventBus();
@@ -200,7 +202,7 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
     files,
     logger,
   });
-  const readiness = createReadiness({ repo, dataDir: config.dataDir, disk, ffmpegPath: opts.ffmpegPath ?? (async () => mediaTools.ffmpeg?.path), queueDepth });
+  const readiness = createReadiness({ repo, dataDir: config.dataDir, disk, ffmpegPath: opts.ffmpegPath ?? (async () => mediaTools.ffmpeg?.path), queueDepth, storageProbe: blobs.probe });
   let stopping = false;
   const inFlight = { requests: 0 };
   const ingest = createIngest({
@@ -257,6 +259,7 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
   const releaseResources = () =>
     (released ??= (async () => {
       await imageProcessor.close();
+      blobs.close();
       db.$client.close();
     })());
   const until = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, Math.max(0, ms)).unref());
@@ -327,7 +330,7 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
       });
       // nginx's auth_request endpoint lives on its own port so the public side can never reach it.
       const internal = createServer(
-        internalAuthListener({ resolve: resolveDelivery, relativePath: (id, name) => storage.relativePath(id, name), authCacheSeconds: config.authCacheSeconds, logger, onAnswer: (status) => metrics.deliveryAnswered(status) }),
+        internalAuthListener({ resolve: resolveDelivery, relativePath: (id, name) => storage.relativePath(id, name), locate: blobs.locate, authCacheSeconds: config.authCacheSeconds, logger, onAnswer: (status) => metrics.deliveryAnswered(status) }),
       );
       // Longer than nginx's upstream keepalive, so nginx always closes idle connections first.
       internal.keepAliveTimeout = 75_000;

@@ -1,9 +1,10 @@
 import { parseArgs } from 'node:util';
-import { ConfigError, dataPaths, internalPort, parseEnvironment } from './config.js';
+import { ConfigError, dataPaths, internalPort, parseDistributedSettings, parseEnvironment } from './config.js';
 import { renderNginxConfig } from './delivery/nginx-config.js';
 import { start } from './index.js';
 import { fsckCommand } from './ops/fsck-command.js';
 import { loadPurposes } from './purposes.js';
+import { objectOrigin } from './storage/object-location.js';
 
 // `chipmunk <command>`: start (default) runs the server; the others are operator tools.
 export async function main(argv: string[]): Promise<void> {
@@ -58,6 +59,7 @@ export function nginxConfigCommand(args: string[], env: NodeJS.ProcessEnv = proc
   if (!values.listen || !values.upstream) throw new UsageError(`--listen and --upstream are required.\n${nginxUsage}`);
   const e = parseEnvironment(env);
   const purposes = loadPurposes(e.CHIPMUNK_PURPOSES_FILE);
+  const { s3 } = parseDistributedSettings(env);
   try {
     let authUpstream = values['auth-upstream'];
     if (!authUpstream) {
@@ -76,6 +78,8 @@ export function nginxConfigCommand(args: string[], env: NodeJS.ProcessEnv = proc
       corsOrigins: e.CHIPMUNK_CORS_ORIGINS,
       maxUploadBytes: Math.max(...purposes.all().map((p) => p.maxBytes)),
       user: values.user,
+      // Blobs in a bucket (CHIPMUNK_S3_*): nginx fetches them from its endpoint with presigned GETs.
+      objectOrigin: s3 ? objectOrigin(s3).origin : undefined,
     });
   } catch (err) {
     throw new UsageError((err as Error).message);

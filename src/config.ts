@@ -127,6 +127,8 @@ export type Config = Readonly<{
   mediaGroupId: number | undefined;
   /** True when this start generated secrets the operator has not seen yet. */
   generatedSecrets: boolean;
+  /** CHIPMUNK_S3_*: the media blobs in this bucket; undefined keeps them in the local media folder. */
+  s3: S3Settings | undefined;
 }>;
 
 import { ConfigError } from './errors.js';
@@ -216,6 +218,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     demo,
     mediaGroupId: e.CHIPMUNK_MEDIA_GROUP === undefined ? undefined : groupId(e.CHIPMUNK_MEDIA_GROUP),
     generatedSecrets: stored.generated && (!e.CHIPMUNK_SECRET || !e.CHIPMUNK_API_KEY),
+    s3: parseDistributedSettings(env).s3,
   });
 }
 
@@ -265,7 +268,8 @@ function loadOrCreateSecrets(dataDir: string): { secrets: Secrets; generated: bo
 }
 
 // ---- Distributed mode (in progress): PostgreSQL and S3-compatible storage. ----
-// Parsed and checked here so the settings have one spelling; the server does not use them yet.
+// Parsed and checked here so the settings have one spelling; the S3 settings are in Config (the
+// media blobs), the database URL is not used by the server yet.
 
 const booleanSetting = z.enum(['true', 'false', '1', '0'], { error: 'must be "true" or "false"' }).transform((v) => v === 'true' || v === '1');
 

@@ -4,6 +4,7 @@ import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { mediaPath } from '../src/storage/local.js';
 import { createChipmunk } from '../src/chipmunk.js';
 import { ConfigError, loadConfig } from '../src/config.js';
 import { silentLogger } from '../src/log.js';
@@ -78,7 +79,7 @@ describe('audio jobs', () => {
       // A long track keeps its exact length through the restart (±1%, no special allowance needed).
       const source = decodedSamples(longTrack);
       for (const name of ['1.webm', '2.m4a']) {
-        expect(Math.abs(decodedSamples(second.chipmunk.storage.localPath(uploaded.id, name)) - source)).toBeLessThanOrEqual(source * 0.01);
+        expect(Math.abs(decodedSamples(mediaPath(second.chipmunk.config.mediaDir, uploaded.id, name)) - source)).toBeLessThanOrEqual(source * 0.01);
       }
     } finally {
       await second.chipmunk.close();
@@ -117,7 +118,7 @@ describe('audio jobs', () => {
       await until(() => t.chipmunk.inspect.jobs(id).some((j) => j.type === 'audio.derive' && j.state === 'running'));
       expect((await t.api(`/v1/files/${id}`, { method: 'DELETE' })).status).toBe(204);
       await t.chipmunk.jobs.idle();
-      expect(existsSync(path.dirname(t.chipmunk.storage.localPath(id, '0.flac')))).toBe(false);
+      expect(existsSync(path.dirname(mediaPath(t.chipmunk.config.mediaDir, id, '0.flac')))).toBe(false);
       expect(existsSync(path.join(t.dataDir, 'work', id))).toBe(false);
       const user = (await (await t.api('/v1/users/george')).json()) as { usedBytes: number; fileCount: number };
       expect(user).toMatchObject({ usedBytes: 0, fileCount: 0 });

@@ -2,6 +2,7 @@ import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { buffer } from 'node:stream/consumers';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { mediaPath } from '../src/storage/local.js';
 import { corpus, startChipmunk, type TestChipmunk } from './helpers/chipmunk.js';
 import { decodedSamples, probe, waitForFile, type AudioFileJson } from './helpers/audio.js';
 import { tusUpload } from './helpers/tus.js';
@@ -19,7 +20,7 @@ const upload = async (userId: string, file: string, filename = path.basename(fil
   return tusUpload(`${t.url}/uploads`, await readFile(file), { token, metadata: { filename } });
 };
 const user = async (id: string) => (await (await t.api(`/v1/users/${id}`)).json()) as { usedBytes: number; reservedBytes: number; fileCount: number };
-const stored = (id: string, name: string) => t.chipmunk.storage.localPath(id, name);
+const stored = (id: string, name: string) => mediaPath(t.chipmunk.config.mediaDir, id, name);
 
 type Expected = Partial<Omit<AudioFileJson, 'cover'>> & { cover: boolean };
 

@@ -2,6 +2,7 @@ import { createHash, createHmac } from 'node:crypto';
 import { request } from 'node:http';
 import { readFile, rm, symlink } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { mediaPath } from '../src/storage/local.js';
 import { corpus, startChipmunk, storedForm, type TestChipmunk } from './helpers/chipmunk.js';
 import { startNginx, type TestNginx } from './helpers/nginx.js';
 import { tusUpload } from './helpers/tus.js';
@@ -147,7 +148,7 @@ describe.each(modes)('delivery access control: %s', (_name, viaNginx) => {
     expect(exp).toBeGreaterThanOrEqual(Math.floor(Date.now() / 1000) + 600);
     const got = await fetch(at(link.url));
     expect(got.status).toBe(200);
-    const stored = await readFile(t.chipmunk.storage.localPath(file.id, t.chipmunk.inspect.variant(file.id, '1')!.path));
+    const stored = await readFile(mediaPath(t.chipmunk.config.mediaDir, file.id, t.chipmunk.inspect.variant(file.id, '1')!.path));
     expect(sha256(Buffer.from(await got.arrayBuffer()))).toBe(sha256(stored));
     expect((await t.api(`/v1/files/${file.id}/url?variant=..%2F0&expiresIn=600`)).status).toBe(400);
     expect((await t.api(`/v1/files/${file.id}/url?variant=9`)).status).toBe(404);
@@ -336,7 +337,7 @@ describe('the one /f/ implementation (Chipmunk alone)', () => {
     const file = await uploadPhoto('d.jpg');
     const rung = file.variants.find((v) => v.n !== 0)!;
     // The variant's file replaced by a symlink to itself: its stat fails with ELOOP, an error, not "absent".
-    const where = t.chipmunk.storage.localPath(file.id, t.chipmunk.repo.getVariant(file.id, String(rung.n))!.path);
+    const where = mediaPath(t.chipmunk.config.mediaDir, file.id, t.chipmunk.inspect.variant(file.id, String(rung.n))!.path);
     await rm(where);
     await symlink(where, where);
     const res = await fetch(rung.url);

@@ -66,7 +66,7 @@ async function expectConsistent(c: TestChipmunk) {
     const page = c.chipmunk.inspect.filesPage(after, 500);
     if (!page.length) break;
     after = page.at(-1)!.id;
-    for (const f of page) for (const v of c.chipmunk.inspect.variants(f.id)) expect(existsSync(c.chipmunk.storage.localPath(f.id, v.path)), `${f.id}/${v.path}`).toBe(true);
+    for (const f of page) for (const v of c.chipmunk.inspect.variants(f.id)) expect(existsSync(mediaPath(c.chipmunk.config.mediaDir, f.id, v.path)), `${f.id}/${v.path}`).toBe(true);
   }
 }
 

@@ -26,6 +26,11 @@ export type NginxConfigOptions = {
   workerProcesses?: number | 'auto';
   /** Origins whose pages may read /f/ (CHIPMUNK_CORS_ORIGINS); `*` when absent. */
   corsOrigins?: CorsOrigins;
+  /**
+   * With the blobs in a bucket: the S3 endpoint's origin (as presigned URLs name it). A variant not
+   * in the media folder is then fetched from there with the presigned GET the auth answer carries.
+   */
+  objectOrigin?: string;
   /** Extra directives inside the server block (the benchmark adds a plain static location). */
   extraServerConfig?: string;
 };
@@ -81,6 +86,7 @@ export function renderNginxConfig(o: NginxConfigOptions): string {
   const cors = createCors(o.corsOrigins ?? '*').nginx();
   const corsLines = (n: number) => cors.headers.map((line) => `${' '.repeat(n)}${line}\n`).join('');
   const extra = o.extraServerConfig ? `\n${indent(o.extraServerConfig.trim(), 8)}\n` : '';
+  const objects = o.objectOrigin ? objectUpstream(o.objectOrigin) : undefined;
 
   return `# Chipmunk's nginx, rendered by \`chipmunk nginx-config\`. Run it as
 #   nginx -p <prefix> -c <this file> [-g 'daemon off;']
@@ -136,7 +142,20 @@ ${indent(RANGE_MAP, 4)}
         server ${auth};
         keepalive 64;
     }
+${objects ? `
+    # The S3 endpoint holding the media blobs (CHIPMUNK_S3_*): reached only through @chipmunk_object.
+    upstream chipmunk_objects {
+        server ${objects.server};
+        keepalive 32;
+    }
 
+    # nginx does not evaluate conditional requests on proxied answers: those, and HEAD (the
+    # presigned URL is for GET), are answered by Chipmunk from the same object.
+    map "$request_method:$http_if_none_match$http_if_modified_since$http_if_range" $chipmunk_object_to_app {
+        "GET:" 0;
+        default 1;
+    }
+` : ''}
     server {
         listen ${listen};
 
@@ -175,6 +194,9 @@ ${cors.preflight.map((line) => `                ${line}\n`).join('')}           
             auth_request_set $chipmunk_disposition $upstream_http_x_chipmunk_content_disposition;
             auth_request_set $chipmunk_size $upstream_http_x_chipmunk_size;
             auth_request_set $chipmunk_vary $upstream_http_x_chipmunk_vary;
+            auth_request_set $chipmunk_object $upstream_http_x_chipmunk_object;
+            auth_request_set $chipmunk_etag $upstream_http_x_chipmunk_etag;
+            auth_request_set $chipmunk_last_modified $upstream_http_x_chipmunk_last_modified;
             # auth_request passes 401/403 through and turns anything else (404 for an unknown or deleted
             # token, a dead upstream) into 500; @chipmunk_refused restores Chipmunk's own status and JSON.
             error_page 401 403 500 = @chipmunk_refused;
@@ -185,7 +207,8 @@ ${cors.preflight.map((line) => `                ${line}\n`).join('')}           
             log_not_found off;
 
             root ${media};
-            try_files /$chipmunk_path =404;
+            # The media folder, else the bucket (the auth answer says where the object is).
+            try_files /$chipmunk_path @chipmunk_object;
             autoindex off;
             max_ranges 1;
             etag on;
@@ -198,6 +221,41 @@ ${cors.preflight.map((line) => `                ${line}\n`).join('')}           
             add_header Vary $chipmunk_vary;
             add_header X-Content-Type-Options nosniff always;
 ${corsLines(12)}        }
+
+        # A variant held in the bucket: the presigned GET from the auth answer, proxied to the S3
+        # endpoint (its URL never reaches the client), with Chipmunk's headers instead of the store's.
+        location @chipmunk_object {
+            error_page 404 = @chipmunk_missing;
+            if ($chipmunk_object = "") {
+                return 404;
+            }
+${objects ? `            error_page 418 = @chipmunk_ranged;
+            if ($chipmunk_object_to_app) {
+                return 418;
+            }
+            proxy_pass ${objects.scheme}://chipmunk_objects$chipmunk_object;
+${objects.scheme === 'https' ? `            proxy_ssl_server_name on;
+            proxy_ssl_name ${objects.host};
+` : ''}            proxy_method GET;
+            proxy_http_version 1.1;
+            proxy_pass_request_headers off;
+            proxy_pass_request_body off;
+            proxy_set_header Host ${objects.hostHeader};
+            proxy_set_header Connection "";
+            proxy_set_header Range $http_range;
+            proxy_buffering off;
+            proxy_intercept_errors on;
+            error_page 403 500 502 503 504 = @chipmunk_unavailable;
+${OBJECT_HEADERS_HIDDEN.map((h) => `            proxy_hide_header ${h};
+`).join('')}            add_header Content-Type $chipmunk_type;
+            add_header Cache-Control $chipmunk_cache_control;
+            add_header Content-Disposition $chipmunk_disposition;
+            add_header Vary $chipmunk_vary;
+            add_header ETag $chipmunk_etag;
+            add_header Last-Modified $chipmunk_last_modified;
+            add_header X-Content-Type-Options nosniff always;
+${corsLines(12)}` : `            return 404;
+`}        }
 
         location = /_chipmunk/auth {
             internal;
@@ -350,6 +408,34 @@ const RANGE_MAP = String.raw`map $http_range $chipmunk_range_to_app {
     "~^bytes=-[1-9]\d{0,14}$" 0;
     default 1;
 }`;
+
+/** What the object store says about itself: Chipmunk's answer replaces it (type, caching, validators). */
+const OBJECT_HEADERS_HIDDEN = [
+  'Content-Type', 'Cache-Control', 'Content-Disposition', 'Expires', 'ETag', 'Last-Modified', 'Set-Cookie',
+  'x-amz-request-id', 'x-amz-id-2', 'x-amz-version-id', 'x-amz-storage-class', 'x-amz-server-side-encryption',
+  'x-amz-expiration', 'x-amz-restore', 'x-amz-mp-parts-count', 'x-amz-tagging-count', 'x-amz-replication-status',
+  'x-amz-delete-marker', 'x-amz-checksum-crc32', 'x-amz-checksum-crc32c', 'x-amz-checksum-crc64nvme', 'x-amz-checksum-sha1',
+  'x-amz-checksum-sha256', 'x-amz-checksum-type', 'x-rgw-object-type',
+];
+
+function objectUpstream(origin: string): { scheme: 'http' | 'https'; server: string; host: string; hostHeader: string } {
+  let url: URL;
+  try {
+    url = new URL(origin);
+  } catch {
+    throw new Error(`The S3 endpoint must be a URL such as https://s3.example.com, not "${origin}".`);
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new Error(`The S3 endpoint must be http:// or https://, not "${origin}".`);
+  const scheme = url.protocol === 'https:' ? 'https' : 'http';
+  const port = url.port || (scheme === 'https' ? '443' : '80');
+  return {
+    scheme,
+    server: safeValue(`${url.hostname}:${port}`, 'the S3 endpoint'),
+    host: safeValue(url.hostname, 'the S3 endpoint'),
+    // What the presigned URL was signed for: the host as the URL names it (a default port is left out).
+    hostHeader: safeValue(url.host, 'the S3 endpoint'),
+  };
+}
 
 function indent(text: string, spaces: number): string {
   const pad = ' '.repeat(spaces);

@@ -2,7 +2,7 @@ import path from 'node:path';
 import { loadConfig } from '../config.js';
 import { openDatabase } from '../db/index.js';
 import { createRepository } from '../db/repository.js';
-import { createLocalStorage } from '../storage/local.js';
+import { openBlobStorage } from '../storage/open.js';
 import { createUploadArea } from '../uploads/area.js';
 import { createReceivedArea } from '../uploads/received.js';
 import { tryLockDataDir, recordedPid } from '../db/data-dir-lock.js';
@@ -28,10 +28,12 @@ export async function fsckCommand(args: string[], env: NodeJS.ProcessEnv = proce
   // Read-only beside a live server: the lock is given back at once, so the server can start meanwhile.
   if (!repair) lock?.release();
   const db = openDatabase(config.databasePath);
+  // The media folder or the S3 bucket, as the server uses it: fsck compares the database with its listing.
+  const blobs = openBlobStorage(config, path.join(config.dataDir, 'work'));
   try {
     const deps = {
       repo: createRepository(db),
-      storage: createLocalStorage({ mediaDir: config.mediaDir, workDir: path.join(config.dataDir, 'work'), mediaGid: config.mediaGroupId }),
+      storage: blobs.storage,
       area: createUploadArea(config.uploadDir),
       received: createReceivedArea(path.join(config.dataDir, 'received')),
     };
@@ -43,6 +45,7 @@ export async function fsckCommand(args: string[], env: NodeJS.ProcessEnv = proce
     process.stdout.write(after.problems.length ? `after repair:\n${formatFsckReport(after)}` : 'after repair: clean.\n');
     return after.problems.length ? 1 : 0;
   } finally {
+    blobs.close();
     db.$client.close();
     lock?.release();
   }

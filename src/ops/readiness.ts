@@ -15,6 +15,8 @@ export type ReadinessDeps = {
   /** The ffmpeg executable, or undefined when none is found. */
   ffmpegPath: () => Promise<string | undefined>;
   queueDepth: () => Record<string, number>;
+  /** With the blobs in a bucket: resolves when the bucket answers (a one-key listing). */
+  storageProbe?: () => Promise<void>;
 };
 
 /** Free bytes for an unprivileged writer on the volume holding `dir`. */
@@ -47,6 +49,14 @@ export function createReadiness(deps: ReadinessDeps) {
         checks.disk = { ok: free > deps.disk.marginBytes, detail: { freeBytes: free, marginBytes: deps.disk.marginBytes } };
       } catch (err) {
         checks.disk = { ok: false, detail: (err as Error).message };
+      }
+      if (deps.storageProbe) {
+        try {
+          await deps.storageProbe();
+          checks.storage = { ok: true };
+        } catch (err) {
+          checks.storage = { ok: false, detail: (err as Error).message };
+        }
       }
       ffmpeg ??= await deps.ffmpegPath();
       checks.ffmpeg = ffmpeg ? { ok: true, detail: ffmpeg } : { ok: false, detail: 'ffmpeg not found (audio cannot be processed)' };

@@ -86,13 +86,14 @@ export function createAudioService(deps: AudioServiceDeps) {
       if (!file || file.status !== 'processing') return;
       const original = repo.getVariant(file.id, '0');
       if (!original) throw new FinalJobError('The original file is missing.');
-      const sourcePath = storage.localPath(file.id, original.path);
       const sniffed: Sniffed = { kind: 'audio', mimeType: file.mimeType ?? 'application/octet-stream', ext: file.ext ?? 'bin' };
       const audioInfo = file.info as unknown as AudioInfo;
       // Leftovers of an interrupted attempt go first.
       await storage.discardWorkspace(file.id);
       const workDir = await storage.workspace(file.id);
       try {
+        // ffmpeg and the tag parser read a local file: object storage downloads the original into scratch.
+        const sourcePath = await storage.fetchToWorkspace(file.id, original.path);
         const produced: ProducedVariant[] = [];
         const info: Partial<AudioFileInfo> = {};
         if (ffmpeg) {

@@ -6,6 +6,7 @@ import { randomBytes } from 'node:crypto';
 import { fileIdPattern } from '../ids.js';
 import { unlessAbsent } from './absent.js';
 import type { BlobStorage } from './storage.js';
+import { createWorkspaces } from './workspaces.js';
 
 const namePattern = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 
@@ -42,6 +43,7 @@ export function createLocalStorage(opts: { mediaDir: string; workDir: string; me
     return folder;
   }
 
+  const workspaces = createWorkspaces(workDir);
   const tempName = (target: string) => `${target}.tmp-${randomBytes(4).toString('hex')}`;
 
   return {
@@ -79,16 +81,11 @@ export function createLocalStorage(opts: { mediaDir: string; workDir: string; me
       return data.byteLength;
     },
 
-    async workspace(fileId) {
-      if (!fileIdPattern.test(fileId)) throw new Error(`Refusing unsafe file id ${JSON.stringify(fileId)}`);
-      const dir = path.join(workDir, fileId);
-      await mkdir(dir, { recursive: true, mode: 0o700 });
-      return dir;
-    },
+    ...workspaces,
 
-    async discardWorkspace(fileId) {
-      if (!fileIdPattern.test(fileId)) return;
-      await rm(path.join(workDir, fileId), { recursive: true, force: true });
+    // The blob itself: a local store's files are already where sharp and ffmpeg can read them.
+    async fetchToWorkspace(fileId, name) {
+      return mediaPath(mediaDir, fileId, name);
     },
 
     async stat(fileId, name) {
@@ -103,16 +100,6 @@ export function createLocalStorage(opts: { mediaDir: string; workDir: string; me
 
     async removeName(fileId, name) {
       await rm(mediaPath(mediaDir, fileId, name), { force: true });
-    },
-
-    async listWorkspaces() {
-      return readdirSafe(workDir);
-    },
-
-    async discardAllWorkspaces() {
-      const names = await readdirSafe(workDir);
-      for (const name of names) await rm(path.join(workDir, name), { recursive: true, force: true });
-      return names.length;
     },
 
     async removeFolder(fileId) {
@@ -133,10 +120,6 @@ export function createLocalStorage(opts: { mediaDir: string; workDir: string; me
 
     relativePath(fileId, name) {
       return path.relative(mediaDir, mediaPath(mediaDir, fileId, name)).split(path.sep).join('/');
-    },
-
-    localPath(fileId, name) {
-      return mediaPath(mediaDir, fileId, name);
     },
   };
 }

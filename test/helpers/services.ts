@@ -1,8 +1,10 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
+import { CreateBucketCommand, DeleteBucketCommand, DeleteObjectsCommand, ListObjectsV2Command } from '@aws-sdk/client-s3';
 import pg from 'pg';
 import type { S3Settings } from '../../src/config.js';
+import { createS3Client } from '../../src/storage/s3.js';
 
 /**
  * The real PostgreSQL and S3 endpoint of `scripts/services.sh` (CI starts them before `npm test`).
@@ -96,3 +98,30 @@ async function adminQuery(services: TestServices, text: string): Promise<void> {
 
 /** A key prefix no other test file shares, inside the shared test bucket. */
 export const testPrefix = (label: string) => `t-${label}-${randomBytes(4).toString('hex')}/`;
+
+/**
+ * A fresh, empty bucket of its own for one test file (the S3 user of services.sh may create
+ * buckets); `drop()` empties and removes it. Its settings are the shared bucket's otherwise.
+ */
+export async function createTestBucket(services: TestServices, label: string): Promise<{ s3: S3Settings; drop(): Promise<void> }> {
+  const bucket = `t-${label.replace(/[^a-z0-9]/gi, '-').toLowerCase()}-${randomBytes(4).toString('hex')}`.slice(0, 63);
+  const s3 = { ...services.s3, bucket };
+  const client = createS3Client(s3);
+  await client.send(new CreateBucketCommand({ Bucket: bucket }));
+  return {
+    s3,
+    async drop() {
+      try {
+        for (;;) {
+          const page = await client.send(new ListObjectsV2Command({ Bucket: bucket }));
+          const keys = (page.Contents ?? []).map((o) => ({ Key: o.Key! }));
+          if (keys.length === 0) break;
+          await client.send(new DeleteObjectsCommand({ Bucket: bucket, Delete: { Objects: keys, Quiet: true } }));
+        }
+        await client.send(new DeleteBucketCommand({ Bucket: bucket }));
+      } finally {
+        client.destroy();
+      }
+    },
+  };
+}
