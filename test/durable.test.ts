@@ -279,7 +279,8 @@ describe('signals and kills during processing', () => {
   let dataDir: string;
   let env: Record<string, string>;
   beforeAll(async () => {
-    ({ dataDir, env } = await serverEnvironment('durable', { CHIPMUNK_COMPLETION_WAIT: '0', CHIPMUNK_SHUTDOWN_TIMEOUT: '1' }));
+    // A deadline far shorter than one photo's processing, so a stop always lands mid-job (not only on a slow machine).
+    ({ dataDir, env } = await serverEnvironment('durable', { CHIPMUNK_COMPLETION_WAIT: '0', CHIPMUNK_SHUTDOWN_TIMEOUT: '0.05' }));
   }, 120_000);
   afterAll(async () => {
     if (dataDir) await rm(dataDir, { recursive: true, force: true });
