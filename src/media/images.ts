@@ -57,6 +57,11 @@ type Raw = { data: Buffer; width: number; height: number; channels: 1 | 2 | 3 | 
 const decodable = new Set(['jpeg', 'png', 'webp', 'gif', 'tiff', 'heif']);
 const animatable = new Set(['image/gif', 'image/webp']);
 const heifFamily = new Set(['image/heic', 'image/heif', 'image/avif']);
+/** Formats whose original is cleaned from its bytes (metadata.ts): read whole once, and decoded from those bytes. */
+const readWhole = new Set(['image/jpeg', 'image/png', 'image/webp', 'image/gif']);
+
+/** What sharp reads an image from: its path, or its bytes when they are in memory already. */
+type Source = string | Buffer;
 
 export function createImageProcessor(opts: ImageProcessorOptions): MediaProcessor<ImageInfo> & { readonly queued: number; readonly active: number } {
   // Uploads are unique files: libvips' operation cache would only hold memory. Parallelism comes
@@ -81,7 +86,10 @@ async function processImage(input: ProcessInput, opts: ImageProcessorOptions): P
   const canAnimate = animatable.has(sniffed.mimeType);
   // HEIF/AVIF: the container's own declarations first, before any libheif (sharp's or the HEVC child) parses it.
   if (heifFamily.has(sniffed.mimeType)) await checkHeifDeclaredSizes(sourcePath, opts.maxPixels);
-  const meta = await readHeader(sourcePath, sniffed.mimeType, canAnimate);
+  // One read of the file serves the header, the decode and the cleaned original (no second read, no
+  // reopening of the file by each sharp call).
+  const source: Source = readWhole.has(sniffed.mimeType) ? await readFile(sourcePath) : sourcePath;
+  const meta = await readHeader(source, sniffed.mimeType, canAnimate);
 
   if (!decodable.has(meta.format)) throw errors.unsupportedType(`Images in ${meta.format} format are not supported; upload JPEG, PNG, WebP, GIF, AVIF or TIFF.`);
 
@@ -103,12 +111,12 @@ async function processImage(input: ProcessInput, opts: ImageProcessorOptions): P
   // themselves and report no orientation, so nothing is turned twice.
   const oriented = (meta.orientation ?? 1) >= 5 ? { width: frame.height, height: frame.width } : frame;
   const produced = animated
-    ? await animatedLadder(sourcePath, frame, square, workDir, opts)
+    ? await animatedLadder(source, frame, square, workDir, opts)
     : meta.format === 'heif' && meta.compression === 'hevc'
       ? await heicLadder(sourcePath, oriented, square, workDir, { ...opts, formats })
-      : await stillLadder(sourcePath, oriented, square, workDir, { ...opts, ignoreIcc: isSrgbProfile(meta.icc), formats });
+      : await stillLadder(source, oriented, square, workDir, { ...opts, ignoreIcc: isSrgbProfile(meta.icc), formats });
 
-  const original = produced.original ?? (await cleanOriginal(sourcePath, meta, sniffed.ext, workDir, opts));
+  const original = produced.original ?? (await cleanOriginal(source, meta, sniffed.ext, workDir, opts));
   const placeholderFile = produced.variants.find((v) => v.name === '1')!.file;
   const placeholder = `data:image/webp;base64,${(await readFile(placeholderFile)).toString('base64')}`;
   return {
@@ -126,11 +134,11 @@ async function processImage(input: ProcessInput, opts: ImageProcessorOptions): P
  * coded pixels untouched, metadata.ts); TIFF and AVIF/HEIF, whose containers are not rewritten here,
  * re-encoded without metadata (TIFF losslessly with LZW, AVIF at quality 90), upright, ICC kept.
  */
-async function cleanOriginal(sourcePath: string, meta: Header, ext: string, workDir: string, opts: ImageProcessorOptions): Promise<{ file: string }> {
+async function cleanOriginal(source: Source, meta: Header, ext: string, workDir: string, opts: ImageProcessorOptions): Promise<{ file: string }> {
   const file = path.join(workDir, `original.${ext}`);
   let cleaned: Buffer | undefined;
   try {
-    cleaned = stripLosslessly(meta.format, await readFile(sourcePath), meta.orientation);
+    cleaned = stripLosslessly(meta.format, typeof source === 'string' ? await readFile(source) : source, meta.orientation);
   } catch (err) {
     throw errors.unprocessable('The image file is malformed around its pixel data and cannot be stored safely.', err);
   }
@@ -139,7 +147,7 @@ async function cleanOriginal(sourcePath: string, meta: Header, ext: string, work
     return { file };
   }
   try {
-    const pipeline = sharp(sourcePath, { limitInputPixels: opts.maxPixels, failOn: 'warning' }).autoOrient().keepIccProfile();
+    const pipeline = sharp(source, { limitInputPixels: opts.maxPixels, failOn: 'warning' }).autoOrient().keepIccProfile();
     await (meta.format === 'tiff' ? pipeline.tiff({ compression: 'lzw' }) : pipeline.heif({ compression: 'av1', quality: 90, effort: 2 })).toFile(file);
   } catch (err) {
     throw decodeError(err);
@@ -168,7 +176,7 @@ type Ladder = { width: number; height: number; variants: ProducedVariant[]; hash
  * ladder costs little more than the single 1080 encode that dominates it.
  */
 async function stillLadder(
-  sourcePath: string,
+  sourcePath: Source,
   oriented: { width: number; height: number },
   square: boolean,
   workDir: string,
@@ -215,7 +223,7 @@ async function stillLadder(
 }
 
 /** Animations are small by construction (frame cap, pixel budget): each rung decodes its own frames. */
-async function animatedLadder(sourcePath: string, frame: { width: number; height: number }, square: boolean, workDir: string, opts: ImageProcessorOptions): Promise<Ladder> {
+async function animatedLadder(sourcePath: Source, frame: { width: number; height: number }, square: boolean, workDir: string, opts: ImageProcessorOptions): Promise<Ladder> {
   const variants: ProducedVariant[] = [];
   try {
     for (const rung of LADDER) {
@@ -307,7 +315,7 @@ export function rungSize(source: { width: number; height: number }, box: number,
 type Header = { format: string; compression?: string; width: number; height: number; pageHeight?: number; pages?: number; orientation?: number; icc?: Buffer };
 
 /** Reads the header only (no pixels), so the size checks happen before any decoding. */
-async function readHeader(sourcePath: string, mimeType: string, animated: boolean): Promise<Header> {
+async function readHeader(sourcePath: Source, mimeType: string, animated: boolean): Promise<Header> {
   try {
     // No pixel limit here: the header's declared size is what the caller checks, with a clear message.
     const meta = await sharp(sourcePath, { limitInputPixels: false, ...(animated ? { animated: true } : {}) }).metadata();

@@ -4,11 +4,11 @@ import { truncate } from 'node:fs/promises';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import path from 'node:path';
 import { Transform, type Readable } from 'node:stream';
-import { FileStore } from '@tus/file-store';
 import type { Server } from '@tus/server';
 import { NodeRequest, sendNodeResponse } from 'srvx/node';
 import type { Cors } from '../delivery/cors.js';
 import { AppError, errors, type ErrorBody } from '../errors.js';
+import { StreamingFileStore } from './file-store.js';
 
 // The tus 1.0.0 protocol as clients meet it at /uploads, around @tus/server (which keeps the
 // upload resources, the hooks and the store): what @tus/server does not do or does otherwise —
@@ -43,12 +43,12 @@ type ExpectedChecksum = {
 const chunkChecksum = new AsyncLocalStorage<ExpectedChecksum | undefined>();
 
 /**
- * @tus/file-store, advertising the extensions above and applying a chunk only if its bytes match
+ * The file store (file-store.ts), advertising the extensions above and applying a chunk only if its bytes match
  * the request's Upload-Checksum: on a mismatch (or a cut) the file goes back to the offset it had,
  * so the upload is exactly as before the request.
  */
-export class ChecksumFileStore extends FileStore {
-  constructor(options: ConstructorParameters<typeof FileStore>[0]) {
+export class ChecksumFileStore extends StreamingFileStore {
+  constructor(options: ConstructorParameters<typeof StreamingFileStore>[0]) {
     super(options);
     this.extensions = [...TUS_EXTENSIONS];
   }
