@@ -85,7 +85,7 @@ describe('one server per data directory', () => {
       // A job the live server is running right now.
       const file = (await (await fetch(`${t.url}/v1/users/first/files`, { headers: { authorization: `Bearer ${t.apiKey}` } })).json()) as { items?: Array<{ id: string }>; files?: Array<{ id: string }> };
       const fileId = (file.items ?? file.files)![0]!.id;
-      t.chipmunk.repo.enqueueJob(fileId, 'test.running');
+      await t.chipmunk.uow.ports.jobs.enqueue({ type: 'test.running', fileId, userId: 'first' });
       t.chipmunk.db.$client.prepare("update jobs set state = 'running' where file_id = ? and type = 'test.running'").run(fileId);
       out.length = 0;
       const code = await fsckCommand([], env);

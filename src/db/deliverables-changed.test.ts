@@ -1,11 +1,9 @@
 import path from 'node:path';
-import { eq } from 'drizzle-orm';
 import { afterEach, beforeEach, expect, it } from 'vitest';
 import { tempDirEach } from '../../test/helpers/temp-dir.js';
 import { newDeliveryToken, newFileId } from '../ids.js';
 import { openDatabase, type Db } from './index.js';
 import { createRepository, type Deliverable } from './repository.js';
-import { files } from './schema.js';
 import { createSqlitePorts } from './sqlite-ports.js';
 
 // The repository holds no delivery cache; it announces, after each commit that could change what
@@ -28,33 +26,47 @@ beforeEach(() => {
 });
 afterEach(() => db.$client.close());
 
-function storedFile() {
-  const row = repo.reserveUpload({
+/** A stored file as the durable pipeline makes one: reserved, received, processed, committed ready. */
+async function storedFile() {
+  // Wired as the composition root wires it: the unit of work's announcements go through the repository.
+  const uow = createSqlitePorts(db, { webhooksEnabled: false, onDeliverablesChanged: (fileId) => repo.deliverablesChanged(fileId) });
+  const reserved = await uow.ports.uploads.reserve({
     userId: 'rita',
     purpose: 'image',
     kind: 'image',
     filename: 'a.jpg',
     mimeType: 'image/jpeg',
     length: 10,
+    reserveBytes: 10,
     visibility: 'public',
     defaultQuotaBytes: 1000,
     expiresAt: Date.now() + 60_000,
+    maxUnfinished: { count: 10, bytes: 1000 },
     newId: newFileId,
     newDeliveryToken,
   });
-  repo.commitUpload(row.id, { mimeType: 'image/jpeg', ext: 'jpg', status: 'ready', variants: [{ name: '0', path: '0.jpg', mimeType: 'image/jpeg', bytes: 10, width: 1, height: 1 }] });
-  // As the durable pipeline's commit leaves it (generated variants are added only to committed files).
-  db.update(files).set({ committedAt: Date.now() }).where(eq(files.id, row.id)).run();
-  return repo.getFile(row.id)!;
+  if (!reserved.ok) throw new Error(`not reserved: ${reserved.reason}`);
+  const id = reserved.file.id;
+  await uow.ports.uploads.markReceived(id);
+  await uow.ports.files.transition(id, ['received'], 'processing');
+  const committed = await uow.ports.files.commit(id, {
+    status: 'ready',
+    mimeType: 'image/jpeg',
+    ext: 'jpg',
+    variants: [{ name: '0', path: '0.jpg', mimeType: 'image/jpeg', bytes: 10, width: 1, height: 1 }],
+    keepReservedBytes: 0,
+  });
+  if (!committed || committed === 'quota') throw new Error('not committed');
+  return repo.getFile(id)!;
 }
 
-it('announces the file after the commit that made it deliverable', () => {
-  const file = storedFile();
+it('announces the file after the commit that made it deliverable', async () => {
+  const file = await storedFile();
   expect(told).toEqual([{ fileId: file.id, inTransaction: false, seen: undefined }]);
 });
 
-it('announces a token rotation and a visibility change once they are committed', () => {
-  const file = storedFile();
+it('announces a token rotation and a visibility change once they are committed', async () => {
+  const file = await storedFile();
   watched = { token: file.deliveryToken, name: '0' };
   told = [];
   const generation = repo.deliverablesGeneration();
@@ -66,8 +78,8 @@ it('announces a token rotation and a visibility change once they are committed',
   expect(repo.deliverablesGeneration()).toBe(generation + 2);
 });
 
-it('announces new and replaced variants after their commit', () => {
-  const file = storedFile();
+it('announces new and replaced variants after their commit', async () => {
+  const file = await storedFile();
   watched = { token: file.deliveryToken, name: '3' };
   told = [];
   repo.addVariants(file.id, [{ name: '3', path: '3.webp', mimeType: 'image/webp', bytes: 4, width: 1, height: 1 }]);
@@ -78,8 +90,8 @@ it('announces new and replaced variants after their commit', () => {
   ]);
 });
 
-it('announces a delete once the file is no longer served, and nothing for a write that changed nothing', () => {
-  const file = storedFile();
+it('announces a delete once the file is no longer served, and nothing for a write that changed nothing', async () => {
+  const file = await storedFile();
   watched = { token: file.deliveryToken, name: '0' };
   told = [];
   repo.beginDelete(file.id);
@@ -92,7 +104,7 @@ it('announces a delete once the file is no longer served, and nothing for a writ
 });
 
 it('the durable pipeline’s unit of work announces each file it changed, once committed', async () => {
-  const file = storedFile();
+  const file = await storedFile();
   watched = { token: file.deliveryToken, name: '0' };
   const announced: Array<{ fileId: string; inTransaction: boolean; seen: Deliverable | undefined }> = [];
   const uow = createSqlitePorts(db, {
@@ -105,7 +117,7 @@ it('the durable pipeline’s unit of work announces each file it changed, once c
   });
   expect(announced).toEqual([{ fileId: file.id, inTransaction: false, seen: undefined }]);
   // A unit that rolls back announces nothing.
-  const other = storedFile();
+  const other = await storedFile();
   await expect(
     uow.run(async (tx) => {
       await tx.files.transition(other.id, ['ready'], 'deleting');
