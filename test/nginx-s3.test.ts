@@ -4,7 +4,7 @@ import { mediaKey } from '../src/storage/objects.js';
 import { createS3Client, createS3ObjectStore } from '../src/storage/s3.js';
 import { corpus, startChipmunk, storedForm, type TestChipmunk } from './helpers/chipmunk.js';
 import { startNginx, type TestNginx } from './helpers/nginx.js';
-import { createTestBucket, testServices } from './helpers/services.js';
+import { createTestBucket, testServices, s3Environment } from './helpers/services.js';
 import { tusUpload } from './helpers/tus.js';
 
 // Real nginx in front of a Chipmunk whose blobs are in a real Ceph RGW bucket: the config rendered
@@ -13,16 +13,6 @@ import { tusUpload } from './helpers/tus.js';
 
 type Variant = { n: number | string; bytes: number; mimeType: string; url: string };
 type FileJson = { id: string; variants: Variant[] };
-
-const s3Env = (s3: S3Settings): Record<string, string> => ({
-  CHIPMUNK_S3_BUCKET: s3.bucket,
-  CHIPMUNK_S3_ENDPOINT: s3.endpoint!,
-  CHIPMUNK_S3_REGION: s3.region,
-  CHIPMUNK_S3_ACCESS_KEY_ID: s3.accessKeyId!,
-  CHIPMUNK_S3_SECRET_ACCESS_KEY: s3.secretAccessKey!,
-  CHIPMUNK_S3_FORCE_PATH_STYLE: String(s3.forcePathStyle),
-  CHIPMUNK_S3_CHECKSUMS: s3.checksums,
-});
 
 /** The headers a client is shown, without the ones that differ by hop (date, connection, request id). */
 const shown = (res: Response) => {
@@ -43,7 +33,7 @@ describe('nginx in front, blobs in S3', () => {
 
   beforeAll(async () => {
     bucket = await createTestBucket(testServices(), 'nginx');
-    const env = s3Env(bucket.s3);
+    const env = s3Environment(bucket.s3);
     t = await startChipmunk(env);
     nginx = await startNginx(t, { env });
     photo = await storedForm(corpus('images/photos/portrait-canal.jpg'));

@@ -8,7 +8,7 @@ import { fsckCommand } from '../src/ops/fsck-command.js';
 import { openBlobStorage } from '../src/storage/open.js';
 import { waitForFile } from './helpers/audio.js';
 import { corpus, startChipmunk, storedForm, type TestChipmunk } from './helpers/chipmunk.js';
-import { createTestBucket, testServices } from './helpers/services.js';
+import { createTestBucket, testServices, s3Environment } from './helpers/services.js';
 import { tusUpload } from './helpers/tus.js';
 
 // The same uploads, deliveries, deletes and consistency checks over both homes of the media blobs:
@@ -20,23 +20,13 @@ type FileJson = { id: string; status: string; totalBytes: number; variants: Vari
 
 type Backend = { env: Record<string, string>; drop(): Promise<void> };
 
-const s3Env = (s3: S3Settings): Record<string, string> => ({
-  CHIPMUNK_S3_BUCKET: s3.bucket,
-  CHIPMUNK_S3_ENDPOINT: s3.endpoint!,
-  CHIPMUNK_S3_REGION: s3.region,
-  CHIPMUNK_S3_ACCESS_KEY_ID: s3.accessKeyId!,
-  CHIPMUNK_S3_SECRET_ACCESS_KEY: s3.secretAccessKey!,
-  CHIPMUNK_S3_FORCE_PATH_STYLE: String(s3.forcePathStyle),
-  CHIPMUNK_S3_CHECKSUMS: s3.checksums,
-});
-
 const backends: [string, () => Promise<Backend>][] = [
   ['local folder', async () => ({ env: {}, drop: async () => undefined })],
   [
     'S3 (Ceph RGW)',
     async () => {
       const bucket = await createTestBucket(testServices(), 'backends');
-      return { env: s3Env(bucket.s3), drop: () => bucket.drop() };
+      return { env: s3Environment(bucket.s3), drop: () => bucket.drop() };
     },
   ],
 ];
@@ -225,7 +215,7 @@ describe.each(backends)('media blobs in the %s', (name, open) => {
 describe('media blobs in a bucket that does not answer', () => {
   it('starts, and /ready says the storage is not ready with the store\'s reason', async () => {
     const { s3 } = testServices();
-    const t = await startChipmunk(s3Env({ ...s3, bucket: `no-such-bucket-${newFileId().slice(0, 8)}` }));
+    const t = await startChipmunk(s3Environment({ ...s3, bucket: `no-such-bucket-${newFileId().slice(0, 8)}` }));
     try {
       const res = await fetch(`${t.url}/ready`);
       expect(res.status).toBe(503);

@@ -26,6 +26,27 @@ export type ReserveUploadInput = {
   newDeliveryToken: () => string;
 };
 
+/** The row a reservation inserts, the same on every backend: an upload waiting for its bytes. */
+export function newUploadRow(input: ReserveUploadInput, at: number) {
+  return {
+    id: input.newId(),
+    userId: input.userId,
+    purpose: input.purpose,
+    kind: input.kind,
+    status: 'uploading' as const,
+    filename: input.filename,
+    mimeType: input.mimeType,
+    bytes: input.length,
+    uploadLength: input.length,
+    reservedBytes: input.reserveBytes,
+    visibility: input.visibility,
+    deliveryToken: input.newDeliveryToken(),
+    createdAt: at,
+    updatedAt: at,
+    expiresAt: input.expiresAt,
+  };
+}
+
 export type ReserveOutcome =
   | { ok: true; file: FileRow }
   | { ok: false; reason: 'quota'; freeBytes: number }

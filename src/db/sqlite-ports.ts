@@ -2,7 +2,7 @@ import { AsyncLocalStorage } from 'node:async_hooks';
 import { randomUUID } from 'node:crypto';
 import { and, asc, eq, gt, inArray, lte, notInArray, sql } from 'drizzle-orm';
 import type { Db } from './index.js';
-import { WEBHOOK_JOB, type CommitInput, type FileCatalogue, type JobQueue, type NewJob, type Outbox, type Ports, type ReserveOutcome, type ReserveUploadInput, type UnitOfWork, type UploadLedger } from './ports.js';
+import { WEBHOOK_JOB, newUploadRow, type CommitInput, type FileCatalogue, type JobQueue, type NewJob, type Outbox, type Ports, type ReserveOutcome, type ReserveUploadInput, type UnitOfWork, type UploadLedger } from './ports.js';
 import { files, jobs, refusedUploads, users, variants, type FileRow, type FileStatus, type JobRow } from './schema.js';
 
 // The ports on better-sqlite3. Statements are synchronous; a unit of work holds an in-process mutex
@@ -53,23 +53,7 @@ export function createSqlitePorts(db: Db, opts: SqlitePortsOptions): UnitOfWork 
       for (let attempt = 0; ; attempt++) {
         const inserted = db
           .insert(files)
-          .values({
-            id: input.newId(),
-            userId: input.userId,
-            purpose: input.purpose,
-            kind: input.kind,
-            status: 'uploading',
-            filename: input.filename,
-            mimeType: input.mimeType,
-            bytes: input.length,
-            uploadLength: input.length,
-            reservedBytes: input.reserveBytes,
-            visibility: input.visibility,
-            deliveryToken: input.newDeliveryToken(),
-            createdAt: at,
-            updatedAt: at,
-            expiresAt: input.expiresAt,
-          })
+          .values(newUploadRow(input, at))
           .onConflictDoNothing()
           .returning()
           .get();

@@ -103,6 +103,17 @@ export const testPrefix = (label: string) => `t-${label}-${randomBytes(4).toStri
  * A fresh, empty bucket of its own for one test file (the S3 user of services.sh may create
  * buckets); `drop()` empties and removes it. Its settings are the shared bucket's otherwise.
  */
+/** The server's environment for a bucket (the CHIPMUNK_S3_* variables). */
+export const s3Environment = (s3: S3Settings): Record<string, string> => ({
+  CHIPMUNK_S3_BUCKET: s3.bucket,
+  CHIPMUNK_S3_ENDPOINT: s3.endpoint!,
+  CHIPMUNK_S3_REGION: s3.region,
+  CHIPMUNK_S3_ACCESS_KEY_ID: s3.accessKeyId!,
+  CHIPMUNK_S3_SECRET_ACCESS_KEY: s3.secretAccessKey!,
+  CHIPMUNK_S3_FORCE_PATH_STYLE: String(s3.forcePathStyle),
+  CHIPMUNK_S3_CHECKSUMS: s3.checksums,
+});
+
 export async function createTestBucket(services: TestServices, label: string): Promise<{ s3: S3Settings; drop(): Promise<void> }> {
   const bucket = `t-${label.replace(/[^a-z0-9]/gi, '-').toLowerCase()}-${randomBytes(4).toString('hex')}`.slice(0, 63);
   const s3 = { ...services.s3, bucket };

@@ -3,7 +3,7 @@ import { randomUUID } from 'node:crypto';
 import { and, asc, eq, inArray, lte, notInArray, sql } from 'drizzle-orm';
 import { drizzle, type NodePgDatabase } from 'drizzle-orm/node-postgres';
 import type pg from 'pg';
-import { WEBHOOK_JOB, type CommitInput, type FileCatalogue, type JobQueue, type NewJob, type Outbox, type Ports, type ReserveOutcome, type ReserveUploadInput, type UnitOfWork, type UploadLedger } from '../ports.js';
+import { WEBHOOK_JOB, newUploadRow, type CommitInput, type FileCatalogue, type JobQueue, type NewJob, type Outbox, type Ports, type ReserveOutcome, type ReserveUploadInput, type UnitOfWork, type UploadLedger } from '../ports.js';
 import type { FileRow, JobRow, RefusedUploadRow, VariantRow } from '../schema.js';
 import { advisoryKey } from './connection.js';
 import * as schema from './schema.js';
@@ -75,23 +75,7 @@ function bindPorts(db: PgDb, effects: Effects, opts: PgPortsOptions): Ports {
       for (let attempt = 0; ; attempt++) {
         const [inserted] = await db
           .insert(files)
-          .values({
-            id: input.newId(),
-            userId: input.userId,
-            purpose: input.purpose,
-            kind: input.kind,
-            status: 'uploading',
-            filename: input.filename,
-            mimeType: input.mimeType,
-            bytes: input.length,
-            uploadLength: input.length,
-            reservedBytes: input.reserveBytes,
-            visibility: input.visibility,
-            deliveryToken: input.newDeliveryToken(),
-            createdAt: at,
-            updatedAt: at,
-            expiresAt: input.expiresAt,
-          })
+          .values(newUploadRow(input, at))
           .onConflictDoNothing()
           .returning();
         if (inserted) return { ok: true, file: inserted };
