@@ -43,7 +43,7 @@ module.exports = {
       comment: 'Media processors get their limits passed in; they do not read the configuration or the purposes.',
       severity: 'error',
       from: { path: '^src/media/' },
-      to: { path: '^src/(config|purposes|db|services|routes|uploads|delivery)' , dependencyTypesNot: ['type-only'] },
+      to: { path: '^src/(config|purposes|db|services|routes|uploads|delivery)', dependencyTypesNot: ['type-only'] },
     },
     {
       name: 'db-knows-no-upper-layer',
@@ -76,6 +76,10 @@ module.exports = {
     doNotFollow: { path: 'node_modules' },
     tsPreCompilationDeps: true,
     tsConfig: { fileName: 'tsconfig.json' },
-    enhancedResolveOptions: { exportsFields: ['exports'], conditionNames: ['import', 'require', 'node', 'default'], extensions: ['.ts', '.js', '.mjs', '.cjs', '.json'] },
+    enhancedResolveOptions: {
+      exportsFields: ['exports'],
+      conditionNames: ['import', 'require', 'node', 'default'],
+      extensions: ['.ts', '.js', '.mjs', '.cjs', '.json'],
+    },
   },
 };

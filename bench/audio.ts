@@ -27,18 +27,32 @@ try {
   const source = path.join(dir, 'track.flac');
   // A tone over pink noise, stereo 44.1 kHz: noise keeps the encoders honest (silence encodes for free).
   const gen = spawnSync(ffmpeg.path, [
-    '-nostdin', '-v', 'error', '-y',
-    '-f', 'lavfi', '-i', `sine=frequency=440:sample_rate=44100:duration=${SECONDS}`,
-    '-f', 'lavfi', '-i', `anoisesrc=color=pink:amplitude=0.2:sample_rate=44100:duration=${SECONDS}`,
-    '-filter_complex', '[0][1]amix=inputs=2:normalize=0,aformat=channel_layouts=stereo',
-    '-c:a', 'flac', source,
+    '-nostdin',
+    '-v',
+    'error',
+    '-y',
+    '-f',
+    'lavfi',
+    '-i',
+    `sine=frequency=440:sample_rate=44100:duration=${SECONDS}`,
+    '-f',
+    'lavfi',
+    '-i',
+    `anoisesrc=color=pink:amplitude=0.2:sample_rate=44100:duration=${SECONDS}`,
+    '-filter_complex',
+    '[0][1]amix=inputs=2:normalize=0,aformat=channel_layouts=stereo',
+    '-c:a',
+    'flac',
+    source,
   ]);
   if (gen.status !== 0) throw new Error(`could not generate the track: ${gen.stderr.toString()}`);
   const { info } = await readAudio(source, (await sniffFile(source))!);
   const plans = planRenditions(info);
 
   console.log(`ffmpeg: ${ffmpeg.version} (${ffmpeg.source})`);
-  console.log(`source: ${SECONDS} s FLAC, ${info.sampleRate} Hz, ${info.channels} ch; plan: ${plans.map((p) => `${p.n}=${p.codec} ${p.mode} ${(p.bitrate ?? 0) / 1000}k`).join(', ')}`);
+  console.log(
+    `source: ${SECONDS} s FLAC, ${info.sampleRate} Hz, ${info.channels} ch; plan: ${plans.map((p) => `${p.n}=${p.codec} ${p.mode} ${(p.bitrate ?? 0) / 1000}k`).join(', ')}`,
+  );
 
   const runChild = (args: string[]) =>
     new Promise<void>((resolve, reject) => {

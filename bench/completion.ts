@@ -31,23 +31,44 @@ async function main() {
   const dataDir = await mkdtemp(path.join(tmpdir(), 'chipmunk-bench-completion-'));
   const purposesFile = path.join(dataDir, 'purposes.json');
   await writeFile(purposesFile, JSON.stringify({ avatar: { kinds: ['image'], maxBytes: 20_000_000, square: true, visibility: 'public' } }));
-  const config = loadConfig({ PORT: '0', HOST: '127.0.0.1', CHIPMUNK_DATA_DIR: dataDir, CHIPMUNK_LOG_LEVEL: 'silent', CHIPMUNK_DISK_MARGIN: '0', CHIPMUNK_INTERNAL_PORT: '0', CHIPMUNK_PURPOSES_FILE: purposesFile, CHIPMUNK_DEFAULT_QUOTA: String(10 ** 12) });
+  const config = loadConfig({
+    PORT: '0',
+    HOST: '127.0.0.1',
+    CHIPMUNK_DATA_DIR: dataDir,
+    CHIPMUNK_LOG_LEVEL: 'silent',
+    CHIPMUNK_DISK_MARGIN: '0',
+    CHIPMUNK_INTERNAL_PORT: '0',
+    CHIPMUNK_PURPOSES_FILE: purposesFile,
+    CHIPMUNK_DEFAULT_QUOTA: String(10 ** 12),
+  });
   const chipmunk = createChipmunk(config, { defaultMetrics: false, logger: silentLogger });
   const jobMs = new Map<string, number>();
   chipmunk.events.on('upload.stored', (file, timing) => jobMs.set(file.id, timing.ms));
   const { port } = await chipmunk.listen();
   const url = `http://127.0.0.1:${port}/uploads`;
   const bytes = await readFile(photo);
-  const token = await new SignJWT({ purpose: 'avatar' }).setProtectedHeader({ alg: 'HS256' }).setSubject('bench-user').setIssuedAt().setExpirationTime('1h').sign(new TextEncoder().encode(config.secret));
+  const token = await new SignJWT({ purpose: 'avatar' })
+    .setProtectedHeader({ alg: 'HS256' })
+    .setSubject('bench-user')
+    .setIssuedAt()
+    .setExpirationTime('1h')
+    .sign(new TextEncoder().encode(config.secret));
   const tus = { 'Tus-Resumable': '1.0.0', Authorization: `Bearer ${token}` };
   const create = async (length: number) => {
-    const created = await fetch(url, { method: 'POST', headers: { ...tus, 'Upload-Length': String(length), 'Upload-Metadata': `filename ${Buffer.from('a.jpg').toString('base64')}` } });
+    const created = await fetch(url, {
+      method: 'POST',
+      headers: { ...tus, 'Upload-Length': String(length), 'Upload-Metadata': `filename ${Buffer.from('a.jpg').toString('base64')}` },
+    });
     if (created.status !== 201) throw new Error(`creation answered ${created.status}: ${await created.text()}`);
     return created.headers.get('location')!;
   };
   const patch = async (location: string) => {
     const started = performance.now();
-    const res = await fetch(location, { method: 'PATCH', headers: { ...tus, 'Upload-Offset': '0', 'Content-Type': 'application/offset+octet-stream' }, body: bytes });
+    const res = await fetch(location, {
+      method: 'PATCH',
+      headers: { ...tus, 'Upload-Offset': '0', 'Content-Type': 'application/offset+octet-stream' },
+      body: bytes,
+    });
     const text = await res.text();
     return { res, text, ms: performance.now() - started };
   };

@@ -88,7 +88,9 @@ const s3Bytes = await onS3.chipmunk.storage.write(s3FileId, 'bench.webp', tenKb)
 onS3.chipmunk.repo.addVariants(s3FileId, [{ name: 'bench', path: 'bench.webp', mimeType: 'image/webp', bytes: s3Bytes, width: 64, height: 64 }]);
 const s3Link = (await (await onS3.api(`/v1/files/${s3FileId}/url?variant=bench&expiresIn=86400`)).json()) as { url: string };
 const s3Client = createS3Client(bucket.s3);
-const presigned = new URL(await getSignedUrl(s3Client, new GetObjectCommand({ Bucket: bucket.s3.bucket, Key: mediaKey(s3FileId, 'bench.webp') }), { expiresIn: 86400 }));
+const presigned = new URL(
+  await getSignedUrl(s3Client, new GetObjectCommand({ Bucket: bucket.s3.bucket, Key: mediaKey(s3FileId, 'bench.webp') }), { expiresIn: 86400 }),
+);
 s3Client.destroy();
 const s3DirectLocation = `        location = /s3direct {
             proxy_pass http://chipmunk_objects${presigned.pathname}${presigned.search};

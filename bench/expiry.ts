@@ -39,8 +39,12 @@ try {
   const idleP99 = percentile(idle, 99);
   const stockP99 = percentile(stock, 99);
   console.log(`idle:  ${idle.length} health checks, p99 ${idleP99.toFixed(1)} ms`);
-  console.log(`stock: tus deleteExpired removed ${stockRemoved} in ${stockSeconds.toFixed(1)} s; ${stock.length} health checks, p99 ${stockP99.toFixed(1)} ms, max ${Math.max(...stock).toFixed(1)} ms`);
-  console.log(`ours:  swept ${swept} (rows, reservations, files) in ${sweepSeconds.toFixed(1)} s; ${during.length} health checks, p99 ${p99.toFixed(1)} ms, max ${Math.max(...during).toFixed(1)} ms`);
+  console.log(
+    `stock: tus deleteExpired removed ${stockRemoved} in ${stockSeconds.toFixed(1)} s; ${stock.length} health checks, p99 ${stockP99.toFixed(1)} ms, max ${Math.max(...stock).toFixed(1)} ms`,
+  );
+  console.log(
+    `ours:  swept ${swept} (rows, reservations, files) in ${sweepSeconds.toFixed(1)} s; ${during.length} health checks, p99 ${p99.toFixed(1)} ms, max ${Math.max(...during).toFixed(1)} ms`,
+  );
   console.log(
     JSON.stringify({
       uploads: UPLOADS,

@@ -62,8 +62,12 @@ async function main() {
         rounds: ROUNDS,
       };
       console.log(`\n${SIZE / 1024 ** 2} MB upload, medians of ${ROUNDS} rounds' ratios (after one warm-up round): raw pipe ${mbps(median(times.raw))} MB/s`);
-      console.log(`  tus single PATCH ${mbps(median(times.single))} MB/s, ${figures.singlePatchOverRaw}× raw (target ≥ 0.9; rounds ${figures.singlePatchRange.join('–')})`);
-      console.log(`  tus 8 MB chunks  ${mbps(median(times.chunked))} MB/s, ${figures.chunkedOverRaw}× raw (target ≥ 0.9; rounds ${figures.chunkedRange.join('–')})`);
+      console.log(
+        `  tus single PATCH ${mbps(median(times.single))} MB/s, ${figures.singlePatchOverRaw}× raw (target ≥ 0.9; rounds ${figures.singlePatchRange.join('–')})`,
+      );
+      console.log(
+        `  tus 8 MB chunks  ${mbps(median(times.chunked))} MB/s, ${figures.chunkedOverRaw}× raw (target ≥ 0.9; rounds ${figures.chunkedRange.join('–')})`,
+      );
       console.log(`  Chipmunk peak RSS ${figures.peakRssMB} MB (target < 150)`);
       console.log(JSON.stringify(figures));
     } finally {

@@ -102,7 +102,10 @@ export function createApp(deps: AppDeps) {
   app.route('/v1', v1);
 
   if (config.demo && deps.demoAssets) {
-    app.route('/', demoRoutes({ users, files: deps.files, purposes: deps.purposes, secret: config.secret, publicUrl: config.publicUrl, assets: deps.demoAssets }));
+    app.route(
+      '/',
+      demoRoutes({ users, files: deps.files, purposes: deps.purposes, secret: config.secret, publicUrl: config.publicUrl, assets: deps.demoAssets }),
+    );
   }
 
   return app;

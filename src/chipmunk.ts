@@ -84,7 +84,11 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
   const blobs = openBlobStorage(config, workDir);
   const storage = blobs.storage;
   const area = createUploadArea(config.uploadDir);
-  const purposes = loadPurposes(config.purposesFile, { maxFrames: config.maxFrames, maxAnimationPixels: config.maxAnimationPixels, maxDurationSeconds: config.maxDurationSeconds });
+  const purposes = loadPurposes(config.purposesFile, {
+    maxFrames: config.maxFrames,
+    maxAnimationPixels: config.maxAnimationPixels,
+    maxDurationSeconds: config.maxDurationSeconds,
+  });
   const events = createEventBus();
   const disk = { freeBytes: opts.freeBytes ?? (() => statfsFreeBytes(config.dataDir)), marginBytes: config.diskMarginBytes };
   const received = createReceivedArea(path.join(config.dataDir, 'received'));
@@ -99,19 +103,36 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
     onDeliverablesChanged: (fileId) => repo.deliverablesChanged(fileId),
   });
   const webhooks = config.webhook
-    ? createWebhooks({ uow, events, logger, options: config.webhook, pendingCount: () => repo.pendingWebhookCount(), onAttempt: (outcome) => metrics.webhookAttempt(outcome) })
+    ? createWebhooks({
+        uow,
+        events,
+        logger,
+        options: config.webhook,
+        pendingCount: () => repo.pendingWebhookCount(),
+        onAttempt: (outcome) => metrics.webhookAttempt(outcome),
+      })
     : undefined;
   const queueDepth = () => {
     const counts = repo.jobCounts();
     return { jobs: counts.queued + counts.running, webhooks: webhooks?.pending() ?? 0 };
   };
-  const metrics = createMetrics({ queueDepth, reservations: () => repo.reservationTotals(), jobStates: () => repo.jobCounts().byType }, { defaultMetrics: opts.defaultMetrics });
+  const metrics = createMetrics(
+    { queueDepth, reservations: () => repo.reservationTotals(), jobStates: () => repo.jobCounts().byType },
+    { defaultMetrics: opts.defaultMetrics },
+  );
   observeEvents(events, metrics);
   const privateOriginal = (purpose: string) => keepsOriginalPrivate(purposes, purpose);
   const links = createDeliveryLinks({ repo, secret: config.secret, privateOriginal });
   const resolveDelivery = createDeliveryResolver({ repo, invalidation: deliveryChanges, secret: config.secret, privateOriginal });
   const cors = createCors(config.corsOrigins);
-  const delivery = createDeliveryServer({ resolve: resolveDelivery, invalidation: deliveryChanges, storage, logger, cors, onAnswer: (status) => metrics.deliveryAnswered(status) });
+  const delivery = createDeliveryServer({
+    resolve: resolveDelivery,
+    invalidation: deliveryChanges,
+    storage,
+    logger,
+    cors,
+    onAnswer: (status) => metrics.deliveryAnswered(status),
+  });
   // One pool of image workers (and its concurrency bound) for uploads and for tracks' cover ladders.
   const imageProcessor = createImageWorkerPool({
     maxPixels: config.maxPixels,
@@ -158,7 +179,13 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
     onOutcome: (type, outcome) => metrics.jobOutcome(type, outcome),
   });
   const webhookRunner = webhooks
-    ? createJobRunner({ jobs: uow.ports.jobs, logger, handlers: { [WEBHOOK_JOB]: webhooks.handler }, concurrency: 4, onOutcome: (type, outcome) => metrics.jobOutcome(type, outcome) })
+    ? createJobRunner({
+        jobs: uow.ports.jobs,
+        logger,
+        handlers: { [WEBHOOK_JOB]: webhooks.handler },
+        concurrency: 4,
+        onOutcome: (type, outcome) => metrics.jobOutcome(type, outcome),
+      })
     : undefined;
   const files = createFileService({
     repo,
@@ -202,7 +229,14 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
     files,
     logger,
   });
-  const readiness = createReadiness({ repo, dataDir: config.dataDir, disk, ffmpegPath: opts.ffmpegPath ?? (async () => mediaTools.ffmpeg?.path), queueDepth, storageProbe: blobs.probe });
+  const readiness = createReadiness({
+    repo,
+    dataDir: config.dataDir,
+    disk,
+    ffmpegPath: opts.ffmpegPath ?? (async () => mediaTools.ffmpeg?.path),
+    queueDepth,
+    storageProbe: blobs.probe,
+  });
   let stopping = false;
   const inFlight = { requests: 0 };
   const ingest = createIngest({
@@ -248,8 +282,8 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
           return swept;
         })
         .finally(() => {
-        sweeping = undefined;
-      }),
+          sweeping = undefined;
+        }),
     );
     return sweeping;
   };
@@ -305,7 +339,9 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
       await ingest.recoverInterrupted();
       const startedAt = Date.now();
       void sweep().catch((err) => logger.error('expiry sweep failed', { err }));
-      track(sweepMediaLeftovers({ repo, storage, logger, startedAt, shouldStop: () => stopping })).catch((err) => logger.error('media leftovers sweep failed', { err }));
+      track(sweepMediaLeftovers({ repo, storage, logger, startedAt, shouldStop: () => stopping })).catch((err) =>
+        logger.error('media leftovers sweep failed', { err }),
+      );
       timer = setInterval(() => void sweep().catch((err) => logger.error('expiry sweep failed', { err })), config.expiryIntervalMs);
       timer.unref();
     },
@@ -322,15 +358,27 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
       ports.public = await new Promise<number>((resolve, reject) => {
         // /f/ requests take a fast path before the router and any web Request object.
         const withFastPath = ((options: object, listener: RequestListener) =>
-          createServer(options, withDeliveryFastPath(delivery, listener, (req, res) => requestContext.trackNode(logger, req, res)))) as unknown as typeof createServer;
+          createServer(
+            options,
+            withDeliveryFastPath(delivery, listener, (req, res) => requestContext.trackNode(logger, req, res)),
+          )) as unknown as typeof createServer;
         server = serve({ fetch: app.fetch, port: config.port, hostname: config.host, createServer: withFastPath }, (info) => resolve(info.port));
         server.once('error', (err: NodeJS.ErrnoException) =>
-          reject(err.code === 'EADDRINUSE' ? new ConfigError(`Port ${config.port} on ${config.host} is already in use: stop the other server or set PORT.`) : err),
+          reject(
+            err.code === 'EADDRINUSE' ? new ConfigError(`Port ${config.port} on ${config.host} is already in use: stop the other server or set PORT.`) : err,
+          ),
         );
       });
       // nginx's auth_request endpoint lives on its own port so the public side can never reach it.
       const internal = createServer(
-        internalAuthListener({ resolve: resolveDelivery, relativePath: (id, name) => storage.relativePath(id, name), locate: blobs.locate, authCacheSeconds: config.authCacheSeconds, logger, onAnswer: (status) => metrics.deliveryAnswered(status) }),
+        internalAuthListener({
+          resolve: resolveDelivery,
+          relativePath: (id, name) => storage.relativePath(id, name),
+          locate: blobs.locate,
+          authCacheSeconds: config.authCacheSeconds,
+          logger,
+          onAnswer: (status) => metrics.deliveryAnswered(status),
+        }),
       );
       // Longer than nginx's upstream keepalive, so nginx always closes idle connections first.
       internal.keepAliveTimeout = 75_000;
@@ -339,7 +387,9 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
         internal.once('error', (err: NodeJS.ErrnoException) =>
           reject(
             err.code === 'EADDRINUSE'
-              ? new ConfigError(`Internal port ${config.internalPort} on ${config.internalHost} is already in use: stop the other server or set CHIPMUNK_INTERNAL_PORT.`)
+              ? new ConfigError(
+                  `Internal port ${config.internalPort} on ${config.internalHost} is already in use: stop the other server or set CHIPMUNK_INTERNAL_PORT.`,
+                )
               : err,
           ),
         );

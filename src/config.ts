@@ -37,7 +37,12 @@ const envSchema = z.object({
   CHIPMUNK_INTERNAL_PORT: z.coerce.number().int().min(0).max(65535).optional(),
   CHIPMUNK_INTERNAL_HOST: z.string().min(1).default('127.0.0.1'),
   // The longest an upload token may live, however it was signed (minting longer is refused too).
-  CHIPMUNK_UPLOAD_TOKEN_MAX_AGE: z.coerce.number().int().min(60).max(30 * 24 * 3600).default(7 * 24 * 3600),
+  CHIPMUNK_UPLOAD_TOKEN_MAX_AGE: z.coerce
+    .number()
+    .int()
+    .min(60)
+    .max(30 * 24 * 3600)
+    .default(7 * 24 * 3600),
   CHIPMUNK_AUTH_CACHE: z.coerce.number().int().min(0).max(3600).default(5),
   // Origins whose pages may read /f/ answers and talk tus to /uploads: `*` or a comma-separated list.
   CHIPMUNK_CORS_ORIGINS: z
@@ -66,7 +71,10 @@ const envSchema = z.object({
   CHIPMUNK_DEMO: z.enum(['on', 'off'], { error: 'must be "on" or "off"' }).optional(),
   NODE_ENV: z.string().optional(),
   // The group (name or gid) given read access to the media folder: nginx's worker group.
-  CHIPMUNK_MEDIA_GROUP: z.string().regex(/^[a-z_][a-z0-9_-]*\$?$|^\d+$/i, 'must be a group name or a numeric gid').optional(),
+  CHIPMUNK_MEDIA_GROUP: z
+    .string()
+    .regex(/^[a-z_][a-z0-9_-]*\$?$|^\d+$/i, 'must be a group name or a numeric gid')
+    .optional(),
   FFMPEG_PATH: z.string().min(1).optional(),
 });
 
@@ -238,7 +246,8 @@ export function groupId(group: string): number {
   }
   const line = table.split('\n').find((l) => l.split(':')[0] === group);
   const gid = line ? Number(line.split(':')[2]) : NaN;
-  if (!Number.isInteger(gid)) throw new ConfigError(`Invalid environment variable CHIPMUNK_MEDIA_GROUP: no group named "${group}" on this machine (give its numeric gid instead).`);
+  if (!Number.isInteger(gid))
+    throw new ConfigError(`Invalid environment variable CHIPMUNK_MEDIA_GROUP: no group named "${group}" on this machine (give its numeric gid instead).`);
   return gid;
 }
 

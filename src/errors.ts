@@ -85,7 +85,8 @@ export const errors = {
   quotaExceeded: (message: string) => new AppError('QUOTA_EXCEEDED', message),
   unsupportedType: (message: string) => new AppError('UNSUPPORTED_MEDIA_TYPE', message),
   unprocessable: (message: string, cause?: unknown) => new AppError('UNPROCESSABLE_MEDIA', message, { cause }),
-  preconditionFailed: () => new AppError('PRECONDITION_FAILED', 'The file does not match If-Match or If-Unmodified-Since: it is not the version you asked about.'),
+  preconditionFailed: () =>
+    new AppError('PRECONDITION_FAILED', 'The file does not match If-Match or If-Unmodified-Since: it is not the version you asked about.'),
   rangeNotSatisfiable: () => new AppError('RANGE_NOT_SATISFIABLE', 'The requested range starts past the end of the file.'),
   insufficientStorage: (message: string) => new AppError('INSUFFICIENT_STORAGE', message),
   internal: (cause?: unknown) => new AppError('INTERNAL', 'Something went wrong on our side.', { cause }),
@@ -94,11 +95,18 @@ export const errors = {
   linkExpired: () => new AppError('LINK_EXPIRED', 'This link has expired. Ask the app for a new one.'),
   methodNotAllowed: (message = 'Files are read with GET or HEAD.') => new AppError('METHOD_NOT_ALLOWED', message),
   tusVersionUnsupported: (sent: string | null) =>
-    new AppError('TUS_VERSION_UNSUPPORTED', sent ? `This server speaks tus 1.0.0; Tus-Resumable "${sent}" is not supported.` : 'tus requests need the header "Tus-Resumable: 1.0.0".'),
+    new AppError(
+      'TUS_VERSION_UNSUPPORTED',
+      sent ? `This server speaks tus 1.0.0; Tus-Resumable "${sent}" is not supported.` : 'tus requests need the header "Tus-Resumable: 1.0.0".',
+    ),
   chunkContentType: () => new AppError('UNSUPPORTED_MEDIA_TYPE', 'tus PATCH requests carry their bytes as "Content-Type: application/offset+octet-stream".'),
   checksumMismatch: (algorithm: string) =>
-    new AppError('CHECKSUM_MISMATCH', `The chunk's ${algorithm} checksum does not match Upload-Checksum; it was not applied: send it again from the same offset.`),
-  offsetMismatch: () => new AppError('OFFSET_MISMATCH', 'Upload-Offset does not match the bytes received so far; ask with HEAD and resume from the offset it answers.'),
+    new AppError(
+      'CHECKSUM_MISMATCH',
+      `The chunk's ${algorithm} checksum does not match Upload-Checksum; it was not applied: send it again from the same offset.`,
+    ),
+  offsetMismatch: () =>
+    new AppError('OFFSET_MISMATCH', 'Upload-Offset does not match the bytes received so far; ask with HEAD and resume from the offset it answers.'),
   /** nginx's answers when Chipmunk behind it does not respond (rendered into its config). */
   authUnavailable: () => new AppError('AUTH_UNAVAILABLE', 'Chipmunk did not answer the access check; try again shortly.'),
   unavailable: () => new AppError('UNAVAILABLE', 'Chipmunk is not answering; try again shortly.'),
@@ -137,7 +145,9 @@ export function renderError(err: unknown): RenderedError {
 function parseErrorBody(body: string): { error: { code: string; message: string } } | undefined {
   try {
     const parsed = JSON.parse(body) as { error?: { code?: unknown; message?: unknown } };
-    return typeof parsed?.error?.code === 'string' && typeof parsed.error.message === 'string' ? (parsed as { error: { code: string; message: string } }) : undefined;
+    return typeof parsed?.error?.code === 'string' && typeof parsed.error.message === 'string'
+      ? (parsed as { error: { code: string; message: string } })
+      : undefined;
   } catch {
     return undefined;
   }

@@ -14,7 +14,12 @@ describe('log redaction', () => {
   it('replaces fields whose name says they hold a credential, at any depth', () => {
     const { logger, lines } = capture();
     const credentials = ['secret', 'apiKey', 'api_key', 'authorization', 'uploadToken', 'password', 'sig', 'cookie'];
-    logger.info('x', { ...Object.fromEntries(credentials.map((k) => [k, 'value'])), nested: { deliverySignature: 'd', ok: 1 }, list: [{ token: 't' }], fileId: 'f1' });
+    logger.info('x', {
+      ...Object.fromEntries(credentials.map((k) => [k, 'value'])),
+      nested: { deliverySignature: 'd', ok: 1 },
+      list: [{ token: 't' }],
+      fileId: 'f1',
+    });
     for (const k of credentials) expect(lines[0]![k]).toBe('[redacted]');
     expect(lines[0]).toMatchObject({ nested: { deliverySignature: '[redacted]', ok: 1 }, list: [{ token: '[redacted]' }], fileId: 'f1' });
   });

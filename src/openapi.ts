@@ -93,7 +93,14 @@ const tusRoutes: RouteConfig[] = [
     request: { params: s.fileIdParams, headers: s.tusHeaders },
     responses: { 204: { description: 'terminated', headers: { 'Tus-Resumable': tusVersion } }, ...errorReplies(404) },
   },
-  { method: 'options', path: '/uploads/{id}', summary: "tus: discover the server's capabilities", security: [], request: { params: s.fileIdParams }, responses: { 204: tusOptionsReply } },
+  {
+    method: 'options',
+    path: '/uploads/{id}',
+    summary: "tus: discover the server's capabilities",
+    security: [],
+    request: { params: s.fileIdParams },
+    responses: { 204: tusOptionsReply },
+  },
 ];
 
 const deliveryRoutes: RouteConfig[] = [
@@ -118,7 +125,13 @@ const deliveryRoutes: RouteConfig[] = [
 /** Describes the routes registered by hand: tus at /uploads, delivery at /f/, and /openapi.json itself. */
 export function documentHandRoutes(registry: Registry): void {
   for (const route of [...tusRoutes, ...deliveryRoutes]) registry.registerPath(route);
-  registry.registerPath({ method: 'get', path: '/openapi.json', summary: 'This document', security: [], responses: { 200: jsonReply('OpenAPI 3.1', z.record(z.string(), z.unknown())) } });
+  registry.registerPath({
+    method: 'get',
+    path: '/openapi.json',
+    summary: 'This document',
+    security: [],
+    responses: { 200: jsonReply('OpenAPI 3.1', z.record(z.string(), z.unknown())) },
+  });
   registry.registerComponent('securitySchemes', 'apiKey', { type: 'http', scheme: 'bearer', description: "The app backend's key: CHIPMUNK_API_KEY." });
   registry.registerComponent('securitySchemes', 'uploadToken', {
     type: 'http',
@@ -135,7 +148,8 @@ export function openApiDocument(app: OpenAPIHono<any, any, any>, opts: { serverU
     info: {
       title: 'Chipmunk',
       version: '0.1.0',
-      description: 'Self-hosted media service: resumable uploads (tus), quotas, variants, private delivery. Errors are always { "error": { "code", "message" } }.',
+      description:
+        'Self-hosted media service: resumable uploads (tus), quotas, variants, private delivery. Errors are always { "error": { "code", "message" } }.',
     },
     ...(opts.serverUrl ? { servers: [{ url: opts.serverUrl }] } : {}),
   }) as unknown as Record<string, unknown>;

@@ -5,8 +5,30 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError } from './config.js';
 import { admitToPurpose, kindOfMimeType, loadPurposes, type Purpose } from './purposes.js';
 
-const avatar: Purpose = { name: 'avatar', kinds: ['image'], maxBytes: 20_000_000, square: true, visibility: 'public', original: 'served', formats: ['webp'], maxFrames: 100, maxAnimationPixels: 25_000_000, maxDurationSeconds: 7200 };
-const media: Purpose = { name: 'media', kinds: ['image', 'audio'], maxBytes: 1000, square: false, visibility: 'private', original: 'served', formats: ['webp'], maxFrames: 100, maxAnimationPixels: 25_000_000, maxDurationSeconds: 7200 };
+const avatar: Purpose = {
+  name: 'avatar',
+  kinds: ['image'],
+  maxBytes: 20_000_000,
+  square: true,
+  visibility: 'public',
+  original: 'served',
+  formats: ['webp'],
+  maxFrames: 100,
+  maxAnimationPixels: 25_000_000,
+  maxDurationSeconds: 7200,
+};
+const media: Purpose = {
+  name: 'media',
+  kinds: ['image', 'audio'],
+  maxBytes: 1000,
+  square: false,
+  visibility: 'private',
+  original: 'served',
+  formats: ['webp'],
+  maxFrames: 100,
+  maxAnimationPixels: 25_000_000,
+  maxDurationSeconds: 7200,
+};
 
 describe('admitToPurpose', () => {
   it('admits a file of an accepted kind up to the byte limit, inclusive', () => {
@@ -18,12 +40,18 @@ describe('admitToPurpose', () => {
     expect(() => admitToPurpose(avatar, { length: 20_000_001, mimeType: 'image/png' })).toThrow(
       expect.objectContaining({ code: 'FILE_TOO_LARGE', status: 413, message: 'Files for "avatar" may be at most 20 MB; this one is 20 MB.' }),
     );
-    expect(() => admitToPurpose(media, { length: 1500 })).toThrow(expect.objectContaining({ message: expect.stringContaining('at most 1 KB; this one is 1.5 KB') }));
+    expect(() => admitToPurpose(media, { length: 1500 })).toThrow(
+      expect.objectContaining({ message: expect.stringContaining('at most 1 KB; this one is 1.5 KB') }),
+    );
   });
 
   it('refuses a declared type of another kind, or of no kind, with UNSUPPORTED_MEDIA_TYPE', () => {
-    expect(() => admitToPurpose(avatar, { length: 10, mimeType: 'audio/mpeg' })).toThrow(expect.objectContaining({ code: 'UNSUPPORTED_MEDIA_TYPE', status: 415 }));
-    expect(() => admitToPurpose(media, { length: 10, mimeType: 'application/pdf' })).toThrow(/"media" uploads take image or audio files; "application\/pdf" is not one/);
+    expect(() => admitToPurpose(avatar, { length: 10, mimeType: 'audio/mpeg' })).toThrow(
+      expect.objectContaining({ code: 'UNSUPPORTED_MEDIA_TYPE', status: 415 }),
+    );
+    expect(() => admitToPurpose(media, { length: 10, mimeType: 'application/pdf' })).toThrow(
+      /"media" uploads take image or audio files; "application\/pdf" is not one/,
+    );
   });
 
   it('leaves an undeclared type to the bytes (decided at completion)', () => {

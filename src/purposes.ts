@@ -67,13 +67,16 @@ export function loadPurposes(file?: string, defaults: MediaLimits = defaultMedia
       throw new ConfigError(`CHIPMUNK_PURPOSES_FILE ${file} is not valid JSON: ${(err as Error).message}.`);
     }
     const parsed = z.record(z.string(), z.unknown()).safeParse(json);
-    if (!parsed.success) throw new ConfigError(`CHIPMUNK_PURPOSES_FILE ${file} is not a JSON object of purposes ({ "name": { "kinds": [...], "maxBytes": … } }).`);
+    if (!parsed.success)
+      throw new ConfigError(`CHIPMUNK_PURPOSES_FILE ${file} is not a JSON object of purposes ({ "name": { "kinds": [...], "maxBytes": … } }).`);
     overrides = parsed.data;
   }
   const table = new Map<string, Purpose>();
   for (const [name, raw] of Object.entries({ ...builtInPurposes, ...overrides })) {
     if (!purposeNamePattern.test(name)) {
-      throw new ConfigError(`Purpose name "${name}" in CHIPMUNK_PURPOSES_FILE ${file} must be 1 to 32 lowercase letters, digits, - or _, starting with a letter.`);
+      throw new ConfigError(
+        `Purpose name "${name}" in CHIPMUNK_PURPOSES_FILE ${file} must be 1 to 32 lowercase letters, digits, - or _, starting with a letter.`,
+      );
     }
     const parsed = purposeSchema.safeParse(raw);
     if (!parsed.success) {
@@ -124,7 +127,14 @@ export function admitToPurpose(purpose: Purpose, declared: { length: number; mim
  * Types that say "I don't know" rather than what a file is: Uppy's fallback, mobile pickers' and
  * generic HTTP clients' default for any file.
  */
-const UNKNOWN_TYPES = new Set(['application/octet-stream', 'binary/octet-stream', 'application/binary', 'application/unknown', 'application/x-unknown', 'unknown/unknown']);
+const UNKNOWN_TYPES = new Set([
+  'application/octet-stream',
+  'binary/octet-stream',
+  'application/binary',
+  'application/unknown',
+  'application/x-unknown',
+  'unknown/unknown',
+]);
 
 /** A declared type without its parameters (`; charset=…`), lower-cased; undefined when it tells nothing. */
 export function essentialMimeType(mimeType: string | null | undefined): string | undefined {

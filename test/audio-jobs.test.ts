@@ -29,8 +29,10 @@ async function chipmunkOn(dataDir: string, env: Record<string, string> = {}) {
   const chipmunk = createChipmunk(config, { logger: silentLogger });
   const { port } = await chipmunk.listen();
   const url = `http://127.0.0.1:${port}`;
-  const api = (p: string, init: RequestInit = {}) => fetch(`${url}${p}`, { ...init, headers: { authorization: `Bearer ${config.apiKey}`, 'content-type': 'application/json', ...init.headers } });
-  const uploadToken = async (userId: string) => ((await (await api('/v1/upload-tokens', { method: 'POST', body: JSON.stringify({ userId, purpose: 'audio' }) })).json()) as { token: string }).token;
+  const api = (p: string, init: RequestInit = {}) =>
+    fetch(`${url}${p}`, { ...init, headers: { authorization: `Bearer ${config.apiKey}`, 'content-type': 'application/json', ...init.headers } });
+  const uploadToken = async (userId: string) =>
+    ((await (await api('/v1/upload-tokens', { method: 'POST', body: JSON.stringify({ userId, purpose: 'audio' }) })).json()) as { token: string }).token;
   return { chipmunk, url, api, uploadToken, dataDir };
 }
 
@@ -52,7 +54,10 @@ describe('audio jobs', () => {
     await first.chipmunk.close();
 
     let db = new Database(path.join(dataDir, 'chipmunk.db'));
-    const afterStop = db.prepare("select state, attempts from jobs where file_id = ? and type = 'audio.derive'").get(uploaded.id) as { state: string; attempts: number };
+    const afterStop = db.prepare("select state, attempts from jobs where file_id = ? and type = 'audio.derive'").get(uploaded.id) as {
+      state: string;
+      attempts: number;
+    };
     // A clean stop puts the job back in the queue without counting the attempt…
     expect(afterStop).toEqual({ state: 'queued', attempts: 0 });
     expect(db.prepare('select status from files where id = ?').get(uploaded.id)).toEqual({ status: 'processing' });

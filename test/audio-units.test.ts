@@ -56,7 +56,8 @@ describe('waveform peaks', () => {
 
 describe('rendition plan: never encode up', () => {
   const base: AudioInfo = { codec: 'flac', container: 'flac', lossless: true, sampleRate: 44_100, channels: 2 };
-  const plan = (info: Partial<AudioInfo>) => planRenditions({ ...base, ...info }).map(({ codec, mode, bitrate, sampleRate, stereo }) => ({ codec, mode, bitrate, sampleRate, stereo }));
+  const plan = (info: Partial<AudioInfo>) =>
+    planRenditions({ ...base, ...info }).map(({ codec, mode, bitrate, sampleRate, stereo }) => ({ codec, mode, bitrate, sampleRate, stereo }));
 
   it('lossless stereo gets the targets', () => {
     expect(plan({})).toEqual([
@@ -73,7 +74,10 @@ describe('rendition plan: never encode up', () => {
     expect(plan({ codec: 'aac', container: 'mp4', lossless: false, bitrate: 128_000 }).map((p) => p.mode)).toEqual(['encode', 'copy']);
     expect(plan({ codec: 'opus', container: 'ogg', lossless: false, bitrate: 48_000, sampleRate: 48_000 }).map((p) => p.mode)).toEqual(['copy', 'encode']);
     // A heavy Opus is re-encoded to the light target.
-    expect(plan({ codec: 'opus', container: 'ogg', lossless: false, bitrate: 160_000, sampleRate: 48_000 })[0]).toMatchObject({ mode: 'encode', bitrate: 64_000 });
+    expect(plan({ codec: 'opus', container: 'ogg', lossless: false, bitrate: 160_000, sampleRate: 48_000 })[0]).toMatchObject({
+      mode: 'encode',
+      bitrate: 64_000,
+    });
   });
 
   it('keeps floors for very low sources, gives mono less, downmixes surround, caps AAC at 48 kHz', () => {
@@ -146,7 +150,8 @@ describe('sniffing audio', () => {
     expect(sniffBytes(Buffer.from([0xff, 0xfb, 0xf0, 0x64]))).toBeUndefined(); // bitrate index 15
     expect(sniffBytes(Buffer.from([0xff, 0xfb, 0x9c, 0x64]))).toBeUndefined(); // sample-rate index 3
     expect(sniffBytes(Buffer.from([0xff, 0xe9, 0x90, 0x64]))).toBeUndefined(); // MPEG version 'reserved'
-    const page = (packet: string) => Buffer.concat([Buffer.from('OggS\0\x02', 'latin1'), Buffer.alloc(20), Buffer.from([1, packet.length]), Buffer.from(packet, 'latin1')]);
+    const page = (packet: string) =>
+      Buffer.concat([Buffer.from('OggS\0\x02', 'latin1'), Buffer.alloc(20), Buffer.from([1, packet.length]), Buffer.from(packet, 'latin1')]);
     expect(sniffBytes(page('\x80theora'))?.kind).toBe('other');
     expect(sniffBytes(page('\x01vorbis'))?.mimeType).toBe('audio/ogg');
     expect(sniffBytes(page('OpusHead'))?.mimeType).toBe('audio/ogg; codecs=opus');

@@ -28,35 +28,119 @@ type Expected = Partial<Omit<AudioFileJson, 'cover'>> & { cover: boolean };
 const okFiles: Record<string, Expected> = {
   'aiff-id3.aif': { codec: 'pcm', container: 'aiff', sampleRate: 8000, channels: 1, lossless: true, durationMs: 1000, title: 'AIFF title', cover: false },
   'flac-vorbis-picture.flac': {
-    codec: 'flac', container: 'flac', sampleRate: 44100, channels: 2, lossless: true, durationMs: 3685,
-    title: 'Silence', artist: 'piman', album: 'Quod Libet Test Data', year: 2004, trackNumber: 2, genre: 'Silence', cover: true,
+    codec: 'flac',
+    container: 'flac',
+    sampleRate: 44100,
+    channels: 2,
+    lossless: true,
+    durationMs: 3685,
+    title: 'Silence',
+    artist: 'piman',
+    album: 'Quod Libet Test Data',
+    year: 2004,
+    trackNumber: 2,
+    genre: 'Silence',
+    cover: true,
   },
   'm4a-aac-cover.m4a': {
-    codec: 'aac', container: 'mp4', sampleRate: 44100, channels: 2, lossless: false, durationMs: 1042,
-    title: 'Title', artist: 'Artist', album: 'Album', albumArtist: 'Album Artist', year: 2014, trackNumber: 3, genre: 'Rock', cover: true,
+    codec: 'aac',
+    container: 'mp4',
+    sampleRate: 44100,
+    channels: 2,
+    lossless: false,
+    durationMs: 1042,
+    title: 'Title',
+    artist: 'Artist',
+    album: 'Album',
+    albumArtist: 'Album Artist',
+    year: 2014,
+    trackNumber: 3,
+    genre: 'Rock',
+    cover: true,
   },
   'm4a-alac.m4a': { codec: 'alac', container: 'mp4', sampleRate: 44100, channels: 2, lossless: true, durationMs: 3685, title: 'empty', cover: false },
   'mp3-id3v23-nocover.mp3': {
-    codec: 'mp3', container: 'mpeg', sampleRate: 44100, channels: 2, lossless: false, bitrate: 32000, durationMs: 3709,
-    title: 'Silence', artist: 'piman', album: 'Quod Libet Test Data', year: 2004, trackNumber: 2, genre: 'Silence', cover: false,
+    codec: 'mp3',
+    container: 'mpeg',
+    sampleRate: 44100,
+    channels: 2,
+    lossless: false,
+    bitrate: 32000,
+    durationMs: 3709,
+    title: 'Silence',
+    artist: 'piman',
+    album: 'Quod Libet Test Data',
+    year: 2004,
+    trackNumber: 2,
+    genre: 'Silence',
+    cover: false,
   },
   'mp3-id3v24-two-covers.mp3': {
-    codec: 'mp3', container: 'mpeg', sampleRate: 44100, channels: 2, lossless: false, bitrate: 192000, durationMs: 1019,
-    title: 'Song', artist: 'Artist', album: 'Album', albumArtist: 'Album Artist', year: 2014, trackNumber: 2, genre: 'Rock', cover: true,
+    codec: 'mp3',
+    container: 'mpeg',
+    sampleRate: 44100,
+    channels: 2,
+    lossless: false,
+    bitrate: 192000,
+    durationMs: 1019,
+    title: 'Song',
+    artist: 'Artist',
+    album: 'Album',
+    albumArtist: 'Album Artist',
+    year: 2014,
+    trackNumber: 2,
+    genre: 'Rock',
+    cover: true,
   },
   'ogg-vorbis-cover.ogg': {
-    codec: 'vorbis', container: 'ogg', sampleRate: 8000, channels: 2, lossless: false, durationMs: 1038,
-    title: 'Title', artist: 'Artist', album: 'Album', albumArtist: 'Album Artist', year: 2014, trackNumber: 3, genre: 'Rock', cover: true,
+    codec: 'vorbis',
+    container: 'ogg',
+    sampleRate: 8000,
+    channels: 2,
+    lossless: false,
+    durationMs: 1038,
+    title: 'Title',
+    artist: 'Artist',
+    album: 'Album',
+    albumArtist: 'Album Artist',
+    year: 2014,
+    trackNumber: 3,
+    genre: 'Rock',
+    cover: true,
   },
   // Its picture is a 166-byte 1×1 JPEG with corrupt data that the image processor refuses: the track is
   // kept, without a cover.
   'opus-cover.opus': {
-    codec: 'opus', container: 'ogg', sampleRate: 48000, channels: 1, lossless: false, durationMs: 1000,
-    title: 'Title', artist: 'Artist', album: 'Album', albumArtist: 'Album Artist', year: 2014, trackNumber: 3, genre: 'Rock', cover: false,
+    codec: 'opus',
+    container: 'ogg',
+    sampleRate: 48000,
+    channels: 1,
+    lossless: false,
+    durationMs: 1000,
+    title: 'Title',
+    artist: 'Artist',
+    album: 'Album',
+    albumArtist: 'Album Artist',
+    year: 2014,
+    trackNumber: 3,
+    genre: 'Rock',
+    cover: false,
   },
   'wav-pcm16-id3-cover.wav': {
-    codec: 'pcm', container: 'wav', sampleRate: 44100, channels: 1, lossless: true, durationMs: 1000,
-    title: 'Title', artist: 'Artist', album: 'Album', albumArtist: 'Album Artist', year: 2014, trackNumber: 3, genre: 'Rock', cover: true,
+    codec: 'pcm',
+    container: 'wav',
+    sampleRate: 44100,
+    channels: 1,
+    lossless: true,
+    durationMs: 1000,
+    title: 'Title',
+    artist: 'Artist',
+    album: 'Album',
+    albumArtist: 'Album Artist',
+    year: 2014,
+    trackNumber: 3,
+    genre: 'Rock',
+    cover: true,
   },
   'wav-pcm8-notags.wav': { codec: 'pcm', container: 'wav', sampleRate: 16000, channels: 2, lossless: true, durationMs: 2000, cover: false },
 };
@@ -111,7 +195,13 @@ describe('music from audio/ok', () => {
 
     // Waveform: audiowaveform JSON v2, 8-bit min/max pairs, the documented length.
     const waveform = JSON.parse(await readFile(stored(file.id, 'waveform.json'), 'utf8')) as {
-      version: number; channels: number; sample_rate: number; samples_per_pixel: number; bits: number; length: number; data: number[];
+      version: number;
+      channels: number;
+      sample_rate: number;
+      samples_per_pixel: number;
+      bits: number;
+      length: number;
+      data: number[];
     };
     expect(waveform).toMatchObject({ version: 2, channels: 1, bits: 8, sample_rate: expected.sampleRate });
     const samples = decodedSamples(stored(file.id, rows.find((v) => v.name === '0')!.path), waveform.sample_rate);
@@ -168,7 +258,10 @@ describe('music from audio/ok', () => {
     if (!result.ok) throw result.error;
     const file = await waitForFile(t, (result.body as AudioFileJson).id);
     const url = (n: number | string) => file.variants.find((v) => v.n === n)!.url;
-    for (const [n, name] of [[1, '1.webm'], [2, '2.m4a']] as const) {
+    for (const [n, name] of [
+      [1, '1.webm'],
+      [2, '2.m4a'],
+    ] as const) {
       const whole = await readFile(stored(file.id, name));
       const start = Math.floor(whole.length / 2);
       const res = await fetch(url(n), { headers: { range: `bytes=${start}-` } });
@@ -187,7 +280,9 @@ describe('music from audio/ok', () => {
     // With the index first, a decoder seeks straight to 2 s and decodes only the rest.
     const rest = decodedSamples(stored(file.id, '2.m4a'), 48_000);
     const fromTwo = await import('node:child_process').then(({ spawnSync }) =>
-      spawnSync('ffmpeg', ['-nostdin', '-v', 'error', '-ss', '2', '-i', stored(file.id, '2.m4a'), '-ac', '1', '-ar', '48000', '-f', 's16le', 'pipe:1'], { maxBuffer: 64 << 20 }),
+      spawnSync('ffmpeg', ['-nostdin', '-v', 'error', '-ss', '2', '-i', stored(file.id, '2.m4a'), '-ac', '1', '-ar', '48000', '-f', 's16le', 'pipe:1'], {
+        maxBuffer: 64 << 20,
+      }),
     );
     expect(fromTwo.status).toBe(0);
     expect(Math.abs(fromTwo.stdout.length / 2 - (rest - 2 * 48_000))).toBeLessThan(48_000 * 0.1);
@@ -195,7 +290,16 @@ describe('music from audio/ok', () => {
 });
 
 describe('broken and hostile audio', () => {
-  const hostile = ['aiff-cwe835-loop.aiff', 'empty.mp3', 'flac-oom-header.flac', 'flac-short-picture-block.flac', 'flac-too-short-block-size.flac', 'text-content-with-mp3-extension.mp3', 'too-short.mp3', 'truncated-64bit.mp4'];
+  const hostile = [
+    'aiff-cwe835-loop.aiff',
+    'empty.mp3',
+    'flac-oom-header.flac',
+    'flac-short-picture-block.flac',
+    'flac-too-short-block-size.flac',
+    'text-content-with-mp3-extension.mp3',
+    'too-short.mp3',
+    'truncated-64bit.mp4',
+  ];
 
   it('refuses what is not audio and fails what cannot be decoded; nothing is stuck or left behind', async () => {
     const outcomes: Record<string, string> = {};

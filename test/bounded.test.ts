@@ -7,11 +7,20 @@ import { isAlive as alive } from './helpers/server-process.js';
 // The bounded child runner on real programs: its caps kill, its verdicts say which cap, its children
 // lead their own process group and die with the process that started them.
 
-const statField = (pid: number, field: number) => Number(readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /, '').split(' ')[field - 3]);
+const statField = (pid: number, field: number) =>
+  Number(
+    readFileSync(`/proc/${pid}/stat`, 'utf8')
+      .replace(/^.*\) /, '')
+      .split(' ')[field - 3],
+  );
 
 describe('runBounded', () => {
   it('returns stdout and stderr, passes input, and runs under the memory cap', async () => {
-    const out = await runBounded('sh', ['-c', 'cat; echo warn >&2; grep "Max address space" /proc/self/limits'], { memoryBytes: 300_000_000, timeoutMs: 10_000, input: Buffer.from('bytes in\n') });
+    const out = await runBounded('sh', ['-c', 'cat; echo warn >&2; grep "Max address space" /proc/self/limits'], {
+      memoryBytes: 300_000_000,
+      timeoutMs: 10_000,
+      input: Buffer.from('bytes in\n'),
+    });
     const text = out.stdout.toString();
     expect(text).toMatch(/^bytes in\n/);
     expect(text).toMatch(/Max address space\s+300000000\s+300000000/);
@@ -28,7 +37,11 @@ describe('runBounded', () => {
     expect(slow).toMatchObject({ reason: 'timeout', message: 'sleep took longer than 0.3 s' });
     expect(Date.now() - started).toBeLessThan(20_000);
 
-    await expect(runBounded('sh', ['-c', 'echo "it is broken" >&2; exit 3'], { memoryBytes: 100_000_000, timeoutMs: 10_000 })).rejects.toMatchObject({ reason: 'exit', exitCode: 3, message: 'it is broken' });
+    await expect(runBounded('sh', ['-c', 'echo "it is broken" >&2; exit 3'], { memoryBytes: 100_000_000, timeoutMs: 10_000 })).rejects.toMatchObject({
+      reason: 'exit',
+      exitCode: 3,
+      message: 'it is broken',
+    });
   });
 
   it('kills the child when the signal aborts, and a kill from elsewhere is "signal"', async () => {
@@ -37,13 +50,21 @@ describe('runBounded', () => {
     setTimeout(() => controller.abort(new Error('file deleted')), 100);
     await expect(running).rejects.toMatchObject({ reason: 'aborted' });
 
-    const pidFile = runBounded('sh', ['-c', 'echo $$; exec sleep 30'], { memoryBytes: 100_000_000, timeoutMs: 60_000, onStdout: (chunk) => process.kill(Number(chunk.toString()), 'SIGTERM') });
+    const pidFile = runBounded('sh', ['-c', 'echo $$; exec sleep 30'], {
+      memoryBytes: 100_000_000,
+      timeoutMs: 60_000,
+      onStdout: (chunk) => process.kill(Number(chunk.toString()), 'SIGTERM'),
+    });
     await expect(pidFile).rejects.toMatchObject({ reason: 'signal', message: 'sh was killed by SIGTERM' });
   });
 
   it('runs the child in its own process group, out of reach of signals sent to ours', async () => {
     let pid = 0;
-    const running = runBounded('sh', ['-c', 'echo $$; exec sleep 1'], { memoryBytes: 100_000_000, timeoutMs: 10_000, onStdout: (chunk) => (pid = Number(chunk.toString())) });
+    const running = runBounded('sh', ['-c', 'echo $$; exec sleep 1'], {
+      memoryBytes: 100_000_000,
+      timeoutMs: 10_000,
+      onStdout: (chunk) => (pid = Number(chunk.toString())),
+    });
     await expect.poll(() => pid).toBeGreaterThan(0);
     // /proc/<pid>/stat field 5 is the process group: the child's own pid, not the test runner's group.
     expect(statField(pid, 5)).toBe(pid);
@@ -72,7 +93,9 @@ describe('runBounded', () => {
     // Wait until the wrappers have exec'd into sleep (the parent-death signal is set by then).
     await expect.poll(() => readFileSync(`/proc/${child}/comm`, 'utf8').trim(), { timeout: 10_000, interval: 20 }).toBe('sleep');
     parent.kill('SIGKILL');
-    await expect.poll(() => alive(child) && readFileSync(`/proc/${child}/stat`, 'utf8').includes(') Z') === false, { timeout: 5_000, interval: 50 }).toBe(false);
+    await expect
+      .poll(() => alive(child) && readFileSync(`/proc/${child}/stat`, 'utf8').includes(') Z') === false, { timeout: 5_000, interval: 50 })
+      .toBe(false);
   });
 });
 

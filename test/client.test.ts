@@ -16,7 +16,11 @@ beforeAll(async () => {
 });
 afterAll(() => t?.close());
 
-const refusal = (p: Promise<unknown>) => p.then(() => undefined, (e: unknown) => e);
+const refusal = (p: Promise<unknown>) =>
+  p.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
 
 describe('the client kit', () => {
   it('mints upload tokens remotely and locally, both accepted by tus', async () => {
@@ -47,7 +51,7 @@ describe('the client kit', () => {
     expect(await kit.setQuota('lister', 123_456_789)).toMatchObject({ quotaBytes: 123_456_789, usedBytes: usage.usedBytes });
   });
 
-  it('reports failures as ChipmunkError with the server\'s code, status and message', async () => {
+  it("reports failures as ChipmunkError with the server's code, status and message", async () => {
     const missing = await refusal(kit.getFile('0'.repeat(24)));
     expect(missing).toBeInstanceOf(ChipmunkError);
     expect(missing).toMatchObject({ code: 'NOT_FOUND', status: 404, message: 'File not found.' });

@@ -22,7 +22,9 @@ describe('conditional requests on both delivery paths', () => {
     form.append('userId', 'conditional');
     form.append('purpose', 'avatar');
     form.append('file', new Blob([await readFile(corpus('images/photos/portrait-canal.jpg'))]), 'canal.jpg');
-    const file = (await (await fetch(`${t.url}/v1/files`, { method: 'POST', headers: { authorization: `Bearer ${t.apiKey}` }, body: form })).json()) as { variants: Array<{ url: string }> };
+    const file = (await (await fetch(`${t.url}/v1/files`, { method: 'POST', headers: { authorization: `Bearer ${t.apiKey}` }, body: form })).json()) as {
+      variants: Array<{ url: string }>;
+    };
     url = file.variants[0]!.url;
     const first = await fetch(url);
     etag = first.headers.get('etag')!;
@@ -100,7 +102,11 @@ describe('conditional requests on both delivery paths', () => {
         throw new Error(`${base === t.url ? 'Chipmunk alone' : 'nginx'}: ${err.message} (${String((err.cause as Error | undefined)?.message)})`);
       });
       const body = Buffer.from(await res.arrayBuffer());
-      answers.push({ status: res.status, contentRange: res.headers.get('content-range'), bytes: res.status === 200 ? body.length : res.status === 206 ? body.length : 0 });
+      answers.push({
+        status: res.status,
+        contentRange: res.headers.get('content-range'),
+        bytes: res.status === 200 ? body.length : res.status === 206 ? body.length : 0,
+      });
     }
     expect(answers[0], 'Chipmunk alone').toEqual(answers[1]);
     expect(size).toBeGreaterThan(10);

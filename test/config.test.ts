@@ -60,7 +60,10 @@ describe('purposes', () => {
 
   it('merges an operator file over the built-ins and refuses a bad one', async () => {
     const file = path.join(dir, 'purposes.json');
-    await writeFile(file, JSON.stringify({ banner: { kinds: ['image'], maxBytes: 1000, square: false }, avatar: { kinds: ['image'], maxBytes: 5, square: true } }));
+    await writeFile(
+      file,
+      JSON.stringify({ banner: { kinds: ['image'], maxBytes: 1000, square: false }, avatar: { kinds: ['image'], maxBytes: 5, square: true } }),
+    );
     const p = loadPurposes(file);
     expect(p.get('banner')).toMatchObject({ maxBytes: 1000, visibility: 'private' });
     expect(p.get('avatar').maxBytes).toBe(5);
@@ -69,7 +72,11 @@ describe('purposes', () => {
   });
 
   it('makes WebP ladders unless a purpose opts in to AVIF beside them', async () => {
-    expect(loadPurposes().all().map((x) => x.formats)).toEqual([['webp'], ['webp'], ['webp']]);
+    expect(
+      loadPurposes()
+        .all()
+        .map((x) => x.formats),
+    ).toEqual([['webp'], ['webp'], ['webp']]);
     const file = path.join(dir, 'formats.json');
     await writeFile(file, JSON.stringify({ gallery: { kinds: ['image'], maxBytes: 1000, formats: ['webp', 'avif'] } }));
     expect(loadPurposes(file).get('gallery').formats).toEqual(['webp', 'avif']);

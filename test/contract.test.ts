@@ -31,7 +31,13 @@ function strict(schema: unknown): unknown {
   if (Array.isArray(schema)) return schema.map(strict);
   if (!schema || typeof schema !== 'object') return schema;
   const out: Record<string, unknown> = {};
-  for (const [k, v] of Object.entries(schema)) out[k] = k === '$ref' ? String(v).replace('#/components/schemas/', '#/$defs/') : k === 'properties' ? Object.fromEntries(Object.entries(v as object).map(([p, s]) => [p, strict(s)])) : strict(v);
+  for (const [k, v] of Object.entries(schema))
+    out[k] =
+      k === '$ref'
+        ? String(v).replace('#/components/schemas/', '#/$defs/')
+        : k === 'properties'
+          ? Object.fromEntries(Object.entries(v as object).map(([p, s]) => [p, strict(s)]))
+          : strict(v);
   if (out.properties && out.additionalProperties === undefined) out.additionalProperties = false;
   return out;
 }
@@ -71,7 +77,9 @@ let audio: FileJson;
 beforeAll(async () => {
   t = await startChipmunk();
   doc = (await (await fetch(`${t.url}/openapi.json`)).json()) as Doc;
-  const png = await sharp({ create: { width: 64, height: 48, channels: 3, background: '#3a7' } }).png().toBuffer();
+  const png = await sharp({ create: { width: 64, height: 48, channels: 3, background: '#3a7' } })
+    .png()
+    .toBuffer();
   const res = await t.api('/v1/files', { method: 'POST', json: { userId: 'contract', purpose: 'image', filename: 'green.png', data: png.toString('base64') } });
   image = (await answer('post', '/v1/files', res, 201)) as FileJson;
   // A track with a cover: its JSON carries tags, renditions and the cover's ladder once the job ran.
@@ -101,7 +109,9 @@ describe('every documented /v1 answer matches its schema', () => {
 
   it('POST /v1/upload-tokens', async () => {
     const p = '/v1/upload-tokens';
-    const token = (await answer('post', p, await t.api(p, { method: 'POST', json: { userId: 'contract', purpose: 'image', maxUploads: 2 } }), 201)) as { maxUploads?: number };
+    const token = (await answer('post', p, await t.api(p, { method: 'POST', json: { userId: 'contract', purpose: 'image', maxUploads: 2 } }), 201)) as {
+      maxUploads?: number;
+    };
     expect(token.maxUploads).toBe(2);
     await answer('post', p, await t.api(p, { method: 'POST', json: { userId: 'contract', purpose: 'Not a purpose' } }), 400);
     await answer('post', p, await t.api(p, { method: 'POST', body: '{ not json' }), 400);
@@ -121,7 +131,9 @@ describe('every documented /v1 answer matches its schema', () => {
     });
     await answer('post', p, withToken, 403);
     await t.api('/v1/users/contract-tiny', { method: 'PUT', json: { quotaBytes: 10 } });
-    const png = await sharp({ create: { width: 8, height: 8, channels: 3, background: '#000' } }).png().toBuffer();
+    const png = await sharp({ create: { width: 8, height: 8, channels: 3, background: '#000' } })
+      .png()
+      .toBuffer();
     await answer('post', p, await post({ userId: 'contract-tiny', purpose: 'image', data: png.toString('base64') }), 413);
     await answer('post', p, await t.api(p, { method: 'POST', body: 'hello', headers: { 'content-type': 'text/plain' } }), 415);
     const broken = Buffer.concat([png.subarray(0, 40), Buffer.alloc(200, 7)]);
@@ -167,7 +179,11 @@ describe('every documented /v1 answer matches its schema', () => {
     await answer('get', p, await t.api('/v1/users/demo-someone'), 400);
     await answer('get', p, await noKey('/v1/users/contract'), 401);
     // A JSON body is read as JSON whatever its Content-Type, as it always was (fetch sends a string as text/plain).
-    const set = await fetch(`${t.url}/v1/users/contract-quota`, { method: 'PUT', headers: { authorization: `Bearer ${t.apiKey}` }, body: JSON.stringify({ quotaBytes: 5_000_000 }) });
+    const set = await fetch(`${t.url}/v1/users/contract-quota`, {
+      method: 'PUT',
+      headers: { authorization: `Bearer ${t.apiKey}` },
+      body: JSON.stringify({ quotaBytes: 5_000_000 }),
+    });
     expect(((await answer('put', p, set, 200)) as UserJson).quotaBytes).toBe(5_000_000);
     await answer('put', p, await t.api('/v1/users/contract-quota', { method: 'PUT', json: { quotaBytes: -1 } }), 400);
     await answer('put', p, await noKey('/v1/users/contract-quota', { method: 'PUT', body: '{"quotaBytes":1}' }), 401);

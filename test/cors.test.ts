@@ -16,7 +16,10 @@ const stranger = 'http://evil.localhost:6666';
 
 async function uploadPhoto(t: TestChipmunk, base: string, visibility: 'public' | 'private' = 'private'): Promise<FileJson> {
   const token = await t.uploadToken(`cors-${visibility}`, visibility === 'public' ? 'avatar' : 'image');
-  const result = await tusUpload(`${base}/uploads`, await readFile(corpus('images/photos/portrait-canal.jpg')), { token, metadata: { filename: 'canal.jpg', filetype: 'image/jpeg' } });
+  const result = await tusUpload(`${base}/uploads`, await readFile(corpus('images/photos/portrait-canal.jpg')), {
+    token,
+    metadata: { filename: 'canal.jpg', filetype: 'image/jpeg' },
+  });
   if (!result.ok) throw new Error(`upload failed: ${result.status} ${result.body}`);
   return result.body as FileJson;
 }
@@ -59,7 +62,10 @@ describe.each([
       const res = await fetch(url, { headers: { Origin: app } });
       expect(res.status).toBe(200);
       expectAllowed(res, app);
-      const exposed = res.headers.get('access-control-expose-headers')!.split(',').map((h) => h.trim().toLowerCase());
+      const exposed = res.headers
+        .get('access-control-expose-headers')!
+        .split(',')
+        .map((h) => h.trim().toLowerCase());
       expect(exposed).toEqual(expect.arrayContaining(['content-length', 'content-range', 'accept-ranges', 'etag']));
     });
 
@@ -81,7 +87,10 @@ describe.each([
     });
 
     it('answers the preflight of a cross-origin ranged fetch (OPTIONS /f/… is 204, not 405)', async () => {
-      const res = await fetch(url, { method: 'OPTIONS', headers: { Origin: app, 'Access-Control-Request-Method': 'GET', 'Access-Control-Request-Headers': 'range, if-none-match' } });
+      const res = await fetch(url, {
+        method: 'OPTIONS',
+        headers: { Origin: app, 'Access-Control-Request-Method': 'GET', 'Access-Control-Request-Headers': 'range, if-none-match' },
+      });
       expect(res.status).toBe(204);
       expectAllowed(res, app);
       expect(res.headers.get('access-control-allow-methods')).toMatch(/GET/);

@@ -77,7 +77,8 @@ describe('crash safety', () => {
     for (const u of USERS) {
       tokens.set(u, await new SignJWT({ purpose: 'image' }).setProtectedHeader({ alg: 'HS256' }).setSubject(u).setExpirationTime('2h').sign(key));
     }
-    const api = (url: string, p: string, init: RequestInit = {}) => fetch(`${url}${p}`, { ...init, headers: { authorization: `Bearer ${env.CHIPMUNK_API_KEY}` } });
+    const api = (url: string, p: string, init: RequestInit = {}) =>
+      fetch(`${url}${p}`, { ...init, headers: { authorization: `Bearer ${env.CHIPMUNK_API_KEY}` } });
 
     const succeeded = new Map<string, { sha: string; userId: string; bytes: number }>();
     const deleted = new Set<string>();
@@ -179,7 +180,10 @@ describe('crash safety', () => {
     // Dead uploads expire and give their reservations back while the server runs.
     for (const u of USERS) {
       await expect
-        .poll(async () => ((await (await api(server.url, `/v1/users/${u}`)).json()) as { reservedBytes: number }).reservedBytes, { timeout: 40_000, interval: 250 })
+        .poll(async () => ((await (await api(server.url, `/v1/users/${u}`)).json()) as { reservedBytes: number }).reservedBytes, {
+          timeout: 40_000,
+          interval: 250,
+        })
         .toBe(0);
     }
     server.proc.kill('SIGTERM');
@@ -196,9 +200,17 @@ describe('crash safety', () => {
     // Usage equals the files' totals exactly, no reservation is left.
     const db = new Database(path.join(dataDir, 'chipmunk.db'), { readonly: true });
     try {
-      const users = db.prepare('select id, used_bytes as used, reserved_bytes as reserved from users').all() as Array<{ id: string; used: number; reserved: number }>;
-      const totals = db.prepare("select user_id as id, sum(total_bytes) as total from files where status in ('processing','ready','failed') group by user_id").all() as Array<{ id: string; total: number }>;
-      const unsettled = db.prepare("select count(*) as n from files where status in ('uploading','received','deleting') or (status = 'processing' and committed_at is null)").get() as { n: number };
+      const users = db.prepare('select id, used_bytes as used, reserved_bytes as reserved from users').all() as Array<{
+        id: string;
+        used: number;
+        reserved: number;
+      }>;
+      const totals = db
+        .prepare("select user_id as id, sum(total_bytes) as total from files where status in ('processing','ready','failed') group by user_id")
+        .all() as Array<{ id: string; total: number }>;
+      const unsettled = db
+        .prepare("select count(*) as n from files where status in ('uploading','received','deleting') or (status = 'processing' and committed_at is null)")
+        .get() as { n: number };
       expect(unsettled.n).toBe(0);
       // Nothing waits in the received area once every job ended, and no job is left unfinished.
       expect(await readdir(path.join(dataDir, 'received'))).toEqual([]);
@@ -211,7 +223,10 @@ describe('crash safety', () => {
       }
       // On-disk bytes are what the database charges.
       const mediaDir = path.join(dataDir, 'media');
-      const rows = db.prepare("select id, total_bytes as total from files where status in ('processing','ready','failed')").all() as Array<{ id: string; total: number }>;
+      const rows = db.prepare("select id, total_bytes as total from files where status in ('processing','ready','failed')").all() as Array<{
+        id: string;
+        total: number;
+      }>;
       for (const row of rows) {
         let onDisk = 0;
         for (const name of await readdir(mediaPath(mediaDir, row.id))) onDisk += (await stat(mediaPath(mediaDir, row.id, name))).size;

@@ -71,14 +71,21 @@ let appOrigin: string;
 
 beforeAll(async () => {
   const bundle = await build({
-    stdin: { contents: "import Uppy from '@uppy/core'; import Tus from '@uppy/tus'; import Dashboard from '@uppy/dashboard'; window.UppyKit = { Uppy, Tus, Dashboard };", resolveDir: root, loader: 'js' },
+    stdin: {
+      contents:
+        "import Uppy from '@uppy/core'; import Tus from '@uppy/tus'; import Dashboard from '@uppy/dashboard'; window.UppyKit = { Uppy, Tus, Dashboard };",
+      resolveDir: root,
+      loader: 'js',
+    },
     bundle: true,
     format: 'iife',
     platform: 'browser',
     write: false,
     logLevel: 'error',
   });
-  const css = (await Promise.all(['@uppy/core/css/style.min.css', '@uppy/dashboard/css/style.min.css'].map((f) => readFile(require.resolve(f), 'utf8')))).join('\n');
+  const css = (await Promise.all(['@uppy/core/css/style.min.css', '@uppy/dashboard/css/style.min.css'].map((f) => readFile(require.resolve(f), 'utf8')))).join(
+    '\n',
+  );
   const assets: Record<string, [string, string | Uint8Array]> = {
     '/': ['text/html; charset=utf-8', pageHtml],
     '/uppy.js': ['text/javascript; charset=utf-8', bundle.outputFiles[0]!.contents],
@@ -217,7 +224,7 @@ describe.each([
     await page.close();
   }, 150_000);
 
-  it("shows Chipmunk's own sentence when the upload is refused, not just \"Failed to upload\"", async () => {
+  it('shows Chipmunk\'s own sentence when the upload is refused, not just "Failed to upload"', async () => {
     const userId = `uppy-full-${base() === chipmunk.url ? 'a' : 'n'}`;
     await chipmunk.api(`/v1/users/${userId}`, { method: 'PUT', json: { quotaBytes: 100_000 } });
     const token = await chipmunk.uploadToken(userId, 'image');

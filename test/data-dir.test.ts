@@ -51,7 +51,10 @@ describe('one server per data directory', () => {
     const pidBefore = readFileSync(path.join(t.dataDir, 'chipmunk.pid'), 'utf8');
 
     // In this process (as a test builds one)…
-    const second = createChipmunk(loadConfig({ PORT: '0', HOST: '127.0.0.1', CHIPMUNK_DATA_DIR: t.dataDir, CHIPMUNK_INTERNAL_PORT: '0' }), { logger: silentLogger, defaultMetrics: false });
+    const second = createChipmunk(loadConfig({ PORT: '0', HOST: '127.0.0.1', CHIPMUNK_DATA_DIR: t.dataDir, CHIPMUNK_INTERNAL_PORT: '0' }), {
+      logger: silentLogger,
+      defaultMetrics: false,
+    });
     await expect(second.listen()).rejects.toThrow(ConfigError);
     await expect(second.listen()).rejects.toThrow(/Another Chipmunk \(pid \d+\) is using the data directory/);
     await second.close();
@@ -83,7 +86,10 @@ describe('one server per data directory', () => {
       expect(errs.join('')).toMatch(/is using .*; stop it before --repair/);
 
       // A job the live server is running right now.
-      const file = (await (await fetch(`${t.url}/v1/users/first/files`, { headers: { authorization: `Bearer ${t.apiKey}` } })).json()) as { items?: Array<{ id: string }>; files?: Array<{ id: string }> };
+      const file = (await (await fetch(`${t.url}/v1/users/first/files`, { headers: { authorization: `Bearer ${t.apiKey}` } })).json()) as {
+        items?: Array<{ id: string }>;
+        files?: Array<{ id: string }>;
+      };
       const fileId = (file.items ?? file.files)![0]!.id;
       await t.chipmunk.uow.ports.jobs.enqueue({ type: 'test.running', fileId, userId: 'first' });
       t.chipmunk.db.$client.prepare("update jobs set state = 'running' where file_id = ? and type = 'test.running'").run(fileId);
@@ -132,7 +138,8 @@ describe('file modes', () => {
       const done = await tusUpload(`${t.url}/uploads`, readFileSync(corpus('images/photos/portrait-canal.jpg')), { token });
       expect(done.ok).toBe(true);
 
-      for (const name of ['chipmunk.db', 'chipmunk.db-wal', 'chipmunk.db-shm', 'secrets.json']) expect(await mode(path.join(t.dataDir, name)), name).toBe(0o600);
+      for (const name of ['chipmunk.db', 'chipmunk.db-wal', 'chipmunk.db-shm', 'secrets.json'])
+        expect(await mode(path.join(t.dataDir, name)), name).toBe(0o600);
       expect(await mode(path.join(t.dataDir, 'uploads'))).toBe(0o700);
       expect(await mode(path.join(t.dataDir, 'work'))).toBe(0o700);
       const uploads = await readdir(path.join(t.dataDir, 'uploads'));

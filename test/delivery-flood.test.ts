@@ -36,7 +36,9 @@ it('10,000 requests with distinct junk parameters on one public URL keep the ser
   form.append('userId', 'flood');
   form.append('purpose', 'avatar');
   form.append('file', new Blob([readFileSync(corpus('images/photos/portrait-canal.jpg'))]), 'a.jpg');
-  const file = (await (await fetch(`${server.url}/v1/files`, { method: 'POST', headers: { authorization: `Bearer ${server.apiKey}` }, body: form })).json()) as {
+  const file = (await (
+    await fetch(`${server.url}/v1/files`, { method: 'POST', headers: { authorization: `Bearer ${server.apiKey}` }, body: form })
+  ).json()) as {
     variants: Array<{ n: number; url: string }>;
   };
   const target = new URL(file.variants.find((v) => v.n === 3)!.url);
@@ -57,7 +59,9 @@ it('10,000 requests with distinct junk parameters on one public URL keep the ser
   let peak = before;
   const junk = 'x'.repeat(6000);
   for (let batch = 0; batch < 100; batch++) {
-    const statuses = await Promise.all(Array.from({ length: 100 }, (_, i) => get(`utm_source=${batch}-${i}&junk=${junk}${batch * 100 + i}&exp=${i}&sig=${'A'.repeat(43)}`)));
+    const statuses = await Promise.all(
+      Array.from({ length: 100 }, (_, i) => get(`utm_source=${batch}-${i}&junk=${junk}${batch * 100 + i}&exp=${i}&sig=${'A'.repeat(43)}`)),
+    );
     expect(new Set(statuses)).toEqual(new Set([200]));
     peak = Math.max(peak, rssOf(pid));
   }

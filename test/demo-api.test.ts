@@ -37,7 +37,11 @@ describe('demo mode switch', () => {
     const off = await startChipmunk({ CHIPMUNK_DEMO: 'off' });
     try {
       for (const p of ['/', '/demo/assets/tus.min.js', '/demo/api/config']) expect((await fetch(`${off.url}${p}`)).status).toBe(404);
-      const mint = await fetch(`${off.url}/demo/api/upload-tokens`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ userId: 'demo-x', purpose: 'image' }) });
+      const mint = await fetch(`${off.url}/demo/api/upload-tokens`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ userId: 'demo-x', purpose: 'image' }),
+      });
       expect(mint.status).toBe(404);
     } finally {
       await off.close();
@@ -103,7 +107,9 @@ describe('demo API', () => {
     const crossSite = await demo('/config', { headers: { 'sec-fetch-site': 'cross-site' } });
     expect(crossSite.status).toBe(403);
     // Another app on another localhost port is "same-site", and refused all the same.
-    expect((await demo('/upload-tokens', { method: 'POST', headers: { 'sec-fetch-site': 'same-site' }, json: { userId: 'demo-x', purpose: 'image' } })).status).toBe(403);
+    expect(
+      (await demo('/upload-tokens', { method: 'POST', headers: { 'sec-fetch-site': 'same-site' }, json: { userId: 'demo-x', purpose: 'image' } })).status,
+    ).toBe(403);
     // Behind a proxy on this machine, a visitor from elsewhere is refused.
     const proxied = await demo('/config', { headers: { 'x-forwarded-for': '192.168.1.20' } });
     expect(proxied.status).toBe(403);
@@ -160,7 +166,7 @@ describe('demo API', () => {
     }
   });
 
-  it('sets a demo user\'s quota and reports usage like /v1', async () => {
+  it("sets a demo user's quota and reports usage like /v1", async () => {
     const set = await demo('/users/demo-q/quota', { method: 'PUT', json: { quotaBytes: 5_000_000 } });
     expect(set.status).toBe(200);
     const shown = await (await demo('/users/demo-q')).json();

@@ -84,7 +84,13 @@ describe('demo page', () => {
 
     // The ladder the server made, all of it, on the page.
     expect(file.variants.map((v) => v.n)).toEqual([0, 1, 2, 3, 4, 5, 6]);
-    const rows = await page.$$eval('[data-variant-row]', (trs) => trs.map((tr) => Array.from(tr.querySelectorAll('td')).slice(0, 2).map((td) => td.textContent)));
+    const rows = await page.$$eval('[data-variant-row]', (trs) =>
+      trs.map((tr) =>
+        Array.from(tr.querySelectorAll('td'))
+          .slice(0, 2)
+          .map((td) => td.textContent),
+      ),
+    );
     expect(rows).toEqual(file.variants.map((v) => [v.n === 0 ? '0 (original)' : String(v.n), `${v.width}×${v.height}`]));
 
     // Each rung is drawn from its real URL at its real size.
@@ -162,7 +168,9 @@ describe('demo page', () => {
 
     // The cover: its sharp rung replaces the placeholder, and its ladder is listed.
     expect(file.cover?.variants.length).toBeGreaterThan(1);
-    await expect.poll(() => page.$eval('#cover', (el: HTMLImageElement) => el.src)).toBe(await page.evaluate(() => document.querySelector<HTMLImageElement>('.ladder figure:nth-child(4) img')?.src ?? ''));
+    await expect
+      .poll(() => page.$eval('#cover', (el: HTMLImageElement) => el.src))
+      .toBe(await page.evaluate(() => document.querySelector<HTMLImageElement>('.ladder figure:nth-child(4) img')?.src ?? ''));
     expect(await page.locator('.ladder figure').count()).toBe(file.cover!.variants.length - 1);
 
     // Clicking the waveform seeks.
@@ -186,7 +194,11 @@ describe('demo page', () => {
     await page.setInputFiles('#file-input', big);
     await page.waitForSelector('#error:not([hidden])');
     // The very sentence Chipmunk answers the same request with.
-    const minted = await fetch(`${t.url}/demo/api/upload-tokens`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ userId: 'demo-quota', purpose: 'image' }) });
+    const minted = await fetch(`${t.url}/demo/api/upload-tokens`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ userId: 'demo-quota', purpose: 'image' }),
+    });
     const { token } = (await minted.json()) as { token: string };
     const direct = await tusUpload(`${t.url}/uploads`, await readFile(big), { token, metadata: { filename: 'x.jpg', filetype: 'image/jpeg' } });
     expect(direct.ok).toBe(false);

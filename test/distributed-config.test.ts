@@ -40,7 +40,9 @@ describe('distributed-mode settings (CHIPMUNK_DATABASE_URL, CHIPMUNK_S3_*)', () 
       forcePathStyle: false,
       checksums: 'when_supported',
     });
-    expect(parseDistributedSettings({ CHIPMUNK_S3_BUCKET: 'media', CHIPMUNK_S3_ENDPOINT: 'http://x', CHIPMUNK_S3_FORCE_PATH_STYLE: 'false' }).s3?.forcePathStyle).toBe(false);
+    expect(
+      parseDistributedSettings({ CHIPMUNK_S3_BUCKET: 'media', CHIPMUNK_S3_ENDPOINT: 'http://x', CHIPMUNK_S3_FORCE_PATH_STYLE: 'false' }).s3?.forcePathStyle,
+    ).toBe(false);
   });
 
   it.each([

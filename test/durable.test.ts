@@ -47,7 +47,11 @@ async function create(c: TestChipmunk, token: string, length: number): Promise<s
 }
 
 const patch = (c: TestChipmunk, id: string, offset: number, body?: Buffer) =>
-  fetch(`${c.url}/uploads/${id}`, { method: 'PATCH', headers: { ...tus, 'Upload-Offset': String(offset), 'Content-Type': 'application/offset+octet-stream' }, body: body ? new Uint8Array(body) : undefined });
+  fetch(`${c.url}/uploads/${id}`, {
+    method: 'PATCH',
+    headers: { ...tus, 'Upload-Offset': String(offset), 'Content-Type': 'application/offset+octet-stream' },
+    body: body ? new Uint8Array(body) : undefined,
+  });
 
 /** fsck clean, usage = the files' totals, nothing reserved, every recorded variant on disk. */
 async function expectConsistent(c: TestChipmunk) {
@@ -66,7 +70,9 @@ async function expectConsistent(c: TestChipmunk) {
     const page = c.chipmunk.inspect.filesPage(after, 500);
     if (!page.length) break;
     after = page.at(-1)!.id;
-    for (const f of page) for (const v of c.chipmunk.inspect.variants(f.id)) expect(existsSync(mediaPath(c.chipmunk.config.mediaDir, f.id, v.path)), `${f.id}/${v.path}`).toBe(true);
+    for (const f of page)
+      for (const v of c.chipmunk.inspect.variants(f.id))
+        expect(existsSync(mediaPath(c.chipmunk.config.mediaDir, f.id, v.path)), `${f.id}/${v.path}`).toBe(true);
   }
 }
 
@@ -80,7 +86,7 @@ describe('racing final PATCHes', () => {
       const twins = 1 + (round % 2) + 1; // 2, 3, 2, 3, …
       const requests = [patch(t, id, 0, small)];
       for (let i = 1; i < twins; i++) {
-        await sleep(Math.floor(Math.random() * 200 / (twins - 1)));
+        await sleep(Math.floor((Math.random() * 200) / (twins - 1)));
         // A replay of the final request: all bytes are there (or about to be), no body.
         requests.push(patch(t, id, small.length));
       }
@@ -196,7 +202,9 @@ describe('the quota budget', () => {
     const size = 1200;
     const raw = Buffer.alloc(size * size * 3);
     for (let y = 0; y < size; y++) for (let x = 0; x < size; x++) raw.fill(((x >> 1) + (y >> 1)) % 2 ? 255 : 0, (y * size + x) * 3, (y * size + x) * 3 + 3);
-    const tiny = await sharp(raw, { raw: { width: size, height: size, channels: 3 } }).png({ compressionLevel: 9, palette: true }).toBuffer();
+    const tiny = await sharp(raw, { raw: { width: size, height: size, channels: 3 } })
+      .png({ compressionLevel: 9, palette: true })
+      .toBuffer();
     const quota = 3 * (tiny.length + creationBudget('image', tiny.length));
     await t.api('/v1/users/amp', { method: 'PUT', json: { quotaBytes: quota } });
     const token = await t.uploadToken('amp', 'image');
@@ -223,7 +231,10 @@ describe('unfinished uploads', () => {
       expect(idle.expiresAt! - idle.createdAt).toBeLessThanOrEqual(60_000);
       const tooBig = await fetch(`${c.url}/uploads`, { method: 'POST', headers: { ...tus, 'Upload-Length': '250000', Authorization: `Bearer ${token}` } });
       expect(tooBig.status).toBe(429);
-      expect(((await tooBig.json()) as { error: { code: string; message: string } }).error).toMatchObject({ code: 'TOO_MANY_UNFINISHED_UPLOADS', message: expect.stringMatching(/at most 300 KB together/) });
+      expect(((await tooBig.json()) as { error: { code: string; message: string } }).error).toMatchObject({
+        code: 'TOO_MANY_UNFINISHED_UPLOADS',
+        message: expect.stringMatching(/at most 300 KB together/),
+      });
       await create(c, token, 1000);
       const third = await fetch(`${c.url}/uploads`, { method: 'POST', headers: { ...tus, 'Upload-Length': '1000', Authorization: `Bearer ${token}` } });
       expect(third.status).toBe(429);
@@ -233,7 +244,13 @@ describe('unfinished uploads', () => {
       await expect.poll(() => c.chipmunk.inspect.file(first)!.expiresAt! - Date.now()).toBeGreaterThan(3600_000);
       // An idle upload is swept once its short window has passed.
       const { sweepExpiredUploads } = await import('../src/uploads/expiry.js');
-      const swept = await sweepExpiredUploads({ repo: c.chipmunk.repo, uploads: c.chipmunk.uploads, discardUpload: c.chipmunk.area.discard, logger: c.chipmunk.logger, now: Date.now() + 61_000 });
+      const swept = await sweepExpiredUploads({
+        repo: c.chipmunk.repo,
+        uploads: c.chipmunk.uploads,
+        discardUpload: c.chipmunk.area.discard,
+        logger: c.chipmunk.logger,
+        now: Date.now() + 61_000,
+      });
       expect(swept).toBe(1);
       expect((await user(c, 'hoarder')).reservedBytes).toBe(100_000 + creationBudget('image', 100_000));
     } finally {
@@ -258,7 +275,7 @@ describe('fair between users', () => {
       };
       // Solo figures, measured here on this machine: the avatar alone, one heavy job alone.
       await timed(avatar, avatarToken); // warm-up
-      const soloAvatar = (await timed(avatar, avatarToken) + (await timed(avatar, avatarToken))) / 2;
+      const soloAvatar = ((await timed(avatar, avatarToken)) + (await timed(avatar, avatarToken))) / 2;
       const oneJob = await timed(heavy, backlogToken);
       // A backlog of six heavy jobs for the first user, then the second user's avatar.
       const backlog = Array.from({ length: 6 }, () => timed(heavy, backlogToken));
@@ -316,7 +333,11 @@ describe('signals and kills during processing', () => {
     const server = await spawnServer(env);
     try {
       await expect
-        .poll(async () => ((await (await fetch(`${server.url}/v1/files/${id}`, { headers: { authorization: `Bearer ${env.CHIPMUNK_API_KEY}` } })).json()) as FileJson).status, { timeout: 60_000 })
+        .poll(
+          async () =>
+            ((await (await fetch(`${server.url}/v1/files/${id}`, { headers: { authorization: `Bearer ${env.CHIPMUNK_API_KEY}` } })).json()) as FileJson).status,
+          { timeout: 60_000 },
+        )
         .toBe('ready');
       expect(sha256(await readFile(mediaPath(path.join(dataDir, 'media'), id, '0.jpg')))).toBe(sha256(data));
       expect(existsSync(path.join(dataDir, 'received', id))).toBe(false);

@@ -63,10 +63,11 @@ async function inkRows(input: string): Promise<{ first: number; last: number; he
   const { data, info } = await sharp(input).greyscale().raw().toBuffer({ resolveWithObject: true });
   const rows: number[] = [];
   for (let y = 0; y < info.height; y++) {
-    for (let x = 0; x < info.width; x++) if (data[y * info.width + x]! < 70) {
-      rows.push(y);
-      break;
-    }
+    for (let x = 0; x < info.width; x++)
+      if (data[y * info.width + x]! < 70) {
+        rows.push(y);
+        break;
+      }
   }
   return { first: rows[0]!, last: rows[rows.length - 1]!, height: info.height };
 }
@@ -108,11 +109,14 @@ describe('HEIC uploads', () => {
     expect((await user(t, userId)).usedBytes).toBe(file.totalBytes);
   });
 
-  it('converts a HEIC\'s Display P3 profile to sRGB (a saturated colour made with heif-enc)', async () => {
+  it("converts a HEIC's Display P3 profile to sRGB (a saturated colour made with heif-enc)", async () => {
     const png = path.join(work, 'p3.png');
     const heic = path.join(work, 'p3.heic');
     // sharp writes the sRGB colour (40, 200, 60) as Display P3 numbers with the P3 profile; heif-enc keeps the profile.
-    await sharp({ create: { width: 64, height: 64, channels: 3, background: { r: 40, g: 200, b: 60 } } }).withIccProfile('p3').png().toFile(png);
+    await sharp({ create: { width: 64, height: 64, channels: 3, background: { r: 40, g: 200, b: 60 } } })
+      .withIccProfile('p3')
+      .png()
+      .toFile(png);
     await promisify(execFile)('heif-enc', ['-q', '90', '-o', heic, png]);
     const file = await uploadOk(await readFile(heic), 'plain', 'p3.heic');
     expect(file.mimeType).toBe('image/heic');
@@ -152,7 +156,7 @@ describe('HEIC uploads', () => {
     expect(await user(t, userId)).toMatchObject({ usedBytes: 0, reservedBytes: 0, fileCount: 0 });
   });
 
-  it('answers 422 for a truncated HEIC (the corpus\'s, and the real photo cut in half), leaving nothing behind', async () => {
+  it("answers 422 for a truncated HEIC (the corpus's, and the real photo cut in half), leaving nothing behind", async () => {
     const real = await readFile(heicPath);
     for (const [name, data] of [
       ['truncated.heic', await readFile(corpus('images/hostile/truncated.heic'))],
@@ -187,7 +191,10 @@ describe('AVIF rungs, chosen by Accept', () => {
         continue;
       }
       expect(v.mimeType).toBe('image/webp');
-      expect(v.formats!.map((f) => f.mimeType), `rung ${v.n}`).toEqual(['image/avif', 'image/webp']);
+      expect(
+        v.formats!.map((f) => f.mimeType),
+        `rung ${v.n}`,
+      ).toEqual(['image/avif', 'image/webp']);
       const [avif, webp] = v.formats!;
       expect(webp).toEqual({ mimeType: 'image/webp', bytes: v.bytes, url: v.url });
       expect(avif!.url).toBe(`${v.url}-avif`);
@@ -203,7 +210,7 @@ describe('AVIF rungs, chosen by Accept', () => {
     expect(plain.variants.every((v) => v.formats === undefined)).toBe(true);
   });
 
-  it('keeps Vary: Accept beside CORS\'s Vary: Origin when the allowed origins are a list, on both paths', async () => {
+  it("keeps Vary: Accept beside CORS's Vary: Origin when the allowed origins are a list, on both paths", async () => {
     const app = 'https://app.example.com';
     const listed = await startChipmunk({ CHIPMUNK_PURPOSES_FILE: path.join(work, 'purposes.json'), CHIPMUNK_CORS_ORIGINS: app });
     const front = await startNginx(listed, { env: { CHIPMUNK_CORS_ORIGINS: app } });
@@ -246,7 +253,11 @@ describe('AVIF rungs, chosen by Accept', () => {
         expect((await sharp(avifBody).metadata()).compression).toBe('av1');
         for (const accept of [WEBP_ACCEPT, '*/*', undefined, 'image/avif;q=0,image/webp']) {
           const webp = await get(photo, n, accept);
-          expect([webp.status, webp.headers.get('content-type'), webp.headers.get('vary')], `rung ${n}, Accept ${accept}`).toEqual([200, 'image/webp', 'Accept']);
+          expect([webp.status, webp.headers.get('content-type'), webp.headers.get('vary')], `rung ${n}, Accept ${accept}`).toEqual([
+            200,
+            'image/webp',
+            'Accept',
+          ]);
           expect((await sharp(Buffer.from(await webp.arrayBuffer())).metadata()).format).toBe('webp');
         }
       }
@@ -256,7 +267,12 @@ describe('AVIF rungs, chosen by Accept', () => {
     });
 
     it(`${via}: rungs without a twin and purposes without AVIF serve WebP to everyone, with no Vary`, async () => {
-      for (const [file, n] of [[photo, 2], [photo, 3], [plain, 6], [plain, 4]] as const) {
+      for (const [file, n] of [
+        [photo, 2],
+        [photo, 3],
+        [plain, 6],
+        [plain, 4],
+      ] as const) {
         const res = await get(file, n, AVIF_ACCEPT);
         expect([res.status, res.headers.get('content-type'), res.headers.get('vary')], `rung ${n}`).toEqual([200, 'image/webp', null]);
         await res.arrayBuffer();

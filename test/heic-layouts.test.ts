@@ -54,10 +54,7 @@ afterAll(async () => {
   await rm(work, { recursive: true, force: true });
 });
 
-const decodeRuns = async () =>
-  (await readFile(decodeLog, 'utf8').catch(() => ''))
-    .split('\n')
-    .filter(Boolean).length;
+const decodeRuns = async () => (await readFile(decodeLog, 'utf8').catch(() => '')).split('\n').filter(Boolean).length;
 
 async function upload(data: Buffer, filename: string) {
   const userId = `l${++userSeq}`;
@@ -77,7 +74,10 @@ const rungFile = (file: FileJson, n: number) => mediaPath(path.join(t.dataDir, '
 async function quadrants(width: number, height: number, [tl, tr, bl, br]: Rgb[]): Promise<Buffer> {
   const w = width >> 1;
   const h = height >> 1;
-  const flat = ([r, g, b]: Rgb, cw: number, ch: number) => sharp({ create: { width: cw, height: ch, channels: 3, background: { r, g, b } } }).png().toBuffer();
+  const flat = ([r, g, b]: Rgb, cw: number, ch: number) =>
+    sharp({ create: { width: cw, height: ch, channels: 3, background: { r, g, b } } })
+      .png()
+      .toBuffer();
   return sharp({ create: { width, height, channels: 3, background: { r: 0, g: 0, b: 0 } } })
     .composite([
       { input: await flat(tl!, w, h), left: 0, top: 0 },
@@ -128,7 +128,9 @@ function border(img: Decoded): Rgb[] {
 }
 
 function expectColours(got: Rgb[], want: Rgb[], label: string, tolerance = 12) {
-  got.forEach((colour, i) => expect(distance(colour, want[i]!), `${label}: quadrant ${['TL', 'TR', 'BL', 'BR'][i]} is ${colour}, want ${want[i]}`).toBeLessThan(tolerance));
+  got.forEach((colour, i) =>
+    expect(distance(colour, want[i]!), `${label}: quadrant ${['TL', 'TR', 'BL', 'BR'][i]} is ${colour}, want ${want[i]}`).toBeLessThan(tolerance),
+  );
 }
 
 /** The ladder's sizes for a photo of this displayed size (the rungs' boxes, never enlarged). */
@@ -138,14 +140,22 @@ const fit = (width: number, height: number, box: number) => {
 };
 
 describe('HEIC layouts made in code', () => {
-  it('assembles a 2 × 2 grid of 512 px tiles at its output size (1000 × 900, not the tiles\' 1024 × 1024), nothing of the cropped tiles showing', async () => {
+  it("assembles a 2 × 2 grid of 512 px tiles at its output size (1000 × 900, not the tiles' 1024 × 1024), nothing of the cropped tiles showing", async () => {
     const before = await decodeRuns();
     const heic = await buildHeic({ image: await quadrants(1000, 900, [A, B, C, D]), tileSize: 512 });
     const file = await uploadOk(heic, 'IMG_0002.HEIC');
     expect(await decodeRuns()).toBe(before + 1); // the shim saw the decode: its absence below means something
     expect(file).toMatchObject({ mimeType: 'image/heic', width: 1000, height: 900 });
     const sizes = Object.fromEntries(file.variants.map((v) => [v.n, [v.width, v.height]]));
-    expect(sizes).toEqual({ 0: [1000, 900], 1: fit(1000, 900, 10), 2: fit(1000, 900, 40), 3: fit(1000, 900, 160), 4: fit(1000, 900, 320), 5: fit(1000, 900, 640), 6: [1000, 900] });
+    expect(sizes).toEqual({
+      0: [1000, 900],
+      1: fit(1000, 900, 10),
+      2: fit(1000, 900, 40),
+      3: fit(1000, 900, 160),
+      4: fit(1000, 900, 320),
+      5: fit(1000, 900, 640),
+      6: [1000, 900],
+    });
     const top = await decode(rungFile(file, 6));
     expect([top.width, top.height]).toEqual([1000, 900]);
     expectColours(quadrantColours(top), [A, B, C, D], 'grid');
@@ -159,7 +169,7 @@ describe('HEIC layouts made in code', () => {
   // 23008-12:2022, as libheif, libavif and Apple read it); listed in the order they apply.
   const transforms: Array<{ name: string; opts: Partial<HeifFixtureOptions>; size: [number, number]; want: Rgb[] }> = [
     { name: 'irot 1 (a quarter anti-clockwise), grid', opts: { tileSize: 512, irot: 1 }, size: [900, 1000], want: [B, D, A, C] },
-    { name: 'irot 3 (a quarter clockwise, iPhone\'s orientation 6), grid', opts: { tileSize: 512, irot: 3 }, size: [900, 1000], want: [C, A, D, B] },
+    { name: "irot 3 (a quarter clockwise, iPhone's orientation 6), grid", opts: { tileSize: 512, irot: 3 }, size: [900, 1000], want: [C, A, D, B] },
     { name: 'irot 2 (half a turn)', opts: { irot: 2 }, size: [1000, 900], want: [D, C, B, A] },
     { name: 'imir 1 (left and right exchanged)', opts: { imir: 1 }, size: [1000, 900], want: [B, A, D, C] },
     { name: 'imir 0 (top and bottom exchanged)', opts: { imir: 0 }, size: [1000, 900], want: [C, D, A, B] },
@@ -190,7 +200,7 @@ describe('HEIC layouts made in code', () => {
     expectColours(quadrantColours(await decode(png)), [C, A, D, B], 'the kept original');
   });
 
-  it('does not turn a HEIC by its EXIF Orientation alone: in HEIF the container\'s transforms rule, the EXIF tag is informative', async () => {
+  it("does not turn a HEIC by its EXIF Orientation alone: in HEIF the container's transforms rule, the EXIF tag is informative", async () => {
     const heic = await buildHeic({ image: await quadrants(1000, 900, [A, B, C, D]), exifOrientation: 6 });
     const file = await uploadOk(heic, 'exif-only.heic');
     expect([file.width, file.height]).toEqual([1000, 900]);
@@ -198,7 +208,14 @@ describe('HEIC layouts made in code', () => {
   });
 
   it('converts an embedded Display P3 profile to sRGB: P3 pure red lands on sRGB red clipped, in-gamut colours on their sRGB values, no profile left', async () => {
-    const p3 = (await sharp(await sharp({ create: { width: 8, height: 8, channels: 3, background: 'red' } }).withIccProfile('p3').png().toBuffer()).metadata()).icc!;
+    const p3 = (
+      await sharp(
+        await sharp({ create: { width: 8, height: 8, channels: 3, background: 'red' } })
+          .withIccProfile('p3')
+          .png()
+          .toBuffer(),
+      ).metadata()
+    ).icc!;
     // sRGB colours written as Display P3 numbers (what an iPhone stores), and P3's own red, outside sRGB.
     const srgb: Rgb[] = [
       [40, 200, 60],
@@ -206,7 +223,10 @@ describe('HEIC layouts made in code', () => {
       [60, 80, 200],
     ];
     const asP3 = async (c: Rgb): Promise<Rgb> => {
-      const tagged = await sharp({ create: { width: 4, height: 4, channels: 3, background: { r: c[0], g: c[1], b: c[2] } } }).withIccProfile('p3').png().toBuffer();
+      const tagged = await sharp({ create: { width: 4, height: 4, channels: 3, background: { r: c[0], g: c[1], b: c[2] } } })
+        .withIccProfile('p3')
+        .png()
+        .toBuffer();
       return [...(await sharp(tagged, { ignoreIcc: true }).raw().toBuffer())].slice(0, 3) as Rgb;
     };
     const p3Numbers: Rgb[] = [[255, 0, 0], ...(await Promise.all(srgb.map(asP3)))];
@@ -251,16 +271,19 @@ describe('HEIC refusals', () => {
   it.each([
     { derivation: 'grid' as const, side: 30_000 },
     { derivation: 'iovl' as const, side: 70_000 },
-  ])('refuses a $derivation whose own description declares $side × $side though its ispe is honest (libheif allocates the description\'s canvas), without decoding', async ({ derivation, side }) => {
-    const heic = await buildHeic({ image: await quadrants(1000, 900, [A, B, C, D]), tileSize: 512, derivation, gridSize: { width: side, height: side } });
-    expect((await sharp(heic).metadata()).width).toBe(1000); // a reader of ispe alone sees a small photo
-    const before = await decodeRuns();
-    const { result, userId } = await upload(heic, `lying-${derivation}.heic`);
-    expect(result.ok === false && result.status).toBe(413);
-    if (!result.ok) expect(JSON.parse(result.body!).error).toMatchObject({ code: 'FILE_TOO_LARGE', message: expect.stringContaining(`${side} × ${side}`) });
-    expect(await decodeRuns()).toBe(before);
-    expect(await user(userId)).toMatchObject({ usedBytes: 0, reservedBytes: 0, fileCount: 0 });
-  });
+  ])(
+    "refuses a $derivation whose own description declares $side × $side though its ispe is honest (libheif allocates the description's canvas), without decoding",
+    async ({ derivation, side }) => {
+      const heic = await buildHeic({ image: await quadrants(1000, 900, [A, B, C, D]), tileSize: 512, derivation, gridSize: { width: side, height: side } });
+      expect((await sharp(heic).metadata()).width).toBe(1000); // a reader of ispe alone sees a small photo
+      const before = await decodeRuns();
+      const { result, userId } = await upload(heic, `lying-${derivation}.heic`);
+      expect(result.ok === false && result.status).toBe(413);
+      if (!result.ok) expect(JSON.parse(result.body!).error).toMatchObject({ code: 'FILE_TOO_LARGE', message: expect.stringContaining(`${side} × ${side}`) });
+      expect(await decodeRuns()).toBe(before);
+      expect(await user(userId)).toMatchObject({ usedBytes: 0, reservedBytes: 0, fileCount: 0 });
+    },
+  );
 
   it('decodes an honest overlay (iovl) of the same tiles like the grid', async () => {
     const file = await uploadOk(await buildHeic({ image: await quadrants(1000, 900, [A, B, C, D]), tileSize: 512, derivation: 'iovl' }), 'overlay.heic');

@@ -67,7 +67,24 @@ const accepted = new Set([
 // A valid 1x1 PNG carrying zTXt decompression-bomb chunks: a decoder may keep it (stripped) or refuse it.
 const either = new Set(['images/hostile/bomb-png-ztxt.png']);
 
-const baseFileKeys = new Set(['id', 'userId', 'purpose', 'kind', 'status', 'visibility', 'filename', 'mimeType', 'bytes', 'totalBytes', 'width', 'height', 'variants', 'error', 'createdAt', 'updatedAt']);
+const baseFileKeys = new Set([
+  'id',
+  'userId',
+  'purpose',
+  'kind',
+  'status',
+  'visibility',
+  'filename',
+  'mimeType',
+  'bytes',
+  'totalBytes',
+  'width',
+  'height',
+  'variants',
+  'error',
+  'createdAt',
+  'updatedAt',
+]);
 
 let dataDir: string;
 let env: Record<string, string>;
@@ -114,7 +131,11 @@ describe('hostile corpus', () => {
       for (let i = 0; !stopNormals || i < normals.length; i++) {
         const file = normals[i % normals.length]!;
         const purpose = file.startsWith('audio/') ? 'audio' : 'image';
-        const result = await tusUpload(endpoint, await readFile(corpus(file)), { token: tokens[purpose], metadata: { filename: path.basename(file) }, chunkSize: 256_000 });
+        const result = await tusUpload(endpoint, await readFile(corpus(file)), {
+          token: tokens[purpose],
+          metadata: { filename: path.basename(file) },
+          chunkSize: 256_000,
+        });
         normalResults.push({ file, result });
       }
     })();
@@ -123,7 +144,11 @@ describe('hostile corpus', () => {
       hostile.map(async (file) => {
         const purpose = file.startsWith('audio/') ? 'audio' : 'image';
         // Retries on: a refusal must be final, never turned into a false success by a resume.
-        const result = await tusUpload(endpoint, await readFile(corpus(file)), { token: tokens[purpose], metadata: { filename: path.basename(file) }, retryDelays: [0, 50] });
+        const result = await tusUpload(endpoint, await readFile(corpus(file)), {
+          token: tokens[purpose],
+          metadata: { filename: path.basename(file) },
+          retryDelays: [0, 50],
+        });
         return { file, result };
       }),
     );
@@ -131,21 +156,29 @@ describe('hostile corpus', () => {
     await normalLoop;
 
     for (const { file, result } of normalResults) expect(result.ok, `${file}: ${!result.ok && result.body}`).toBe(true);
-    const okBody = (f: (file: string) => boolean) => normalResults.find((n) => f(n.file) && n.result.ok)?.result as { body: Record<string, unknown> } | undefined;
+    const okBody = (f: (file: string) => boolean) =>
+      normalResults.find((n) => f(n.file) && n.result.ok)?.result as { body: Record<string, unknown> } | undefined;
     const imageBody = okBody((f) => f.startsWith('images/'))!.body;
     const audioBody = okBody((f) => f.startsWith('audio/'))!.body;
     // A wired decoder shows in a normal answer: the image branch makes variants, the audio branch adds facts or processes in the background.
     const imageDecoder = (imageBody.variants as unknown[]).length > 1;
     const audioParser = audioBody.status === 'processing' || Object.keys(audioBody).some((k) => !baseFileKeys.has(k));
-    console.log(`hostile corpus: image decoder ${imageDecoder ? 'wired' : 'not wired (sniffing only)'}, audio parser ${audioParser ? 'wired' : 'not wired (sniffing only)'}`);
+    console.log(
+      `hostile corpus: image decoder ${imageDecoder ? 'wired' : 'not wired (sniffing only)'}, audio parser ${audioParser ? 'wired' : 'not wired (sniffing only)'}`,
+    );
 
-    const isRefusal = (r: TusResult) => !r.ok && r.status !== undefined && r.status >= 400 && r.status < 500 && r.error instanceof Error && /response code: 4\d\d/.test(r.error.message);
+    const isRefusal = (r: TusResult) =>
+      !r.ok && r.status !== undefined && r.status >= 400 && r.status < 500 && r.error instanceof Error && /response code: 4\d\d/.test(r.error.message);
     const summary: string[] = [];
     for (const { file, result } of hostileResults) {
       const mustRefuse = refusedBySignature.has(file) || (imageDecoder && refusedByImageDecoder.has(file)) || (audioParser && refusedByAudioParser.has(file));
       const mustAccept = accepted.has(file);
       summary.push(`${file}: ${result.ok ? 'accepted' : `refused ${result.status}`}`);
-      if (mustRefuse) expect(isRefusal(result), `${file} should be refused with a 4xx: ${JSON.stringify(result.ok ? result.body : { status: result.status, body: result.body })}`).toBe(true);
+      if (mustRefuse)
+        expect(
+          isRefusal(result),
+          `${file} should be refused with a 4xx: ${JSON.stringify(result.ok ? result.body : { status: result.status, body: result.body })}`,
+        ).toBe(true);
       else if (mustAccept) expect(result.ok, `${file} is a valid image: ${!result.ok && result.body}`).toBe(true);
       // Decoder-dependent files on a build without that decoder, and the undecided one: stored, or refused cleanly; never a 5xx.
       else expect(result.ok || isRefusal(result), `${file}: ${!result.ok && `${result.status} ${result.body}`}`).toBe(true);

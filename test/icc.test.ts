@@ -16,7 +16,12 @@ describe('sRGB profile detection', () => {
   });
 
   it('refuses wide-gamut, CMYK and missing profiles', async () => {
-    for (const rel of ['images/color/adobergb-a98-icc.jpg', 'images/color/display-p3-icc.png', 'images/color/prophoto-icc-orion.jpg', 'images/color/cmyk-swop-icc.jpg']) {
+    for (const rel of [
+      'images/color/adobergb-a98-icc.jpg',
+      'images/color/display-p3-icc.png',
+      'images/color/prophoto-icc-orion.jpg',
+      'images/color/cmyk-swop-icc.jpg',
+    ]) {
       const icc = await iccOf(rel);
       expect(icc, rel).toBeDefined();
       expect(isSrgbProfile(icc), rel).toBe(false);

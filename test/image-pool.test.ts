@@ -23,7 +23,12 @@ const input = async (rel: string) => {
   return { fileId: 'pool-test', sourcePath, sniffed: (await sniffFile(sourcePath))!, square: false, workDir };
 };
 
-const processGroup = (pid: number) => Number(readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /, '').split(' ')[2]);
+const processGroup = (pid: number) =>
+  Number(
+    readFileSync(`/proc/${pid}/stat`, 'utf8')
+      .replace(/^.*\) /, '')
+      .split(' ')[2],
+  );
 
 describe('image worker pool', () => {
   it('makes the ladder in a worker, refuses bad bytes with the processor’s own error, survives a worker’s death and closes clean', async () => {

@@ -98,7 +98,8 @@ describe('image variant ladder', () => {
     // It describes this photo: its average colour is the photo's, within a few percent.
     const average = thumbHashToAverageRGBA(thumbhash);
     const stats = await sharp(variantPath(file, 3)).stats();
-    for (const [i, channel] of (['r', 'g', 'b'] as const).entries()) expect(Math.abs(average[channel] - stats.channels[i]!.mean / 255), channel).toBeLessThan(0.05);
+    for (const [i, channel] of (['r', 'g', 'b'] as const).entries())
+      expect(Math.abs(average[channel] - stats.channels[i]!.mean / 255), channel).toBeLessThan(0.05);
     const described = (await (await t.api(`/v1/files/${file.id}`)).json()) as FileJson;
     expect(described).toMatchObject({ width: 600, height: 800, placeholder: file.placeholder, thumbhash: file.thumbhash });
     expect(described.variants).toEqual(file.variants);
@@ -107,7 +108,12 @@ describe('image variant ladder', () => {
   it('square purposes get exactly n × n, capped by the shorter side, cropped where the content is', async () => {
     const wide = await uploadOk('images/photos/landscape-cardinal-bird-2mp.jpg', 'avatar'); // 1920 × 1080
     expect(wide.variants.filter((v) => v.n > 0).map((v) => [v.n, v.width, v.height])).toEqual([
-      [1, 10, 10], [2, 40, 40], [3, 160, 160], [4, 320, 320], [5, 640, 640], [6, 1080, 1080],
+      [1, 10, 10],
+      [2, 40, 40],
+      [3, 160, 160],
+      [4, 320, 320],
+      [5, 640, 640],
+      [6, 1080, 1080],
     ]);
     const headshot = await uploadOk('images/photos/person-headshot-canon.jpg', 'avatar'); // 800 × 533
     expect(headshot.variants.filter((v) => v.n > 0).map((v) => v.width)).toEqual([10, 40, 160, 320, 533, 533]);
@@ -118,8 +124,16 @@ describe('image variant ladder', () => {
       }
     }
     // The crop is content-aware (sharp's attention strategy), not the dead centre.
-    for (const [file, rel] of [[wide, 'landscape-cardinal-bird-2mp.jpg'], [headshot, 'person-headshot-canon.jpg']] as const) {
-      const crop = async (position: string) => signature(await sharp(corpus(`images/photos/${rel}`)).resize(160, 160, { fit: 'cover', position }).toBuffer());
+    for (const [file, rel] of [
+      [wide, 'landscape-cardinal-bird-2mp.jpg'],
+      [headshot, 'person-headshot-canon.jpg'],
+    ] as const) {
+      const crop = async (position: string) =>
+        signature(
+          await sharp(corpus(`images/photos/${rel}`))
+            .resize(160, 160, { fit: 'cover', position })
+            .toBuffer(),
+        );
       const got = await signature(variantPath(file, 3));
       expect(meanAbsDiff(got, await crop('attention')), rel).toBeLessThan(6);
       expect(meanAbsDiff(got, await crop('centre')), rel).toBeGreaterThan(12);
@@ -129,7 +143,13 @@ describe('image variant ladder', () => {
   it('never upscales: a tiny source still gets every variant 1-6, none larger than itself', async () => {
     const file = await uploadOk('images/color/png8-rgba-basn6a08.png'); // 32 × 32
     expect(file.variants.map((v) => [v.n, v.width, v.height])).toEqual([
-      [0, 32, 32], [1, 10, 10], [2, 32, 32], [3, 32, 32], [4, 32, 32], [5, 32, 32], [6, 32, 32],
+      [0, 32, 32],
+      [1, 10, 10],
+      [2, 32, 32],
+      [3, 32, 32],
+      [4, 32, 32],
+      [5, 32, 32],
+      [6, 32, 32],
     ]);
     const one = await uploadOk('images/hostile/bomb-png-ztxt.png', 'avatar'); // 1 × 1
     expect(one.variants.filter((v) => v.n > 0).map((v) => [v.width, v.height])).toEqual(Array(6).fill([1, 1]));
@@ -178,7 +198,9 @@ describe('image variant ladder', () => {
       const meta = await sharp(variant).metadata();
       expect(meta.space, name).toBe('srgb');
       expect(meta.icc, name).toBeUndefined();
-      const mean = async (input: string, opts: SharpOptions = {}) => [...(await sharp(input, opts).resize(1, 1, { fit: 'fill' }).removeAlpha().raw().toBuffer())];
+      const mean = async (input: string, opts: SharpOptions = {}) => [
+        ...(await sharp(input, opts).resize(1, 1, { fit: 'fill' }).removeAlpha().raw().toBuffer()),
+      ];
       const converted = await mean(corpus(`images/color/${name}`));
       const naive = await mean(corpus(`images/color/${name}`), { ignoreIcc: true });
       const got = await mean(variant);
@@ -190,13 +212,22 @@ describe('image variant ladder', () => {
   });
 
   it('strips EXIF, GPS, XMP and ICC from every variant', async () => {
-    for (const rel of ['images/photos/gps-tagged-samsung.jpg', 'images/photos/landscape-canon-adobergb-2mp.jpg', 'images/formats/avif-iphone-orientation6-p3.avif']) {
+    for (const rel of [
+      'images/photos/gps-tagged-samsung.jpg',
+      'images/photos/landscape-canon-adobergb-2mp.jpg',
+      'images/formats/avif-iphone-orientation6-p3.avif',
+    ]) {
       const source = await sharp(corpus(rel)).metadata();
       expect(source.exif ?? source.xmp, rel).toBeDefined();
       const file = await uploadOk(rel);
       for (let n = 1; n <= 6; n++) {
         const meta = await sharp(variantPath(file, n)).metadata();
-        expect({ exif: meta.exif, xmp: meta.xmp, iptc: meta.iptc, icc: meta.icc }, `${rel} ${n}`).toEqual({ exif: undefined, xmp: undefined, iptc: undefined, icc: undefined });
+        expect({ exif: meta.exif, xmp: meta.xmp, iptc: meta.iptc, icc: meta.icc }, `${rel} ${n}`).toEqual({
+          exif: undefined,
+          xmp: undefined,
+          iptc: undefined,
+          icc: undefined,
+        });
       }
     }
   });
@@ -236,7 +267,14 @@ describe('image variant ladder', () => {
 
   it('square purposes crop animations to n × n too, keeping them animated', async () => {
     const file = await uploadOk('images/formats/anim-loop3.gif', 'avatar'); // 370 × 285, 10 frames
-    expect(file.variants.filter((v) => v.n > 0).map((v) => [v.width, v.height])).toEqual([[10, 10], [40, 40], [160, 160], [285, 285], [285, 285], [285, 285]]);
+    expect(file.variants.filter((v) => v.n > 0).map((v) => [v.width, v.height])).toEqual([
+      [10, 10],
+      [40, 40],
+      [160, 160],
+      [285, 285],
+      [285, 285],
+      [285, 285],
+    ]);
     const meta = await sharp(variantPath(file, 4), { animated: true }).metadata();
     expect([meta.width, meta.pageHeight]).toEqual([285, 285]);
     expect(meta.pages).toBeGreaterThan(1);
@@ -249,7 +287,10 @@ describe('image variant ladder', () => {
       const frames = await upload('images/formats/anim-rotating-squares.gif', 'image', { server: capped });
       expect(frames.result).toMatchObject({ ok: false, status: 413 });
       if (frames.result.ok) return;
-      expect(JSON.parse(frames.result.body!).error).toEqual({ code: 'FILE_TOO_LARGE', message: 'The animation has 30 frames; at most 10 are accepted. Shorten it and upload again.' });
+      expect(JSON.parse(frames.result.body!).error).toEqual({
+        code: 'FILE_TOO_LARGE',
+        message: 'The animation has 30 frames; at most 10 are accepted. Shorten it and upload again.',
+      });
       const u = (await (await capped.api(`/v1/users/${frames.userId}`)).json()) as UserJson;
       expect(u).toMatchObject({ usedBytes: 0, reservedBytes: 0, fileCount: 0 });
       // 370 × 285 × 10 frames is 1.05 megapixels: within both limits, animated.
@@ -362,7 +403,7 @@ describe('thumbhash input', () => {
   it('box-averages any pixels down to at most 100 × 100 RGBA, grey and missing alpha included', () => {
     // 200 × 100 RGB: left half red, right half blue.
     const rgb = Buffer.alloc(200 * 100 * 3);
-    for (let i = 0; i < 200 * 100; i++) rgb.set((i % 200) < 100 ? [255, 0, 0] : [0, 0, 255], i * 3);
+    for (let i = 0; i < 200 * 100; i++) rgb.set(i % 200 < 100 ? [255, 0, 0] : [0, 0, 255], i * 3);
     const small = thumbhashInput({ data: rgb, width: 200, height: 100, channels: 3 });
     expect([small.width, small.height, small.channels]).toEqual([100, 50, 4]);
     expect([...small.data.subarray(0, 4)]).toEqual([255, 0, 0, 255]);

@@ -72,12 +72,21 @@ it('keeps the server RSS flat during a 200 MB multipart upload', async () => {
   await kit.uploadStream({ userId: 'warm', purpose: 'audio', filename: 'warm.wav', stream: wav(4_000_000), size: 4_000_044 });
   let fileId = '';
   const { before, peak } = await rssDuring(20, async () => {
-    const file = await kit.uploadStream({ userId: 'big', purpose: 'audio', filename: 'tone.wav', stream: wav(UPLOAD_BYTES - 44), size: UPLOAD_BYTES, mimeType: 'audio/wav' });
+    const file = await kit.uploadStream({
+      userId: 'big',
+      purpose: 'audio',
+      filename: 'tone.wav',
+      stream: wav(UPLOAD_BYTES - 44),
+      size: UPLOAD_BYTES,
+      mimeType: 'audio/wav',
+    });
     expect(file).toMatchObject({ bytes: UPLOAD_BYTES, kind: 'audio', mimeType: 'audio/wav' });
     fileId = file.id;
   });
   const growth = peak - before;
-  console.log(`server RSS before ${(before / 2 ** 20).toFixed(1)} MiB, peak ${(peak / 2 ** 20).toFixed(1)} MiB, growth ${(growth / 2 ** 20).toFixed(1)} MiB for a ${UPLOAD_BYTES / 1e6} MB upload`);
+  console.log(
+    `server RSS before ${(before / 2 ** 20).toFixed(1)} MiB, peak ${(peak / 2 ** 20).toFixed(1)} MiB, growth ${(growth / 2 ** 20).toFixed(1)} MiB for a ${UPLOAD_BYTES / 1e6} MB upload`,
+  );
   expect(growth).toBeLessThan(MAX_GROWTH);
   await expectReservationAfterCommit({ file: () => kit.getFile(fileId), reservedBytes: async () => (await kit.getUser('big')).reservedBytes });
   expect((await kit.getUser('big')).usedBytes).toBeGreaterThanOrEqual(UPLOAD_BYTES);
@@ -104,7 +113,11 @@ it('streams a base64 upload: the server RSS stays flat, far below the file', asy
 
 it('refuses six concurrent 100 MB JSON bodies for a user without quota before reading them; RSS stays under 300 MB', async () => {
   const api = (p: string, body: unknown, method = 'POST') =>
-    fetch(`${server.url}${p}`, { method, headers: { authorization: `Bearer ${server.apiKey}`, 'content-type': 'application/json' }, body: JSON.stringify(body) });
+    fetch(`${server.url}${p}`, {
+      method,
+      headers: { authorization: `Bearer ${server.apiKey}`, 'content-type': 'application/json' },
+      body: JSON.stringify(body),
+    });
   await api('/v1/users/noquota', { quotaBytes: 0 }, 'PUT');
   const { token } = (await (await api('/v1/upload-tokens', { userId: 'noquota', purpose: 'audio' })).json()) as { token: string };
   const fileBytes = 100_000_000;
@@ -123,7 +136,13 @@ it('refuses six concurrent 100 MB JSON bodies for a user without quota before re
       const chunk = Buffer.alloc(1 << 20, 'A');
       let sent = 0;
       let answered = false;
-      const req = httpRequest({ hostname, port, method: 'POST', path: '/v1/files', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', 'content-length': length } });
+      const req = httpRequest({
+        hostname,
+        port,
+        method: 'POST',
+        path: '/v1/files',
+        headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', 'content-length': length },
+      });
       req.on('response', (res) => {
         answered = true;
         let text = '';
@@ -148,11 +167,16 @@ it('refuses six concurrent 100 MB JSON bodies for a user without quota before re
   try {
     const results = await Promise.all(Array.from({ length: 6 }, send));
     for (const r of results) expect(r).toMatchObject({ status: 413, code: 'QUOTA_EXCEEDED' });
-    console.log(`six 100 MB JSON bodies, no quota: peak server RSS ${(peak / 2 ** 20).toFixed(1)} MiB; client sent ${results.map((r) => (r.sent / 1e6).toFixed(0)).join(', ')} MB before the answer`);
+    console.log(
+      `six 100 MB JSON bodies, no quota: peak server RSS ${(peak / 2 ** 20).toFixed(1)} MiB; client sent ${results.map((r) => (r.sent / 1e6).toFixed(0)).join(', ')} MB before the answer`,
+    );
   } finally {
     clearInterval(sampler);
   }
   expect(Math.max(peak, rssOf(pid))).toBeLessThan(300 * 1024 * 1024);
-  const user = (await (await fetch(`${server.url}/v1/users/noquota`, { headers: { authorization: `Bearer ${server.apiKey}` } })).json()) as { reservedBytes: number; fileCount: number };
+  const user = (await (await fetch(`${server.url}/v1/users/noquota`, { headers: { authorization: `Bearer ${server.apiKey}` } })).json()) as {
+    reservedBytes: number;
+    fileCount: number;
+  };
   expect(user).toMatchObject({ reservedBytes: 0, fileCount: 0 });
 }, 120_000);

@@ -73,13 +73,32 @@ describe('POST /v1/files through the kit', () => {
     const tusFile = viaTus.body as ChipmunkFile;
 
     const viaBase64 = await kit.uploadBase64({ userId: 'shape', purpose: 'avatar', filename: 'me.jpg', data: photo.toString('base64') });
-    const viaDataUri = await kit.uploadBase64({ userId: 'shape', purpose: 'avatar', filename: 'me.jpg', data: `data:image/jpeg;base64,${photo.toString('base64')}` });
+    const viaDataUri = await kit.uploadBase64({
+      userId: 'shape',
+      purpose: 'avatar',
+      filename: 'me.jpg',
+      data: `data:image/jpeg;base64,${photo.toString('base64')}`,
+    });
     const viaBuffer = await kit.uploadBuffer({ userId: 'shape', purpose: 'avatar', filename: 'me.jpg', data: photo, mimeType: 'image/jpeg' });
-    const viaPath = await kit.uploadPath({ userId: 'shape', purpose: 'avatar', path: corpus('images/photos/portrait-canal.jpg'), filename: 'me.jpg', mimeType: 'image/jpeg' });
+    const viaPath = await kit.uploadPath({
+      userId: 'shape',
+      purpose: 'avatar',
+      path: corpus('images/photos/portrait-canal.jpg'),
+      filename: 'me.jpg',
+      mimeType: 'image/jpeg',
+    });
 
     for (const file of [viaBase64, viaDataUri, viaBuffer, viaPath]) {
       expect(shapeOf(file)).toEqual(shapeOf(tusFile));
-      expect(file).toMatchObject({ userId: 'shape', purpose: 'avatar', status: 'ready', filename: 'me.jpg', mimeType: 'image/jpeg', bytes: photo.length, visibility: 'public' });
+      expect(file).toMatchObject({
+        userId: 'shape',
+        purpose: 'avatar',
+        status: 'ready',
+        filename: 'me.jpg',
+        mimeType: 'image/jpeg',
+        bytes: photo.length,
+        visibility: 'public',
+      });
       expect(file.id).not.toBe(tusFile.id);
       expect(await kit.getFile(file.id)).toEqual(file);
       const stored = await readFile(mediaPath(path.join(t.dataDir, 'media'), file.id, '0.jpg'));
@@ -117,12 +136,19 @@ describe('POST /v1/files through the kit', () => {
 
     // Multipart with the token: no fields needed.
     const { head, tail, contentType } = multipartParts({}, { filename: 'a.png', type: 'image/png' });
-    const multipart = await rawRequest(`${t.url}/v1/files`, { headers: { authorization: `Bearer ${token}`, 'content-type': contentType }, body: [head, png, tail] });
+    const multipart = await rawRequest(`${t.url}/v1/files`, {
+      headers: { authorization: `Bearer ${token}`, 'content-type': contentType },
+      body: [head, png, tail],
+    });
     expect(multipart.status).toBe(201);
     expect(JSON.parse(multipart.body)).toMatchObject({ userId: 'signup', purpose: 'avatar', bytes: png.length, filename: 'a.png' });
 
     // Neither the key nor a valid token: 401, and the other /v1 routes still want the key.
-    const forged = await fetch(`${t.url}/v1/files`, { method: 'POST', headers: { authorization: 'Bearer nope', 'content-type': 'application/json' }, body: '{}' });
+    const forged = await fetch(`${t.url}/v1/files`, {
+      method: 'POST',
+      headers: { authorization: 'Bearer nope', 'content-type': 'application/json' },
+      body: '{}',
+    });
     expect(forged.status).toBe(401);
     expect((await fetch(`${t.url}/v1/files/${file.id}`, { headers: { authorization: `Bearer ${token}` } })).status).toBe(401);
     expect(await kit.getUser('mallory')).toMatchObject({ usedBytes: 0, reservedBytes: 0 });
@@ -143,7 +169,11 @@ describe('POST /v1/files through the kit', () => {
     const multipart = await app.request('/v1/files', { method: 'POST', headers: { authorization: `Bearer ${t.apiKey}` }, body: form });
     expect(multipart.status).toBe(201);
     expect(await multipart.json()).toMatchObject({ userId: 'webreq', filename: 'canal.jpg', bytes: photo.length });
-    const noBoundary = await app.request('/v1/files', { method: 'POST', headers: { authorization: `Bearer ${t.apiKey}`, 'content-type': 'multipart/form-data' }, body: 'x' });
+    const noBoundary = await app.request('/v1/files', {
+      method: 'POST',
+      headers: { authorization: `Bearer ${t.apiKey}`, 'content-type': 'multipart/form-data' },
+      body: 'x',
+    });
     expect(noBoundary.status).toBe(400);
     expect(await kit.getUser('webreq')).toMatchObject({ fileCount: 2, reservedBytes: 0 });
   });
@@ -166,20 +196,28 @@ describe('refusals leave nothing', () => {
   });
 
   it('a data: URI whose type disagrees with the bytes → 415', async () => {
-    const lie = await kit.uploadBase64({ userId: 'liar', purpose: 'avatar', data: `data:image/png;base64,${photo.toString('base64')}` }).catch((e: unknown) => e);
+    const lie = await kit
+      .uploadBase64({ userId: 'liar', purpose: 'avatar', data: `data:image/png;base64,${photo.toString('base64')}` })
+      .catch((e: unknown) => e);
     expect(lie).toMatchObject({ status: 415, code: 'UNSUPPORTED_MEDIA_TYPE' });
     expect((lie as Error).message).toMatch(/image\/png.*image\/jpeg/);
-    const notMedia = await kit.uploadBase64({ userId: 'liar', purpose: 'avatar', data: `data:text/plain;base64,${photo.toString('base64')}` }).catch((e: unknown) => e);
+    const notMedia = await kit
+      .uploadBase64({ userId: 'liar', purpose: 'avatar', data: `data:text/plain;base64,${photo.toString('base64')}` })
+      .catch((e: unknown) => e);
     expect(notMedia).toMatchObject({ status: 415 });
     const svg = await readFile(corpus('images/formats/svg-simple-check.svg'));
-    const svgAsPng = await kit.uploadBase64({ userId: 'liar', purpose: 'avatar', data: `data:image/png;base64,${svg.toString('base64')}` }).catch((e: unknown) => e);
+    const svgAsPng = await kit
+      .uploadBase64({ userId: 'liar', purpose: 'avatar', data: `data:image/png;base64,${svg.toString('base64')}` })
+      .catch((e: unknown) => e);
     expect(svgAsPng).toMatchObject({ status: 415 });
     await expectNothingLeft('liar');
   });
 
   it('bytes that are not media → 422, through base64 and multipart', async () => {
     const text = Buffer.from('just some text, not an image '.repeat(50));
-    expect(await kit.uploadBase64({ userId: 'texter', purpose: 'avatar', data: text.toString('base64') }).catch((e: unknown) => e)).toMatchObject({ status: 422 });
+    expect(await kit.uploadBase64({ userId: 'texter', purpose: 'avatar', data: text.toString('base64') }).catch((e: unknown) => e)).toMatchObject({
+      status: 422,
+    });
     expect(await kit.uploadBuffer({ userId: 'texter', purpose: 'avatar', data: text }).catch((e: unknown) => e)).toMatchObject({ status: 422 });
     await expectNothingLeft('texter');
   });
@@ -210,7 +248,9 @@ describe('refusals leave nothing', () => {
     expect(JSON.parse(chunked.body).error.message).toMatch(/^(JSON upload bodies|Files for "avatar") may be at most/);
     expect(sent).toBeLessThan(100_000_000);
     // With the API key the purpose is only known once parsed: the decoded size decides.
-    const overAvatar = await kit.uploadBase64({ userId: 'bigjson', purpose: 'avatar', data: Buffer.concat([photo, Buffer.alloc(21_000_000)]).toString('base64') }).catch((e: unknown) => e);
+    const overAvatar = await kit
+      .uploadBase64({ userId: 'bigjson', purpose: 'avatar', data: Buffer.concat([photo, Buffer.alloc(21_000_000)]).toString('base64') })
+      .catch((e: unknown) => e);
     expect(overAvatar).toMatchObject({ status: 413, code: 'FILE_TOO_LARGE' });
     await expectNothingLeft('bigjson');
   });
@@ -219,14 +259,18 @@ describe('refusals leave nothing', () => {
     const { token } = await kit.signUploadToken({ userId: 'bigform', purpose: 'avatar' });
     const { head, tail, contentType } = multipartParts({}, { filename: 'huge.jpg' });
     const padding = Buffer.alloc(1_000_000, 1);
-    const body = () => (async function* () {
-      yield head;
-      yield photo;
-      for (let i = 0; i < 21; i++) yield padding;
-      yield tail;
-    })();
+    const body = () =>
+      (async function* () {
+        yield head;
+        yield photo;
+        for (let i = 0; i < 21; i++) yield padding;
+        yield tail;
+      })();
     const size = head.length + photo.length + 21 * padding.length + tail.length;
-    const withLength = await rawRequest(`${t.url}/v1/files`, { headers: { authorization: `Bearer ${token}`, 'content-type': contentType, 'content-length': String(size) }, body: body() });
+    const withLength = await rawRequest(`${t.url}/v1/files`, {
+      headers: { authorization: `Bearer ${token}`, 'content-type': contentType, 'content-length': String(size) },
+      body: body(),
+    });
     expect(withLength.status).toBe(413);
     const chunked = await rawRequest(`${t.url}/v1/files`, { headers: { authorization: `Bearer ${token}`, 'content-type': contentType }, body: body() });
     expect(chunked.status).toBe(413);
@@ -281,7 +325,10 @@ describe('refusals leave nothing', () => {
   it('a client that disconnects mid-upload leaves nothing behind', async () => {
     const { head, contentType } = multipartParts({ userId: 'quitter', purpose: 'image' }, { filename: 'cut.jpg' });
     await new Promise<void>((resolve) => {
-      const req = http.request(`${t.url}/v1/files`, { method: 'POST', headers: { authorization: `Bearer ${t.apiKey}`, 'content-type': contentType, 'content-length': '40000000' } });
+      const req = http.request(`${t.url}/v1/files`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${t.apiKey}`, 'content-type': contentType, 'content-length': '40000000' },
+      });
       req.on('error', () => resolve());
       req.write(head);
       req.write(photo);
@@ -310,7 +357,12 @@ describe('refusals leave nothing', () => {
       dir: path.join(t.dataDir, 'ingest'),
       uploads: t.chipmunk.uploads,
       repo: t.chipmunk.repo,
-      purposes: { get: () => { throw new Error('unused'); }, all: () => [] },
+      purposes: {
+        get: () => {
+          throw new Error('unused');
+        },
+        all: () => [],
+      },
       defaultQuotaBytes: 1e9,
       logger: t.chipmunk.logger,
       maxBase64Bytes: 1e6,

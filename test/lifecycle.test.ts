@@ -13,7 +13,10 @@ import { silentLogger } from '../src/log.js';
 it('closes an instance that never listened without waiting for the shutdown deadline', async () => {
   const dataDir = await mkdtemp(path.join(tmpdir(), 'chipmunk-lifecycle-'));
   try {
-    const chipmunk = createChipmunk(loadConfig({ CHIPMUNK_DATA_DIR: dataDir, CHIPMUNK_SHUTDOWN_TIMEOUT: '20' }), { logger: silentLogger, defaultMetrics: false });
+    const chipmunk = createChipmunk(loadConfig({ CHIPMUNK_DATA_DIR: dataDir, CHIPMUNK_SHUTDOWN_TIMEOUT: '20' }), {
+      logger: silentLogger,
+      defaultMetrics: false,
+    });
     let timer: NodeJS.Timeout | undefined;
     const deadline = new Promise<'deadline'>((resolve) => (timer = setTimeout(() => resolve('deadline'), chipmunk.config.shutdownTimeoutMs)));
     const first = await Promise.race([chipmunk.close().then(() => 'closed' as const), deadline]);

@@ -24,15 +24,25 @@ async function start(name: string, extra: Record<string, string>, opts: { detach
   const server = await spawnServer(env, opts);
   servers.push(server);
   const token = (userId: string, purpose: string) =>
-    new SignJWT({ purpose }).setProtectedHeader({ alg: 'HS256' }).setSubject(userId).setExpirationTime('1h').sign(new TextEncoder().encode(env.CHIPMUNK_SECRET));
-  const user = async (userId: string) => (await (await fetch(`${server.url}/v1/users/${userId}`, { headers: { Authorization: `Bearer ${env.CHIPMUNK_API_KEY}` } })).json()) as Record<string, number>;
+    new SignJWT({ purpose })
+      .setProtectedHeader({ alg: 'HS256' })
+      .setSubject(userId)
+      .setExpirationTime('1h')
+      .sign(new TextEncoder().encode(env.CHIPMUNK_SECRET));
+  const user = async (userId: string) =>
+    (await (await fetch(`${server.url}/v1/users/${userId}`, { headers: { Authorization: `Bearer ${env.CHIPMUNK_API_KEY}` } })).json()) as Record<
+      string,
+      number
+    >;
   return { server, env, token, user };
 }
 
 /** Pids whose parent is `pid`. */
 function childrenOf(pid: number): number[] {
   try {
-    return readdirSync(`/proc/${pid}/task`).flatMap((tid) => readFileSync(`/proc/${pid}/task/${tid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number));
+    return readdirSync(`/proc/${pid}/task`).flatMap((tid) =>
+      readFileSync(`/proc/${pid}/task/${tid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number),
+    );
   } catch {
     return [];
   }
@@ -98,26 +108,47 @@ describe('bounded media work on the real server', () => {
   it('refuses a crafted deeply-nested M4A, an animation over the frame limit and a track over the duration limit with 4xx, the server under 300 MB, nothing left behind', async () => {
     // A small memory cap and time limit for each child, so the crafted file meets one of them quickly
     // even when the whole suite loads the machine.
-    const { server, token, user } = await start('bounds', { CHIPMUNK_MAX_FRAMES: '10', CHIPMUNK_MAX_DURATION: '5', CHIPMUNK_MEDIA_MEMORY: String(300 * MB), CHIPMUNK_MEDIA_TIMEOUT: '20', CHIPMUNK_CONCURRENCY: '1' });
+    const { server, token, user } = await start('bounds', {
+      CHIPMUNK_MAX_FRAMES: '10',
+      CHIPMUNK_MAX_DURATION: '5',
+      CHIPMUNK_MEDIA_MEMORY: String(300 * MB),
+      CHIPMUNK_MEDIA_TIMEOUT: '20',
+      CHIPMUNK_CONCURRENCY: '1',
+    });
     const pid = server.proc.pid!;
     const endpoint = `${server.url}/uploads`;
 
     const nested = deeplyNestedM4a(500_000);
     expect(nested.length).toBeGreaterThan(3.9 * MB);
-    const crafted = await watchingRss(pid, async () => tusUpload(endpoint, nested, { token: await token('mallory', 'audio'), metadata: { filename: 'deep.m4a', filetype: 'audio/mp4' } }));
+    const crafted = await watchingRss(pid, async () =>
+      tusUpload(endpoint, nested, { token: await token('mallory', 'audio'), metadata: { filename: 'deep.m4a', filetype: 'audio/mp4' } }),
+    );
     expect(crafted.result).toMatchObject({ ok: false, status: 422 });
-    expect(errorOf(crafted.result)).toMatchObject({ code: 'UNPROCESSABLE_MEDIA', message: expect.stringMatching(/tags needs more than the 300 MB of memory|tags took longer than 20 s/) });
+    expect(errorOf(crafted.result)).toMatchObject({
+      code: 'UNPROCESSABLE_MEDIA',
+      message: expect.stringMatching(/tags needs more than the 300 MB of memory|tags took longer than 20 s/),
+    });
     expect(crafted.maxRss).toBeLessThan(300 * 1024 * 1024);
 
     const gif = await readFile(corpus('images/formats/anim-rotating-squares.gif')); // 30 frames
-    const animation = await watchingRss(pid, async () => tusUpload(endpoint, gif, { token: await token('mallory', 'image'), metadata: { filename: 'long.gif', filetype: 'image/gif' } }));
+    const animation = await watchingRss(pid, async () =>
+      tusUpload(endpoint, gif, { token: await token('mallory', 'image'), metadata: { filename: 'long.gif', filetype: 'image/gif' } }),
+    );
     expect(animation.result).toMatchObject({ ok: false, status: 413 });
-    expect(errorOf(animation.result)).toEqual({ code: 'FILE_TOO_LARGE', message: 'The animation has 30 frames; at most 10 are accepted. Shorten it and upload again.' });
+    expect(errorOf(animation.result)).toEqual({
+      code: 'FILE_TOO_LARGE',
+      message: 'The animation has 30 frames; at most 10 are accepted. Shorten it and upload again.',
+    });
     expect(animation.maxRss).toBeLessThan(300 * 1024 * 1024);
 
-    const long = await watchingRss(pid, async () => tusUpload(endpoint, toneWav(12), { token: await token('mallory', 'audio'), metadata: { filename: 'long.wav', filetype: 'audio/wav' } }));
+    const long = await watchingRss(pid, async () =>
+      tusUpload(endpoint, toneWav(12), { token: await token('mallory', 'audio'), metadata: { filename: 'long.wav', filetype: 'audio/wav' } }),
+    );
     expect(long.result).toMatchObject({ ok: false, status: 413 });
-    expect(errorOf(long.result)).toEqual({ code: 'FILE_TOO_LARGE', message: 'The track is 0:12 long; at most 0:05 are accepted. Shorten it and upload again.' });
+    expect(errorOf(long.result)).toEqual({
+      code: 'FILE_TOO_LARGE',
+      message: 'The track is 0:12 long; at most 0:05 are accepted. Shorten it and upload again.',
+    });
     expect(long.maxRss).toBeLessThan(300 * 1024 * 1024);
 
     expect(await user('mallory')).toMatchObject({ usedBytes: 0, reservedBytes: 0, fileCount: 0 });
@@ -128,7 +159,11 @@ describe('bounded media work on the real server', () => {
   }, 180_000);
 
   it('a SIGTERM to the whole process group while a photo is processing does not refuse the photo', async () => {
-    const { server, token } = await start('group-term', { CHIPMUNK_SHUTDOWN_TIMEOUT: '60', CHIPMUNK_CONCURRENCY: '1', CHIPMUNK_LOG_LEVEL: 'info' }, { detached: true });
+    const { server, token } = await start(
+      'group-term',
+      { CHIPMUNK_SHUTDOWN_TIMEOUT: '60', CHIPMUNK_CONCURRENCY: '1', CHIPMUNK_LOG_LEVEL: 'info' },
+      { detached: true },
+    );
     const pid = server.proc.pid!;
     // A first photo starts the image worker, so the second one's processing begins at its last byte.
     const warm = await tusUpload(`${server.url}/uploads`, await readFile(corpus('images/photos/portrait-canal.jpg')), { token: await token('zoe', 'image') });
@@ -160,7 +195,10 @@ describe('bounded media work on the real server', () => {
     const photo = await tusUpload(`${server.url}/uploads`, await readFile(corpus('images/photos/portrait-canal.jpg')), { token: await token('ann', 'image') });
     expect(photo.ok).toBe(true);
     // Twenty minutes of tone: its renditions keep ffmpeg busy for a while after the answer.
-    const track = await tusUpload(`${server.url}/uploads`, toneWav(20 * 60), { token: await token('ann', 'audio'), metadata: { filename: 'tone.wav', filetype: 'audio/wav' } });
+    const track = await tusUpload(`${server.url}/uploads`, toneWav(20 * 60), {
+      token: await token('ann', 'audio'),
+      metadata: { filename: 'tone.wav', filetype: 'audio/wav' },
+    });
     expect(track.ok).toBe(true);
     let ffmpegs: number[] = [];
     await expect

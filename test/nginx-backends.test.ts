@@ -45,7 +45,11 @@ describe('POST /v1/files through the rendered nginx', () => {
 
   it("nginx's own 413 names the limit of the address that refused the body", async () => {
     // Declared far over every limit: nginx answers from Content-Length, before any byte is read.
-    const tooBig = await rawRequest(`${nginx.url}/v1/files`, { method: 'POST', headers: { 'content-length': String(5_000_000_000), 'content-type': 'multipart/form-data; boundary=x' }, body: [] });
+    const tooBig = await rawRequest(`${nginx.url}/v1/files`, {
+      method: 'POST',
+      headers: { 'content-length': String(5_000_000_000), 'content-type': 'multipart/form-data; boundary=x' },
+      body: [],
+    });
     expect(tooBig.status).toBe(413);
     expect(String(tooBig.headers['content-type'])).toMatch(/^application\/json/);
     const body = JSON.parse(tooBig.body) as { error: { code: string; message: string } };
@@ -56,7 +60,11 @@ describe('POST /v1/files through the rendered nginx', () => {
     expect(upload.status).toBe(413);
     expect(JSON.parse(upload.body).error.message).toMatch(/Upload requests carry at most 501 MB/);
 
-    const api = await rawRequest(`${nginx.url}/v1/users/someone`, { method: 'PUT', headers: { 'content-length': String(2_000_000), 'content-type': 'application/json' }, body: [] });
+    const api = await rawRequest(`${nginx.url}/v1/users/someone`, {
+      method: 'PUT',
+      headers: { 'content-length': String(2_000_000), 'content-type': 'application/json' },
+      body: [],
+    });
     expect(api.status).toBe(413);
     expect(JSON.parse(api.body).error.message).toMatch(/at most 1 MB/);
   });

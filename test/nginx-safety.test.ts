@@ -88,7 +88,7 @@ describe('the rendered nginx and Chipmunk alone', () => {
       const form = new FormData();
       form.append('userId', 'ranges');
       form.append('purpose', 'image');
-      form.append("file", new Blob([new Uint8Array(original)]), "p.jpg");
+      form.append('file', new Blob([new Uint8Array(original)]), 'p.jpg');
       return (await (await fetch(`${t.url}/v1/files`, { method: 'POST', headers: { authorization: `Bearer ${t.apiKey}` }, body: form })).json()) as FileJson;
     })();
     const signed = privateFile.variants[3]!.url.replace(t.url, nginx.url);

@@ -72,9 +72,12 @@ async function openMultipartUploads(client: S3Client, bucket: string, prefix: st
 const sha256 = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 
 /** A stream in chunks of at most 1 MB, as a socket or a file would deliver it. */
-const streamOf = (b: Buffer) => Readable.from((function* () {
-  for (let i = 0; i < b.length; i += 1024 * 1024) yield b.subarray(i, i + 1024 * 1024);
-})());
+const streamOf = (b: Buffer) =>
+  Readable.from(
+    (function* () {
+      for (let i = 0; i < b.length; i += 1024 * 1024) yield b.subarray(i, i + 1024 * 1024);
+    })(),
+  );
 
 async function rejection(p: Promise<unknown>): Promise<ObjectStoreError> {
   const err = await p.then(

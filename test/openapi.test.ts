@@ -6,7 +6,10 @@ import { servedRoutes } from '../src/openapi.js';
 import { ingestJsonRequest, setQuotaRequest, tusCreateHeaders } from '../src/routes/schemas.js';
 import { startChipmunk, type TestChipmunk } from './helpers/chipmunk.js';
 
-type Doc = { openapi: string; paths: Record<string, Record<string, { parameters: Array<{ name: string; in: string }>; requestBody?: { content: Record<string, { schema: unknown }> } }>> };
+type Doc = {
+  openapi: string;
+  paths: Record<string, Record<string, { parameters: Array<{ name: string; in: string }>; requestBody?: { content: Record<string, { schema: unknown }> } }>>;
+};
 
 let t: TestChipmunk;
 let doc: Doc;
@@ -34,7 +37,9 @@ it('stays valid with the demo routes too (demo mode)', async () => {
     const everything = (await (await fetch(`${demo.url}/openapi.json`)).json()) as Doc;
     const result = await new Validator().validate(structuredClone(everything) as unknown as Record<string, unknown>);
     expect(result.errors ?? []).toEqual([]);
-    expect(Object.keys(everything.paths)).toEqual(expect.arrayContaining(['/', '/demo/assets/{name}', '/demo/api/config', '/demo/api/users/{id}/quota', '/demo/api/files/{id}']));
+    expect(Object.keys(everything.paths)).toEqual(
+      expect.arrayContaining(['/', '/demo/assets/{name}', '/demo/api/config', '/demo/api/users/{id}/quota', '/demo/api/files/{id}']),
+    );
     expect(Object.keys(doc.paths).filter((p) => p === '/' || p.startsWith('/demo'))).toEqual([]);
   } finally {
     await demo.close();
@@ -85,7 +90,10 @@ it('takes its request bodies from the schemas the routes validate with', () => {
   type Obj = { properties: Record<string, { pattern?: string }>; required?: string[] };
   const body = (path: string, method: string, type = 'application/json') => doc.paths[path]![method]!.requestBody!.content[type]!.schema as Obj;
   const fields = (schema: Obj) => ({ names: Object.keys(schema.properties).sort(), required: [...(schema.required ?? [])].sort() });
-  const required = (shape: Record<string, z.ZodType>) => Object.keys(shape).filter((k) => !shape[k]!.safeParse(undefined).success).sort();
+  const required = (shape: Record<string, z.ZodType>) =>
+    Object.keys(shape)
+      .filter((k) => !shape[k]!.safeParse(undefined).success)
+      .sort();
   expect(fields(body('/v1/files', 'post'))).toEqual({ names: Object.keys(ingestJsonRequest.shape).sort(), required: required(ingestJsonRequest.shape) });
   expect(Object.keys(doc.paths['/v1/files']!.post!.requestBody!.content).sort()).toEqual(['application/json', 'multipart/form-data']);
   expect(fields(body('/v1/users/{id}', 'put'))).toEqual({ names: ['quotaBytes'], required: required(setQuotaRequest.shape) });

@@ -18,7 +18,15 @@ afterEach(async () => {
 
 const metricValue = (text: string, name: string, labels: Record<string, string> = {}) => {
   const want = Object.entries(labels).map(([k, v]) => `${k}="${v}"`);
-  const line = text.split('\n').find((l) => l.startsWith(`${name}`) && !l.startsWith('#') && (l.startsWith(`${name} `) || want.every((w) => l.includes(w))) && l.slice(0, l.indexOf(' ')).replace(/\{.*\}/, '') === name);
+  const line = text
+    .split('\n')
+    .find(
+      (l) =>
+        l.startsWith(`${name}`) &&
+        !l.startsWith('#') &&
+        (l.startsWith(`${name} `) || want.every((w) => l.includes(w))) &&
+        l.slice(0, l.indexOf(' ')).replace(/\{.*\}/, '') === name,
+    );
   return line ? Number(line.slice(line.lastIndexOf(' ') + 1)) : undefined;
 };
 
@@ -84,7 +92,7 @@ describe('health, readiness and metrics', () => {
     expect(metricValue(after, 'chipmunk_delivery_responses_total', { status: '404' })).toBe(1);
   });
 
-  it('keeps each Chipmunk\'s metrics apart', async () => {
+  it("keeps each Chipmunk's metrics apart", async () => {
     const a = await start();
     const b = await start();
     const token = await a.uploadToken('solo', 'image');
@@ -154,4 +162,3 @@ describe('logs', () => {
     expect(requestLines.filter((l) => l.msg === 'request' && l.path === '/health')).toHaveLength(2);
   });
 });
-

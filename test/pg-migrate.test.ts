@@ -34,8 +34,7 @@ afterAll(async () => {
 const tables = async () =>
   (await admin.query<{ t: string }>("SELECT tablename AS t FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")).rows.map((r) => r.t);
 const applied = async () => Number((await admin.query<{ n: string }>('SELECT count(*) AS n FROM drizzle.__drizzle_migrations')).rows[0]!.n);
-const advisoryLocks = async () =>
-  Number((await admin.query<{ n: string }>("SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory'")).rows[0]!.n);
+const advisoryLocks = async () => Number((await admin.query<{ n: string }>("SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory'")).rows[0]!.n);
 
 describe('PostgreSQL migrations', () => {
   it('are applied once when four nodes start together', async () => {
@@ -55,7 +54,10 @@ describe('PostgreSQL migrations', () => {
     journal.entries.push({ idx: last.idx + 1, version: last.version, when: last.when + 1, tag: '9999_probe', breakpoints: true });
     await writeFile(journalFile, JSON.stringify(journal));
     // Not idempotent on purpose: applied twice, the second run fails.
-    await writeFile(path.join(dir, '9999_probe.sql'), 'CREATE TABLE "probe" ("id" bigint PRIMARY KEY);\n--> statement-breakpoint\nINSERT INTO "probe" VALUES (1);');
+    await writeFile(
+      path.join(dir, '9999_probe.sql'),
+      'CREATE TABLE "probe" ("id" bigint PRIMARY KEY);\n--> statement-breakpoint\nINSERT INTO "probe" VALUES (1);',
+    );
     await Promise.all(Array.from({ length: 3 }, () => migratePg({ url: db.url, migrationsFolder: dir })));
     expect((await admin.query('SELECT id FROM probe')).rows).toEqual([{ id: '1' }]);
     expect(await applied()).toBe(journal.entries.length);
@@ -83,8 +85,11 @@ describe('PostgreSQL migrations', () => {
       columns: config.columns.map((c) => `${c.name}${c.notNull ? ' not null' : ''}`).sort(),
       indexes: config.indexes.map((i) => i.config.name).sort(),
     });
-    const tablesOf = <T,>(schema: Record<string, unknown>, is: (v: unknown) => v is T, config: (t: T) => Parameters<typeof shape>[0]) =>
-      Object.values(schema).filter(is).map((t) => shape(config(t))).sort((a, b) => a.name.localeCompare(b.name));
+    const tablesOf = <T>(schema: Record<string, unknown>, is: (v: unknown) => v is T, config: (t: T) => Parameters<typeof shape>[0]) =>
+      Object.values(schema)
+        .filter(is)
+        .map((t) => shape(config(t)))
+        .sort((a, b) => a.name.localeCompare(b.name));
     const isPg = (v: unknown): v is PgTable => is(v, PgTable);
     const isSqlite = (v: unknown): v is SQLiteTable => is(v, SQLiteTable);
     const sqliteTables = tablesOf(sqliteSchema, isSqlite, (t) => sqliteTableConfig(t));

@@ -202,9 +202,17 @@ describe.each([
       const bounds = { maxUnfinished: { count: 2, bytes: 250 } };
       const first = await reserved({ ...bounds, length: 100 });
       await reserved({ ...bounds, length: 100 });
-      expect(await h.uow.ports.uploads.reserve(reserveInput({ ...bounds, length: 10 }))).toEqual({ ok: false, reason: 'unfinished-count', held: { count: 2, bytes: 200 } });
+      expect(await h.uow.ports.uploads.reserve(reserveInput({ ...bounds, length: 10 }))).toEqual({
+        ok: false,
+        reason: 'unfinished-count',
+        held: { count: 2, bytes: 200 },
+      });
       await h.uow.ports.uploads.markReceived(first.id);
-      expect(await h.uow.ports.uploads.reserve(reserveInput({ ...bounds, length: 151 }))).toEqual({ ok: false, reason: 'unfinished-bytes', held: { count: 1, bytes: 100 } });
+      expect(await h.uow.ports.uploads.reserve(reserveInput({ ...bounds, length: 151 }))).toEqual({
+        ok: false,
+        reason: 'unfinished-bytes',
+        held: { count: 1, bytes: 100 },
+      });
       expect(await user()).toEqual({ quota: 10_000, used: 0, reserved: 300 });
       expect((await h.uow.ports.uploads.reserve(reserveInput({ ...bounds, length: 150 }))).ok).toBe(true);
       // Another user's uploads are theirs.
@@ -333,7 +341,9 @@ describe.each([
       expect(row).toMatchObject({ status: 'processing', reservedBytes: 400, totalBytes: 300 });
       expect(await user()).toMatchObject({ used: 300, reserved: 400 });
       const greedy = await fileIn('processing', { reserveBytes: 100 });
-      expect(await h.uow.ports.files.commit(greedy.id, commitInput([variant('0', 50)], { status: 'processing', keepReservedBytes: 5_000 }))).toMatchObject({ reservedBytes: 100 });
+      expect(await h.uow.ports.files.commit(greedy.id, commitInput([variant('0', 50)], { status: 'processing', keepReservedBytes: 5_000 }))).toMatchObject({
+        reservedBytes: 100,
+      });
       expect(await user()).toMatchObject({ used: 350, reserved: 500 });
     });
 
@@ -366,7 +376,13 @@ describe.each([
     it('fail ends a received or processing upload failed, releasing its reservation; committed files and losers get undefined', async () => {
       const received = await fileIn('received', { reserveBytes: 300 });
       const processing = await fileIn('processing', { reserveBytes: 200 });
-      expect(await h.uow.ports.files.fail(received.id, 'worker died')).toMatchObject({ status: 'failed', error: 'worker died', reservedBytes: 0, totalBytes: 0, committedAt: expect.any(Number) });
+      expect(await h.uow.ports.files.fail(received.id, 'worker died')).toMatchObject({
+        status: 'failed',
+        error: 'worker died',
+        reservedBytes: 0,
+        totalBytes: 0,
+        committedAt: expect.any(Number),
+      });
       expect(await h.uow.ports.files.fail(processing.id, 'disk full')).toMatchObject({ status: 'failed' });
       expect(await user()).toEqual({ quota: 10_000, used: 0, reserved: 0 });
       expect(await h.uow.ports.files.fail(received.id, 'again')).toBeUndefined();
@@ -381,10 +397,19 @@ describe.each([
     it('byte counts past 2 GiB and millisecond times go through every step exactly', async () => {
       const GiB = 1024 ** 3;
       const at = Date.UTC(2026, 11, 1);
-      const file = await fileIn('processing', { length: 3 * GiB, reserveBytes: 5 * GiB, defaultQuotaBytes: 12 * GiB, expiresAt: at, maxUnfinished: { count: 5, bytes: 4 * GiB } });
+      const file = await fileIn('processing', {
+        length: 3 * GiB,
+        reserveBytes: 5 * GiB,
+        defaultQuotaBytes: 12 * GiB,
+        expiresAt: at,
+        maxUnfinished: { count: 5, bytes: 4 * GiB },
+      });
       expect(file).toMatchObject({ bytes: 3 * GiB, uploadLength: 3 * GiB, reservedBytes: 5 * GiB });
       expect(await user()).toEqual({ quota: 12 * GiB, used: 0, reserved: 5 * GiB });
-      const row = await h.uow.ports.files.commit(file.id, commitInput([variant('0', 3 * GiB), variant('1', GiB + 7)], { status: 'processing', keepReservedBytes: 2 * GiB }));
+      const row = await h.uow.ports.files.commit(
+        file.id,
+        commitInput([variant('0', 3 * GiB), variant('1', GiB + 7)], { status: 'processing', keepReservedBytes: 2 * GiB }),
+      );
       expect(row).toMatchObject({ bytes: 3 * GiB, totalBytes: 4 * GiB + 7, reservedBytes: 2 * GiB });
       expect(await user()).toEqual({ quota: 12 * GiB, used: 4 * GiB + 7, reserved: 2 * GiB });
       const job = await h.uow.ports.jobs.enqueue({ type: 'audio', fileId: file.id, userId: 'u1', runAfter: at });
@@ -663,7 +688,9 @@ describe.each([
 
     it('30 concurrent reservations against an unfinished bound of 4: exactly 4 succeed', async () => {
       const outcomes = await Promise.all(
-        Array.from({ length: 30 }, (_, i) => (i % 2 ? h.other : h.uow).ports.uploads.reserve(reserveInput({ reserveBytes: 10, maxUnfinished: { count: 4, bytes: 1_000_000 } }))),
+        Array.from({ length: 30 }, (_, i) =>
+          (i % 2 ? h.other : h.uow).ports.uploads.reserve(reserveInput({ reserveBytes: 10, maxUnfinished: { count: 4, bytes: 1_000_000 } })),
+        ),
       );
       expect(outcomes.filter((o) => o.ok)).toHaveLength(4);
       expect(outcomes.filter((o) => !o.ok && o.reason === 'unfinished-count')).toHaveLength(26);
@@ -703,7 +730,10 @@ describe.each([
     it('a file failed and committed at once ends one way, its bytes accounted once', async () => {
       for (let round = 0; round < 10; round++) {
         const file = await fileIn('processing', { reserveBytes: 500 });
-        const [committed, failed] = await Promise.all([h.uow.ports.files.commit(file.id, commitInput([variant('0', 100)])), h.other.ports.files.fail(file.id, 'gave up')]);
+        const [committed, failed] = await Promise.all([
+          h.uow.ports.files.commit(file.id, commitInput([variant('0', 100)])),
+          h.other.ports.files.fail(file.id, 'gave up'),
+        ]);
         expect([committed, failed].filter(Boolean)).toHaveLength(1);
       }
       const ready = Number((await h.query("select count(*) as n from files where status = 'ready'"))[0]!.n);
@@ -714,14 +744,18 @@ describe.each([
       const file = await fileIn('uploading');
       const results = await Promise.all(Array.from({ length: 12 }, (_, i) => (i % 2 ? h.other : h.uow).ports.uploads.markReceived(file.id)));
       expect(results.filter(Boolean)).toHaveLength(1);
-      const processing = await Promise.all(Array.from({ length: 12 }, (_, i) => (i % 2 ? h.other : h.uow).ports.files.transition(file.id, ['received'], 'processing')));
+      const processing = await Promise.all(
+        Array.from({ length: 12 }, (_, i) => (i % 2 ? h.other : h.uow).ports.files.transition(file.id, ['received'], 'processing')),
+      );
       expect(processing.filter(Boolean)).toHaveLength(1);
     });
 
     it('concurrent claims never take the same job: 40 claims for 25 jobs take each job once', async () => {
       for (let i = 0; i < 25; i++) await h.uow.ports.jobs.enqueue({ type: 'process', fileId: `f${i}`, userId: `u${i % 5}` });
       const claims = await Promise.all(
-        Array.from({ length: 40 }, (_, i) => (i % 2 ? h.other : h.uow).ports.jobs.claim(['process'], { at: Number.MAX_SAFE_INTEGER, afterUser: `u${i % 5}`, busyUsers: [] })),
+        Array.from({ length: 40 }, (_, i) =>
+          (i % 2 ? h.other : h.uow).ports.jobs.claim(['process'], { at: Number.MAX_SAFE_INTEGER, afterUser: `u${i % 5}`, busyUsers: [] }),
+        ),
       );
       const ids = claims.filter((c) => c !== undefined).map((c) => c.id);
       expect(new Set(ids).size).toBe(ids.length);
@@ -731,7 +765,9 @@ describe.each([
     });
 
     it('concurrent enqueues of the same job make one row', async () => {
-      const rows = await Promise.all(Array.from({ length: 12 }, (_, i) => (i % 2 ? h.other : h.uow).ports.jobs.enqueue({ type: 'process', fileId: 'f1', userId: 'u1' })));
+      const rows = await Promise.all(
+        Array.from({ length: 12 }, (_, i) => (i % 2 ? h.other : h.uow).ports.jobs.enqueue({ type: 'process', fileId: 'f1', userId: 'u1' })),
+      );
       expect(new Set(rows.map((r) => r.id)).size).toBe(1);
       expect(await jobsOf('f1')).toHaveLength(1);
     });

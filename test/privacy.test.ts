@@ -97,7 +97,9 @@ describe('served bytes carry no location or device metadata', () => {
         }
       }
       // The original's pixels are the upload's, bit for bit; its colour profile is still there.
-      const served = Buffer.from(await (await fetch((await (await t.api(`/v1/files/${file.id}/url?variant=0`)).json() as { url: string }).url)).arrayBuffer());
+      const served = Buffer.from(
+        await (await fetch(((await (await t.api(`/v1/files/${file.id}/url?variant=0`)).json()) as { url: string }).url)).arrayBuffer(),
+      );
       const uploaded = await readFile(source);
       expect((await pixels(served)).equals(await pixels(uploaded))).toBe(true);
       expect(Boolean((await sharp(served).metadata()).icc)).toBe(Boolean((await sharp(uploaded).metadata()).icc));
@@ -136,7 +138,21 @@ describe('served bytes carry no location or device metadata', () => {
         if (out.status !== 0) throw new Error(out.stderr.toString());
       };
       ff(['-f', 'lavfi', '-i', 'sine=duration=1', '-c:a', 'flac', path.join(dir, 'plain.flac')]);
-      ff(['-i', path.join(dir, 'plain.flac'), '-i', corpus('images/photos/gps-tagged-samsung.jpg'), '-map', '0', '-map', '1', '-c', 'copy', '-disposition:v', 'attached_pic', track]);
+      ff([
+        '-i',
+        path.join(dir, 'plain.flac'),
+        '-i',
+        corpus('images/photos/gps-tagged-samsung.jpg'),
+        '-map',
+        '0',
+        '-map',
+        '1',
+        '-c',
+        'copy',
+        '-disposition:v',
+        'attached_pic',
+        track,
+      ]);
       const stored = await upload(t, track, 'privacy-user', 'audio');
       const file = (await waitForFile(t, stored.id)) as unknown as FileJson;
       expect(file.cover?.variants.length).toBe(7);
@@ -169,7 +185,9 @@ describe('lossless metadata stripping', () => {
       const tagged = await base
         .withExif(gpsExif)
         .withExifMerge({ IFD0: { Orientation: '6' } })
-        .withXmp('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description xmlns:exif="http://ns.adobe.com/exif/1.0/" exif:GPSLatitude="51,30.0N"/></rdf:RDF></x:xmpmeta>')
+        .withXmp(
+          '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description xmlns:exif="http://ns.adobe.com/exif/1.0/" exif:GPSLatitude="51,30.0N"/></rdf:RDF></x:xmpmeta>',
+        )
         [format](format === 'webp' ? { lossless: true } : {})
         .toBuffer();
       expect(leaks(await exif(tagged)).length).toBeGreaterThan(0);
@@ -182,7 +200,11 @@ describe('lossless metadata stripping', () => {
   }
 
   it('jpeg: an orientation other than 1 is kept, so the original still displays upright', async () => {
-    const tagged = await sharp({ create: { width: 30, height: 10, channels: 3, background: '#336699' } }).withExif(gpsExif).withExifMerge({ IFD0: { Orientation: '8' } }).jpeg().toBuffer();
+    const tagged = await sharp({ create: { width: 30, height: 10, channels: 3, background: '#336699' } })
+      .withExif(gpsExif)
+      .withExifMerge({ IFD0: { Orientation: '8' } })
+      .jpeg()
+      .toBuffer();
     const cleaned = stripLosslessly('jpeg', tagged, 8)!;
     const tags = await exif(cleaned);
     expect(leaks(tags)).toEqual([]);
@@ -192,8 +214,13 @@ describe('lossless metadata stripping', () => {
   });
 
   it('jpeg: data appended after the image (MPF depth maps with their own EXIF) is dropped', async () => {
-    const jpeg = await sharp({ create: { width: 8, height: 8, channels: 3, background: '#000' } }).jpeg().toBuffer();
-    const second = await sharp({ create: { width: 8, height: 8, channels: 3, background: '#fff' } }).withExif(gpsExif).jpeg().toBuffer();
+    const jpeg = await sharp({ create: { width: 8, height: 8, channels: 3, background: '#000' } })
+      .jpeg()
+      .toBuffer();
+    const second = await sharp({ create: { width: 8, height: 8, channels: 3, background: '#fff' } })
+      .withExif(gpsExif)
+      .jpeg()
+      .toBuffer();
     const cleaned = stripLosslessly('jpeg', Buffer.concat([jpeg, second]), 1)!;
     expect(cleaned.length).toBe(jpeg.length);
   });

@@ -18,7 +18,11 @@ import { corpus, startChipmunk, type TestChipmunk } from './helpers/chipmunk.js'
 const run = promisify(execFile);
 const root = path.resolve(import.meta.dirname, '..');
 const npm = (args: string[], cwd: string) =>
-  run('npm', [...args, '--offline', '--no-audit', '--no-fund', '--loglevel=error'], { cwd, env: { ...process.env, npm_config_update_notifier: 'false' }, maxBuffer: 16 * 1024 * 1024 });
+  run('npm', [...args, '--offline', '--no-audit', '--no-fund', '--loglevel=error'], {
+    cwd,
+    env: { ...process.env, npm_config_update_notifier: 'false' },
+    maxBuffer: 16 * 1024 * 1024,
+  });
 
 let t: TestChipmunk;
 let scratch: string;

@@ -20,7 +20,11 @@ describe('graceful shutdown', () => {
   it('on SIGTERM stops accepting, lets the upload in flight finish, closes the database and exits 0', async () => {
     const server = await spawnServer(env);
     const photo = await readFile(corpus('images/photos/portrait-canal.jpg'));
-    const token = await new SignJWT({ purpose: 'image' }).setProtectedHeader({ alg: 'HS256' }).setSubject('zoe').setExpirationTime('1h').sign(new TextEncoder().encode(env.CHIPMUNK_SECRET));
+    const token = await new SignJWT({ purpose: 'image' })
+      .setProtectedHeader({ alg: 'HS256' })
+      .setSubject('zoe')
+      .setExpirationTime('1h')
+      .sign(new TextEncoder().encode(env.CHIPMUNK_SECRET));
     const created = await fetch(`${server.url}/uploads`, {
       method: 'POST',
       headers: { 'Tus-Resumable': '1.0.0', 'Upload-Length': String(photo.length), Authorization: `Bearer ${token}` },
@@ -55,7 +59,14 @@ describe('graceful shutdown', () => {
 
     // New connections are refused while the upload is still streaming.
     await expect
-      .poll(async () => fetch(`${server.url}/health`).then(() => 'answered', () => 'refused'), { timeout: 5_000, interval: 50 })
+      .poll(
+        async () =>
+          fetch(`${server.url}/health`).then(
+            () => 'answered',
+            () => 'refused',
+          ),
+        { timeout: 5_000, interval: 50 },
+      )
       .toBe('refused');
     expect(sent).toBeLessThan(chunks);
 

@@ -83,7 +83,12 @@ describe.each(backends)('media blobs in the %s', (name, open) => {
     expect(image.status).toBe('ready');
     expect(image.variants.length).toBeGreaterThan(1);
     const names = (await t.chipmunk.storage.listNames(image.id)).sort();
-    expect(names).toEqual(t.chipmunk.inspect.variants(image.id).map((v) => v.path).sort());
+    expect(names).toEqual(
+      t.chipmunk.inspect
+        .variants(image.id)
+        .map((v) => v.path)
+        .sort(),
+    );
     for (const v of t.chipmunk.inspect.variants(image.id)) expect((await t.chipmunk.storage.stat(image.id, v.path))?.size).toBe(v.bytes);
     // With a bucket, nothing of the file is kept in the local media folder (nor left in scratch).
     const local = await filesUnder(path.join(t.dataDir, 'media'));
@@ -91,7 +96,7 @@ describe.each(backends)('media blobs in the %s', (name, open) => {
     expect(await filesUnder(path.join(t.dataDir, 'work'))).toEqual([]);
   });
 
-  it('makes an audio track\'s renditions and cover from the stored original (fetched into scratch)', async () => {
+  it("makes an audio track's renditions and cover from the stored original (fetched into scratch)", async () => {
     const uploaded = await upload('ada', 'audio', await readFile(corpus('audio/ok/flac-vorbis-picture.flac')), 'silence.flac');
     const done = await waitForFile(t, uploaded.id);
     expect(done.status).toBe('ready');
@@ -100,7 +105,12 @@ describe.each(backends)('media blobs in the %s', (name, open) => {
     track = done as unknown as FileJson;
     const names = await t.chipmunk.storage.listNames(track.id);
     expect(names).toEqual(expect.arrayContaining(['0.flac', '1.webm', '2.m4a', 'waveform.json', 'cover-0.png', 'cover-1.webp']));
-    expect(names.sort()).toEqual(t.chipmunk.inspect.variants(track.id).map((v) => v.path).sort());
+    expect(names.sort()).toEqual(
+      t.chipmunk.inspect
+        .variants(track.id)
+        .map((v) => v.path)
+        .sort(),
+    );
     expect(await filesUnder(path.join(t.dataDir, 'work'))).toEqual([]);
     // The rendition is a real, playable stream of the track's length, served back byte for byte.
     const rendition = variant(track, 1);
@@ -167,7 +177,7 @@ describe.each(backends)('media blobs in the %s', (name, open) => {
     else expect(report.checks.storage).toBeUndefined();
   });
 
-  it('a delete removes the file\'s whole prefix and gives its bytes back', async () => {
+  it("a delete removes the file's whole prefix and gives its bytes back", async () => {
     const doomed = await upload('grace', 'image', photo, 'doomed.jpg');
     expect((await user('grace')).usedBytes).toBe(doomed.totalBytes);
     expect((await t.chipmunk.storage.listNames(doomed.id)).length).toBeGreaterThan(1);
@@ -213,7 +223,7 @@ describe.each(backends)('media blobs in the %s', (name, open) => {
 });
 
 describe('media blobs in a bucket that does not answer', () => {
-  it('starts, and /ready says the storage is not ready with the store\'s reason', async () => {
+  it("starts, and /ready says the storage is not ready with the store's reason", async () => {
     const { s3 } = testServices();
     const t = await startChipmunk(s3Environment({ ...s3, bucket: `no-such-bucket-${newFileId().slice(0, 8)}` }));
     try {

@@ -46,7 +46,12 @@ describe.each(targets)('tus 1.0.0 $name', ({ base }) => {
 
   /** Creates an upload of `length` bytes (never finished here); returns its URL. */
   async function create(length = 1000, extra: Record<string, string> = {}): Promise<string> {
-    const res = await tus(endpoint(), 'POST', { Authorization: `Bearer ${token}`, 'Upload-Length': String(length), 'Upload-Metadata': `filename ${b64('a.jpg')}`, ...extra });
+    const res = await tus(endpoint(), 'POST', {
+      Authorization: `Bearer ${token}`,
+      'Upload-Length': String(length),
+      'Upload-Metadata': `filename ${b64('a.jpg')}`,
+      ...extra,
+    });
     expect(res.status, await res.clone().text()).toBe(201);
     return new URL(res.headers.get('location')!, endpoint()).href;
   }
@@ -71,8 +76,16 @@ describe.each(targets)('tus 1.0.0 $name', ({ base }) => {
     it('OPTIONS answers 204 with Tus-Version (no Tus-Resumable needed) and the extensions offered', async () => {
       const res = await fetch(endpoint(), { method: 'OPTIONS' });
       expect(res.status).toBe(204);
-      expect(res.headers.get('tus-version')?.split(',').map((v) => v.trim())).toContain('1.0.0');
-      const extensions = res.headers.get('tus-extension')!.split(',').map((e) => e.trim());
+      expect(
+        res.headers
+          .get('tus-version')
+          ?.split(',')
+          .map((v) => v.trim()),
+      ).toContain('1.0.0');
+      const extensions = res.headers
+        .get('tus-extension')!
+        .split(',')
+        .map((e) => e.trim());
       expect(extensions.sort()).toEqual(['checksum', 'creation', 'creation-with-upload', 'expiration', 'termination']);
       // Advertised only what is supported: deferred length is not.
       expect(extensions).not.toContain('creation-defer-length');
@@ -228,7 +241,12 @@ describe.each(targets)('tus 1.0.0 $name', ({ base }) => {
       // What the user held before the upload (its reservation is the length plus the quota budget).
       const before = (await (await t.api(`/v1/users/${userId}`)).json()) as { reservedBytes: number };
       const url = await create(1000);
-      const appended = await tus(url, 'POST', { 'X-HTTP-Method-Override': 'PATCH', 'Content-Type': 'application/offset+octet-stream', 'Upload-Offset': '0' }, randomBytes(400));
+      const appended = await tus(
+        url,
+        'POST',
+        { 'X-HTTP-Method-Override': 'PATCH', 'Content-Type': 'application/offset+octet-stream', 'Upload-Offset': '0' },
+        randomBytes(400),
+      );
       expect(appended.status).toBe(204);
       expect(appended.headers.get('upload-offset')).toBe('400');
       const head = await tus(url, 'POST', { 'X-HTTP-Method-Override': 'HEAD' });
@@ -237,7 +255,9 @@ describe.each(targets)('tus 1.0.0 $name', ({ base }) => {
       const deleted = await tus(url, 'POST', { 'X-HTTP-Method-Override': 'DELETE' });
       expect(deleted.status).toBe(204);
       expect((await tus(url, 'HEAD')).status).toBe(404);
-      await expect.poll(async () => ((await (await t.api(`/v1/users/${userId}`)).json()) as { reservedBytes: number }).reservedBytes).toBe(before.reservedBytes);
+      await expect
+        .poll(async () => ((await (await t.api(`/v1/users/${userId}`)).json()) as { reservedBytes: number }).reservedBytes)
+        .toBe(before.reservedBytes);
       // No upload was created by the overridden POSTs.
       const bogus = await tus(endpoint(), 'POST', { 'X-HTTP-Method-Override': 'PUT' });
       await expectJsonError(bogus, 400);
@@ -260,12 +280,19 @@ describe.each(targets)('tus 1.0.0 $name', ({ base }) => {
     });
 
     it('deferred length is not offered: Upload-Defer-Length is refused with a sentence saying so', async () => {
-      const error = await expectJsonError(await tus(endpoint(), 'POST', { Authorization: `Bearer ${token}`, 'Upload-Defer-Length': '1' }), 400, 'LENGTH_REQUIRED');
+      const error = await expectJsonError(
+        await tus(endpoint(), 'POST', { Authorization: `Bearer ${token}`, 'Upload-Defer-Length': '1' }),
+        400,
+        'LENGTH_REQUIRED',
+      );
       expect(error.message).toMatch(/Upload-Length/);
     });
 
     it('Upload-Metadata that is not key/base64 pairs is 400 (JSON)', async () => {
-      await expectJsonError(await tus(endpoint(), 'POST', { Authorization: `Bearer ${token}`, 'Upload-Length': '10', 'Upload-Metadata': 'filename not base64!,,' }), 400);
+      await expectJsonError(
+        await tus(endpoint(), 'POST', { Authorization: `Bearer ${token}`, 'Upload-Length': '10', 'Upload-Metadata': 'filename not base64!,,' }),
+        400,
+      );
     });
 
     it("a creation the hooks refuse carries Chipmunk's sentence", async () => {
@@ -277,7 +304,12 @@ describe.each(targets)('tus 1.0.0 $name', ({ base }) => {
 
   describe('creation-with-upload', () => {
     it('POST may carry the first bytes: 201 with Location and Upload-Offset', async () => {
-      const res = await tus(endpoint(), 'POST', { Authorization: `Bearer ${token}`, 'Upload-Length': '1000', 'Content-Type': 'application/offset+octet-stream' }, randomBytes(250));
+      const res = await tus(
+        endpoint(),
+        'POST',
+        { Authorization: `Bearer ${token}`, 'Upload-Length': '1000', 'Content-Type': 'application/offset+octet-stream' },
+        randomBytes(250),
+      );
       expect(res.status).toBe(201);
       expect(res.headers.get('upload-offset')).toBe('250');
       const url = new URL(res.headers.get('location')!, endpoint()).href;
@@ -351,7 +383,12 @@ describe.each(targets)('tus 1.0.0 $name', ({ base }) => {
       const res = await tus(
         endpoint(),
         'POST',
-        { Authorization: `Bearer ${token}`, 'Upload-Length': '1000', 'Content-Type': 'application/offset+octet-stream', 'Upload-Checksum': `sha1 ${digest('sha1', randomBytes(4))}` },
+        {
+          Authorization: `Bearer ${token}`,
+          'Upload-Length': '1000',
+          'Content-Type': 'application/offset+octet-stream',
+          'Upload-Checksum': `sha1 ${digest('sha1', randomBytes(4))}`,
+        },
         chunk,
       );
       // The upload exists (so the client has a Location to resume from) but holds none of the bytes.
@@ -362,7 +399,12 @@ describe.each(targets)('tus 1.0.0 $name', ({ base }) => {
       const good = await tus(
         endpoint(),
         'POST',
-        { Authorization: `Bearer ${token}`, 'Upload-Length': '1000', 'Content-Type': 'application/offset+octet-stream', 'Upload-Checksum': `sha1 ${digest('sha1', chunk)}` },
+        {
+          Authorization: `Bearer ${token}`,
+          'Upload-Length': '1000',
+          'Content-Type': 'application/offset+octet-stream',
+          'Upload-Checksum': `sha1 ${digest('sha1', chunk)}`,
+        },
         chunk,
       );
       expect(good.status).toBe(201);
@@ -377,13 +419,26 @@ describe.each(targets)('tus 1.0.0 $name', ({ base }) => {
       const url = await create(1000);
       const res = await fetch(url, {
         method: 'OPTIONS',
-        headers: { Origin: origin, 'Access-Control-Request-Method': 'PATCH', 'Access-Control-Request-Headers': 'tus-resumable, upload-offset, content-type, upload-checksum, x-http-method-override' },
+        headers: {
+          Origin: origin,
+          'Access-Control-Request-Method': 'PATCH',
+          'Access-Control-Request-Headers': 'tus-resumable, upload-offset, content-type, upload-checksum, x-http-method-override',
+        },
       });
       expect(res.status).toBe(204);
       expect(res.headers.get('access-control-allow-origin')).toBe('*');
       expect(res.headers.get('access-control-allow-methods')).toMatch(/PATCH/);
       const allowed = res.headers.get('access-control-allow-headers')!.toLowerCase();
-      for (const h of ['tus-resumable', 'upload-offset', 'content-type', 'upload-checksum', 'x-http-method-override', 'authorization', 'upload-length', 'upload-metadata']) {
+      for (const h of [
+        'tus-resumable',
+        'upload-offset',
+        'content-type',
+        'upload-checksum',
+        'x-http-method-override',
+        'authorization',
+        'upload-length',
+        'upload-metadata',
+      ]) {
         expect(allowed).toContain(h);
       }
     });

@@ -91,10 +91,14 @@ describe('upload token bounds', () => {
     for (const r of await edges(token)) expect(r.status).toBe(401);
 
     // Concurrent creations never exceed the bound.
-    const three = ((await (await t.api('/v1/upload-tokens', { method: 'POST', json: { userId: 'single', purpose: 'image', maxUploads: 3 } })).json()) as { token: string }).token;
+    const three = (
+      (await (await t.api('/v1/upload-tokens', { method: 'POST', json: { userId: 'single', purpose: 'image', maxUploads: 3 } })).json()) as { token: string }
+    ).token;
     const statuses = await Promise.all(
       Array.from({ length: 8 }, () =>
-        fetch(`${t.url}/uploads`, { method: 'POST', headers: { 'Tus-Resumable': '1.0.0', 'Upload-Length': '1000', Authorization: `Bearer ${three}` } }).then((r) => r.status),
+        fetch(`${t.url}/uploads`, { method: 'POST', headers: { 'Tus-Resumable': '1.0.0', 'Upload-Length': '1000', Authorization: `Bearer ${three}` } }).then(
+          (r) => r.status,
+        ),
       ),
     );
     expect(statuses.filter((s) => s === 201).length).toBe(3);

@@ -11,7 +11,15 @@ import { corpus, startChipmunk, storedForm, type TestChipmunk } from './helpers/
 import { tusUpload, uploadFirstChunk } from './helpers/tus.js';
 
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
-type FileJson = { id: string; userId: string; purpose: string; bytes: number; totalBytes: number; status: string; variants: Array<{ n: number; bytes: number; url: string }> };
+type FileJson = {
+  id: string;
+  userId: string;
+  purpose: string;
+  bytes: number;
+  totalBytes: number;
+  status: string;
+  variants: Array<{ n: number; bytes: number; url: string }>;
+};
 type UserJson = { usedBytes: number; reservedBytes: number; quotaBytes: number; fileCount: number };
 
 let t: TestChipmunk;
@@ -86,7 +94,12 @@ describe('tus uploads', () => {
     if (result.ok) return;
     expect(result.status).toBe(413);
     expect(JSON.parse(result.body!)).toEqual({
-      error: { code: 'QUOTA_EXCEEDED', message: expect.stringMatching(/^Storage quota exceeded: 100 KB free, this upload needs \d+(\.\d)? KB \(\d+(\.\d)? KB and up to \d+(\.\d)? KB for what is made from it\)\.$/) },
+      error: {
+        code: 'QUOTA_EXCEEDED',
+        message: expect.stringMatching(
+          /^Storage quota exceeded: 100 KB free, this upload needs \d+(\.\d)? KB \(\d+(\.\d)? KB and up to \d+(\.\d)? KB for what is made from it\)\.$/,
+        ),
+      },
     });
     expect(result.error.message).toContain('QUOTA_EXCEEDED');
     expect(await user('dave')).toMatchObject({ usedBytes: 0, reservedBytes: 0 });
@@ -124,7 +137,10 @@ describe('tus uploads', () => {
     expect(head.headers.get('upload-offset')).toBeNull();
     expect(head.headers.get('chipmunk-error-code')).toBe('UNPROCESSABLE_MEDIA');
     // A replayed final PATCH hears the same verdict, as JSON.
-    const replay = await fetch(location, { method: 'PATCH', headers: { 'Tus-Resumable': '1.0.0', 'Upload-Offset': String(text.length), 'Content-Type': 'application/offset+octet-stream' } });
+    const replay = await fetch(location, {
+      method: 'PATCH',
+      headers: { 'Tus-Resumable': '1.0.0', 'Upload-Offset': String(text.length), 'Content-Type': 'application/offset+octet-stream' },
+    });
     expect(replay.status).toBe(410);
     expect(((await replay.json()) as { error: { code: string } }).error.code).toBe('UNPROCESSABLE_MEDIA');
   });
@@ -260,7 +276,7 @@ describe('API', () => {
     expect((await t.api('/v1/files/..%2F..%2Fetc')).status).toBe(400);
   });
 
-  it('lists a user\'s files newest first, page by page', async () => {
+  it("lists a user's files newest first, page by page", async () => {
     const token = await t.uploadToken('lister', 'image');
     const ids: string[] = [];
     const small = await readFile(corpus('images/color/png8-rgba-basn6a08.png'));
@@ -271,7 +287,10 @@ describe('API', () => {
     }
     const first = (await (await t.api('/v1/users/lister/files?limit=2')).json()) as { files: FileJson[]; nextCursor: string };
     expect(first.files).toHaveLength(2);
-    const second = (await (await t.api(`/v1/users/lister/files?limit=2&cursor=${first.nextCursor}`)).json()) as { files: FileJson[]; nextCursor: string | null };
+    const second = (await (await t.api(`/v1/users/lister/files?limit=2&cursor=${first.nextCursor}`)).json()) as {
+      files: FileJson[];
+      nextCursor: string | null;
+    };
     expect(second.files).toHaveLength(1);
     expect(second.nextCursor).toBeNull();
     expect([...first.files, ...second.files].map((f) => f.id).sort()).toEqual([...ids].sort());

@@ -66,7 +66,10 @@ describe('webhooks', () => {
     await expect.poll(() => received.filter((r) => r.event === 'file.ready').length).toBe(1);
     const ready = received.find((r) => r.event === 'file.ready')!;
     expect(ready.verified).toBe(true);
-    expect(ready.json).toMatchObject({ type: 'file.ready', data: { id: fileId, userId: 'wes', purpose: 'image', status: 'ready', bytes: (await storedForm(photo)).length } });
+    expect(ready.json).toMatchObject({
+      type: 'file.ready',
+      data: { id: fileId, userId: 'wes', purpose: 'image', status: 'ready', bytes: (await storedForm(photo)).length },
+    });
     expect(ready.body).not.toContain(t.chipmunk.inspect.file(fileId)!.deliveryToken);
 
     // 2. The receiver fails once: the same delivery comes again, signed again, and is marked delivered.

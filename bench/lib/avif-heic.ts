@@ -54,7 +54,8 @@ export async function avifAndHeicSection(deps: {
   const ratios: number[] = [];
   for (const source of deps.photos) {
     const sniffed = (await sniffFile(source))!;
-    const ladder = (formats: Array<'webp' | 'avif'>) => async () => processor.process({ fileId: 'bench', sourcePath: source, sniffed, square: false, formats, workDir: await freshDir() });
+    const ladder = (formats: Array<'webp' | 'avif'>) => async () =>
+      processor.process({ fileId: 'bench', sourcePath: source, sniffed, square: false, formats, workDir: await freshDir() });
     await ladder(['webp', 'avif'])();
     const webp: number[] = [];
     const both: number[] = [];
@@ -67,7 +68,9 @@ export async function avifAndHeicSection(deps: {
       r.push(a / w);
     }
     ratios.push(median(r));
-    console.log(`${path.basename(source).padEnd(37)} ${median(webp).toFixed(1).padStart(14)}  ${median(both).toFixed(1).padStart(15)}  ${median(r).toFixed(2).padStart(5)}`);
+    console.log(
+      `${path.basename(source).padEnd(37)} ${median(webp).toFixed(1).padStart(14)}  ${median(both).toFixed(1).padStart(15)}  ${median(r).toFixed(2).padStart(5)}`,
+    );
   }
 
   console.log('\nAVIF against WebP per rung at matched SSIM (mean over the photos; effort as shipped)');
@@ -81,7 +84,13 @@ export async function avifAndHeicSection(deps: {
     for (const source of deps.photos) {
       const oriented = (await sharp(source).metadata()).autoOrient;
       const size = rungSize(oriented, rung.box, false);
-      const { data, info } = await sharp(source).autoOrient().resize(size.width, size.height, { fit: 'fill' }).toColourspace('srgb').removeAlpha().raw().toBuffer({ resolveWithObject: true });
+      const { data, info } = await sharp(source)
+        .autoOrient()
+        .resize(size.width, size.height, { fit: 'fill' })
+        .toColourspace('srgb')
+        .removeAlpha()
+        .raw()
+        .toBuffer({ resolveWithObject: true });
       const raw = { raw: { width: info.width, height: info.height, channels: 3 as const } };
       const ref = luma(data);
       const quality = async (file: Buffer) => ssim(ref, luma(await sharp(file).removeAlpha().raw().toBuffer()), info.width, info.height);
@@ -101,18 +110,40 @@ export async function avifAndHeicSection(deps: {
         } else lo = mid + 1;
       }
       const ship = settings ? await avifAt(settings.quality) : undefined;
-      rows.push({ webp: webp.length, webpSsim: target, q: lo, avif: best.length, shippedBytes: ship?.length ?? NaN, shippedSsim: ship ? await quality(ship) : NaN });
+      rows.push({
+        webp: webp.length,
+        webpSsim: target,
+        q: lo,
+        avif: best.length,
+        shippedBytes: ship?.length ?? NaN,
+        shippedSsim: ship ? await quality(ship) : NaN,
+      });
     }
     matched[rung.name] = Number((1 - mean(rows.map((x) => x.avif / x.webp))).toFixed(3));
     if (settings) shipped[rung.name] = Number((1 - mean(rows.map((x) => x.shippedBytes / x.webp))).toFixed(3));
     const pct = (x: number) => `${(x * 100).toFixed(1)}%`.padStart(6);
     console.log(
-      `${rung.name.padEnd(5)} ${String(rung.box).padEnd(5)} ${mean(rows.map((x) => x.webp)).toFixed(0).padStart(11)}  ${mean(rows.map((x) => x.webpSsim)).toFixed(4)}   ${`q${Math.round(mean(rows.map((x) => x.q)))}`.padStart(16)}  ${mean(rows.map((x) => x.avif)).toFixed(0).padStart(10)}  ${pct(matched[rung.name]!)}` +
-        (settings ? `  | ${`q${settings.quality}`.padStart(9)}  ${mean(rows.map((x) => x.shippedBytes)).toFixed(0).padStart(6)}  ${mean(rows.map((x) => x.shippedSsim)).toFixed(4)}  ${pct(shipped[rung.name]!)}` : '  | (no AVIF rung)'),
+      `${rung.name.padEnd(5)} ${String(rung.box).padEnd(5)} ${mean(rows.map((x) => x.webp))
+        .toFixed(0)
+        .padStart(11)}  ${mean(rows.map((x) => x.webpSsim)).toFixed(4)}   ${`q${Math.round(mean(rows.map((x) => x.q)))}`.padStart(16)}  ${mean(
+        rows.map((x) => x.avif),
+      )
+        .toFixed(0)
+        .padStart(10)}  ${pct(matched[rung.name]!)}` +
+        (settings
+          ? `  | ${`q${settings.quality}`.padStart(9)}  ${mean(rows.map((x) => x.shippedBytes))
+              .toFixed(0)
+              .padStart(6)}  ${mean(rows.map((x) => x.shippedSsim)).toFixed(4)}  ${pct(shipped[rung.name]!)}`
+          : '  | (no AVIF rung)'),
     );
   }
 
-  return { avifLadderOverWebpLadder: Number(Math.max(...ratios).toFixed(3)), avifBytesSavedAtMatchedSsim: matched, avifBytesSavedAsShipped: shipped, ...(await heicAgainstJpeg(deps)) };
+  return {
+    avifLadderOverWebpLadder: Number(Math.max(...ratios).toFixed(3)),
+    avifBytesSavedAtMatchedSsim: matched,
+    avifBytesSavedAsShipped: shipped,
+    ...(await heicAgainstJpeg(deps)),
+  };
 }
 
 /**
@@ -165,8 +196,12 @@ export async function heicAgainstJpeg(deps: { processor: MediaProcessor; heic: s
   }
   const meta = await sharp(sameJpeg).metadata();
   console.log(`\nHEIC (${path.basename(deps.heic)}, ${meta.width}×${meta.height}) against a JPEG of the same pixels`);
-  console.log(`full decode: heif-convert (HEIC → JPEG q95, child process) ${median(heicDecode).toFixed(0)} ms; sharp JPEG → raw ${median(jpegDecode).toFixed(0)} ms`);
-  console.log(`ladder through the worker pool: HEIC ${median(heicTimes).toFixed(0)} ms, JPEG ${median(jpegTimes).toFixed(0)} ms, ratio ${median(ladderRatios).toFixed(2)}`);
+  console.log(
+    `full decode: heif-convert (HEIC → JPEG q95, child process) ${median(heicDecode).toFixed(0)} ms; sharp JPEG → raw ${median(jpegDecode).toFixed(0)} ms`,
+  );
+  console.log(
+    `ladder through the worker pool: HEIC ${median(heicTimes).toFixed(0)} ms, JPEG ${median(jpegTimes).toFixed(0)} ms, ratio ${median(ladderRatios).toFixed(2)}`,
+  );
   console.log(`of which the HEIC original coded again as HEVC without its EXIF (heif-enc q60, ultrafast): ${median(originalEncode).toFixed(0)} ms`);
 
   return {

@@ -25,22 +25,24 @@ export function ssim(a: Float64Array, b: Float64Array, width: number, height: nu
     for (let x = 0; x + win <= width; x += step) {
       let ma = 0;
       let mb = 0;
-      for (let j = 0; j < win; j++) for (let i = 0; i < win; i++) {
-        ma += a[(y + j) * width + x + i]!;
-        mb += b[(y + j) * width + x + i]!;
-      }
+      for (let j = 0; j < win; j++)
+        for (let i = 0; i < win; i++) {
+          ma += a[(y + j) * width + x + i]!;
+          mb += b[(y + j) * width + x + i]!;
+        }
       ma /= count;
       mb /= count;
       let va = 0;
       let vb = 0;
       let cov = 0;
-      for (let j = 0; j < win; j++) for (let i = 0; i < win; i++) {
-        const da = a[(y + j) * width + x + i]! - ma;
-        const db = b[(y + j) * width + x + i]! - mb;
-        va += da * da;
-        vb += db * db;
-        cov += da * db;
-      }
+      for (let j = 0; j < win; j++)
+        for (let i = 0; i < win; i++) {
+          const da = a[(y + j) * width + x + i]! - ma;
+          const db = b[(y + j) * width + x + i]! - mb;
+          va += da * da;
+          vb += db * db;
+          cov += da * db;
+        }
       const norm = Math.max(1, count - 1);
       sum += ((2 * ma * mb + c1) * ((2 * cov) / norm + c2)) / ((ma * ma + mb * mb + c1) * ((va + vb) / norm + c2));
       windows++;

@@ -48,7 +48,8 @@ export async function verifyUploadToken(secret: string, token: string, opts: { m
   if (typeof payload.sub !== 'string' || typeof payload.purpose !== 'string' || typeof payload.exp !== 'number') {
     throw errors.unauthorized('Upload token must carry sub, purpose and exp claims.');
   }
-  if (!userIdSchema.safeParse(payload.sub).success) throw errors.unauthorized('Upload token names an invalid user id (sub): letters, digits and . _ @ : + - only, at most 128.');
+  if (!userIdSchema.safeParse(payload.sub).success)
+    throw errors.unauthorized('Upload token names an invalid user id (sub): letters, digits and . _ @ : + - only, at most 128.');
   if (!purposeNameSchema.safeParse(payload.purpose).success) throw errors.unauthorized('Upload token names an invalid purpose.');
   const now = Math.floor((opts.now ?? Date.now()) / 1000);
   const issued = typeof payload.iat === 'number' ? payload.iat : now;
@@ -57,7 +58,13 @@ export async function verifyUploadToken(secret: string, token: string, opts: { m
   }
   const grant: UploadGrant = { userId: payload.sub, purpose: payload.purpose, expiresAt: payload.exp };
   if (payload.max !== undefined) {
-    if (typeof payload.max !== 'number' || !Number.isSafeInteger(payload.max) || payload.max < 1 || typeof payload.jti !== 'string' || !/^[\w-]{1,64}$/.test(payload.jti)) {
+    if (
+      typeof payload.max !== 'number' ||
+      !Number.isSafeInteger(payload.max) ||
+      payload.max < 1 ||
+      typeof payload.jti !== 'string' ||
+      !/^[\w-]{1,64}$/.test(payload.jti)
+    ) {
       throw errors.unauthorized('Upload token has an invalid use bound (max needs a positive integer and a jti).');
     }
     grant.jti = payload.jti;
@@ -79,7 +86,9 @@ export type TokenUseLedger = { claim(jti: string, max: number, expiresAt: number
 export function claimTokenUse(ledger: TokenUseLedger, grant: UploadGrant): () => void {
   if (grant.jti === undefined || grant.maxUploads === undefined) return () => {};
   if (!ledger.claim(grant.jti, grant.maxUploads, grant.expiresAt)) {
-    throw errors.unauthorized(`This upload token has been used for its ${grant.maxUploads} upload${grant.maxUploads === 1 ? '' : 's'}; ask the app for a new one.`);
+    throw errors.unauthorized(
+      `This upload token has been used for its ${grant.maxUploads} upload${grant.maxUploads === 1 ? '' : 's'}; ask the app for a new one.`,
+    );
   }
   const jti = grant.jti;
   let refunded = false;

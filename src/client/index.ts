@@ -10,7 +10,17 @@ import type { ChipmunkFile, ChipmunkFileList, ChipmunkUser, SignedLink, UploadTo
 // It speaks only HTTP (and signs locally with the shared secret); nothing here imports the server.
 
 // The JSON the server answers with: types generated from its zod schemas (scripts/contract-types.ts).
-export type { ChipmunkAudioFile, ChipmunkCover, ChipmunkFile, ChipmunkFileList, ChipmunkImageFile, ChipmunkUser, ChipmunkVariant, SignedLink, UploadToken } from './contract.js';
+export type {
+  ChipmunkAudioFile,
+  ChipmunkCover,
+  ChipmunkFile,
+  ChipmunkFileList,
+  ChipmunkImageFile,
+  ChipmunkUser,
+  ChipmunkVariant,
+  SignedLink,
+  UploadToken,
+} from './contract.js';
 
 export type Visibility = ChipmunkFile['visibility'];
 
@@ -49,7 +59,11 @@ export function createChipmunk(options: ChipmunkOptions) {
     return options.secret;
   }
 
-  async function call<T>(method: string, pathname: string, init: { json?: unknown; body?: BodyInit | AsyncIterable<Uint8Array>; headers?: Record<string, string> } = {}): Promise<T> {
+  async function call<T>(
+    method: string,
+    pathname: string,
+    init: { json?: unknown; body?: BodyInit | AsyncIterable<Uint8Array>; headers?: Record<string, string> } = {},
+  ): Promise<T> {
     const headers: Record<string, string> = { authorization: `Bearer ${options.apiKey}`, ...init.headers };
     let body = init.body;
     if (init.json !== undefined) {
@@ -80,7 +94,12 @@ export function createChipmunk(options: ChipmunkOptions) {
   }
 
   /** Streams a multipart/form-data body: fields first, then the file, never held whole. */
-  async function uploadMultipart(target: UploadTarget, file: AsyncIterable<Uint8Array>, size: number | undefined, mimeType: string | undefined): Promise<ChipmunkFile> {
+  async function uploadMultipart(
+    target: UploadTarget,
+    file: AsyncIterable<Uint8Array>,
+    size: number | undefined,
+    mimeType: string | undefined,
+  ): Promise<ChipmunkFile> {
     const boundary = `----chipmunk${Math.random().toString(36).slice(2)}${Date.now().toString(36)}`;
     const filename = (target.filename ?? 'upload').replace(/["\r\n\\]/g, '_');
     const fields: Record<string, string> = { userId: target.userId, purpose: target.purpose, filename };
@@ -126,17 +145,28 @@ export function createChipmunk(options: ChipmunkOptions) {
 
     /** Uploads base64 text or a `data:<type>;base64,…` URI (e.g. a signup avatar). */
     uploadBase64(target: UploadTarget & { data: string }): Promise<ChipmunkFile> {
-      return call<ChipmunkFile>('POST', '/v1/files', { json: { userId: target.userId, purpose: target.purpose, filename: target.filename, data: target.data } });
+      return call<ChipmunkFile>('POST', '/v1/files', {
+        json: { userId: target.userId, purpose: target.purpose, filename: target.filename, data: target.data },
+      });
     },
 
     /** Uploads bytes held in memory, as multipart. */
     uploadBuffer(target: UploadTarget & { data: Uint8Array; mimeType?: string }): Promise<ChipmunkFile> {
       const { data } = target;
-      return uploadMultipart(target, (async function* () { yield data; })(), data.byteLength, target.mimeType);
+      return uploadMultipart(
+        target,
+        (async function* () {
+          yield data;
+        })(),
+        data.byteLength,
+        target.mimeType,
+      );
     },
 
     /** Streams a Node or web stream as multipart; pass `size` when known for an exact quota reservation. */
-    uploadStream(target: UploadTarget & { stream: Readable | ReadableStream<Uint8Array> | AsyncIterable<Uint8Array>; size?: number; mimeType?: string }): Promise<ChipmunkFile> {
+    uploadStream(
+      target: UploadTarget & { stream: Readable | ReadableStream<Uint8Array> | AsyncIterable<Uint8Array>; size?: number; mimeType?: string },
+    ): Promise<ChipmunkFile> {
       return uploadMultipart(target, toAsyncIterable(target.stream), target.size, target.mimeType);
     },
 

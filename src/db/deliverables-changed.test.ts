@@ -21,7 +21,8 @@ beforeEach(() => {
   told = [];
   watched = undefined;
   repo = createRepository(db, {
-    onDeliverablesChanged: (fileId) => told.push({ fileId, inTransaction: db.$client.inTransaction, seen: watched && repo.getDeliverable(watched.token, watched.name) }),
+    onDeliverablesChanged: (fileId) =>
+      told.push({ fileId, inTransaction: db.$client.inTransaction, seen: watched && repo.getDeliverable(watched.token, watched.name) }),
   });
 });
 afterEach(() => db.$client.close());

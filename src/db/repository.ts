@@ -71,32 +71,54 @@ export function createRepository(db: Db, opts: RepositoryOptions = {}) {
   };
 
   return {
-
-
     /**
      * Adds generated files to a committed file (audio renditions, covers), charging their bytes and giving
      * back the budget the file kept reserved for them. 'quota' (nothing changed) when they do not fit.
      */
-    addVariants(fileId: string, added: NewVariant[], patch: { status?: FileRow['status']; info?: Record<string, unknown>; error?: string | null } = {}): FileRow | 'quota' | undefined {
+    addVariants(
+      fileId: string,
+      added: NewVariant[],
+      patch: { status?: FileRow['status']; info?: Record<string, unknown>; error?: string | null } = {},
+    ): FileRow | 'quota' | undefined {
       const updated = db.transaction((tx) => {
         const file = tx.select().from(files).where(eq(files.id, fileId)).get();
         if (!file || file.status === 'deleting' || file.committedAt === null) return undefined;
         const existing = added.length
-          ? tx.select().from(variants).where(and(eq(variants.fileId, fileId), inArray(variants.name, added.map((v) => v.name)))).all()
+          ? tx
+              .select()
+              .from(variants)
+              .where(
+                and(
+                  eq(variants.fileId, fileId),
+                  inArray(
+                    variants.name,
+                    added.map((v) => v.name),
+                  ),
+                ),
+              )
+              .all()
           : [];
         // Safe to run twice: a variant already recorded is replaced and its old bytes uncharged.
         const delta = added.reduce((s, v) => s + v.bytes, 0) - existing.reduce((s, v) => s + v.bytes, 0);
         const charged = tx
           .update(users)
           .set({ usedBytes: sql`${users.usedBytes} + ${delta}`, reservedBytes: sql`${users.reservedBytes} - ${file.reservedBytes}` })
-          .where(and(eq(users.id, file.userId), sql`${delta} <= 0 OR ${users.usedBytes} + ${users.reservedBytes} - ${file.reservedBytes} + ${delta} <= ${users.quotaBytes}`))
+          .where(
+            and(
+              eq(users.id, file.userId),
+              sql`${delta} <= 0 OR ${users.usedBytes} + ${users.reservedBytes} - ${file.reservedBytes} + ${delta} <= ${users.quotaBytes}`,
+            ),
+          )
           .returning({ id: users.id })
           .get();
         if (!charged) return 'quota' as const;
         for (const v of added) {
           tx.insert(variants)
             .values({ ...v, fileId })
-            .onConflictDoUpdate({ target: [variants.fileId, variants.name], set: { path: v.path, mimeType: v.mimeType, bytes: v.bytes, width: v.width, height: v.height } })
+            .onConflictDoUpdate({
+              target: [variants.fileId, variants.name],
+              set: { path: v.path, mimeType: v.mimeType, bytes: v.bytes, width: v.width, height: v.height },
+            })
             .run();
         }
         return tx
@@ -120,9 +142,16 @@ export function createRepository(db: Db, opts: RepositoryOptions = {}) {
     /** Drops an unfinished upload and gives its reservation back. Returns false when there was none. */
     releaseUpload(fileId: string): boolean {
       return db.transaction((tx) => {
-        const file = tx.select().from(files).where(and(eq(files.id, fileId), eq(files.status, 'uploading'))).get();
+        const file = tx
+          .select()
+          .from(files)
+          .where(and(eq(files.id, fileId), eq(files.status, 'uploading')))
+          .get();
         if (!file) return false;
-        tx.update(users).set({ reservedBytes: sql`${users.reservedBytes} - ${file.reservedBytes}` }).where(eq(users.id, file.userId)).run();
+        tx.update(users)
+          .set({ reservedBytes: sql`${users.reservedBytes} - ${file.reservedBytes}` })
+          .where(eq(users.id, file.userId))
+          .run();
         tx.delete(files).where(eq(files.id, fileId)).run();
         return true;
       });
@@ -131,9 +160,16 @@ export function createRepository(db: Db, opts: RepositoryOptions = {}) {
     /** Drops an uncommitted received upload and gives its reservation back (fsck --repair). */
     releaseAwaiting(fileId: string): boolean {
       return db.transaction((tx) => {
-        const file = tx.select().from(files).where(and(eq(files.id, fileId), inArray(files.status, ['received', 'processing']), isNull(files.committedAt))).get();
+        const file = tx
+          .select()
+          .from(files)
+          .where(and(eq(files.id, fileId), inArray(files.status, ['received', 'processing']), isNull(files.committedAt)))
+          .get();
         if (!file) return false;
-        tx.update(users).set({ reservedBytes: sql`${users.reservedBytes} - ${file.reservedBytes}` }).where(eq(users.id, file.userId)).run();
+        tx.update(users)
+          .set({ reservedBytes: sql`${users.reservedBytes} - ${file.reservedBytes}` })
+          .where(eq(users.id, file.userId))
+          .run();
         tx.delete(files).where(eq(files.id, fileId)).run();
         return true;
       });
@@ -143,11 +179,18 @@ export function createRepository(db: Db, opts: RepositoryOptions = {}) {
     releaseUploads(fileIds: string[]): string[] {
       if (fileIds.length === 0) return [];
       return db.transaction((tx) => {
-        const rows = tx.select().from(files).where(and(inArray(files.id, fileIds), eq(files.status, 'uploading'))).all();
+        const rows = tx
+          .select()
+          .from(files)
+          .where(and(inArray(files.id, fileIds), eq(files.status, 'uploading')))
+          .all();
         const byUser = new Map<string, number>();
         for (const f of rows) byUser.set(f.userId, (byUser.get(f.userId) ?? 0) + f.reservedBytes);
         for (const [userId, bytes] of byUser) {
-          tx.update(users).set({ reservedBytes: sql`${users.reservedBytes} - ${bytes}` }).where(eq(users.id, userId)).run();
+          tx.update(users)
+            .set({ reservedBytes: sql`${users.reservedBytes} - ${bytes}` })
+            .where(eq(users.id, userId))
+            .run();
         }
         const ids = rows.map((f) => f.id);
         if (ids.length) tx.delete(files).where(inArray(files.id, ids)).run();
@@ -161,7 +204,11 @@ export function createRepository(db: Db, opts: RepositoryOptions = {}) {
      */
     beginDelete(fileId: string): FileRow | undefined {
       const deleting = db.transaction((tx) => {
-        const file = tx.select().from(files).where(and(eq(files.id, fileId), inArray(files.status, [...storedStatuses]))).get();
+        const file = tx
+          .select()
+          .from(files)
+          .where(and(eq(files.id, fileId), inArray(files.status, [...storedStatuses])))
+          .get();
         if (!file) return undefined;
         tx.update(users)
           .set({ usedBytes: sql`${users.usedBytes} - ${file.totalBytes}`, reservedBytes: sql`${users.reservedBytes} - ${file.reservedBytes}` })
@@ -180,7 +227,9 @@ export function createRepository(db: Db, opts: RepositoryOptions = {}) {
     },
 
     finishDelete(fileId: string): void {
-      db.delete(files).where(and(eq(files.id, fileId), eq(files.status, 'deleting'))).run();
+      db.delete(files)
+        .where(and(eq(files.id, fileId), eq(files.status, 'deleting')))
+        .run();
       deliverablesChanged(fileId);
     },
 
@@ -204,9 +253,12 @@ export function createRepository(db: Db, opts: RepositoryOptions = {}) {
 
     /** A stored file (not an upload in flight, not being deleted). */
     getStoredFile(fileId: string): FileRow | undefined {
-      return db.select().from(files).where(and(eq(files.id, fileId), inArray(files.status, [...storedStatuses]))).get();
+      return db
+        .select()
+        .from(files)
+        .where(and(eq(files.id, fileId), inArray(files.status, [...storedStatuses])))
+        .get();
     },
-
 
     /** Moves on after every commit that could change a deliverable (onDeliverablesChanged is told which file). */
     deliverablesGeneration: () => deliverablesGeneration,
@@ -224,7 +276,11 @@ export function createRepository(db: Db, opts: RepositoryOptions = {}) {
     },
 
     getVariant(fileId: string, name: string): VariantRow | undefined {
-      return db.select().from(variants).where(and(eq(variants.fileId, fileId), eq(variants.name, name))).get();
+      return db
+        .select()
+        .from(variants)
+        .where(and(eq(variants.fileId, fileId), eq(variants.name, name)))
+        .get();
     },
 
     /** Newest first; the cursor is the id of the last file of the previous page. */
@@ -233,9 +289,7 @@ export function createRepository(db: Db, opts: RepositoryOptions = {}) {
       if (opts.cursor) {
         const after = db.select().from(files).where(eq(files.id, opts.cursor)).get();
         if (after) {
-          conditions.push(
-            sql`(${files.createdAt} < ${after.createdAt} OR (${files.createdAt} = ${after.createdAt} AND ${files.id} < ${after.id}))`,
-          );
+          conditions.push(sql`(${files.createdAt} < ${after.createdAt} OR (${files.createdAt} = ${after.createdAt} AND ${files.id} < ${after.id}))`);
         }
       }
       return db
@@ -272,10 +326,7 @@ export function createRepository(db: Db, opts: RepositoryOptions = {}) {
     ensureUser,
 
     setQuota(userId: string, quotaBytes: number): UserRow {
-      db.insert(users)
-        .values({ id: userId, quotaBytes, createdAt: now() })
-        .onConflictDoUpdate({ target: users.id, set: { quotaBytes } })
-        .run();
+      db.insert(users).values({ id: userId, quotaBytes, createdAt: now() }).onConflictDoUpdate({ target: users.id, set: { quotaBytes } }).run();
       return db.select().from(users).where(eq(users.id, userId)).get()!;
     },
 
@@ -312,12 +363,25 @@ export function createRepository(db: Db, opts: RepositoryOptions = {}) {
     filesPage(afterId: string, limit: number, status?: FileRow['status']): FileRow[] {
       const conditions = [gt(files.id, afterId)];
       if (status) conditions.push(eq(files.status, status));
-      return db.select().from(files).where(and(...conditions)).orderBy(asc(files.id)).limit(limit).all();
+      return db
+        .select()
+        .from(files)
+        .where(and(...conditions))
+        .orderBy(asc(files.id))
+        .limit(limit)
+        .all();
     },
 
     fileIdsExisting(ids: string[]): Set<string> {
       if (ids.length === 0) return new Set();
-      return new Set(db.select({ id: files.id }).from(files).where(inArray(files.id, ids)).all().map((r) => r.id));
+      return new Set(
+        db
+          .select({ id: files.id })
+          .from(files)
+          .where(inArray(files.id, ids))
+          .all()
+          .map((r) => r.id),
+      );
     },
 
     /** Sets a user's counters to the given values (fsck --repair). */
@@ -330,7 +394,10 @@ export function createRepository(db: Db, opts: RepositoryOptions = {}) {
       db.transaction((tx) => {
         const file = tx.select().from(files).where(eq(files.id, fileId)).get();
         if (!file || !(storedStatuses as readonly string[]).includes(file.status)) return;
-        tx.update(users).set({ usedBytes: sql`${users.usedBytes} + ${totalBytes - file.totalBytes}` }).where(eq(users.id, file.userId)).run();
+        tx.update(users)
+          .set({ usedBytes: sql`${users.usedBytes} + ${totalBytes - file.totalBytes}` })
+          .where(eq(users.id, file.userId))
+          .run();
         tx.update(files).set({ totalBytes, updatedAt: now() }).where(eq(files.id, fileId)).run();
       });
       deliverablesChanged(fileId);
@@ -338,13 +405,23 @@ export function createRepository(db: Db, opts: RepositoryOptions = {}) {
 
     /** Jobs by state, webhook deliveries apart (they have their own figure). */
     jobCounts(): { queued: number; running: number; failed: number; byType: Array<{ type: string; state: string; n: number }> } {
-      const rows = db.select({ type: jobs.type, state: jobs.state, n: sql<number>`count(*)` }).from(jobs).groupBy(jobs.type, jobs.state).all();
+      const rows = db
+        .select({ type: jobs.type, state: jobs.state, n: sql<number>`count(*)` })
+        .from(jobs)
+        .groupBy(jobs.type, jobs.state)
+        .all();
       const count = (state: string) => rows.filter((r) => r.state === state && r.type !== 'webhook.deliver').reduce((s, r) => s + r.n, 0);
       return { queued: count('queued'), running: count('running'), failed: count('failed'), byType: rows };
     },
 
     unfinishedJobs(limit = 1000): JobRow[] {
-      return db.select().from(jobs).where(inArray(jobs.state, ['queued', 'running'])).orderBy(asc(jobs.id)).limit(limit).all();
+      return db
+        .select()
+        .from(jobs)
+        .where(inArray(jobs.state, ['queued', 'running']))
+        .orderBy(asc(jobs.id))
+        .limit(limit)
+        .all();
     },
 
     /** Jobs a killed process left 'running' go back to the queue; returns how many. */
@@ -385,19 +462,12 @@ export function createRepository(db: Db, opts: RepositoryOptions = {}) {
       return db.select().from(jobs).where(eq(jobs.type, 'webhook.deliver')).orderBy(asc(jobs.id)).all();
     },
 
-
     // Background jobs (audio renditions). A job is queued → running → done | failed; a process that
     // stops mid-job leaves it 'running', and the next start puts it back in the queue.
-
-
-
-
-
 
     jobsForFile(fileId: string): JobRow[] {
       return db.select().from(jobs).where(eq(jobs.fileId, fileId)).orderBy(asc(jobs.id)).all();
     },
-
 
     /** Files of a kind left 'processing' with no job waiting for them (a stop between commit and enqueue). */
     processingFilesWithoutJob(kind: FileRow['kind'], type: string): FileRow[] {

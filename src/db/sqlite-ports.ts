@@ -2,7 +2,20 @@ import { AsyncLocalStorage } from 'node:async_hooks';
 import { randomUUID } from 'node:crypto';
 import { and, asc, eq, gt, inArray, lte, notInArray, sql } from 'drizzle-orm';
 import type { Db } from './index.js';
-import { WEBHOOK_JOB, newUploadRow, type CommitInput, type FileCatalogue, type JobQueue, type NewJob, type Outbox, type Ports, type ReserveOutcome, type ReserveUploadInput, type UnitOfWork, type UploadLedger } from './ports.js';
+import {
+  WEBHOOK_JOB,
+  newUploadRow,
+  type CommitInput,
+  type FileCatalogue,
+  type JobQueue,
+  type NewJob,
+  type Outbox,
+  type Ports,
+  type ReserveOutcome,
+  type ReserveUploadInput,
+  type UnitOfWork,
+  type UploadLedger,
+} from './ports.js';
 import { files, jobs, refusedUploads, users, variants, type FileRow, type FileStatus, type JobRow } from './schema.js';
 
 // The ports on better-sqlite3. Statements are synchronous; a unit of work holds an in-process mutex
@@ -51,12 +64,7 @@ export function createSqlitePorts(db: Db, opts: SqlitePortsOptions): UnitOfWork 
       }
       const at = now();
       for (let attempt = 0; ; attempt++) {
-        const inserted = db
-          .insert(files)
-          .values(newUploadRow(input, at))
-          .onConflictDoNothing()
-          .returning()
-          .get();
+        const inserted = db.insert(files).values(newUploadRow(input, at)).onConflictDoNothing().returning().get();
         if (inserted) return { ok: true, file: inserted };
         if (attempt >= 5) throw new Error('Could not allocate a unique file id.');
       }
@@ -72,7 +80,10 @@ export function createSqlitePorts(db: Db, opts: SqlitePortsOptions): UnitOfWork 
     },
 
     async extendExpiry(fileId, expiresAt) {
-      db.update(files).set({ expiresAt }).where(and(eq(files.id, fileId), eq(files.status, 'uploading'), sql`${files.expiresAt} < ${expiresAt}`)).run();
+      db.update(files)
+        .set({ expiresAt })
+        .where(and(eq(files.id, fileId), eq(files.status, 'uploading'), sql`${files.expiresAt} < ${expiresAt}`))
+        .run();
     },
 
     async release(fileId, from) {
@@ -82,8 +93,13 @@ export function createSqlitePorts(db: Db, opts: SqlitePortsOptions): UnitOfWork 
         .returning()
         .get();
       if (!file) return undefined;
-      db.update(users).set({ reservedBytes: sql`${users.reservedBytes} - ${file.reservedBytes}` }).where(eq(users.id, file.userId)).run();
-      db.delete(jobs).where(and(eq(jobs.fileId, fileId), eq(jobs.state, 'queued'), sql`${jobs.type} <> ${WEBHOOK_JOB}`)).run();
+      db.update(users)
+        .set({ reservedBytes: sql`${users.reservedBytes} - ${file.reservedBytes}` })
+        .where(eq(users.id, file.userId))
+        .run();
+      db.delete(jobs)
+        .where(and(eq(jobs.fileId, fileId), eq(jobs.state, 'queued'), sql`${jobs.type} <> ${WEBHOOK_JOB}`))
+        .run();
       return file;
     },
 
@@ -117,7 +133,11 @@ export function createSqlitePorts(db: Db, opts: SqlitePortsOptions): UnitOfWork 
     },
 
     async commit(fileId, input: CommitInput) {
-      const file = db.select().from(files).where(and(eq(files.id, fileId), eq(files.status, 'processing'), sql`${files.committedAt} is null`)).get();
+      const file = db
+        .select()
+        .from(files)
+        .where(and(eq(files.id, fileId), eq(files.status, 'processing'), sql`${files.committedAt} is null`))
+        .get();
       if (!file) return undefined;
       const totalBytes = input.variants.reduce((sum, v) => sum + v.bytes, 0);
       const keep = Math.min(input.keepReservedBytes, file.reservedBytes);
@@ -129,7 +149,12 @@ export function createSqlitePorts(db: Db, opts: SqlitePortsOptions): UnitOfWork 
           reservedBytes: sql`${users.reservedBytes} - ${file.reservedBytes} + ${keep}`,
           usedBytes: sql`${users.usedBytes} + ${totalBytes}`,
         })
-        .where(and(eq(users.id, file.userId), sql`${users.usedBytes} + ${users.reservedBytes} - ${file.reservedBytes} + ${keep} + ${totalBytes} <= ${users.quotaBytes}`))
+        .where(
+          and(
+            eq(users.id, file.userId),
+            sql`${users.usedBytes} + ${users.reservedBytes} - ${file.reservedBytes} + ${keep} + ${totalBytes} <= ${users.quotaBytes}`,
+          ),
+        )
         .returning({ id: users.id })
         .get();
       if (!charged) return 'quota';
@@ -166,7 +191,10 @@ export function createSqlitePorts(db: Db, opts: SqlitePortsOptions): UnitOfWork 
         .where(and(eq(files.id, fileId), inArray(files.status, ['received', 'processing']), sql`${files.committedAt} is null`))
         .get();
       if (!file) return undefined;
-      db.update(users).set({ reservedBytes: sql`${users.reservedBytes} - ${file.reservedBytes}` }).where(eq(users.id, file.userId)).run();
+      db.update(users)
+        .set({ reservedBytes: sql`${users.reservedBytes} - ${file.reservedBytes}` })
+        .where(eq(users.id, file.userId))
+        .run();
       return db
         .update(files)
         .set({ status: 'failed', error: reason, reservedBytes: 0, totalBytes: 0, committedAt: now(), updatedAt: now() })
@@ -194,13 +222,27 @@ export function createSqlitePorts(db: Db, opts: SqlitePortsOptions): UnitOfWork 
       queued = true;
       return db
         .insert(jobs)
-        .values({ fileId: job.fileId, userId: job.userId, type: job.type, payload: job.payload ?? null, state: 'queued', runAfter: job.runAfter ?? at, createdAt: at, updatedAt: at })
+        .values({
+          fileId: job.fileId,
+          userId: job.userId,
+          type: job.type,
+          payload: job.payload ?? null,
+          state: 'queued',
+          runAfter: job.runAfter ?? at,
+          createdAt: at,
+          updatedAt: at,
+        })
         .returning()
         .get();
     },
 
     async claim(types, { at, afterUser, busyUsers }) {
-      const due = and(eq(jobs.state, 'queued'), lte(jobs.runAfter, at), inArray(jobs.type, [...types]), busyUsers.length ? notInArray(jobs.userId, [...busyUsers]) : undefined);
+      const due = and(
+        eq(jobs.state, 'queued'),
+        lte(jobs.runAfter, at),
+        inArray(jobs.type, [...types]),
+        busyUsers.length ? notInArray(jobs.userId, [...busyUsers]) : undefined,
+      );
       const pick = (cond: ReturnType<typeof and>) =>
         db.select({ id: jobs.id }).from(jobs).where(cond).orderBy(asc(jobs.userId), asc(jobs.runAfter), asc(jobs.id)).limit(1).get();
       const next = pick(and(due, gt(jobs.userId, afterUser))) ?? pick(due);

@@ -21,7 +21,15 @@ describe('parseHttpDate', () => {
   });
 
   it('refuses anything else: other zones, impossible dates, free text', () => {
-    for (const bad of ['Sun, 06 Nov 1994 08:49:37 CET', 'Sun, 31 Feb 1994 08:49:37 GMT', 'Sun, 06 Nov 1994 24:00:00 GMT', 'Sun, 06 Foo 1994 08:49:37 GMT', 'yesterday', '784111777', '']) {
+    for (const bad of [
+      'Sun, 06 Nov 1994 08:49:37 CET',
+      'Sun, 31 Feb 1994 08:49:37 GMT',
+      'Sun, 06 Nov 1994 24:00:00 GMT',
+      'Sun, 06 Foo 1994 08:49:37 GMT',
+      'yesterday',
+      '784111777',
+      '',
+    ]) {
       expect(parseHttpDate(bad), bad).toBeUndefined();
     }
   });

@@ -24,7 +24,14 @@ export function parseHttpDate(value: string): number | undefined {
     parts = [m[1]!, m[2]!, String(yy < 70 ? 2000 + yy : 1900 + yy), m[4]!, m[5]!, m[6]!];
   } else if ((m = asctime.exec(text))) parts = [m[2]!.trim(), m[1]!, m[6]!, m[3]!, m[4]!, m[5]!];
   if (!parts) return undefined;
-  const [day, month, year, hour, minute, second] = parts.map((p, i) => (i === 1 ? months.indexOf(p) : Number(p))) as number[] as [number, number, number, number, number, number];
+  const [day, month, year, hour, minute, second] = parts.map((p, i) => (i === 1 ? months.indexOf(p) : Number(p))) as number[] as [
+    number,
+    number,
+    number,
+    number,
+    number,
+    number,
+  ];
   if (month < 0 || hour > 23 || minute > 59 || second > 59) return undefined;
   const ms = Date.UTC(year, month, day, hour, minute, second);
   // Rejects 31 Feb and the like (Date.UTC would roll them into March).
@@ -80,7 +87,13 @@ export function ifRangeHolds(ifRange: string, etag: string, mtime: number): bool
  * One byte range (music seeking needs no more); several ranges, or a stale If-Range, get the
  * whole file as nginx does with max_ranges 1.
  */
-export function usableRange(header: string | undefined, ifRange: string | undefined, etag: string, mtime: number, size: number): [number, number] | 'unsatisfiable' | undefined {
+export function usableRange(
+  header: string | undefined,
+  ifRange: string | undefined,
+  etag: string,
+  mtime: number,
+  size: number,
+): [number, number] | 'unsatisfiable' | undefined {
   if (!header) return undefined;
   if (ifRange !== undefined && !ifRangeHolds(ifRange, etag, mtime)) return undefined;
   const m = /^bytes=(\d*)-(\d*)$/.exec(header.trim());

@@ -27,7 +27,8 @@ export function createDeliverableCache(opts: DeliverableCacheOptions): CachedDel
     ttlMs: opts.ttlMs ?? 60_000,
     invalidation: opts.invalidation,
     fileOf: (d) => d.fileId,
-    sizeOf: (d, key) => 240 + stringBytes(key) + stringBytes(d.fileId) + stringBytes(d.purpose) + stringBytes(d.filename) + stringBytes(d.path) + stringBytes(d.mimeType),
+    sizeOf: (d, key) =>
+      240 + stringBytes(key) + stringBytes(d.fileId) + stringBytes(d.purpose) + stringBytes(d.filename) + stringBytes(d.path) + stringBytes(d.mimeType),
   });
   const find = (token: string, name: string): Deliverable | undefined => {
     const key = `${token}/${name}`;

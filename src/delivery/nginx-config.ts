@@ -120,11 +120,15 @@ ${indent(LOG_FORMAT, 4)}
     open_file_cache_valid 5s;
     types { }
     default_type application/octet-stream;
-${cors.http ? `\n${indent(cors.http.trim(), 4)}\n` : ''}${cache ? `
+${cors.http ? `\n${indent(cors.http.trim(), 4)}\n` : ''}${
+    cache
+      ? `
     # Auth answers, keyed by the full request URI (the signature is in it). Chipmunk sends
     # X-Accel-Expires = min(${o.authCacheSeconds}s, seconds left on the link), so no answer outlives its link.
     proxy_cache_path auth_cache levels=1:2 keys_zone=chipmunk_auth:10m max_size=64m inactive=60s use_temp_path=off;
-` : ''}
+`
+      : ''
+  }
     # nginx's own 413 names the limit of the address that refused the body.
     map $uri $chipmunk_too_large {
         default "Request bodies here carry at most 1 MB; send files with tus (/uploads) or POST /v1/files.";
@@ -142,7 +146,9 @@ ${indent(RANGE_MAP, 4)}
         server ${auth};
         keepalive 64;
     }
-${objects ? `
+${
+  objects
+    ? `
     # The S3 endpoint holding the media blobs (CHIPMUNK_S3_*): reached only through @chipmunk_object.
     upstream chipmunk_objects {
         server ${objects.server};
@@ -155,7 +161,9 @@ ${objects ? `
         "GET:" 0;
         default 1;
     }
-` : ''}
+`
+    : ''
+}
     server {
         listen ${listen};
 
@@ -229,14 +237,20 @@ ${corsLines(12)}        }
             if ($chipmunk_object = "") {
                 return 404;
             }
-${objects ? `            error_page 418 = @chipmunk_ranged;
+${
+  objects
+    ? `            error_page 418 = @chipmunk_ranged;
             if ($chipmunk_object_to_app) {
                 return 418;
             }
             proxy_pass ${objects.scheme}://chipmunk_objects$chipmunk_object;
-${objects.scheme === 'https' ? `            proxy_ssl_server_name on;
+${
+  objects.scheme === 'https'
+    ? `            proxy_ssl_server_name on;
             proxy_ssl_name ${objects.host};
-` : ''}            proxy_method GET;
+`
+    : ''
+}            proxy_method GET;
             proxy_http_version 1.1;
             proxy_pass_request_headers off;
             proxy_pass_request_body off;
@@ -246,16 +260,20 @@ ${objects.scheme === 'https' ? `            proxy_ssl_server_name on;
             proxy_buffering off;
             proxy_intercept_errors on;
             error_page 403 500 502 503 504 = @chipmunk_unavailable;
-${OBJECT_HEADERS_HIDDEN.map((h) => `            proxy_hide_header ${h};
-`).join('')}            add_header Content-Type $chipmunk_type;
+${OBJECT_HEADERS_HIDDEN.map(
+  (h) => `            proxy_hide_header ${h};
+`,
+).join('')}            add_header Content-Type $chipmunk_type;
             add_header Cache-Control $chipmunk_cache_control;
             add_header Content-Disposition $chipmunk_disposition;
             add_header Vary $chipmunk_vary;
             add_header ETag $chipmunk_etag;
             add_header Last-Modified $chipmunk_last_modified;
             add_header X-Content-Type-Options nosniff always;
-${corsLines(12)}` : `            return 404;
-`}        }
+${corsLines(12)}`
+    : `            return 404;
+`
+}        }
 
         location = /_chipmunk/auth {
             internal;
@@ -270,12 +288,16 @@ ${corsLines(12)}` : `            return 404;
             # A rung with an AVIF twin is answered by Accept (Chipmunk's negotiate.ts decides, so the
             # cache key carries the whole header: distinct values are few, one per browser family).
             proxy_set_header X-Original-Accept $http_accept;
-${cache ? `            proxy_cache chipmunk_auth;
+${
+  cache
+    ? `            proxy_cache chipmunk_auth;
             proxy_cache_key $request_uri|$http_accept;
             proxy_cache_valid 200 401 403 404 ${o.authCacheSeconds}s;
             proxy_cache_lock on;
             proxy_ignore_headers Cache-Control Expires Set-Cookie Vary;
-` : ''}        }
+`
+    : ''
+}        }
 
         location @chipmunk_refused {
             default_type application/json;
@@ -411,11 +433,31 @@ const RANGE_MAP = String.raw`map $http_range $chipmunk_range_to_app {
 
 /** What the object store says about itself: Chipmunk's answer replaces it (type, caching, validators). */
 const OBJECT_HEADERS_HIDDEN = [
-  'Content-Type', 'Cache-Control', 'Content-Disposition', 'Expires', 'ETag', 'Last-Modified', 'Set-Cookie',
-  'x-amz-request-id', 'x-amz-id-2', 'x-amz-version-id', 'x-amz-storage-class', 'x-amz-server-side-encryption',
-  'x-amz-expiration', 'x-amz-restore', 'x-amz-mp-parts-count', 'x-amz-tagging-count', 'x-amz-replication-status',
-  'x-amz-delete-marker', 'x-amz-checksum-crc32', 'x-amz-checksum-crc32c', 'x-amz-checksum-crc64nvme', 'x-amz-checksum-sha1',
-  'x-amz-checksum-sha256', 'x-amz-checksum-type', 'x-rgw-object-type',
+  'Content-Type',
+  'Cache-Control',
+  'Content-Disposition',
+  'Expires',
+  'ETag',
+  'Last-Modified',
+  'Set-Cookie',
+  'x-amz-request-id',
+  'x-amz-id-2',
+  'x-amz-version-id',
+  'x-amz-storage-class',
+  'x-amz-server-side-encryption',
+  'x-amz-expiration',
+  'x-amz-restore',
+  'x-amz-mp-parts-count',
+  'x-amz-tagging-count',
+  'x-amz-replication-status',
+  'x-amz-delete-marker',
+  'x-amz-checksum-crc32',
+  'x-amz-checksum-crc32c',
+  'x-amz-checksum-crc64nvme',
+  'x-amz-checksum-sha1',
+  'x-amz-checksum-sha256',
+  'x-amz-checksum-type',
+  'x-rgw-object-type',
 ];
 
 function objectUpstream(origin: string): { scheme: 'http' | 'https'; server: string; host: string; hostHeader: string } {

@@ -105,7 +105,13 @@ describe('delivery resolver', () => {
 
   it('bounds the grant cache by bytes, whatever the number of distinct signed links', () => {
     const store = fakeRepository('private');
-    const resolve = createDeliveryResolver({ repo: store.repo, invalidation: store.invalidation, secret, now: () => 1_700_000_000_000, cacheBytes: { grants: 64 * 1024 } });
+    const resolve = createDeliveryResolver({
+      repo: store.repo,
+      invalidation: store.invalidation,
+      secret,
+      now: () => 1_700_000_000_000,
+      cacheBytes: { grants: 64 * 1024 },
+    });
     for (let i = 0; i < 2_000; i++) resolve(signDeliveryUrl(secret, token, '3', 1_700_000_100 + i));
     expect(resolve.cached.grantBytes).toBeLessThanOrEqual(64 * 1024);
     expect(resolve.cached.grants).toBeLessThan(2_000);
@@ -116,7 +122,19 @@ describe('a purpose that keeps its original private', () => {
   function originalOf(visibility: 'public' | 'private') {
     const repo = {
       getDeliverable: (t: string, name: string): Deliverable | undefined =>
-        t === token ? { fileId: 'f'.repeat(24), purpose: 'kyc', visibility, filename: 'id.jpg', updatedAt: 1, name, path: name === '0' ? '0.jpg' : `${name}.webp`, mimeType: 'image/jpeg', bytes: 10 } : undefined,
+        t === token
+          ? {
+              fileId: 'f'.repeat(24),
+              purpose: 'kyc',
+              visibility,
+              filename: 'id.jpg',
+              updatedAt: 1,
+              name,
+              path: name === '0' ? '0.jpg' : `${name}.webp`,
+              mimeType: 'image/jpeg',
+              bytes: 10,
+            }
+          : undefined,
     };
     return createDeliveryResolver({ repo, invalidation: createDeliveryChanges(), secret, now: () => 1_700_000_000_000, privateOriginal: (p) => p === 'kyc' });
   }

@@ -56,14 +56,22 @@ export type DeliveryResolverDeps = {
 };
 
 export function createDeliveryResolver(deps: DeliveryResolverDeps): CachingDeliveryResolver {
-  const findDeliverable = createDeliverableCache({ find: (token, name) => deps.repo.getDeliverable(token, name), invalidation: deps.invalidation, maxBytes: deps.cacheBytes?.deliverables });
+  const findDeliverable = createDeliverableCache({
+    find: (token, name) => deps.repo.getDeliverable(token, name),
+    invalidation: deps.invalidation,
+    maxBytes: deps.cacheBytes?.deliverables,
+  });
   const secret = deliveryKey(deps.secret);
   const now = deps.now ?? Date.now;
   const privateOriginal = deps.privateOriginal ?? (() => false);
   // Coarse expiry means the same signed URL is presented again and again; an HMAC costs more than
   // the rest of the decision, so signatures already found valid are remembered (never refusals).
   // Safe: the signed string fully determines the answer, and expiry is still checked every time.
-  const knownGood = createDeliveryCache<object>({ maxBytes: deps.cacheBytes?.signatures ?? 2 * 1024 * 1024, ttlMs: 3600_000, sizeOf: (_v, key) => 64 + stringBytes(key) });
+  const knownGood = createDeliveryCache<object>({
+    maxBytes: deps.cacheBytes?.signatures ?? 2 * 1024 * 1024,
+    ttlMs: 3600_000,
+    sizeOf: (_v, key) => 64 + stringBytes(key),
+  });
   const isValid = (path: string, exp: string, sig: string): boolean => {
     const key = `${path}?exp=${exp}&sig=${sig}`;
     if (knownGood.get(key)) return true;
@@ -140,7 +148,13 @@ export function createDeliveryResolver(deps: DeliveryResolverDeps): CachingDeliv
   };
   // defineProperty, not Object.assign: assign would copy the getter's value once.
   return Object.defineProperty(resolve, 'cached', {
-    get: () => ({ grants: granted.size, grantBytes: granted.bytes, signatures: knownGood.size, deliverables: findDeliverable.cached.entries, deliverableBytes: findDeliverable.cached.bytes }),
+    get: () => ({
+      grants: granted.size,
+      grantBytes: granted.bytes,
+      signatures: knownGood.size,
+      deliverables: findDeliverable.cached.entries,
+      deliverableBytes: findDeliverable.cached.bytes,
+    }),
   }) as CachingDeliveryResolver;
 }
 

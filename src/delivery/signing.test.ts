@@ -25,7 +25,12 @@ describe('delivery signatures', () => {
 describe('coarse expiry', () => {
   const now = Date.UTC(2026, 0, 1, 12, 34, 56, 789);
   it('rounds up to a boundary so links minted in the same window are identical', () => {
-    for (const [expiresIn, step] of [[30, 60], [600, 300], [3600, 3600], [7 * 86400, 86400]] as const) {
+    for (const [expiresIn, step] of [
+      [30, 60],
+      [600, 300],
+      [3600, 3600],
+      [7 * 86400, 86400],
+    ] as const) {
       const exp = coarseExpiry(now, expiresIn);
       expect(exp % step).toBe(0);
       expect(exp).toBeGreaterThanOrEqual(Math.floor(now / 1000) + expiresIn);

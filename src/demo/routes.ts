@@ -7,7 +7,18 @@ import { errors } from '../errors.js';
 import { requestBaseUrl } from '../http.js';
 import type { Purposes } from '../purposes.js';
 import { errorReplies, jsonReply, jsonRequest } from '../routes/declare.js';
-import { DEMO_USER_PREFIX, fileIdParams, fileJson, fileListResponse, listFilesQuery, purposeNameSchema, setQuotaRequest, uploadTokenResponse, userIdSchema, userJson } from '../routes/schemas.js';
+import {
+  DEMO_USER_PREFIX,
+  fileIdParams,
+  fileJson,
+  fileListResponse,
+  listFilesQuery,
+  purposeNameSchema,
+  setQuotaRequest,
+  uploadTokenResponse,
+  userIdSchema,
+  userJson,
+} from '../routes/schemas.js';
 import { jsonBody, parseWith } from '../routes/validate.js';
 import type { FileService } from '../services/files.js';
 import type { UserService } from '../services/users.js';
@@ -104,16 +115,30 @@ export function demoRoutes(deps: DemoDeps) {
 const demoOnly = 'Demo mode only; answers only same-origin requests from the machine Chipmunk runs on, for users named demo-….';
 const demoUser = z.object({ id: demoUserId });
 const demoDocs: RouteConfig[] = [
-  { method: 'get', path: '/', summary: 'Demo page (demo mode only)', security: [], responses: { 200: { description: 'the demo page', content: { 'text/html': { schema: z.string() } } } } },
+  {
+    method: 'get',
+    path: '/',
+    summary: 'Demo page (demo mode only)',
+    security: [],
+    responses: { 200: { description: 'the demo page', content: { 'text/html': { schema: z.string() } } } },
+  },
   {
     method: 'get',
     path: '/demo/assets/{name}',
     summary: 'Demo page scripts and styles, served from npm packages (demo mode only)',
     security: [],
     request: { params: z.object({ name: z.string() }) },
-    responses: { 200: { description: 'the asset', content: { '*/*': { schema: { type: 'string', contentMediaType: 'application/octet-stream' } } } }, ...errorReplies(404) },
+    responses: {
+      200: { description: 'the asset', content: { '*/*': { schema: { type: 'string', contentMediaType: 'application/octet-stream' } } } },
+      ...errorReplies(404),
+    },
   },
-  { method: 'get', path: '/demo/api/config', summary: 'Purposes and limits for the demo page', responses: { 200: jsonReply("the page's settings", z.record(z.string(), z.unknown())) } },
+  {
+    method: 'get',
+    path: '/demo/api/config',
+    summary: 'Purposes and limits for the demo page',
+    responses: { 200: jsonReply("the page's settings", z.record(z.string(), z.unknown())) },
+  },
   {
     method: 'post',
     path: '/demo/api/upload-tokens',
@@ -121,7 +146,13 @@ const demoDocs: RouteConfig[] = [
     request: { body: jsonRequest(demoTokenRequest) },
     responses: { 201: jsonReply('an upload token', uploadTokenResponse), ...errorReplies(400, 403) },
   },
-  { method: 'get', path: '/demo/api/users/{id}', summary: "A demo user's quota and usage", request: { params: demoUser }, responses: { 200: jsonReply('quota and usage', userJson), ...errorReplies(400, 403) } },
+  {
+    method: 'get',
+    path: '/demo/api/users/{id}',
+    summary: "A demo user's quota and usage",
+    request: { params: demoUser },
+    responses: { 200: jsonReply('quota and usage', userJson), ...errorReplies(400, 403) },
+  },
   {
     method: 'put',
     path: '/demo/api/users/{id}/quota',
@@ -136,11 +167,28 @@ const demoDocs: RouteConfig[] = [
     request: { params: demoUser, query: listFilesQuery },
     responses: { 200: jsonReply('one page', fileListResponse), ...errorReplies(400, 403) },
   },
-  { method: 'get', path: '/demo/api/files/{id}', summary: "A demo user's file", request: { params: fileIdParams }, responses: { 200: jsonReply('the file JSON', fileJson), ...errorReplies(400, 403, 404) } },
-  { method: 'delete', path: '/demo/api/files/{id}', summary: "Delete a demo user's file", request: { params: fileIdParams }, responses: { 204: { description: 'deleted' }, ...errorReplies(400, 403, 404) } },
+  {
+    method: 'get',
+    path: '/demo/api/files/{id}',
+    summary: "A demo user's file",
+    request: { params: fileIdParams },
+    responses: { 200: jsonReply('the file JSON', fileJson), ...errorReplies(400, 403, 404) },
+  },
+  {
+    method: 'delete',
+    path: '/demo/api/files/{id}',
+    summary: "Delete a demo user's file",
+    request: { params: fileIdParams },
+    responses: { 204: { description: 'deleted' }, ...errorReplies(400, 403, 404) },
+  },
 ].map((route) => ({ security: [], ...(route.path.startsWith('/demo/api') ? { description: demoOnly } : {}), ...route }) as RouteConfig);
 
-function serveAsset(c: { body: (data: Uint8Array, status: 200, headers: Record<string, string>) => Response }, assets: Map<string, DemoAsset>, name: string, extra: Record<string, string> = {}) {
+function serveAsset(
+  c: { body: (data: Uint8Array, status: 200, headers: Record<string, string>) => Response },
+  assets: Map<string, DemoAsset>,
+  name: string,
+  extra: Record<string, string> = {},
+) {
   const asset = assets.get(name);
   if (!asset) throw errors.notFound('Demo asset');
   return c.body(asset.body, 200, {
@@ -170,15 +218,26 @@ function pageSecurityHeaders(publicUrl: string | undefined): Record<string, stri
   };
 }
 
-const loopback = (address: string | undefined) =>
-  !!address && (address === '::1' || /^(::ffff:)?127\.\d+\.\d+\.\d+$/.test(address));
+const loopback = (address: string | undefined) => !!address && (address === '::1' || /^(::ffff:)?127\.\d+\.\d+\.\d+$/.test(address));
 
 /** Headers a proxy uses to say who the client is; any of them naming another machine is a stranger. */
-const forwardingHeaders = ['x-forwarded-for', 'x-real-ip', 'forwarded', 'x-client-ip', 'true-client-ip', 'cf-connecting-ip', 'fastly-client-ip', 'x-cluster-client-ip'];
+const forwardingHeaders = [
+  'x-forwarded-for',
+  'x-real-ip',
+  'forwarded',
+  'x-client-ip',
+  'true-client-ip',
+  'cf-connecting-ip',
+  'fastly-client-ip',
+  'x-cluster-client-ip',
+];
 
 /** The client addresses a forwarding header names; `Forwarded: for=…` and plain lists alike. */
 function forwardedClients(name: string, value: string): string[] {
-  const items = value.split(',').map((s) => s.trim()).filter(Boolean);
+  const items = value
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
   if (name !== 'forwarded') return items;
   // RFC 7239: for=1.2.3.4, for="[::1]:80"; an element without for= names nobody we can check.
   return items.map((el) => /(?:^|;)\s*for=("?)\[?([^\]";]*)\]?(?::\d+)?\1/i.exec(el)?.[2] ?? 'unknown');
@@ -205,7 +264,9 @@ function demoFence(opts: { publicUrl: string | undefined; api: boolean }): Middl
   return async (c, next) => {
     const socket = c.env?.incoming?.socket;
     const refuse = () =>
-      errors.forbidden('The demo answers only to a browser on the machine Chipmunk runs on (http://localhost). Open the page there, or use the /v1 API with the API key.');
+      errors.forbidden(
+        'The demo answers only to a browser on the machine Chipmunk runs on (http://localhost). Open the page there, or use the /v1 API with the API key.',
+      );
     // No socket means an in-process request (app.request), which is local by construction.
     if (socket && !loopback(socket.remoteAddress)) throw refuse();
     for (const name of forwardingHeaders) {

@@ -155,7 +155,8 @@ export function createJobRunner(opts: JobRunnerOptions) {
         log.info('job interrupted by shutdown; queued again');
         return;
       }
-      if (signal.aborted) result = { result: 'done' }; // cancelled: its file was deleted
+      if (signal.aborted)
+        result = { result: 'done' }; // cancelled: its file was deleted
       else if (err instanceof FinalJobError) result = { result: 'failed', reason: err.message };
       else result = { result: 'retry', reason: err instanceof Error ? err.message : String(err) };
       if (result.result !== 'done') log.warn('job attempt failed', { err: err instanceof FinalJobError ? undefined : err });

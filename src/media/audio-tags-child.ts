@@ -44,13 +44,25 @@ try {
       numberOfChannels: format.numberOfChannels,
       lossless: format.lossless,
     },
-    common: { title: common.title, artist: common.artist, album: common.album, albumartist: common.albumartist, year: common.year, trackNo: common.track?.no, genre: common.genre },
+    common: {
+      title: common.title,
+      artist: common.artist,
+      album: common.album,
+      albumartist: common.albumartist,
+      year: common.year,
+      trackNo: common.track?.no,
+      genre: common.genre,
+    },
     ...(cover ? { cover: { format: cover.format, base64: Buffer.from(cover.data).toString('base64') } } : {}),
   };
   process.stdout.write(`${JSON.stringify(out)}\n`);
 } catch (err) {
   // Exit code 3: the parser refused the bytes (the message is the cause a person reads).
-  process.stderr.write(`${String((err as Error)?.message ?? err).replace(/\s+/g, ' ').slice(0, 300)}\n`);
+  process.stderr.write(
+    `${String((err as Error)?.message ?? err)
+      .replace(/\s+/g, ' ')
+      .slice(0, 300)}\n`,
+  );
   process.exit(3);
 }
 

@@ -43,10 +43,16 @@ export async function readTags(filePath: string, bounds: MediaBounds = defaultMe
       throw errors.unprocessable(`The audio file is damaged and cannot be read (${err.message}).`, err);
     }
     if (err.reason === 'memory') {
-      throw errors.unprocessable(`Reading the audio file's tags needs more than the ${Math.round(bounds.memoryBytes / 1e6)} MB of memory this server allows for one file; the file is damaged or crafted.`, err);
+      throw errors.unprocessable(
+        `Reading the audio file's tags needs more than the ${Math.round(bounds.memoryBytes / 1e6)} MB of memory this server allows for one file; the file is damaged or crafted.`,
+        err,
+      );
     }
     if (err.reason === 'timeout') {
-      throw errors.unprocessable(`Reading the audio file's tags took longer than ${Math.round(bounds.timeoutMs / 1000)} s, the limit for one file; the file is damaged or crafted.`, err);
+      throw errors.unprocessable(
+        `Reading the audio file's tags took longer than ${Math.round(bounds.timeoutMs / 1000)} s, the limit for one file; the file is damaged or crafted.`,
+        err,
+      );
     }
     // Killed from outside, cancelled, or the child could not start: nothing says the file is at fault.
     throw err;

@@ -21,7 +21,11 @@ export type CoverPicture = { data: Uint8Array; format: string };
  * Reads a track's facts and cover in a bounded child (audio-tags.ts); a file the parser cannot read as
  * audio, or whose reading needs more than one file's memory or time, is refused (422).
  */
-export async function readAudio(filePath: string, sniffed: Sniffed, bounds: MediaBounds = defaultMediaBounds): Promise<{ info: AudioInfo; cover?: CoverPicture }> {
+export async function readAudio(
+  filePath: string,
+  sniffed: Sniffed,
+  bounds: MediaBounds = defaultMediaBounds,
+): Promise<{ info: AudioInfo; cover?: CoverPicture }> {
   const meta = await readTags(filePath, bounds);
   const { format, common } = meta;
   const codec = normaliseCodec(format.codec);
@@ -31,7 +35,7 @@ export async function readAudio(filePath: string, sniffed: Sniffed, bounds: Medi
   let bitrate = format.bitrate && Number.isFinite(format.bitrate) ? format.bitrate : undefined;
   // music-metadata 11 measures Ogg Opus bitrates from the wrong offset (a 100 kbps file reads as 9 kbps),
   // and would make a heavy Opus source look light enough to copy; count the audio pages' bytes instead.
-  if (codec === 'opus' && sniffed.ext === 'opus' && format.duration) bitrate = (await oggAudioBytes(filePath)) * 8 / format.duration || bitrate;
+  if (codec === 'opus' && sniffed.ext === 'opus' && format.duration) bitrate = ((await oggAudioBytes(filePath)) * 8) / format.duration || bitrate;
   const info: AudioInfo = {
     ...(format.duration && Number.isFinite(format.duration) ? { durationMs: Math.round(format.duration * 1000) } : {}),
     codec,
@@ -54,7 +58,9 @@ export async function readAudio(filePath: string, sniffed: Sniffed, bounds: Medi
 /** Refuses (413) a track longer than its purpose allows, from the length its headers give. */
 export function checkDuration(info: Pick<AudioInfo, 'durationMs'>, maxDurationSeconds: number): void {
   if (info.durationMs !== undefined && info.durationMs > maxDurationSeconds * 1000) {
-    throw errors.tooLarge(`The track is ${clock(info.durationMs / 1000)} long; at most ${clock(maxDurationSeconds)} are accepted. Shorten it and upload again.`);
+    throw errors.tooLarge(
+      `The track is ${clock(info.durationMs / 1000)} long; at most ${clock(maxDurationSeconds)} are accepted. Shorten it and upload again.`,
+    );
   }
 }
 
@@ -146,10 +152,7 @@ export function planRenditions(info: AudioInfo): RenditionPlan[] {
     const sampleRate = codec === 'aac' && info.sampleRate && info.sampleRate > 48_000 ? 48_000 : undefined;
     return { n, codec, mode: 'encode', bitrate, stereo, ...(sampleRate ? { sampleRate } : {}) };
   };
-  return [
-    plan(1, 'opus', info.codec === 'opus'),
-    plan(2, 'aac', info.codec === 'aac' && ['mp4', 'adts'].includes(info.container)),
-  ];
+  return [plan(1, 'opus', info.codec === 'opus'), plan(2, 'aac', info.codec === 'aac' && ['mp4', 'adts'].includes(info.container))];
 }
 
 export const renditionFiles = {
@@ -227,7 +230,19 @@ export async function renderAudio(input: {
   // Headers can understate the length (checked at completion): decoding stops just past the limit.
   const inputArgs = [...(maxSeconds !== undefined ? ['-t', String(maxSeconds + 1)] : []), '-i', sourcePath];
   const [opus, aac] = plans as [RenditionPlan, RenditionPlan];
-  const withWaveform = [...inputArgs, ...renditionArgs(opus, ffmpeg, out(opus)), '-map', '0:a:0', '-ac', '1', '-ar', String(sampleRate), '-f', 's16le', 'pipe:1'];
+  const withWaveform = [
+    ...inputArgs,
+    ...renditionArgs(opus, ffmpeg, out(opus)),
+    '-map',
+    '0:a:0',
+    '-ac',
+    '1',
+    '-ar',
+    String(sampleRate),
+    '-f',
+    's16le',
+    'pipe:1',
+  ];
   const standard = [...inputArgs, ...renditionArgs(aac, ffmpeg, out(aac))];
   try {
     const runs = [
@@ -247,9 +262,12 @@ export async function renderAudio(input: {
   } catch (err) {
     if (input.signal?.aborted) throw err;
     // Our caps and ffmpeg's own refusal judge the content; a kill from outside does not.
-    if (err instanceof BoundedChildError && err.reason === 'timeout') throw new AudioDecodeError('Decoding the audio took far longer than its length; the file is probably damaged.');
-    if (err instanceof BoundedChildError && err.reason === 'memory') throw new AudioDecodeError(`Decoding the audio needs more than the ${Math.round(memoryBytes / 1e6)} MB of memory this server allows for one file.`);
-    if (err instanceof BoundedChildError && err.reason === 'exit' && err.exitCode !== null) throw new AudioDecodeError(`The audio could not be decoded: ${err.message}`);
+    if (err instanceof BoundedChildError && err.reason === 'timeout')
+      throw new AudioDecodeError('Decoding the audio took far longer than its length; the file is probably damaged.');
+    if (err instanceof BoundedChildError && err.reason === 'memory')
+      throw new AudioDecodeError(`Decoding the audio needs more than the ${Math.round(memoryBytes / 1e6)} MB of memory this server allows for one file.`);
+    if (err instanceof BoundedChildError && err.reason === 'exit' && err.exitCode !== null)
+      throw new AudioDecodeError(`The audio could not be decoded: ${err.message}`);
     throw err;
   } finally {
     input.signal?.removeEventListener('abort', abort);
@@ -262,7 +280,12 @@ export async function renderAudio(input: {
   }
   const waveformFile = path.join(workDir, 'waveform.json');
   await writeFile(waveformFile, JSON.stringify(waveform));
-  const variants: ProducedVariant[] = plans.map((p) => ({ name: String(p.n), file: out(p), storedAs: renditionFiles[p.n].storedAs, mimeType: renditionFiles[p.n].mimeType }));
+  const variants: ProducedVariant[] = plans.map((p) => ({
+    name: String(p.n),
+    file: out(p),
+    storedAs: renditionFiles[p.n].storedAs,
+    mimeType: renditionFiles[p.n].mimeType,
+  }));
   variants.push({ name: 'waveform', file: waveformFile, storedAs: 'waveform.json', mimeType: 'application/json' });
   return { variants, plans, waveform, decodedMs: Math.round((reducer.totalSamples / sampleRate) * 1000) };
 }
@@ -317,7 +340,10 @@ function containerOf(sniffed: Sniffed): string {
 
 /** Tags are user data: trimmed, control characters removed, bounded. */
 function text<K extends string>(key: K, value: string | undefined): Partial<Record<K, string>> {
-  const cleaned = value?.replace(/[\u0000-\u001f\u007f]/g, ' ').trim().slice(0, 500);
+  const cleaned = value
+    ?.replace(/[\u0000-\u001f\u007f]/g, ' ')
+    .trim()
+    .slice(0, 500);
   return cleaned ? ({ [key]: cleaned } as Record<K, string>) : {};
 }
 

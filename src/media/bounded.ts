@@ -85,7 +85,8 @@ export function killGroup(child: ChildProcess): void {
  */
 export function runBounded(command: string, args: string[], opts: BoundedOptions): Promise<{ stdout: Buffer; stderr: string }> {
   return new Promise((resolve, reject) => {
-    if (opts.signal?.aborted) return reject(new BoundedChildError(`${command} was not started: the work was cancelled`, 'aborted', null, '', { cause: opts.signal.reason }));
+    if (opts.signal?.aborted)
+      return reject(new BoundedChildError(`${command} was not started: the work was cancelled`, 'aborted', null, '', { cause: opts.signal.reason }));
     const line = boundedCommand(command, args, opts.memoryBytes);
     const child = spawn(line.file, line.args, {
       cwd: opts.cwd,
@@ -132,13 +133,26 @@ export function runBounded(command: string, args: string[], opts: BoundedOptions
       done();
       if (code === 0 && !killedFor) return resolve({ stdout: Buffer.concat(chunks), stderr });
       const reason = classifyEnd({ code, signal, stderr, killedFor });
-      reject(new BoundedChildError(describeEnd(command, reason, { code, signal, stderr, opts }), reason, code, stderr, reason === 'aborted' ? { cause: opts.signal?.reason } : undefined));
+      reject(
+        new BoundedChildError(
+          describeEnd(command, reason, { code, signal, stderr, opts }),
+          reason,
+          code,
+          stderr,
+          reason === 'aborted' ? { cause: opts.signal?.reason } : undefined,
+        ),
+      );
     });
   });
 }
 
 /** Why a child ended: our own kill first, then what its stderr says, then how it ended. */
-export function classifyEnd(end: { code: number | null; signal: NodeJS.Signals | null; stderr: string; killedFor?: 'memory' | 'timeout' | 'aborted' }): BoundedReason {
+export function classifyEnd(end: {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stderr: string;
+  killedFor?: 'memory' | 'timeout' | 'aborted';
+}): BoundedReason {
   if (end.killedFor) return end.killedFor;
   if (looksLikeMemoryFailure(end.stderr)) return 'memory';
   // V8 aborts (SIGABRT/SIGTRAP) on a failed reservation; a segfault under RLIMIT_AS is usually one too,
@@ -146,7 +160,11 @@ export function classifyEnd(end: { code: number | null; signal: NodeJS.Signals |
   return end.signal ? 'signal' : 'exit';
 }
 
-function describeEnd(command: string, reason: BoundedReason, end: { code: number | null; signal: NodeJS.Signals | null; stderr: string; opts: BoundedOptions }): string {
+function describeEnd(
+  command: string,
+  reason: BoundedReason,
+  end: { code: number | null; signal: NodeJS.Signals | null; stderr: string; opts: BoundedOptions },
+): string {
   const name = command.split('/').pop();
   switch (reason) {
     case 'memory':
@@ -202,7 +220,10 @@ export function forkBounded(modulePath: string, args: string[], opts: BoundedFor
 const seconds = (ms: number) => Number((ms / 1000).toFixed(ms < 10_000 ? 1 : 0));
 
 function lastLine(text: string): string {
-  const lines = text.split('\n').map((l) => l.trim()).filter(Boolean);
+  const lines = text
+    .split('\n')
+    .map((l) => l.trim())
+    .filter(Boolean);
   // ffmpeg prefixes lines with "[component @ 0x…]"; the address means nothing to a person.
   return (lines[lines.length - 1] ?? '').replace(/\s*@ 0x[0-9a-f]+/g, '').slice(0, 300);
 }

@@ -38,7 +38,8 @@ export function resolveFfmpeg(opts: { ffmpegPath?: string; searchPath?: boolean;
   if (opts.ffmpegPath === 'off') return undefined;
   if (opts.ffmpegPath) {
     const tool = probe(opts.ffmpegPath, 'FFMPEG_PATH');
-    if (!tool) throw new FfmpegPathError(`Invalid environment variable FFMPEG_PATH: ${opts.ffmpegPath} does not run as ffmpeg (use "off" to disable renditions).`);
+    if (!tool)
+      throw new FfmpegPathError(`Invalid environment variable FFMPEG_PATH: ${opts.ffmpegPath} does not run as ffmpeg (use "off" to disable renditions).`);
     return tool;
   }
   if (opts.searchPath !== false) {

@@ -30,7 +30,7 @@ export async function heifDeclaredSizes(filePath: string): Promise<Array<{ width
       return buffer.subarray(0, bytesRead);
     };
     // The meta box is a top-level box, before the coded data in every file iPhones write.
-    for (let at = 0; at + 8 <= size; ) {
+    for (let at = 0; at + 8 <= size;) {
       const head = await read(at, 16);
       if (head.length < 8) break;
       let boxSize = head.readUInt32BE(0);
@@ -60,7 +60,7 @@ type Box = { type: string; body: Buffer };
 /** The boxes directly inside `b` (32-bit sizes: a photo's metadata boxes are small); stops at the first malformed one. */
 function metaChildren(b: Buffer): Box[] {
   const boxes: Box[] = [];
-  for (let at = 0; at + 8 <= b.length; ) {
+  for (let at = 0; at + 8 <= b.length;) {
     const boxSize = b.readUInt32BE(at);
     if (boxSize < 8 || at + boxSize > b.length) break;
     boxes.push({ type: b.toString('latin1', at + 4, at + 8), body: b.subarray(at + 8, at + boxSize) });
@@ -109,7 +109,9 @@ async function derivedImageSizes(meta: Box[], read: (at: number, length: number)
     const at = item.type === 'grid' ? 4 : 10;
     const wide = data.length >= 2 && (data[1]! & 1) === 1;
     if (data.length < at + (wide ? 8 : 4)) continue;
-    sizes.push(wide ? { width: data.readUInt32BE(at), height: data.readUInt32BE(at + 4) } : { width: data.readUInt16BE(at), height: data.readUInt16BE(at + 2) });
+    sizes.push(
+      wide ? { width: data.readUInt32BE(at), height: data.readUInt32BE(at + 4) } : { width: data.readUInt16BE(at), height: data.readUInt16BE(at + 2) },
+    );
   }
   return sizes;
 }
@@ -197,7 +199,8 @@ export async function decodeHeicToJpeg(sourcePath: string, workDir: string, opts
     });
   } catch (err) {
     if (err instanceof BoundedChildError && (err.reason === 'aborted' || err.reason === 'signal')) throw err;
-    if (err instanceof BoundedChildError && err.exitCode === 127) throw new Error('heif-convert is not installed (Debian package libheif-examples)', { cause: err });
+    if (err instanceof BoundedChildError && err.exitCode === 127)
+      throw new Error('heif-convert is not installed (Debian package libheif-examples)', { cause: err });
     throw errors.unprocessable('The HEIC photo is corrupt or truncated and cannot be decoded.', err);
   }
   return out;
@@ -222,7 +225,8 @@ export async function encodeCleanHeic(decodedJpeg: Buffer, workDir: string, opts
       cwd: workDir,
     });
   } catch (err) {
-    if (err instanceof BoundedChildError && err.exitCode === 127) throw new Error('heif-enc is not installed (Debian package libheif-examples)', { cause: err });
+    if (err instanceof BoundedChildError && err.exitCode === 127)
+      throw new Error('heif-enc is not installed (Debian package libheif-examples)', { cause: err });
     // Our own re-encode failing is not the photo's fault: a server-side failure.
     throw new Error('Re-encoding the HEIC original without its metadata failed.', { cause: err });
   } finally {

@@ -31,7 +31,9 @@ export function profileDescription(icc: Buffer): string | undefined {
       if (length % 2 !== 0) return undefined;
       const start = offset + icc.readUInt32BE(offset + 24);
       if (start + length > offset + size) return undefined;
-      return Buffer.from(icc.subarray(start, start + length)).swap16().toString('utf16le');
+      return Buffer.from(icc.subarray(start, start + length))
+        .swap16()
+        .toString('utf16le');
     }
     return undefined;
   }

@@ -107,7 +107,8 @@ export function createImageWorkerPool(opts: ImageWorkerPoolOptions): ImageWorker
       if (at >= 0) idle.splice(at, 1);
       if (worker.pending.size === 0) return;
       const failure = whyItDied(worker, { code, signal });
-      if (!(failure instanceof AppError) && !closed && worker.killedFor !== 'aborted') opts.logger.error('image worker died while processing', { code, signal, stderr: worker.stderr.slice(-500) });
+      if (!(failure instanceof AppError) && !closed && worker.killedFor !== 'aborted')
+        opts.logger.error('image worker died while processing', { code, signal, stderr: worker.stderr.slice(-500) });
       for (const waiting of worker.pending.values()) waiting.reject(failure);
       worker.pending.clear();
     });
@@ -118,13 +119,19 @@ export function createImageWorkerPool(opts: ImageWorkerPoolOptions): ImageWorker
   }
 
   function whyItDied(worker: Worker, end: { code: number | null; signal: NodeJS.Signals | null }): Error {
-    if (worker.killedFor === 'aborted') return worker.abortReason instanceof Error ? worker.abortReason : new Error('image processing was cancelled', { cause: worker.abortReason });
-    if (!worker.ready) return new Error(`The image worker could not start (${end.signal ?? `exit code ${end.code}`}): ${worker.stderr.trim().split('\n').pop() ?? ''}`);
+    if (worker.killedFor === 'aborted')
+      return worker.abortReason instanceof Error ? worker.abortReason : new Error('image processing was cancelled', { cause: worker.abortReason });
+    if (!worker.ready)
+      return new Error(`The image worker could not start (${end.signal ?? `exit code ${end.code}`}): ${worker.stderr.trim().split('\n').pop() ?? ''}`);
     if (worker.killedFor === 'timeout') {
-      return errors.unprocessable(`Processing the image took longer than ${Number((timeoutMs / 1000).toFixed(1))} s, the limit for one file. Scale it down or convert it to JPEG and upload again.`);
+      return errors.unprocessable(
+        `Processing the image took longer than ${Number((timeoutMs / 1000).toFixed(1))} s, the limit for one file. Scale it down or convert it to JPEG and upload again.`,
+      );
     }
     if (looksLikeMemoryFailure(worker.stderr)) {
-      return errors.unprocessable(`Decoding the image needs more than the ${Math.round(memoryBytes / 1e6)} MB of memory this server allows for one file. Scale it down or convert it to JPEG and upload again.`);
+      return errors.unprocessable(
+        `Decoding the image needs more than the ${Math.round(memoryBytes / 1e6)} MB of memory this server allows for one file. Scale it down or convert it to JPEG and upload again.`,
+      );
     }
     // Closed, killed from outside, crashed: nothing says the image is at fault, so it may be tried again.
     const how = closed ? 'the image workers were closed' : end.signal ? `killed by ${end.signal}` : `exit code ${end.code}`;
@@ -184,7 +191,9 @@ export function createImageWorkerPool(opts: ImageWorkerPoolOptions): ImageWorker
       }),
     async close() {
       closed = true;
-      const exits = [...all].map((w) => new Promise<void>((resolve) => (w.child.exitCode !== null || w.child.signalCode !== null ? resolve() : w.child.once('exit', () => resolve()))));
+      const exits = [...all].map(
+        (w) => new Promise<void>((resolve) => (w.child.exitCode !== null || w.child.signalCode !== null ? resolve() : w.child.once('exit', () => resolve()))),
+      );
       for (const w of all) {
         // Held until they are gone: unref'd workers would let the process end in the middle of close().
         w.child.ref();

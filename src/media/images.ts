@@ -9,7 +9,15 @@ import { isSrgbProfile } from './icc.js';
 import { createLimiter } from './limiter.js';
 import { stripLosslessly } from './metadata.js';
 import type { ImageInfo } from './info.js';
-import { avifVariantName, type ImageFormat, type MediaLimits, type MediaProcessor, type ProcessInput, type ProcessResult, type ProducedVariant } from './processor.js';
+import {
+  avifVariantName,
+  type ImageFormat,
+  type MediaLimits,
+  type MediaProcessor,
+  type ProcessInput,
+  type ProcessResult,
+  type ProducedVariant,
+} from './processor.js';
 
 // The only module that imports sharp. An image is decoded once (orientation applied, colour
 // converted to sRGB, shrunk to the largest rung on load), then every smaller rung is resized from
@@ -91,7 +99,8 @@ async function processImage(input: ProcessInput, opts: ImageProcessorOptions): P
   const source: Source = readWhole.has(sniffed.mimeType) ? await readFile(sourcePath) : sourcePath;
   const meta = await readHeader(source, sniffed.mimeType, canAnimate);
 
-  if (!decodable.has(meta.format)) throw errors.unsupportedType(`Images in ${meta.format} format are not supported; upload JPEG, PNG, WebP, GIF, AVIF or TIFF.`);
+  if (!decodable.has(meta.format))
+    throw errors.unsupportedType(`Images in ${meta.format} format are not supported; upload JPEG, PNG, WebP, GIF, AVIF or TIFF.`);
 
   const frameHeight = meta.pageHeight ?? meta.height;
   const framePixels = meta.width * frameHeight;
@@ -104,7 +113,14 @@ async function processImage(input: ProcessInput, opts: ImageProcessorOptions): P
   const animated = pages > 1;
   // Every rung decodes and encodes every frame: the work (and the bytes made) grows with frames ×
   // pixels, so both are bounded before any frame is decoded.
-  if (animated) checkAnimation({ width: meta.width, height: frameHeight, pages }, { maxFrames: input.limits?.maxFrames ?? opts.maxFrames, maxAnimationPixels: input.limits?.maxAnimationPixels ?? opts.maxAnimationPixels ?? opts.maxPixels });
+  if (animated)
+    checkAnimation(
+      { width: meta.width, height: frameHeight, pages },
+      {
+        maxFrames: input.limits?.maxFrames ?? opts.maxFrames,
+        maxAnimationPixels: input.limits?.maxAnimationPixels ?? opts.maxAnimationPixels ?? opts.maxPixels,
+      },
+    );
 
   const frame = { width: meta.width, height: frameHeight };
   // EXIF orientations 5-8 turn the picture a quarter. HEIF decoders apply their rotation box
@@ -122,7 +138,10 @@ async function processImage(input: ProcessInput, opts: ImageProcessorOptions): P
   return {
     width: produced.width,
     height: produced.height,
-    info: { placeholder, thumbhash: Buffer.from(rgbaToThumbHash(produced.hashSource.width, produced.hashSource.height, produced.hashSource.data)).toString('base64') },
+    info: {
+      placeholder,
+      thumbhash: Buffer.from(rgbaToThumbHash(produced.hashSource.width, produced.hashSource.height, produced.hashSource.data)).toString('base64'),
+    },
     variants: produced.variants,
     status: 'ready',
     original,
@@ -197,7 +216,10 @@ async function stillLadder(
     throw decodeError(err);
   }
 
-  const variants = [...(await encodeAvif(top, avifRung(topRung.name, opts.formats), workDir, topSize)), await encode(sharp(top.data, { raw: rawShape(top) }), topRung, workDir, topSize)];
+  const variants = [
+    ...(await encodeAvif(top, avifRung(topRung.name, opts.formats), workDir, topSize)),
+    await encode(sharp(top.data, { raw: rawShape(top) }), topRung, workDir, topSize),
+  ];
   // Rungs down to 320 are resized from the top rung's pixels and encoded in the same call; the 320
   // rung's pixels are kept for the smaller ones and the thumbhash. Each sharp call has a fixed cost
   // (about a millisecond) worth saving on a ladder of small images.
@@ -223,7 +245,13 @@ async function stillLadder(
 }
 
 /** Animations are small by construction (frame cap, pixel budget): each rung decodes its own frames. */
-async function animatedLadder(sourcePath: Source, frame: { width: number; height: number }, square: boolean, workDir: string, opts: ImageProcessorOptions): Promise<Ladder> {
+async function animatedLadder(
+  sourcePath: Source,
+  frame: { width: number; height: number },
+  square: boolean,
+  workDir: string,
+  opts: ImageProcessorOptions,
+): Promise<Ladder> {
   const variants: ProducedVariant[] = [];
   try {
     for (const rung of LADDER) {
@@ -254,7 +282,10 @@ async function encode(pipeline: Sharp, rung: Rung, workDir: string, size: { widt
 }
 
 async function resizeRaw(raw: Raw, size: { width: number; height: number }): Promise<Raw> {
-  const { data, info } = await sharp(raw.data, { raw: rawShape(raw) }).resize(size.width, size.height, { fit: 'fill' }).raw().toBuffer({ resolveWithObject: true });
+  const { data, info } = await sharp(raw.data, { raw: rawShape(raw) })
+    .resize(size.width, size.height, { fit: 'fill' })
+    .raw()
+    .toBuffer({ resolveWithObject: true });
   return { data, width: info.width, height: info.height, channels: info.channels };
 }
 
@@ -338,7 +369,11 @@ function decodeError(err: unknown): AppError {
   const message = String((err as Error)?.message ?? err);
   if (/exceeds pixel limit/i.test(message)) return errors.tooLarge('The image has more pixels than this server accepts. Scale it down and upload again.');
   // libvips failing an allocation under the worker's memory cap: the file asks for more than one file may.
-  if (looksLikeMemoryFailure(message)) return errors.unprocessable('Decoding the image needs more memory than this server allows for one file. Scale it down or convert it to JPEG and upload again.', err);
+  if (looksLikeMemoryFailure(message))
+    return errors.unprocessable(
+      'Decoding the image needs more memory than this server allows for one file. Scale it down or convert it to JPEG and upload again.',
+      err,
+    );
   return errors.unprocessable('The image is corrupt or truncated and cannot be decoded.', err);
 }
 
@@ -416,6 +451,8 @@ async function encodeAvif(raw: Raw, rung: AvifRung | undefined, workDir: string,
   const storedAs = `${rung.name}.avif`;
   const file = path.join(workDir, storedAs);
   // 4:2:0 like WebP: the SSIM match and the byte comparison are like for like.
-  await sharp(raw.data, { raw: rawShape(raw) }).avif({ quality: rung.quality, effort: rung.effort, chromaSubsampling: '4:2:0' }).toFile(file);
+  await sharp(raw.data, { raw: rawShape(raw) })
+    .avif({ quality: rung.quality, effort: rung.effort, chromaSubsampling: '4:2:0' })
+    .toFile(file);
   return [{ name: avifVariantName(rung.name), file, storedAs, mimeType: 'image/avif', format: 'avif', width: size.width, height: size.height }];
 }

@@ -6,7 +6,7 @@ import { z } from 'zod';
 /** What the image processor reports (src/media/images.ts). */
 export const imageInfoSchema = z.object({
   placeholder: z.string().describe('a tiny WebP of the picture as a data: URI, to show while the real one loads'),
-  thumbhash: z.string().describe('the picture\'s ThumbHash, base64'),
+  thumbhash: z.string().describe("the picture's ThumbHash, base64"),
 });
 export type ImageInfo = z.infer<typeof imageInfoSchema>;
 

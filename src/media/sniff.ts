@@ -89,7 +89,8 @@ export function sniffBytes(b: Uint8Array): Sniffed | undefined {
     // The first page holds the first packet of the first stream: its codec's identification header.
     const first = b.length >= 27 ? ascii(b, 27 + (b[26] ?? 0), Math.min(b.length, 27 + (b[26] ?? 0) + 8)) : '';
     if (first.startsWith('OpusHead')) return { kind: 'audio', mimeType: 'audio/ogg; codecs=opus', ext: 'opus' };
-    if (first.startsWith('\x01vorbis') || first.startsWith('\x7fFLAC') || first.startsWith('Speex   ')) return { kind: 'audio', mimeType: 'audio/ogg', ext: 'ogg' };
+    if (first.startsWith('\x01vorbis') || first.startsWith('\x7fFLAC') || first.startsWith('Speex   '))
+      return { kind: 'audio', mimeType: 'audio/ogg', ext: 'ogg' };
     // Theora video, Ogg skeletons, …: not music.
     return { kind: 'other', mimeType: 'application/ogg', ext: 'ogx' };
   }
@@ -123,6 +124,9 @@ function mpegAudioFrame(b: Uint8Array): Sniffed | undefined {
 }
 
 function looksLikeSvg(b: Uint8Array): boolean {
-  const text = Buffer.from(b.subarray(0, 1024)).toString('utf8').replace(/^\uFEFF/, '').trimStart();
+  const text = Buffer.from(b.subarray(0, 1024))
+    .toString('utf8')
+    .replace(/^\uFEFF/, '')
+    .trimStart();
   return /^(<\?xml[^>]*>\s*)?(<!--[\s\S]*?-->\s*)*(<!DOCTYPE svg[^>]*>\s*)?<svg[\s>]/i.test(text);
 }

@@ -49,7 +49,10 @@ export class PeakReducer {
     if (count > 0) {
       const start = chunk.byteOffset + offset;
       // A view when aligned (Node's pipe chunks are), else one copy; every platform Node runs on is little-endian.
-      const samples = start % 2 === 0 ? new Int16Array(chunk.buffer, start, count) : new Int16Array(Uint8Array.prototype.slice.call(chunk, offset, offset + count * 2).buffer);
+      const samples =
+        start % 2 === 0
+          ? new Int16Array(chunk.buffer, start, count)
+          : new Int16Array(Uint8Array.prototype.slice.call(chunk, offset, offset + count * 2).buffer);
       this.addRun(samples);
     }
     const end = offset + count * 2;

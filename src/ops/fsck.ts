@@ -65,7 +65,12 @@ export async function fsck(deps: FsckDeps, opts: { repair?: boolean; live?: bool
     else if (!entry?.hasSidecar || !(await area.sidecarReadable(file.id))) why = "an unfinished upload lost tus's record of it";
     else if (received >= (file.uploadLength ?? file.bytes) && received > 0) {
       // The last byte is a commitment: the next start makes it 'received' and processes it.
-      notices.push({ kind: 'upload-complete', subject: file.id, detail: `all ${received} bytes received; processed ${opts.live ? 'by the live server' : 'at the next start'}`, repairable: false });
+      notices.push({
+        kind: 'upload-complete',
+        subject: file.id,
+        detail: `all ${received} bytes received; processed ${opts.live ? 'by the live server' : 'at the next start'}`,
+        repairable: false,
+      });
       return;
     } else if (file.expiresAt !== null && file.expiresAt <= now) why = 'an unfinished upload expired but still holds its reservation';
     // Beside a live server an upload between its move and its commit is being completed, not stuck.
@@ -87,7 +92,12 @@ export async function fsck(deps: FsckDeps, opts: { repair?: boolean; live?: bool
     awaiting.add(file.id);
     uploadsPresent.delete(file.id);
     if (await deps.received?.locate(file.id)) {
-      notices.push({ kind: 'awaiting-processing', subject: file.id, detail: `${file.status}; processing resumes at the next start if the server is stopped`, repairable: false });
+      notices.push({
+        kind: 'awaiting-processing',
+        subject: file.id,
+        detail: `${file.status}; processing resumes at the next start if the server is stopped`,
+        repairable: false,
+      });
       return;
     }
     problem('received-bytes-missing', file.id, `a received upload has no bytes in the received area; ${file.reservedBytes} bytes reserved`, true);
@@ -110,7 +120,8 @@ export async function fsck(deps: FsckDeps, opts: { repair?: boolean; live?: bool
       names.delete(v.path);
       const s = await storage.stat(file.id, v.path);
       if (!s) problem('missing-variant', `${file.id}/${v.path}`, `variant "${v.name}" is recorded but its blob is missing`, false);
-      else if (s.size !== v.bytes) problem('variant-size', `${file.id}/${v.path}`, `variant "${v.name}" weighs ${s.size} bytes on disk, ${v.bytes} in the database`, false);
+      else if (s.size !== v.bytes)
+        problem('variant-size', `${file.id}/${v.path}`, `variant "${v.name}" weighs ${s.size} bytes on disk, ${v.bytes} in the database`, false);
     }
     if (sum !== file.totalBytes) {
       problem('file-total', file.id, `totalBytes is ${file.totalBytes} but its variants add up to ${sum}`, true);
@@ -118,7 +129,12 @@ export async function fsck(deps: FsckDeps, opts: { repair?: boolean; live?: bool
     }
     for (const name of names) {
       const temp = isTempName(name);
-      problem(temp ? 'temp-file' : 'unexpected-file', `${file.id}/${name}`, temp ? 'a temporary file left by an interrupted write' : 'a blob no variant records (never charged)', true);
+      problem(
+        temp ? 'temp-file' : 'unexpected-file',
+        `${file.id}/${name}`,
+        temp ? 'a temporary file left by an interrupted write' : 'a blob no variant records (never charged)',
+        true,
+      );
       await repair(`removed ${file.id}/${name}`, () => storage.removeName(file.id, name));
     }
   }
@@ -161,7 +177,8 @@ export async function fsck(deps: FsckDeps, opts: { repair?: boolean; live?: bool
   for (const user of repo.allUsers()) {
     const want = computed.get(user.id) ?? { used: 0, reserved: 0 };
     if (user.usedBytes !== want.used) problem('usage', user.id, `usedBytes is ${user.usedBytes}, its files total ${want.used}`, true);
-    if (user.reservedBytes !== want.reserved) problem('reservation', user.id, `reservedBytes is ${user.reservedBytes}, its unfinished uploads hold ${want.reserved}`, true);
+    if (user.reservedBytes !== want.reserved)
+      problem('reservation', user.id, `reservedBytes is ${user.reservedBytes}, its unfinished uploads hold ${want.reserved}`, true);
     if (user.usedBytes !== want.used || user.reservedBytes !== want.reserved) {
       await repair(`set the counters of user ${user.id} to used ${want.used}, reserved ${want.reserved}`, () =>
         repo.setUserCounters(user.id, { usedBytes: want.used, reservedBytes: want.reserved }),

@@ -68,7 +68,9 @@ export function createWebhooks(deps: {
 
   // A refusal at creation has no unit of work of its own: its row is its own transaction.
   deps.events.on('quota.exceeded', (info) => {
-    deps.uow.ports.outbox.add('quota.exceeded', { ...info }, { fileId: '', userId: info.userId }).catch((err: unknown) => logger.error('could not record a webhook', { err }));
+    deps.uow.ports.outbox
+      .add('quota.exceeded', { ...info }, { fileId: '', userId: info.userId })
+      .catch((err: unknown) => logger.error('could not record a webhook', { err }));
   });
 
   const handler: JobHandler = {

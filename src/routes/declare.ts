@@ -64,5 +64,7 @@ const errorText: Record<number, string> = {
 
 /** The refusals a route can answer, each with the error JSON. */
 export function errorReplies<const S extends readonly number[]>(...statuses: S) {
-  return Object.fromEntries(statuses.map((s) => [s, jsonReply(errorText[s] ?? 'error', errorResponse)])) as { [K in S[number]]: ReturnType<typeof jsonReply<typeof errorResponse>> };
+  return Object.fromEntries(statuses.map((s) => [s, jsonReply(errorText[s] ?? 'error', errorResponse)])) as {
+    [K in S[number]]: ReturnType<typeof jsonReply<typeof errorResponse>>;
+  };
 }

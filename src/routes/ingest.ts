@@ -27,7 +27,14 @@ type Env = { Bindings: Partial<HttpBindings>; Variables: { uploader: Uploader } 
 /** What an edge taking upload tokens needs besides the secret: the lifetime cap and the use ledger. */
 export type UploadTokenChecks = { maxLifetimeSeconds: number; uses: TokenUseLedger };
 
-export function ingestRoutes(deps: { ingest: Ingest; files: FileService; apiKey: string; secret: string; publicUrl: string | undefined; tokens: UploadTokenChecks }) {
+export function ingestRoutes(deps: {
+  ingest: Ingest;
+  files: FileService;
+  apiKey: string;
+  secret: string;
+  publicUrl: string | undefined;
+  tokens: UploadTokenChecks;
+}) {
   const { ingest } = deps;
 
   async function uploaderOf(c: Context<Env>): Promise<Uploader> {
@@ -88,7 +95,9 @@ export function ingestRoutes(deps: { ingest: Ingest; files: FileService; apiKey:
       } else if (/^application\/(json|[\w.+-]+\+json)\s*(;|$)/i.test(contentType)) {
         const cap = ingest.jsonBodyCap(token?.purpose);
         const tooLarge = () =>
-          errors.tooLarge(`JSON upload bodies may be at most ${formatBytes(cap)}${token ? ` for "${token.purpose}"` : ''}; send larger files as multipart/form-data or with tus.`);
+          errors.tooLarge(
+            `JSON upload bodies may be at most ${formatBytes(cap)}${token ? ` for "${token.purpose}"` : ''}; send larger files as multipart/form-data or with tus.`,
+          );
         if (contentLength !== undefined && contentLength > cap) throw tooLarge();
         // Decoded as it streams, through a byte counter: memory stays flat whatever the body's size.
         const body = requestBody(c).pipe(byteLimit(cap, tooLarge));

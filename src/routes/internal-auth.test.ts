@@ -5,14 +5,16 @@ import { authAnswer } from './internal-auth.js';
 
 const now = 1_800_000_000_000;
 const rel = (id: string, name: string) => `ab/cd/${id}/${name}`;
-const resolved = (expiresAt: number | undefined): DeliveryResolver => () =>
-  ({
-    target: { fileId: 'abcd', path: '3.webp' } as Delivery['target'],
-    contentType: 'image/webp',
-    cacheControl: 'private, max-age=2, immutable',
-    contentDisposition: undefined,
-    expiresAt,
-  }) as Delivery;
+const resolved =
+  (expiresAt: number | undefined): DeliveryResolver =>
+  () =>
+    ({
+      target: { fileId: 'abcd', path: '3.webp' } as Delivery['target'],
+      contentType: 'image/webp',
+      cacheControl: 'private, max-age=2, immutable',
+      contentDisposition: undefined,
+      expiresAt,
+    }) as Delivery;
 
 describe('nginx auth answers', () => {
   it('allow with the path and headers nginx serves with', () => {

@@ -32,7 +32,14 @@ export type RelativePath = (fileId: string, name: string) => string;
 
 export type AuthAnswer = { status: number; headers: Record<string, string>; body: string; target?: { fileId: string; path: string } };
 
-export function authAnswer(resolve: DeliveryResolver, relativePath: RelativePath, originalUri: string | undefined, cacheSeconds: number, nowMs: number, accept?: string): AuthAnswer {
+export function authAnswer(
+  resolve: DeliveryResolver,
+  relativePath: RelativePath,
+  originalUri: string | undefined,
+  cacheSeconds: number,
+  nowMs: number,
+  accept?: string,
+): AuthAnswer {
   try {
     if (!originalUri) throw errors.badRequest('X-Original-URI is missing: the nginx config must set it to $request_uri.');
     const d = resolve(originalUri, accept);
@@ -74,7 +81,16 @@ async function withObjectLocation(answer: AuthAnswer, locate: ObjectLocator, cac
   try {
     const at = await locate(answer.target.fileId, answer.target.path);
     if (!at) return refusedAnswer(deliveryErrors.notFound(), cacheSeconds);
-    return { ...answer, headers: { ...answer.headers, 'X-Chipmunk-Object': at.fetch, 'X-Chipmunk-ETag': at.etag, 'X-Chipmunk-Last-Modified': at.lastModified, 'X-Chipmunk-Size': String(at.size) } };
+    return {
+      ...answer,
+      headers: {
+        ...answer.headers,
+        'X-Chipmunk-Object': at.fetch,
+        'X-Chipmunk-ETag': at.etag,
+        'X-Chipmunk-Last-Modified': at.lastModified,
+        'X-Chipmunk-Size': String(at.size),
+      },
+    };
   } catch (err) {
     return refusedAnswer(err, cacheSeconds);
   }
@@ -106,7 +122,14 @@ export function internalAuthListener(deps: {
       const { status, headers, body } = renderError(errors.notFound('Route'));
       answer = { status, headers, body };
     } else {
-      answer = authAnswer(deps.resolve, deps.relativePath, rawHeader(req.rawHeaders, 'x-original-uri'), deps.authCacheSeconds, now(), rawHeader(req.rawHeaders, 'x-original-accept'));
+      answer = authAnswer(
+        deps.resolve,
+        deps.relativePath,
+        rawHeader(req.rawHeaders, 'x-original-uri'),
+        deps.authCacheSeconds,
+        now(),
+        rawHeader(req.rawHeaders, 'x-original-accept'),
+      );
       if (deps.locate) {
         void withObjectLocation(answer, deps.locate, deps.authCacheSeconds).then((located) => respond(req, res, located));
         return;

@@ -12,7 +12,13 @@ const readinessJson = z.object({
   checks: z.record(z.string(), z.object({ ok: z.boolean(), detail: z.union([z.string(), z.number(), z.record(z.string(), z.number())]).optional() })),
 });
 
-const health = createRoute({ method: 'get', path: '/health', summary: 'Liveness', security: [], responses: { 200: jsonReply('up', z.object({ status: z.literal('ok') })) } });
+const health = createRoute({
+  method: 'get',
+  path: '/health',
+  summary: 'Liveness',
+  security: [],
+  responses: { 200: jsonReply('up', z.object({ status: z.literal('ok') })) },
+});
 const ready = createRoute({
   method: 'get',
   path: '/ready',

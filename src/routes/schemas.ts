@@ -5,19 +5,41 @@ import { audioInfoSchema, audioRenditionsSchema, coverInfoSchema, imageInfoSchem
 // The request shapes the /v1 routes validate with; the OpenAPI document is generated from these.
 
 /** The one user-id schema: every edge (routes, tus creation, token claims) validates with it. */
-export const userIdSchema = z.string().min(1).max(128).regex(/^[\w.@:+-]+$/, 'letters, digits and . _ @ : + - only');
-export const purposeNameSchema = z.string().min(1).max(32).regex(/^[a-z][a-z0-9_-]*$/, 'lower-case letters, digits, _ and - only');
+export const userIdSchema = z
+  .string()
+  .min(1)
+  .max(128)
+  .regex(/^[\w.@:+-]+$/, 'letters, digits and . _ @ : + - only');
+export const purposeNameSchema = z
+  .string()
+  .min(1)
+  .max(32)
+  .regex(/^[a-z][a-z0-9_-]*$/, 'lower-case letters, digits, _ and - only');
 
 /** Users the demo acts for; the /v1 API never names them, so the demo cannot touch an app user. */
 export const DEMO_USER_PREFIX = 'demo-';
 /** A user id as the app backend names it in /v1: any user id except the demo's. */
-export const appUserIdSchema = userIdSchema.refine((id) => !id.startsWith(DEMO_USER_PREFIX), { message: `the ${DEMO_USER_PREFIX} prefix is reserved for the demo's users` });
+export const appUserIdSchema = userIdSchema.refine((id) => !id.startsWith(DEMO_USER_PREFIX), {
+  message: `the ${DEMO_USER_PREFIX} prefix is reserved for the demo's users`,
+});
 
 export const uploadTokenRequest = z.object({
   userId: appUserIdSchema,
   purpose: purposeNameSchema,
-  expiresIn: z.number().int().positive().max(30 * 24 * 3600).default(3600).describe('seconds, at most CHIPMUNK_UPLOAD_TOKEN_MAX_AGE (7 days by default)'),
-  maxUploads: z.number().int().min(1).max(10_000).optional().describe('how many uploads the token may start (1: single use); unbounded within its lifetime when absent'),
+  expiresIn: z
+    .number()
+    .int()
+    .positive()
+    .max(30 * 24 * 3600)
+    .default(3600)
+    .describe('seconds, at most CHIPMUNK_UPLOAD_TOKEN_MAX_AGE (7 days by default)'),
+  maxUploads: z
+    .number()
+    .int()
+    .min(1)
+    .max(10_000)
+    .optional()
+    .describe('how many uploads the token may start (1: single use); unbounded within its lifetime when absent'),
 });
 
 export const fileIdParams = z.object({ id: z.string().regex(/^[0-9a-z]{24}$/, 'not a file id') });
@@ -27,7 +49,10 @@ export const setQuotaRequest = z.object({ quotaBytes: z.number().int().nonnegati
 
 export const listFilesQuery = z.object({
   limit: z.coerce.number().int().min(1).max(200).default(50),
-  cursor: z.string().regex(/^[0-9a-z]{24}$/).optional(),
+  cursor: z
+    .string()
+    .regex(/^[0-9a-z]{24}$/)
+    .optional(),
 });
 
 // POST /v1/files. With an upload token, userId and purpose come from the token (and may only repeat it).
@@ -43,10 +68,12 @@ export const ingestFormFields = z.object({
   userId: appUserIdSchema.optional(),
   purpose: purposeNameSchema.optional(),
   filename: z.string().min(1).max(255).optional(),
-  size: z.coerce.number().int().nonnegative().optional().describe('the file\'s exact length in bytes, making the quota reservation exact'),
+  size: z.coerce.number().int().nonnegative().optional().describe("the file's exact length in bytes, making the quota reservation exact"),
 });
 
-export const ingestForm = ingestFormFields.extend({ file: z.file().meta({ type: 'string', format: 'binary', description: 'the file; must be the last part' }) });
+export const ingestForm = ingestFormFields.extend({
+  file: z.file().meta({ type: 'string', format: 'binary', description: 'the file; must be the last part' }),
+});
 
 // The tus endpoint's request headers (checked by @tus/server and the creation hook).
 export const tusHeaders = z.object({
@@ -60,17 +87,20 @@ const uploadChecksum = z
   .optional()
   .describe('"<algorithm> <base64 digest>" of this request\'s bytes (checksum extension)');
 export const tusCreateHeaders = tusHeaders.extend({
-  'Upload-Length': z.string().regex(/^\d+$/).describe('the whole upload\'s size in bytes; deferred length is refused'),
+  'Upload-Length': z.string().regex(/^\d+$/).describe("the whole upload's size in bytes; deferred length is refused"),
   'Upload-Metadata': z
     .string()
     .optional()
     .describe('comma-separated "key base64(value)" pairs: filename, filetype, and optionally purpose (must equal the token\'s)'),
-  Authorization: z.string().regex(/^Bearer \S+$/).describe('"Bearer <upload token>"'),
+  Authorization: z
+    .string()
+    .regex(/^Bearer \S+$/)
+    .describe('"Bearer <upload token>"'),
   'Content-Type': z.literal('application/offset+octet-stream').optional().describe('only with a first chunk in the creation request'),
   'Upload-Checksum': uploadChecksum,
 });
 export const tusPatchHeaders = tusHeaders.extend({
-  'Upload-Offset': z.string().regex(/^\d+$/).describe('where these bytes start; must equal the server\'s offset'),
+  'Upload-Offset': z.string().regex(/^\d+$/).describe("where these bytes start; must equal the server's offset"),
   'Content-Type': z.literal('application/offset+octet-stream'),
   'Upload-Checksum': uploadChecksum,
 });
@@ -78,14 +108,21 @@ export const tusPatchHeaders = tusHeaders.extend({
 // Delivery controls (routes/file-delivery.ts) and delivery itself (/f/<token>/<n>).
 export const setVisibilityRequest = z.object({ visibility: z.enum(['public', 'private']) });
 export const signedLinkQuery = z.object({
-  variant: z.string().regex(/^[0-9a-z][0-9a-z-]{0,31}$/, 'a variant name such as 0, 3 or waveform').default('0'),
+  variant: z
+    .string()
+    .regex(/^[0-9a-z][0-9a-z-]{0,31}$/, 'a variant name such as 0, 3 or waveform')
+    .default('0'),
   expiresIn: z.coerce.number().int().min(1).max(MAX_LINK_SECONDS).default(3600).describe('seconds'),
 });
 export const signedLinkResponse = z.object({ url: z.url(), expiresAt: z.iso.datetime() }).meta({ id: 'SignedLink' });
 export const deliveryParams = z.object({ token: z.string().regex(/^[0-9a-z]{32}$/), n: z.string().regex(/^[0-9a-z-]{1,32}$/) });
 export const deliveryQuery = z.object({
   exp: z.coerce.number().int().positive().optional().describe('expiry of a signed URL, unix seconds'),
-  sig: z.string().regex(/^[A-Za-z0-9_-]{43}$/).optional().describe('unpadded base64url HMAC-SHA256 of "/f/<token>/<n>?exp=<exp>" keyed with CHIPMUNK_SECRET'),
+  sig: z
+    .string()
+    .regex(/^[A-Za-z0-9_-]{43}$/)
+    .optional()
+    .describe('unpadded base64url HMAC-SHA256 of "/f/<token>/<n>?exp=<exp>" keyed with CHIPMUNK_SECRET'),
 });
 
 // What the routes answer: the server's types (z.infer below), the OpenAPI document and the client kit's
@@ -104,18 +141,20 @@ export const uploadTokenResponse = z
 
 export const variantFormatJson = z.object({ mimeType: z.string(), bytes: z.number().int(), url: z.url() });
 
-export const variantJson = z.object({
-  n: z.union([z.number().int(), z.string()]),
-  width: z.number().int().optional(),
-  height: z.number().int().optional(),
-  bytes: z.number().int(),
-  mimeType: z.string(),
-  url: z.url().describe('answers in AVIF to clients whose Accept names image/avif when the rung has an AVIF twin (formats), else in WebP'),
-  formats: z
-    .array(variantFormatJson)
-    .optional()
-    .describe('present on rungs with an AVIF twin: each format with a URL of its own (AVIF first), for <picture>/srcset'),
-}).meta({ id: 'Variant' });
+export const variantJson = z
+  .object({
+    n: z.union([z.number().int(), z.string()]),
+    width: z.number().int().optional(),
+    height: z.number().int().optional(),
+    bytes: z.number().int(),
+    mimeType: z.string(),
+    url: z.url().describe('answers in AVIF to clients whose Accept names image/avif when the rung has an AVIF twin (formats), else in WebP'),
+    formats: z
+      .array(variantFormatJson)
+      .optional()
+      .describe('present on rungs with an AVIF twin: each format with a URL of its own (AVIF first), for <picture>/srcset'),
+  })
+  .meta({ id: 'Variant' });
 
 /** What every file's JSON holds, whatever its kind. */
 const fileCommon = {
@@ -144,7 +183,13 @@ export const coverJson = coverInfoSchema.extend({ variants: z.array(z.url()) }).
 
 /** A track: its tags and stream facts (media/info.ts), its renditions once made, and its cover if it has one. */
 export const audioFileJson = z
-  .object({ kind: z.literal('audio'), ...fileCommon, ...audioInfoSchema.partial().shape, renditions: audioRenditionsSchema.optional(), cover: coverJson.optional() })
+  .object({
+    kind: z.literal('audio'),
+    ...fileCommon,
+    ...audioInfoSchema.partial().shape,
+    renditions: audioRenditionsSchema.optional(),
+    cover: coverJson.optional(),
+  })
   .meta({ id: 'AudioFile' });
 
 /** The file JSON: one shape per kind, told apart by `kind`. */

@@ -22,6 +22,9 @@ export function uploadTokenRoutes(deps: { secret: string; apiKey: string; purpos
       throw errors.invalidInput(`expiresIn may be at most ${deps.maxLifetimeSeconds} seconds on this server (CHIPMUNK_UPLOAD_TOKEN_MAX_AGE).`);
     }
     const { token, expiresAt } = await signUploadToken(deps.secret, body);
-    return c.json({ token, expiresAt: new Date(expiresAt * 1000).toISOString(), ...(body.maxUploads !== undefined ? { maxUploads: body.maxUploads } : {}) }, 201);
+    return c.json(
+      { token, expiresAt: new Date(expiresAt * 1000).toISOString(), ...(body.maxUploads !== undefined ? { maxUploads: body.maxUploads } : {}) },
+      201,
+    );
   });
 }

@@ -41,7 +41,13 @@ export function createAudioService(deps: AudioServiceDeps) {
 
   const bounds = deps.bounds ?? defaultMediaBounds;
 
-  async function makeCover(file: FileRow, sourcePath: string, sniffed: Sniffed, workDir: string, signal: AbortSignal): Promise<{ variants: ProducedVariant[]; info: CoverInfo } | undefined> {
+  async function makeCover(
+    file: FileRow,
+    sourcePath: string,
+    sniffed: Sniffed,
+    workDir: string,
+    signal: AbortSignal,
+  ): Promise<{ variants: ProducedVariant[]; info: CoverInfo } | undefined> {
     let picture;
     try {
       picture = (await readAudio(sourcePath, sniffed, { ...bounds, signal })).cover;
@@ -65,7 +71,14 @@ export function createAudioService(deps: AudioServiceDeps) {
       const ladder = await deps.images.process({ fileId: file.id, sourcePath: coverPath, sniffed: image, square: true, workDir: coverDir, signal });
       return {
         variants: [
-          { name: 'cover-0', file: ladder.original?.file ?? coverPath, storedAs: `cover-0.${image.ext}`, mimeType: image.mimeType, width: ladder.width, height: ladder.height },
+          {
+            name: 'cover-0',
+            file: ladder.original?.file ?? coverPath,
+            storedAs: `cover-0.${image.ext}`,
+            mimeType: image.mimeType,
+            width: ladder.width,
+            height: ladder.height,
+          },
           ...ladder.variants.map((v) => ({ ...v, name: `cover-${v.name}`, storedAs: `cover-${v.storedAs}` })),
         ],
         info: { ...ladder.info, ...(ladder.width ? { width: ladder.width } : {}), ...(ladder.height ? { height: ladder.height } : {}) },
@@ -109,7 +122,12 @@ export function createAudioService(deps: AudioServiceDeps) {
           produced.push(...rendered.variants);
           info.renditions = {
             available: true,
-            streams: rendered.plans.map((p) => ({ n: p.n, codec: p.codec, made: p.mode === 'copy' ? 'copied' : 'encoded', ...(p.bitrate ? { bitrate: p.bitrate } : {}) })),
+            streams: rendered.plans.map((p) => ({
+              n: p.n,
+              codec: p.codec,
+              made: p.mode === 'copy' ? 'copied' : 'encoded',
+              ...(p.bitrate ? { bitrate: p.bitrate } : {}),
+            })),
           };
           if (audioInfo.durationMs === undefined) info.durationMs = rendered.decodedMs;
           logger.info('audio rendered', { fileId: file.id, ms: Date.now() - started, waveformPoints: rendered.waveform.length });

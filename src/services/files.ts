@@ -49,15 +49,18 @@ export function createFileService(deps: FileServiceDeps) {
       ...(file.width != null ? { width: file.width } : {}),
       ...(file.height != null ? { height: file.height } : {}),
     };
-    const variants: VariantJson[] = variantRows.filter(isLadderVariant).sort(byVariantOrder).map((v) => ({
-      n: /^\d+$/.test(v.name) ? Number(v.name) : v.name,
-      ...(v.width != null ? { width: v.width } : {}),
-      ...(v.height != null ? { height: v.height } : {}),
-      bytes: v.bytes,
-      mimeType: v.mimeType,
-      url: variantUrl(file, v.name, baseUrl),
-      ...formatsJson(file, v, variantRows, baseUrl),
-    }));
+    const variants: VariantJson[] = variantRows
+      .filter(isLadderVariant)
+      .sort(byVariantOrder)
+      .map((v) => ({
+        n: /^\d+$/.test(v.name) ? Number(v.name) : v.name,
+        ...(v.width != null ? { width: v.width } : {}),
+        ...(v.height != null ? { height: v.height } : {}),
+        bytes: v.bytes,
+        mimeType: v.mimeType,
+        url: variantUrl(file, v.name, baseUrl),
+        ...formatsJson(file, v, variantRows, baseUrl),
+      }));
     const tail = {
       ...(file.error ? { error: file.error } : {}),
       createdAt: new Date(file.createdAt).toISOString(),
@@ -86,9 +89,7 @@ export function createFileService(deps: FileServiceDeps) {
   /** A track's embedded cover, stored as its own square ladder 'cover-0' (the picture) … 'cover-6'. */
   function coverJson(file: FileRow, variantRows: VariantRow[], baseUrl: string): { cover?: CoverJson } {
     if (file.kind !== 'audio') return {};
-    const ladder = variantRows
-      .filter((v) => /^cover-\d+$/.test(v.name))
-      .sort((a, b) => Number(a.name.slice(6)) - Number(b.name.slice(6)));
+    const ladder = variantRows.filter((v) => /^cover-\d+$/.test(v.name)).sort((a, b) => Number(a.name.slice(6)) - Number(b.name.slice(6)));
     if (!ladder.length) return {};
     const facts = (file.info as Partial<AudioFileInfo>).cover ?? {};
     return { cover: { ...facts, variants: ladder.map((v) => variantUrl(file, v.name, baseUrl)) } };

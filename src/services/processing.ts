@@ -60,14 +60,29 @@ export function createProcessing(deps: ProcessingDeps) {
     const released = await uow.run(async (tx) => {
       const row = await tx.uploads.release(file.id, ['received', 'processing']);
       if (row) {
-        await tx.uploads.recordRefusal({ id: file.id, userId: file.userId, code: appError.code, status: appError.status, message: appError.message, expiresAt: Date.now() + deps.refusalTtlMs });
+        await tx.uploads.recordRefusal({
+          id: file.id,
+          userId: file.userId,
+          code: appError.code,
+          status: appError.status,
+          message: appError.message,
+          expiresAt: Date.now() + deps.refusalTtlMs,
+        });
       }
       return row;
     });
     await received.remove(file.id);
     await deps.discardCarrier?.(file.id);
     if (released) {
-      events.emit('upload.refused', { fileId: file.id, userId: file.userId, purpose: file.purpose, code: appError.code, status: appError.status, kind: file.kind, ms: performance.now() - started });
+      events.emit('upload.refused', {
+        fileId: file.id,
+        userId: file.userId,
+        purpose: file.purpose,
+        code: appError.code,
+        status: appError.status,
+        kind: file.kind,
+        ms: performance.now() - started,
+      });
       logger.info('upload refused', { fileId: file.id, code: appError.code, status: appError.status });
     }
     deps.waits.settle(file.id);
@@ -101,7 +116,16 @@ export function createProcessing(deps: ProcessingDeps) {
         throw errors.unsupportedType(`"${purpose.name}" uploads take ${purpose.kinds.join(' or ')} files; this file is ${sniffed.mimeType}.`);
       }
       workDir = await storage.workspace(fileId);
-      const result = await deps.processors[sniffed.kind].process({ fileId, sourcePath, sniffed, square: purpose.square, formats: purpose.formats, limits: purposeLimits(purpose), workDir, signal });
+      const result = await deps.processors[sniffed.kind].process({
+        fileId,
+        sourcePath,
+        sniffed,
+        square: purpose.square,
+        formats: purpose.formats,
+        limits: purposeLimits(purpose),
+        workDir,
+        signal,
+      });
       if (signal.aborted) throw signal.reason;
       // The original: a cleaned copy when the processor made one, else the upload itself (linked, so
       // the received bytes stay until the commit).
@@ -117,7 +141,14 @@ export function createProcessing(deps: ProcessingDeps) {
       }
       const originalName = `0.${sniffed.ext}`;
       const stored: NewVariant[] = [
-        { name: '0', path: originalName, mimeType: sniffed.mimeType, bytes: await storage.adopt(fileId, originalName, originalFile), width: result.width ?? null, height: result.height ?? null },
+        {
+          name: '0',
+          path: originalName,
+          mimeType: sniffed.mimeType,
+          bytes: await storage.adopt(fileId, originalName, originalFile),
+          width: result.width ?? null,
+          height: result.height ?? null,
+        },
       ];
       for (const v of result.variants) {
         const bytes = await storage.adopt(fileId, v.storedAs, v.file);
@@ -142,7 +173,9 @@ export function createProcessing(deps: ProcessingDeps) {
         return row;
       });
       if (committed === 'quota') {
-        throw errors.quotaExceeded(`Storage quota exceeded: this file and what Chipmunk makes from it (${stored.reduce((s, v) => s + v.bytes, 0)} bytes) do not fit in the quota.`);
+        throw errors.quotaExceeded(
+          `Storage quota exceeded: this file and what Chipmunk makes from it (${stored.reduce((s, v) => s + v.bytes, 0)} bytes) do not fit in the quota.`,
+        );
       }
       if (!committed) {
         // Deleted while we worked: its folder is going away; make sure what we just moved in goes too.

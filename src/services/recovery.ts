@@ -57,7 +57,16 @@ const awaitingProcessing = (f: FileRow) => (f.status === 'received' || f.status 
 
 export async function recoverAtStartup(deps: RecoveryDeps): Promise<RecoveryReport> {
   const { repo, uow, storage, area, received, uploads, logger } = deps;
-  const report: RecoveryReport = { uploadsSettled: 0, uploadsReceived: 0, processingResumed: 0, orphanUploads: 0, orphanReceived: 0, deletesFinished: 0, workspaces: 0, jobsRequeued: 0 };
+  const report: RecoveryReport = {
+    uploadsSettled: 0,
+    uploadsReceived: 0,
+    processingResumed: 0,
+    orphanUploads: 0,
+    orphanReceived: 0,
+    deletesFinished: 0,
+    workspaces: 0,
+    jobsRequeued: 0,
+  };
 
   report.workspaces = await storage.discardAllWorkspaces();
   report.jobsRequeued = await uow.ports.jobs.requeueRunning();

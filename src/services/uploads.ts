@@ -113,7 +113,9 @@ export function createUploadService(deps: UploadServiceDeps) {
               : `Storage quota exceeded: ${formatBytes(outcome.freeBytes)} free, this upload needs ${formatBytes(reserveBytes)} (${formatBytes(req.length)} and up to ${formatBytes(reserveBytes - req.length)} for what is made from it).`,
           );
         } else if (outcome.reason === 'unfinished-count') {
-          err = errors.tooManyUnfinished(`This user already has ${outcome.held.count} unfinished uploads (at most ${deps.maxUnfinished.count}): finish or cancel one first.`);
+          err = errors.tooManyUnfinished(
+            `This user already has ${outcome.held.count} unfinished uploads (at most ${deps.maxUnfinished.count}): finish or cancel one first.`,
+          );
         } else {
           err = errors.tooManyUnfinished(
             `This user's unfinished uploads already hold ${formatBytes(outcome.held.bytes)} (at most ${formatBytes(deps.maxUnfinished.bytes)} together): finish or cancel one first.`,

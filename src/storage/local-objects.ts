@@ -125,7 +125,11 @@ async function* walk(root: string, prefix: string, after: string | undefined): A
   const cut = prefix.lastIndexOf('/');
   const base = cut < 0 ? [] : prefix.slice(0, cut).split('/');
   const afterSegments = after?.split('/');
-  const rootIsFile = () => stat(root).then((s) => !s.isDirectory(), () => false);
+  const rootIsFile = () =>
+    stat(root).then(
+      (s) => !s.isDirectory(),
+      () => false,
+    );
   yield* walkFolder(base);
 
   async function* walkFolder(segments: string[]): AsyncGenerator<string> {

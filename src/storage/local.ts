@@ -119,7 +119,10 @@ export function createLocalStorage(opts: { mediaDir: string; workDir: string; me
     },
 
     relativePath(fileId, name) {
-      return path.relative(mediaDir, mediaPath(mediaDir, fileId, name)).split(path.sep).join('/');
+      return path
+        .relative(mediaDir, mediaPath(mediaDir, fileId, name))
+        .split(path.sep)
+        .join('/');
     },
   };
 }

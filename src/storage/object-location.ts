@@ -20,7 +20,8 @@ export function createObjectLocator(opts: { client: S3Client; store: ObjectStore
     if (!info) return undefined;
     const signed = new URL(await getSignedUrl(opts.client, new GetObjectCommand({ Bucket: opts.s3.bucket, Key: key }), { expiresIn: opts.expiresSeconds }));
     // The rendered nginx config proxies to objectOrigin: a URL elsewhere would be signed for another host.
-    if (signed.origin !== origin.origin) throw new Error(`The presigned URL points at ${signed.origin}, not at ${origin.origin} (the endpoint nginx proxies to).`);
+    if (signed.origin !== origin.origin)
+      throw new Error(`The presigned URL points at ${signed.origin}, not at ${origin.origin} (the endpoint nginx proxies to).`);
     const mtime = Math.floor(info.lastModified.getTime() / 1000);
     return {
       fetch: `${signed.pathname}${signed.search}`,

@@ -16,7 +16,12 @@ export function openBlobStorage(
   workDir: string,
 ): { storage: BlobStorage; locate: ObjectLocator | undefined; probe: (() => Promise<void>) | undefined; close(): void } {
   if (!config.s3) {
-    return { storage: createLocalStorage({ mediaDir: config.mediaDir, workDir, mediaGid: config.mediaGroupId }), locate: undefined, probe: undefined, close: () => undefined };
+    return {
+      storage: createLocalStorage({ mediaDir: config.mediaDir, workDir, mediaGid: config.mediaGroupId }),
+      locate: undefined,
+      probe: undefined,
+      close: () => undefined,
+    };
   }
   const client = createS3Client(config.s3);
   const store = createS3ObjectStore({ client, bucket: config.s3.bucket });

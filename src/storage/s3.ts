@@ -99,9 +99,7 @@ export function createS3ObjectStore(opts: { client: S3Client; bucket: string }):
         throw new ObjectStoreError('range', `Range ${range.start}-${range.end} is not a byte range.`);
       }
       try {
-        const r = await client.send(
-          new GetObjectCommand({ Bucket: bucket, Key: key, Range: range ? `bytes=${range.start}-${range.end}` : undefined }),
-        );
+        const r = await client.send(new GetObjectCommand({ Bucket: bucket, Key: key, Range: range ? `bytes=${range.start}-${range.end}` : undefined }));
         return r.Body as Readable;
       } catch (err) {
         if (isAbsent(err)) return undefined;
@@ -117,9 +115,7 @@ export function createS3ObjectStore(opts: { client: S3Client; bucket: string }):
     async listPage(prefix, opts = {}) {
       assertPrefix(prefix);
       try {
-        const r = await client.send(
-          new ListObjectsV2Command({ Bucket: bucket, Prefix: prefix, MaxKeys: opts.pageSize, ContinuationToken: opts.cursor }),
-        );
+        const r = await client.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: prefix, MaxKeys: opts.pageSize, ContinuationToken: opts.cursor }));
         const objects = (r.Contents ?? []).map((o) => ({
           key: o.Key!,
           size: o.Size ?? 0,
@@ -150,9 +146,7 @@ export function createS3ObjectStore(opts: { client: S3Client; bucket: string }):
         const { objects } = await this.listPage(prefix, { pageSize: maxDeleteBatch });
         if (objects.length === 0) return count;
         try {
-          const r = await client.send(
-            new DeleteObjectsCommand({ Bucket: bucket, Delete: { Objects: objects.map((o) => ({ Key: o.key })), Quiet: true } }),
-          );
+          const r = await client.send(new DeleteObjectsCommand({ Bucket: bucket, Delete: { Objects: objects.map((o) => ({ Key: o.key })), Quiet: true } }));
           if (r.Errors?.length) {
             const first = r.Errors[0]!;
             throw new Error(`${r.Errors.length} objects were not deleted, first ${first.Key}: ${first.Code} ${first.Message}`);

@@ -27,7 +27,10 @@ export function createFinishedUploads(deps: { uow: UnitOfWork; uploads: UploadSe
   };
 
   const json = (status: number, body: unknown, headers: Record<string, string> = {}) =>
-    new Response(JSON.stringify(body), { status, headers: { 'Content-Type': 'application/json', 'Cache-Control': 'no-store', 'Tus-Resumable': '1.0.0', ...headers } });
+    new Response(JSON.stringify(body), {
+      status,
+      headers: { 'Content-Type': 'application/json', 'Cache-Control': 'no-store', 'Tus-Resumable': '1.0.0', ...headers },
+    });
 
   const gone = (err: AppError, method: string) => {
     const res = json(410, err.toJSON(), { 'Chipmunk-Error-Code': err.code });
@@ -54,7 +57,9 @@ export function createFinishedUploads(deps: { uow: UnitOfWork; uploads: UploadSe
     async answer(req: Request): Promise<Response | undefined> {
       const id = idOf(req.url);
       if (req.method === 'GET') {
-        return json(405, errors.methodNotAllowed('An upload URL is not a way to read the file: use the URLs in the file JSON (GET /v1/files/:id).').toJSON(), { Allow: 'HEAD, PATCH, DELETE, OPTIONS' });
+        return json(405, errors.methodNotAllowed('An upload URL is not a way to read the file: use the URLs in the file JSON (GET /v1/files/:id).').toJSON(), {
+          Allow: 'HEAD, PATCH, DELETE, OPTIONS',
+        });
       }
       if (!id || !['HEAD', 'PATCH', 'DELETE'].includes(req.method)) return undefined;
       const file = await uow.ports.files.get(id);

@@ -77,7 +77,8 @@ export function createIngest(deps: IngestDeps) {
         }
         return token;
       }
-      if (!named.userId || !named.purpose) throw errors.invalidInput('Name the upload\'s "userId" and "purpose" (or send an upload token instead of the API key).');
+      if (!named.userId || !named.purpose)
+        throw errors.invalidInput('Name the upload\'s "userId" and "purpose" (or send an upload token instead of the API key).');
       return { userId: named.userId, purpose: named.purpose };
     },
 
@@ -153,7 +154,13 @@ export function createIngest(deps: IngestDeps) {
           tooLong = () => errors.quotaExceeded(`Storage quota exceeded: ${formatBytes(free)} free, and this upload is larger.`);
         }
         await uploads.ensureDiskSpace(length);
-        const file = await uploads.reserve({ userId: grant.userId, purpose: grant.purpose, length: Math.max(1, length), filename: filename ?? 'upload', mimeType: null });
+        const file = await uploads.reserve({
+          userId: grant.userId,
+          purpose: grant.purpose,
+          length: Math.max(1, length),
+          filename: filename ?? 'upload',
+          mimeType: null,
+        });
         reserved = { fileId: file.id, sourcePath: tempPath(file.id), length, tooLong, mimeType: null };
       };
 
@@ -271,7 +278,13 @@ export function createIngest(deps: IngestDeps) {
         }
         const mimeType = info.mimeType && info.mimeType !== 'application/octet-stream' ? info.mimeType : null;
         await uploads.ensureDiskSpace(length);
-        const file = await uploads.reserve({ userId: grant.userId, purpose: grant.purpose, length, filename: info.filename || named.filename || 'upload', mimeType });
+        const file = await uploads.reserve({
+          userId: grant.userId,
+          purpose: grant.purpose,
+          length,
+          filename: info.filename || named.filename || 'upload',
+          mimeType,
+        });
         reserved = { fileId: file.id, sourcePath: tempPath(file.id) };
         await mkdir(deps.dir, { recursive: true, mode: 0o700 });
         const limiter = byteLimit(length, tooLong);

@@ -124,7 +124,8 @@ export class JsonBase64Reader {
     if (this.state !== 'done' || this.inData) throw invalid('The request body must be JSON (it ended early).');
     if (!this.sawData) throw invalid('The request body has no "data" field.');
     const out: Buffer[] = [];
-    if (this.carry.length === 1 || (this.padding > 0 && (this.chars + this.padding) % 4 !== 0)) throw invalid('The "data" field is not valid base64 (wrong length).');
+    if (this.carry.length === 1 || (this.padding > 0 && (this.chars + this.padding) % 4 !== 0))
+      throw invalid('The "data" field is not valid base64 (wrong length).');
     if (this.carry.length > 0) out.push(this.decode(this.carry));
     this.carry = '';
     return out;

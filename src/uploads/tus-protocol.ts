@@ -100,7 +100,8 @@ function checkRequest(method: string, headers: Headers): AppError | undefined {
   const version = headers.get('tus-resumable');
   if (version?.trim() !== TUS_VERSION) return errors.tusVersionUnsupported(version);
   if (method === 'PATCH' && headers.get('content-type')?.trim().toLowerCase() !== 'application/offset+octet-stream') return errors.chunkContentType();
-  if (method === 'PATCH' && headers.get('upload-offset') === null) return errors.badRequest('PATCH requests need Upload-Offset: where their bytes start (HEAD answers it).');
+  if (method === 'PATCH' && headers.get('upload-offset') === null)
+    return errors.badRequest('PATCH requests need Upload-Offset: where their bytes start (HEAD answers it).');
   if (method === 'POST' && headers.get('upload-defer-length') !== null && headers.get('upload-length') === null) return errors.lengthRequired();
   return undefined;
 }

@@ -62,13 +62,16 @@ export function createTusServer(deps: TusDeps): { server: Server; uploadPath: (i
   const store = new CountingFileStore({ directory: area.dir, expirationPeriodInMilliseconds: deps.uploadExpiryMs }, (n, id) => {
     deps.onBytesReceived?.(n);
     // The first bytes end the idle window: the upload may now live its full expiry.
-    if (n > 0) uploads.touch(id).catch((err: unknown) => logger.warn('could not extend an upload\'s expiry', { fileId: id, err }));
+    if (n > 0) uploads.touch(id).catch((err: unknown) => logger.warn("could not extend an upload's expiry", { fileId: id, err }));
   });
   const uploadPath = area.dataPath;
   const discardUpload = area.discard;
 
   /** The creation's admission once the token is good: purpose, declared length, disk, quota. */
-  async function admit(grant: { userId: string; purpose: string }, upload: { id: string; size?: number; sizeIsDeferred: boolean; metadata?: Record<string, string | null> }) {
+  async function admit(
+    grant: { userId: string; purpose: string },
+    upload: { id: string; size?: number; sizeIsDeferred: boolean; metadata?: Record<string, string | null> },
+  ) {
     const meta = upload.metadata ?? {};
     // Metadata may repeat the token's purpose but never widen it.
     if (meta.purpose && meta.purpose !== grant.purpose) {
@@ -174,7 +177,7 @@ export function createTusServer(deps: TusDeps): { server: Server; uploadPath: (i
   // crash before this leaves them to start-up recovery.
   server.on(EVENTS.POST_FINISH, (_req: unknown, _res: unknown, upload: { id: string }) => {
     if (repo.getFile(upload.id)?.status === 'uploading') return;
-    discardUpload(upload.id).catch((err) => logger.warn('could not remove a finished upload\'s tus files', { fileId: upload.id, err }));
+    discardUpload(upload.id).catch((err) => logger.warn("could not remove a finished upload's tus files", { fileId: upload.id, err }));
   });
 
   server.on(EVENTS.POST_TERMINATE, (_req: unknown, _res: unknown, id: string) => {

@@ -72,7 +72,10 @@ async function fetchVariant(variant) {
   check(bytes.length === variant.bytes, `variant is ${bytes.length} bytes, the file JSON says ${variant.bytes}`);
   check(bytes.subarray(0, 4).toString() === 'RIFF' && bytes.subarray(8, 12).toString() === 'WEBP', 'the variant is not a WebP');
   const meta = await sharp(bytes).metadata();
-  check(meta.width === variant.width && meta.height === variant.height, `variant decodes as ${meta.width}×${meta.height}, the JSON says ${variant.width}×${variant.height}`);
+  check(
+    meta.width === variant.width && meta.height === variant.height,
+    `variant decodes as ${meta.width}×${meta.height}, the JSON says ${variant.width}×${variant.height}`,
+  );
   return createHash('sha256').update(bytes).digest('hex');
 }
 
@@ -107,7 +110,9 @@ if (mode === 'upload') {
   const sha256 = await fetchVariant(variant);
   await checkTamperedRefused(variant.url);
   await writeFile(stateFile, JSON.stringify({ id: file.id, n: variant.n, sha256 }));
-  console.log(`docker-e2e: uploaded ${bytes.length} bytes with tus-js-client through nginx; ${file.variants.length} variants; variant ${variant.n} (${variant.width}×${variant.height} WebP) served by nginx; a tampered link refused`);
+  console.log(
+    `docker-e2e: uploaded ${bytes.length} bytes with tus-js-client through nginx; ${file.variants.length} variants; variant ${variant.n} (${variant.width}×${variant.height} WebP) served by nginx; a tampered link refused`,
+  );
 } else if (mode === 'verify') {
   await checkHealth();
   const state = JSON.parse(await readFile(stateFile, 'utf8'));

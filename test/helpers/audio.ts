@@ -30,21 +30,38 @@ export async function waitForFile(t: Pick<TestChipmunk, 'api'>, id: string, boun
 
 /** Decodes a file with ffmpeg to mono 16-bit PCM at `rate`; returns the sample count (throws when ffmpeg fails). */
 export function decodedSamples(file: string, rate = 48_000): number {
-  const out = spawnSync('ffmpeg', ['-nostdin', '-v', 'error', '-xerror', '-i', file, '-map', '0:a:0', '-ac', '1', '-ar', String(rate), '-f', 's16le', 'pipe:1'], {
-    maxBuffer: 512 * 1024 * 1024,
-  });
+  const out = spawnSync(
+    'ffmpeg',
+    ['-nostdin', '-v', 'error', '-xerror', '-i', file, '-map', '0:a:0', '-ac', '1', '-ar', String(rate), '-f', 's16le', 'pipe:1'],
+    {
+      maxBuffer: 512 * 1024 * 1024,
+    },
+  );
   if (out.status !== 0) throw new Error(`ffmpeg could not decode ${file}: ${out.stderr.toString()}`);
   return out.stdout.length / 2;
 }
 
 export function probe(file: string): { codec: string; sampleRate: number; channels: number; duration: number; formatName: string } {
-  const out = spawnSync('ffprobe', ['-v', 'error', '-select_streams', 'a:0', '-show_entries', 'stream=codec_name,sample_rate,channels:format=duration,format_name', '-of', 'json', file], {
-    encoding: 'utf8',
-  });
+  const out = spawnSync(
+    'ffprobe',
+    ['-v', 'error', '-select_streams', 'a:0', '-show_entries', 'stream=codec_name,sample_rate,channels:format=duration,format_name', '-of', 'json', file],
+    {
+      encoding: 'utf8',
+    },
+  );
   if (out.status !== 0) throw new Error(`ffprobe failed on ${file}: ${out.stderr}`);
-  const json = JSON.parse(out.stdout) as { streams: Array<{ codec_name: string; sample_rate: string; channels: number }>; format: { duration: string; format_name: string } };
+  const json = JSON.parse(out.stdout) as {
+    streams: Array<{ codec_name: string; sample_rate: string; channels: number }>;
+    format: { duration: string; format_name: string };
+  };
   const s = json.streams[0]!;
-  return { codec: s.codec_name, sampleRate: Number(s.sample_rate), channels: s.channels, duration: Number(json.format.duration), formatName: json.format.format_name };
+  return {
+    codec: s.codec_name,
+    sampleRate: Number(s.sample_rate),
+    channels: s.channels,
+    duration: Number(json.format.duration),
+    formatName: json.format.format_name,
+  };
 }
 
 /** Makes a test track with ffmpeg's signal generators (a tone over quiet noise), as FLAC. */
@@ -52,11 +69,23 @@ export function generateTrack(file: string, seconds: number, opts: { rate?: numb
   const rate = opts.rate ?? 44_100;
   const layout = (opts.channels ?? 2) === 1 ? 'mono' : 'stereo';
   const out = spawnSync('ffmpeg', [
-    '-nostdin', '-v', 'error', '-y',
-    '-f', 'lavfi', '-i', `sine=frequency=440:sample_rate=${rate}:duration=${seconds}`,
-    '-f', 'lavfi', '-i', `anoisesrc=color=pink:amplitude=0.05:sample_rate=${rate}:duration=${seconds}`,
-    '-filter_complex', `[0][1]amix=inputs=2:normalize=0,aformat=channel_layouts=${layout}`,
-    '-c:a', 'flac', file,
+    '-nostdin',
+    '-v',
+    'error',
+    '-y',
+    '-f',
+    'lavfi',
+    '-i',
+    `sine=frequency=440:sample_rate=${rate}:duration=${seconds}`,
+    '-f',
+    'lavfi',
+    '-i',
+    `anoisesrc=color=pink:amplitude=0.05:sample_rate=${rate}:duration=${seconds}`,
+    '-filter_complex',
+    `[0][1]amix=inputs=2:normalize=0,aformat=channel_layouts=${layout}`,
+    '-c:a',
+    'flac',
+    file,
   ]);
   if (out.status !== 0) throw new Error(`could not generate ${file}: ${out.stderr.toString()}`);
 }

@@ -45,7 +45,16 @@ export async function startChipmunk(env: Record<string, string> = {}, opts: Chip
   const dataDir = given ?? (await mkdtemp(path.join(tmpdir(), 'chipmunk-test-')));
   // As root, nginx's workers run as nobody:nogroup (test/helpers/nginx.ts): the media are shared with that group.
   const mediaGroup = process.getuid?.() === 0 ? { CHIPMUNK_MEDIA_GROUP: 'nogroup' } : {};
-  const config = loadConfig({ PORT: '0', HOST: '127.0.0.1', CHIPMUNK_DATA_DIR: dataDir, CHIPMUNK_LOG_LEVEL: 'silent', CHIPMUNK_DISK_MARGIN: '0', CHIPMUNK_INTERNAL_PORT: '0', ...mediaGroup, ...env });
+  const config = loadConfig({
+    PORT: '0',
+    HOST: '127.0.0.1',
+    CHIPMUNK_DATA_DIR: dataDir,
+    CHIPMUNK_LOG_LEVEL: 'silent',
+    CHIPMUNK_DISK_MARGIN: '0',
+    CHIPMUNK_INTERNAL_PORT: '0',
+    ...mediaGroup,
+    ...env,
+  });
   const chipmunk = createChipmunk(config, { defaultMetrics: false, ...(chipmunkOpts.logWrite ? {} : { logger: silentLogger }), ...chipmunkOpts });
   const { port, internalPort } = await chipmunk.listen();
   const url = `http://127.0.0.1:${port}`;

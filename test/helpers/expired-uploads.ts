@@ -17,7 +17,10 @@ export async function plantExpiredUploads(chipmunk: Chipmunk, count: number, use
   chipmunk.db.transaction((tx) => {
     for (let u = 0; u < userCount; u++) {
       const share = ids.filter((_, i) => i % userCount === u).length;
-      tx.insert(users).values({ id: `sweep-${u}`, quotaBytes: 1e12, reservedBytes: share * declared, createdAt: now }).onConflictDoUpdate({ target: users.id, set: { reservedBytes: sql`${users.reservedBytes} + ${share * declared}` } }).run();
+      tx.insert(users)
+        .values({ id: `sweep-${u}`, quotaBytes: 1e12, reservedBytes: share * declared, createdAt: now })
+        .onConflictDoUpdate({ target: users.id, set: { reservedBytes: sql`${users.reservedBytes} + ${share * declared}` } })
+        .run();
     }
     ids.forEach((id, i) => {
       tx.insert(files)
@@ -42,10 +45,15 @@ export async function plantExpiredUploads(chipmunk: Chipmunk, count: number, use
   const dir = chipmunk.config.uploadDir;
   for (let i = 0; i < ids.length; i += 250) {
     await Promise.all(
-      ids.slice(i, i + 250).flatMap((id) => [
-        writeFile(path.join(dir, id), partial),
-        writeFile(path.join(dir, `${id}.json`), JSON.stringify({ id, size: declared, offset: 0, metadata: {}, creation_date: new Date(now - 2 * 3600_000).toISOString() })),
-      ]),
+      ids
+        .slice(i, i + 250)
+        .flatMap((id) => [
+          writeFile(path.join(dir, id), partial),
+          writeFile(
+            path.join(dir, `${id}.json`),
+            JSON.stringify({ id, size: declared, offset: 0, metadata: {}, creation_date: new Date(now - 2 * 3600_000).toISOString() }),
+          ),
+        ]),
     );
   }
 }

@@ -49,9 +49,7 @@ export async function buildHeic(opts: HeifFixtureOptions): Promise<Buffer> {
     const tiles: CodedImage[] = [];
     for (let row = 0; row < rows; row++) {
       for (let column = 0; column < columns; column++) {
-        const region = side
-          ? tileRegion(opts.image, { left: column * side, top: row * side, side, width, height })
-          : sharp(opts.image).png().toBuffer();
+        const region = side ? tileRegion(opts.image, { left: column * side, top: row * side, side, width, height }) : sharp(opts.image).png().toBuffer();
         tiles.push(await encodeHevc(await region, work, `tile-${row}-${column}`, opts.quality ?? 90));
       }
     }
@@ -167,7 +165,11 @@ export function assembleHeic(a: Assembly): Buffer {
   const infe = (id: number, type: string, hidden: boolean) =>
     fullBox('infe', 2, hidden ? 1 : 0, Buffer.concat([u16(id), u16(0), Buffer.from(type, 'latin1'), Buffer.from([0])]));
   const derivation = a.derivation ?? 'grid';
-  const infos = [...tileIds.map((id) => infe(id, 'hvc1', gridId !== undefined)), ...(gridId ? [infe(gridId, derivation, false)] : []), ...(exifId ? [infe(exifId, 'Exif', false)] : [])];
+  const infos = [
+    ...tileIds.map((id) => infe(id, 'hvc1', gridId !== undefined)),
+    ...(gridId ? [infe(gridId, derivation, false)] : []),
+    ...(exifId ? [infe(exifId, 'Exif', false)] : []),
+  ];
 
   const references: Buffer[] = [];
   if (gridId) references.push(box('dimg', Buffer.concat([u16(gridId), u16(tileIds.length), ...tileIds.map(u16)])));
@@ -185,7 +187,10 @@ export function assembleHeic(a: Assembly): Buffer {
       : // ImageOverlay: version, flags, an opaque black canvas (RGBA, 16 bits each), its size, each input's offset.
         Buffer.concat([
           Buffer.from([0, wide ? 1 : 0]),
-          u16(0), u16(0), u16(0), u16(0xffff),
+          u16(0),
+          u16(0),
+          u16(0),
+          u16(0xffff),
           field(output.width),
           field(output.height),
           ...a.tiles.map((_, i) => Buffer.concat([field((i % a.grid!.columns) * side), field(Math.floor(i / a.grid!.columns) * side)])),
@@ -213,7 +218,9 @@ export function assembleHeic(a: Assembly): Buffer {
       0,
       Buffer.concat([
         u32(associations.size),
-        ...[...associations].map(([item, list]) => Buffer.concat([u16(item), Buffer.from([list.length, ...list.map((p) => (p.essential ? 0x80 : 0) | p.index)])])),
+        ...[...associations].map(([item, list]) =>
+          Buffer.concat([u16(item), Buffer.from([list.length, ...list.map((p) => (p.essential ? 0x80 : 0) | p.index)])]),
+        ),
       ]),
     );
     return fullBox(
@@ -270,7 +277,7 @@ function readUint(b: Buffer, at: number, size: number): number {
 /** The boxes directly inside `b` (32-bit sizes only: all a fixture's boxes are small). */
 export function childBoxes(b: Buffer): Array<{ type: string; body: Buffer; whole: Buffer }> {
   const out: Array<{ type: string; body: Buffer; whole: Buffer }> = [];
-  for (let at = 0; at + 8 <= b.length; ) {
+  for (let at = 0; at + 8 <= b.length;) {
     const size = b.readUInt32BE(at);
     if (size < 8 || at + size > b.length) break;
     out.push({ type: b.toString('latin1', at + 4, at + 8), body: b.subarray(at + 8, at + size), whole: b.subarray(at, at + size) });

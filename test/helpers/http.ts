@@ -7,7 +7,10 @@ export type RawResponse = { status: number; headers: http.IncomingHttpHeaders; b
  * header is given). Settles with the server's answer even when the server answers early and closes
  * the connection while the body is still being sent, as it must for an oversized upload.
  */
-export function rawRequest(url: string, opts: { method?: string; headers?: Record<string, string>; body?: Iterable<Uint8Array> | AsyncIterable<Uint8Array> }): Promise<RawResponse> {
+export function rawRequest(
+  url: string,
+  opts: { method?: string; headers?: Record<string, string>; body?: Iterable<Uint8Array> | AsyncIterable<Uint8Array> },
+): Promise<RawResponse> {
   return new Promise((resolve, reject) => {
     const req = http.request(url, { method: opts.method ?? 'POST', headers: opts.headers });
     let answered = false;

@@ -15,7 +15,10 @@ export type TestNginx = { url: string; prefix: string; config: string; close(): 
  * Real nginx in front of a test Chipmunk, configured by the very command operators run
  * (`chipmunk nginx-config`, reading the same environment as that Chipmunk), on a free port.
  */
-export async function startNginx(t: TestChipmunk, opts: { authCacheSeconds?: number; extraServerConfig?: string; env?: Record<string, string> } = {}): Promise<TestNginx> {
+export async function startNginx(
+  t: TestChipmunk,
+  opts: { authCacheSeconds?: number; extraServerConfig?: string; env?: Record<string, string> } = {},
+): Promise<TestNginx> {
   const prefix = await mkdtemp(path.join(tmpdir(), 'chipmunk-nginx-'));
   // When the tests run as root, nginx's workers run as nobody: they must reach the media and the prefix.
   await chmod(prefix, 0o755);
@@ -37,7 +40,8 @@ export async function startNginx(t: TestChipmunk, opts: { authCacheSeconds?: num
   const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()));
   const url = `http://127.0.0.1:${port}`;
   for (let i = 0; ; i++) {
-    if (proc.exitCode !== null) throw new Error(`nginx exited (${proc.exitCode}): ${stderr}${await readFile(path.join(prefix, 'error.log'), 'utf8').catch(() => '')}`);
+    if (proc.exitCode !== null)
+      throw new Error(`nginx exited (${proc.exitCode}): ${stderr}${await readFile(path.join(prefix, 'error.log'), 'utf8').catch(() => '')}`);
     try {
       const res = await fetch(`${url}/health`);
       if (res.ok) break;

@@ -49,11 +49,18 @@ export type ServerProcess = {
 /** `detached` starts the server as the leader of its own process group (for tests that signal the group). */
 export async function spawnServer(env: Record<string, string>, opts: { readyTimeoutMs?: number; detached?: boolean } = {}): Promise<ServerProcess> {
   // A free internal (auth) port, so servers started side by side never collide on the default 8081.
-  const proc = spawn(process.execPath, [entry], { cwd: root, env: { ...process.env, CHIPMUNK_INTERNAL_PORT: '0', ...env }, stdio: ['ignore', 'pipe', 'pipe'], detached: opts.detached });
+  const proc = spawn(process.execPath, [entry], {
+    cwd: root,
+    env: { ...process.env, CHIPMUNK_INTERNAL_PORT: '0', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+    detached: opts.detached,
+  });
   let out = '';
   proc.stdout!.on('data', (d) => (out += d));
   proc.stderr!.on('data', (d) => (out += d));
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => proc.once('exit', (code, signal) => resolve({ code, signal })));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    proc.once('exit', (code, signal) => resolve({ code, signal })),
+  );
   let gone = false;
   void exited.then(() => (gone = true));
   const url = `http://127.0.0.1:${env.PORT}`;

@@ -13,9 +13,7 @@ import { createS3Client } from '../../src/storage/s3.js';
  */
 export type TestServices = { databaseUrl: string; s3: S3Settings };
 
-const envFile = process.env.CHIPMUNK_SERVICES_DIR
-  ? `${process.env.CHIPMUNK_SERVICES_DIR}/env`
-  : fileURLToPath(new URL('../../.services/env', import.meta.url));
+const envFile = process.env.CHIPMUNK_SERVICES_DIR ? `${process.env.CHIPMUNK_SERVICES_DIR}/env` : fileURLToPath(new URL('../../.services/env', import.meta.url));
 
 export function testServices(): TestServices {
   const fromFile: Record<string, string> = {};
@@ -50,7 +48,11 @@ export function testServices(): TestServices {
  * A fresh database of its own for one test file (or one test); `drop()` removes it. Empty, or a copy
  * of `template` (see createTemplateDatabase): a copy costs tens of milliseconds, a migration more.
  */
-export async function createTestDatabase(services: TestServices, label: string, opts: { template?: string } = {}): Promise<{ url: string; drop(): Promise<void> }> {
+export async function createTestDatabase(
+  services: TestServices,
+  label: string,
+  opts: { template?: string } = {},
+): Promise<{ url: string; drop(): Promise<void> }> {
   const name = databaseName(label);
   await adminQuery(services, `CREATE DATABASE ${name} TEMPLATE ${opts.template ?? 'template0'}`);
   return { url: databaseUrl(services, name), drop: () => adminQuery(services, `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`) };
@@ -60,7 +62,11 @@ export async function createTestDatabase(services: TestServices, label: string, 
  * A database made ready once by `prepare` (e.g. migrated) and then only copied from. Its name goes
  * to createTestDatabase's `template`; `drop()` removes it.
  */
-export async function createTemplateDatabase(services: TestServices, label: string, prepare: (url: string) => Promise<void>): Promise<{ name: string; drop(): Promise<void> }> {
+export async function createTemplateDatabase(
+  services: TestServices,
+  label: string,
+  prepare: (url: string) => Promise<void>,
+): Promise<{ name: string; drop(): Promise<void> }> {
   const template = await createTestDatabase(services, `${label}_template`);
   const name = new URL(template.url).pathname.slice(1);
   await prepare(template.url);

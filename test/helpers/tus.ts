@@ -30,7 +30,11 @@ export function tusUpload(endpoint: string, data: Buffer, opts: Partial<UploadOp
  * Starts an upload and stops it once its first chunk has landed, as a dropped connection would;
  * resolves with the upload's URL, to resume or terminate.
  */
-export function uploadFirstChunk(endpoint: string, data: Buffer, opts: { token: string; chunkSize: number; metadata?: Record<string, string> }): Promise<string> {
+export function uploadFirstChunk(
+  endpoint: string,
+  data: Buffer,
+  opts: { token: string; chunkSize: number; metadata?: Record<string, string> },
+): Promise<string> {
   return new Promise((resolve, reject) => {
     const upload: Upload = new Upload(data, {
       endpoint,

@@ -108,14 +108,17 @@ export class PgLocker implements Locker {
   // so every request still holding one here is told to stop.
   private sessionLost(client: pg.Client, err: Error | undefined): void {
     if (!this.session) return;
-    void this.session.then((current) => {
-      if (current !== client) return;
-      this.session = undefined;
-      const holders = [...this.held.values()].filter((h) => h.state === 'held');
-      this.held.clear();
-      if (!this.closed) this.opts.onSessionLost?.(err);
-      for (const h of holders) void Promise.resolve(h.requestRelease()).catch(() => undefined);
-    }, () => undefined);
+    void this.session.then(
+      (current) => {
+        if (current !== client) return;
+        this.session = undefined;
+        const holders = [...this.held.values()].filter((h) => h.state === 'held');
+        this.held.clear();
+        if (!this.closed) this.opts.onSessionLost?.(err);
+        for (const h of holders) void Promise.resolve(h.requestRelease()).catch(() => undefined);
+      },
+      () => undefined,
+    );
   }
 
   private releaseRequested(id: string): void {

@@ -3,7 +3,20 @@ import { randomUUID } from 'node:crypto';
 import { and, asc, eq, inArray, lte, notInArray, sql } from 'drizzle-orm';
 import { drizzle, type NodePgDatabase } from 'drizzle-orm/node-postgres';
 import type pg from 'pg';
-import { WEBHOOK_JOB, newUploadRow, type CommitInput, type FileCatalogue, type JobQueue, type NewJob, type Outbox, type Ports, type ReserveOutcome, type ReserveUploadInput, type UnitOfWork, type UploadLedger } from '../ports.js';
+import {
+  WEBHOOK_JOB,
+  newUploadRow,
+  type CommitInput,
+  type FileCatalogue,
+  type JobQueue,
+  type NewJob,
+  type Outbox,
+  type Ports,
+  type ReserveOutcome,
+  type ReserveUploadInput,
+  type UnitOfWork,
+  type UploadLedger,
+} from '../ports.js';
 import type { FileRow, JobRow, RefusedUploadRow, VariantRow } from '../schema.js';
 import { advisoryKey } from './connection.js';
 import * as schema from './schema.js';
@@ -73,11 +86,7 @@ function bindPorts(db: PgDb, effects: Effects, opts: PgPortsOptions): Ports {
       if (!admitted) return { ok: false, reason: 'quota', freeBytes: Math.max(0, user!.quotaBytes - user!.usedBytes - user!.reservedBytes) };
       const at = now();
       for (let attempt = 0; ; attempt++) {
-        const [inserted] = await db
-          .insert(files)
-          .values(newUploadRow(input, at))
-          .onConflictDoNothing()
-          .returning();
+        const [inserted] = await db.insert(files).values(newUploadRow(input, at)).onConflictDoNothing().returning();
         if (inserted) return { ok: true, file: inserted };
         if (attempt >= 5) throw new Error('Could not allocate a unique file id.');
       }
@@ -93,7 +102,10 @@ function bindPorts(db: PgDb, effects: Effects, opts: PgPortsOptions): Ports {
     },
 
     async extendExpiry(fileId, expiresAt) {
-      await db.update(files).set({ expiresAt }).where(and(eq(files.id, fileId), eq(files.status, 'uploading'), sql`${files.expiresAt} < ${expiresAt}`));
+      await db
+        .update(files)
+        .set({ expiresAt })
+        .where(and(eq(files.id, fileId), eq(files.status, 'uploading'), sql`${files.expiresAt} < ${expiresAt}`));
     },
 
     async release(fileId, from) {
@@ -102,7 +114,10 @@ function bindPorts(db: PgDb, effects: Effects, opts: PgPortsOptions): Ports {
         .where(and(eq(files.id, fileId), inArray(files.status, [...from]), sql`${files.committedAt} is null`))
         .returning();
       if (!file) return undefined;
-      await db.update(users).set({ reservedBytes: sql`${users.reservedBytes} - ${file.reservedBytes}` }).where(eq(users.id, file.userId));
+      await db
+        .update(users)
+        .set({ reservedBytes: sql`${users.reservedBytes} - ${file.reservedBytes}` })
+        .where(eq(users.id, file.userId));
       await db.delete(jobs).where(and(eq(jobs.fileId, fileId), eq(jobs.state, 'queued'), sql`${jobs.type} <> ${WEBHOOK_JOB}`));
       return file;
     },
@@ -159,7 +174,12 @@ function bindPorts(db: PgDb, effects: Effects, opts: PgPortsOptions): Ports {
           reservedBytes: sql`${users.reservedBytes} - ${file.reservedBytes} + ${keep}`,
           usedBytes: sql`${users.usedBytes} + ${totalBytes}`,
         })
-        .where(and(eq(users.id, file.userId), sql`${users.usedBytes} + ${users.reservedBytes} - ${file.reservedBytes} + ${keep} + ${totalBytes} <= ${users.quotaBytes}`))
+        .where(
+          and(
+            eq(users.id, file.userId),
+            sql`${users.usedBytes} + ${users.reservedBytes} - ${file.reservedBytes} + ${keep} + ${totalBytes} <= ${users.quotaBytes}`,
+          ),
+        )
         .returning({ id: users.id });
       if (!charged) return 'quota';
       if (input.variants.length) await db.insert(variants).values(input.variants.map((v) => ({ ...v, fileId })));
@@ -189,7 +209,10 @@ function bindPorts(db: PgDb, effects: Effects, opts: PgPortsOptions): Ports {
     async fail(fileId, reason) {
       const file = await lockUncommitted(fileId, ['received', 'processing']);
       if (!file) return undefined;
-      await db.update(users).set({ reservedBytes: sql`${users.reservedBytes} - ${file.reservedBytes}` }).where(eq(users.id, file.userId));
+      await db
+        .update(users)
+        .set({ reservedBytes: sql`${users.reservedBytes} - ${file.reservedBytes}` })
+        .where(eq(users.id, file.userId));
       const [row] = await db
         .update(files)
         .set({ status: 'failed', error: reason, reservedBytes: 0, totalBytes: 0, committedAt: now(), updatedAt: now() })
@@ -219,7 +242,16 @@ function bindPorts(db: PgDb, effects: Effects, opts: PgPortsOptions): Ports {
       effects.queued = true;
       const [row] = await db
         .insert(jobs)
-        .values({ fileId: job.fileId, userId: job.userId, type: job.type, payload: job.payload ?? null, state: 'queued', runAfter: job.runAfter ?? at, createdAt: at, updatedAt: at })
+        .values({
+          fileId: job.fileId,
+          userId: job.userId,
+          type: job.type,
+          payload: job.payload ?? null,
+          state: 'queued',
+          runAfter: job.runAfter ?? at,
+          createdAt: at,
+          updatedAt: at,
+        })
         .returning();
       return row!;
     },
@@ -230,7 +262,14 @@ function bindPorts(db: PgDb, effects: Effects, opts: PgPortsOptions): Ports {
       const [next] = await db
         .select({ id: jobs.id })
         .from(jobs)
-        .where(and(eq(jobs.state, 'queued'), lte(jobs.runAfter, at), inArray(jobs.type, [...types]), busyUsers.length ? notInArray(jobs.userId, [...busyUsers]) : undefined))
+        .where(
+          and(
+            eq(jobs.state, 'queued'),
+            lte(jobs.runAfter, at),
+            inArray(jobs.type, [...types]),
+            busyUsers.length ? notInArray(jobs.userId, [...busyUsers]) : undefined,
+          ),
+        )
         .orderBy(sql`${byteOrder(jobs.userId)} > ${afterUser} desc`, byteOrder(jobs.userId), asc(jobs.runAfter), asc(jobs.id))
         .limit(1)
         .for('update', { skipLocked: true });

@@ -121,13 +121,15 @@ function clearError() {
 }
 
 // Wraps a handler so any failure lands in the alert instead of the console.
-const guarded = (fn) => async (...args) => {
-  try {
-    await fn(...args);
-  } catch (err) {
-    showError(err);
-  }
-};
+const guarded =
+  (fn) =>
+  async (...args) => {
+    try {
+      await fn(...args);
+    } catch (err) {
+      showError(err);
+    }
+  };
 
 // ---------- usage ----------
 
@@ -144,9 +146,10 @@ async function refreshUsage() {
   $('usage-text').textContent = `${formatBytes(user.usedBytes)} used`;
   $('usage-text').dataset.usedBytes = String(user.usedBytes);
   $('usage-quota').textContent = `of ${formatBytes(quota)}`;
-  $('usage-reserved').textContent = user.reservedBytes > 0
-    ? `${formatBytes(user.reservedBytes)} reserved by an upload in progress`
-    : `${formatBytes(Math.max(0, quota - user.usedBytes))} free`;
+  $('usage-reserved').textContent =
+    user.reservedBytes > 0
+      ? `${formatBytes(user.reservedBytes)} reserved by an upload in progress`
+      : `${formatBytes(Math.max(0, quota - user.usedBytes))} free`;
   $('usage-files').textContent = `${user.fileCount} ${user.fileCount === 1 ? 'file' : 'files'}`;
   syncQuotaSelect(quota);
 }
@@ -187,7 +190,11 @@ function fileListItem(file) {
       el('div', { class: 'file-sub', text: `${file.purpose} · ${formatBytes(file.totalBytes)}${file.status === 'ready' ? '' : ` · ${file.status}`}` }),
     ]),
     el('button', {
-      type: 'button', class: 'icon-btn', 'aria-label': `Delete ${file.filename}`, title: 'Delete', text: '✕',
+      type: 'button',
+      class: 'icon-btn',
+      'aria-label': `Delete ${file.filename}`,
+      title: 'Delete',
+      text: '✕',
       onclick: guarded(async (event) => {
         event.stopPropagation();
         await deleteFile(file.id);
@@ -371,7 +378,11 @@ function showFile(file) {
   const busy = file.status !== 'ready' && file.status !== 'failed';
   $('result-processing').hidden = !busy;
   if (file.status === 'failed' && file.error) showError(new ServerError(file.error, 'PROCESSING_FAILED'));
-  if (busy) state.poll = setTimeout(guarded(() => reloadFile(file.id)), 1500);
+  if (busy)
+    state.poll = setTimeout(
+      guarded(() => reloadFile(file.id)),
+      1500,
+    );
 
   if (file.kind === 'audio') showMusic(file);
   else $('music').hidden = true;
@@ -460,7 +471,13 @@ function replayBlur() {
 
 function ladderFigure(n, url, width, height, bytes) {
   const caption = el('figcaption', { text: width ? `${n} · ${width}×${height} · ${formatBytes(bytes)}` : `${n}` });
-  const img = el('img', { src: url, alt: `Variant ${n}`, decoding: 'async', width: width ? String(width) : undefined, height: height ? String(height) : undefined });
+  const img = el('img', {
+    src: url,
+    alt: `Variant ${n}`,
+    decoding: 'async',
+    width: width ? String(width) : undefined,
+    height: height ? String(height) : undefined,
+  });
   // Cover rungs come without sizes in the JSON: the caption says what arrived.
   if (!width) img.addEventListener('load', () => (caption.textContent = `${n} · ${img.naturalWidth}×${img.naturalHeight}`));
   return el('figure', { 'data-variant': String(n) }, [img, caption]);
@@ -677,19 +694,25 @@ async function init() {
   });
   $('user').addEventListener('change', guarded(changeUser));
 
-  $('quota-form').addEventListener('submit', guarded(async (event) => {
-    event.preventDefault();
-    await api(`/users/${encodeURIComponent(userId())}/quota`, { method: 'PUT', json: { quotaBytes: Number($('quota').value) } });
-    clearError();
-    await refreshUsage();
-  }));
+  $('quota-form').addEventListener(
+    'submit',
+    guarded(async (event) => {
+      event.preventDefault();
+      await api(`/users/${encodeURIComponent(userId())}/quota`, { method: 'PUT', json: { quotaBytes: Number($('quota').value) } });
+      clearError();
+      await refreshUsage();
+    }),
+  );
 
   const drop = $('drop');
-  $('file-input').addEventListener('change', guarded(async (event) => {
-    const file = event.target.files[0];
-    event.target.value = '';
-    if (file) await startUpload(file);
-  }));
+  $('file-input').addEventListener(
+    'change',
+    guarded(async (event) => {
+      const file = event.target.files[0];
+      event.target.value = '';
+      if (file) await startUpload(file);
+    }),
+  );
   drop.addEventListener('click', (event) => {
     if (event.target.closest('label') || event.target === $('file-input')) return;
     $('file-input').click();
@@ -705,16 +728,22 @@ async function init() {
     drop.classList.add('over');
   });
   drop.addEventListener('dragleave', () => drop.classList.remove('over'));
-  drop.addEventListener('drop', guarded(async (event) => {
-    event.preventDefault();
-    drop.classList.remove('over');
-    const file = event.dataTransfer.files[0];
-    if (file) await startUpload(file);
-  }));
+  drop.addEventListener(
+    'drop',
+    guarded(async (event) => {
+      event.preventDefault();
+      drop.classList.remove('over');
+      const file = event.dataTransfer.files[0];
+      if (file) await startUpload(file);
+    }),
+  );
 
   $('pause').addEventListener('click', guarded(togglePause));
   $('cancel').addEventListener('click', guarded(cancelUpload));
-  $('delete').addEventListener('click', guarded(() => state.file && deleteFile(state.file.id)));
+  $('delete').addEventListener(
+    'click',
+    guarded(() => state.file && deleteFile(state.file.id)),
+  );
   $('replay').addEventListener('click', replayBlur);
   $('play').addEventListener('click', togglePlay);
   $('waveform').addEventListener('click', seek);
