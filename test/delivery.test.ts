@@ -190,8 +190,17 @@ describe.each(modes)('delivery access control: %s', (_name, viaNginx) => {
     expect((await fetch(url)).status).toBe(200);
     expect((await t.api(`/v1/files/${file.id}`, { method: 'DELETE' })).status).toBe(204);
     expect(await eventuallyStatus(url, 404)).toBe(404);
-    const body = (await (await fetch(url)).json()) as { error: { code: string } };
-    expect(body.error.code).toBe('NOT_FOUND');
+    // Through nginx each worker keeps its own auth answer for up to CHIPMUNK_AUTH_CACHE seconds, so one
+    // 404 does not mean every worker has seen the delete yet: ask until the refusal is what answers.
+    await expect
+      .poll(
+        async () => {
+          const res = await fetch(url);
+          return res.status === 404 ? ((await res.json()) as { error: { code: string } }).error.code : res.status;
+        },
+        { timeout: 15_000 },
+      )
+      .toBe('NOT_FOUND');
   });
 
   it('never serves an upload still in flight', async () => {
