@@ -47,6 +47,24 @@ export function newUploadRow(input: ReserveUploadInput, at: number) {
   };
 }
 
+/** The columns a commit sets, the same on every backend: the file described, charged, no longer expiring. */
+export function committedFileRow(input: CommitInput, facts: { originalBytes: number; totalBytes: number; keep: number; at: number }) {
+  return {
+    status: input.status,
+    mimeType: input.mimeType,
+    ext: input.ext,
+    bytes: facts.originalBytes,
+    totalBytes: facts.totalBytes,
+    reservedBytes: facts.keep,
+    width: input.width ?? null,
+    height: input.height ?? null,
+    info: input.info ?? {},
+    expiresAt: null,
+    committedAt: facts.at,
+    updatedAt: facts.at,
+  };
+}
+
 export type ReserveOutcome =
   | { ok: true; file: FileRow }
   | { ok: false; reason: 'quota'; freeBytes: number }

@@ -4,6 +4,7 @@ import { and, asc, eq, gt, inArray, lte, notInArray, sql } from 'drizzle-orm';
 import type { Db } from './index.js';
 import {
   WEBHOOK_JOB,
+  committedFileRow,
   newUploadRow,
   type CommitInput,
   type FileCatalogue,
@@ -165,20 +166,7 @@ export function createSqlitePorts(db: Db, opts: SqlitePortsOptions): UnitOfWork 
       const original = input.variants.find((v) => v.name === '0');
       return db
         .update(files)
-        .set({
-          status: input.status,
-          mimeType: input.mimeType,
-          ext: input.ext,
-          bytes: original?.bytes ?? 0,
-          totalBytes,
-          reservedBytes: keep,
-          width: input.width ?? null,
-          height: input.height ?? null,
-          info: input.info ?? {},
-          expiresAt: null,
-          committedAt: now(),
-          updatedAt: now(),
-        })
+        .set(committedFileRow(input, { originalBytes: original?.bytes ?? 0, totalBytes, keep, at: now() }))
         .where(eq(files.id, fileId))
         .returning()
         .get();

@@ -5,6 +5,7 @@ import { drizzle, type NodePgDatabase } from 'drizzle-orm/node-postgres';
 import type pg from 'pg';
 import {
   WEBHOOK_JOB,
+  committedFileRow,
   newUploadRow,
   type CommitInput,
   type FileCatalogue,
@@ -187,20 +188,7 @@ function bindPorts(db: PgDb, effects: Effects, opts: PgPortsOptions): Ports {
       const original = input.variants.find((v) => v.name === '0');
       const [row] = await db
         .update(files)
-        .set({
-          status: input.status,
-          mimeType: input.mimeType,
-          ext: input.ext,
-          bytes: original?.bytes ?? 0,
-          totalBytes,
-          reservedBytes: keep,
-          width: input.width ?? null,
-          height: input.height ?? null,
-          info: input.info ?? {},
-          expiresAt: null,
-          committedAt: now(),
-          updatedAt: now(),
-        })
+        .set(committedFileRow(input, { originalBytes: original?.bytes ?? 0, totalBytes, keep, at: now() }))
         .where(eq(files.id, fileId))
         .returning();
       return row;
