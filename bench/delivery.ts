@@ -57,7 +57,7 @@ const fileId = (up.body as { id: string }).id;
 // The 10 KB variant, recorded like any generated variant.
 const tenKb = randomBytes(10 * 1024);
 const bytes = await t.chipmunk.storage.write(fileId, 'bench.webp', tenKb);
-t.chipmunk.repo.addVariants(fileId, [{ name: 'bench', path: 'bench.webp', mimeType: 'image/webp', bytes, width: 64, height: 64 }]);
+await t.chipmunk.uow.ports.files.addVariants(fileId, [{ name: 'bench', path: 'bench.webp', mimeType: 'image/webp', bytes, width: 64, height: 64 }]);
 const link = (await (await t.api(`/v1/files/${fileId}/url?variant=bench&expiresIn=86400`)).json()) as { url: string };
 const signedPath = new URL(link.url).pathname + new URL(link.url).search;
 const mediaDir = path.join(t.dataDir, 'media');
@@ -85,7 +85,9 @@ const s3Up = await tusUpload(`${onS3.url}/uploads`, photo, { token: await onS3.u
 if (!s3Up.ok) throw s3Up.error;
 const s3FileId = (s3Up.body as { id: string }).id;
 const s3Bytes = await onS3.chipmunk.storage.write(s3FileId, 'bench.webp', tenKb);
-onS3.chipmunk.repo.addVariants(s3FileId, [{ name: 'bench', path: 'bench.webp', mimeType: 'image/webp', bytes: s3Bytes, width: 64, height: 64 }]);
+await onS3.chipmunk.uow.ports.files.addVariants(s3FileId, [
+  { name: 'bench', path: 'bench.webp', mimeType: 'image/webp', bytes: s3Bytes, width: 64, height: 64 },
+]);
 const s3Link = (await (await onS3.api(`/v1/files/${s3FileId}/url?variant=bench&expiresIn=86400`)).json()) as { url: string };
 const s3Client = createS3Client(bucket.s3);
 const presigned = new URL(

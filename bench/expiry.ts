@@ -33,7 +33,7 @@ try {
   const swept = await sweep;
   const sweepSeconds = (performance.now() - started) / 1000;
   if (swept !== UPLOADS) throw new Error(`swept ${swept} of ${UPLOADS}`);
-  if (t.chipmunk.repo.reservationTotals().count !== 0) throw new Error('reservations left after the sweep');
+  if ((await t.chipmunk.repo.reservationTotals()).count !== 0) throw new Error('reservations left after the sweep');
 
   const p99 = percentile(during, 99);
   const idleP99 = percentile(idle, 99);

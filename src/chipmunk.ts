@@ -112,12 +112,12 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
         onAttempt: (outcome) => metrics.webhookAttempt(outcome),
       })
     : undefined;
-  const queueDepth = () => {
-    const counts = repo.jobCounts();
-    return { jobs: counts.queued + counts.running, webhooks: webhooks?.pending() ?? 0 };
+  const queueDepth = async () => {
+    const counts = await repo.jobCounts();
+    return { jobs: counts.queued + counts.running, webhooks: (await webhooks?.pending()) ?? 0 };
   };
   const metrics = createMetrics(
-    { queueDepth, reservations: () => repo.reservationTotals(), jobStates: () => repo.jobCounts().byType },
+    { queueDepth, reservations: () => repo.reservationTotals(), jobStates: async () => (await repo.jobCounts()).byType },
     { defaultMetrics: opts.defaultMetrics },
   );
   observeEvents(events, metrics);

@@ -50,7 +50,7 @@ describe('audio jobs', () => {
     const uploaded = await uploadTo(first, 'ringo', longTrack);
     expect(uploaded.status).toBe('processing');
     // Wait until the job really runs (ffmpeg started), then stop the process under it.
-    await until(() => first.chipmunk.inspect.jobs(uploaded.id).find((j) => j.type === 'audio.derive')?.state === 'running');
+    await until(async () => (await first.chipmunk.inspect.jobs(uploaded.id)).find((j) => j.type === 'audio.derive')?.state === 'running');
     await first.chipmunk.close();
 
     let db = new Database(path.join(dataDir, 'chipmunk.db'));
@@ -74,7 +74,7 @@ describe('audio jobs', () => {
       expect(done.status).toBe('ready');
       expect(done.variants.map((v) => v.n)).toEqual([0, 1, 2, 'waveform']);
       await second.chipmunk.jobs.idle();
-      const jobs = second.chipmunk.inspect.jobs(uploaded.id).filter((j) => j.type === 'audio.derive');
+      const jobs = (await second.chipmunk.inspect.jobs(uploaded.id)).filter((j) => j.type === 'audio.derive');
       expect(jobs.map((j) => [j.state, j.attempts])).toEqual([['done', 2]]);
       expect(existsSync(scratchDir)).toBe(false);
       // Asked before the decodes below: they block this process for seconds, long enough for the server to
@@ -107,7 +107,7 @@ describe('audio jobs', () => {
       const file = await waitForFile(second, uploaded.id);
       expect(file.status).toBe('failed');
       expect(file.error).toMatch(/interrupted 3 times/);
-      expect(second.chipmunk.inspect.unfinishedJobs()).toEqual([]);
+      expect(await second.chipmunk.inspect.unfinishedJobs()).toEqual([]);
     } finally {
       await second.chipmunk.close();
     }
@@ -120,7 +120,7 @@ describe('audio jobs', () => {
       const result = await tusUpload(`${t.url}/uploads`, await readFile(longTrack), { token, metadata: { filename: 'long.flac' } });
       if (!result.ok) throw result.error;
       const id = (result.body as AudioFileJson).id;
-      await until(() => t.chipmunk.inspect.jobs(id).some((j) => j.type === 'audio.derive' && j.state === 'running'));
+      await until(async () => (await t.chipmunk.inspect.jobs(id)).some((j) => j.type === 'audio.derive' && j.state === 'running'));
       expect((await t.api(`/v1/files/${id}`, { method: 'DELETE' })).status).toBe(204);
       await t.chipmunk.jobs.idle();
       expect(existsSync(path.dirname(mediaPath(t.chipmunk.config.mediaDir, id, '0.flac')))).toBe(false);
@@ -177,7 +177,7 @@ describe('without ffmpeg', () => {
     // The cover ladder needs no ffmpeg.
     expect(file).toMatchObject({ status: 'ready', renditions: { available: false } });
     expect(file.variants.map((v) => v.n)).toEqual([0]);
-    expect(file.cover?.variants).toHaveLength(t.chipmunk.inspect.variants(file.id).filter((v) => v.name.startsWith('cover-')).length);
+    expect(file.cover?.variants).toHaveLength((await t.chipmunk.inspect.variants(file.id)).filter((v) => v.name.startsWith('cover-')).length);
     expect(file.cover?.variants.length).toBeGreaterThanOrEqual(1);
   });
 
@@ -193,9 +193,9 @@ describe('without ffmpeg', () => {
   });
 });
 
-async function until(condition: () => boolean, boundMs = 30_000): Promise<void> {
+async function until(condition: () => boolean | Promise<boolean>, boundMs = 30_000): Promise<void> {
   const end = Date.now() + boundMs;
-  while (!condition()) {
+  while (!(await condition())) {
     if (Date.now() > end) throw new Error('condition not met in time');
     await new Promise((r) => setTimeout(r, 10));
   }

@@ -169,7 +169,7 @@ describe('music from audio/ok', () => {
     expect(file.renditions?.available).toBe(true);
 
     // Every byte on disk is charged: the original, renditions, waveform and the cover ladder.
-    const rows = t.chipmunk.inspect.variants(file.id);
+    const rows = await t.chipmunk.inspect.variants(file.id);
     expect(file.totalBytes).toBe(rows.reduce((s, v) => s + v.bytes, 0));
     expect((await user(userId)).usedBytes).toBe(file.totalBytes);
     expect((await readdir(path.dirname(stored(file.id, '0')))).sort()).toEqual(rows.map((v) => v.path).sort());
@@ -224,7 +224,7 @@ describe('music from audio/ok', () => {
     }
     // The image processor (merged from branch `images`) makes the square WebP ladder 1…6 of the picture;
     // cover-0 is the picture itself, as variant 0 is an upload's original.
-    const token = t.chipmunk.inspect.file(file.id)!.deliveryToken;
+    const token = (await t.chipmunk.inspect.file(file.id))!.deliveryToken;
     expect(coverRows.map((v) => v.name).sort()).toEqual(['cover-0', 'cover-1', 'cover-2', 'cover-3', 'cover-4', 'cover-5', 'cover-6']);
     // Audio is private by default: the delivery layer (merged from branch `delivery`) signs each URL.
     expect(file.cover?.variants.map((u) => u.split('?')[0])).toEqual(['0', '1', '2', '3', '4', '5', '6'].map((n) => `${t.url}/f/${token}/cover-${n}`));
@@ -247,7 +247,7 @@ describe('music from audio/ok', () => {
     if (!result.ok) throw result.error;
     const file = await waitForFile(t, (result.body as AudioFileJson).id);
     // The PNG is 'Cover (front)', the JPEG is 'Other'.
-    const picture = t.chipmunk.inspect.variant(file.id, 'cover-0')!;
+    const picture = (await t.chipmunk.inspect.variant(file.id, 'cover-0'))!;
     expect(picture).toMatchObject({ mimeType: 'image/png' });
     // Its text chunks are stripped like any original's.
     expect(picture.bytes).toBeLessThanOrEqual(9876);
@@ -334,7 +334,7 @@ describe('broken and hostile audio', () => {
     expect(kept).toEqual([]);
     // Nothing stuck, nothing charged, nothing left in the upload area or the scratch folders.
     await t.chipmunk.jobs.idle();
-    expect(t.chipmunk.inspect.unfinishedJobs()).toEqual([]);
+    expect(await t.chipmunk.inspect.unfinishedJobs()).toEqual([]);
     const mallory = await user('mallory');
     expect(mallory).toMatchObject({ reservedBytes: 0, usedBytes: 0, fileCount: 0 });
     expect((await readdir(path.join(t.dataDir, 'uploads'))).filter((n) => !n.startsWith('.'))).toEqual([]);

@@ -60,9 +60,9 @@ describe.each(modes)('delivery access control: %s', (_name, viaNginx) => {
   };
   /** A second variant, so signatures can be tried across variants (the image ladder adds its own). */
   const withSecondVariant = async (file: FileJson): Promise<FileJson> => {
-    if (!t.chipmunk.inspect.variant(file.id, '1')) {
+    if (!(await t.chipmunk.inspect.variant(file.id, '1'))) {
       const bytes = await t.chipmunk.storage.write(file.id, '1.webp', extra);
-      t.chipmunk.repo.addVariants(file.id, [{ name: '1', path: '1.webp', mimeType: 'image/webp', bytes, width: 1, height: 1 }]);
+      await t.chipmunk.uow.ports.files.addVariants(file.id, [{ name: '1', path: '1.webp', mimeType: 'image/webp', bytes, width: 1, height: 1 }]);
     }
     return (await (await t.api(`/v1/files/${file.id}`)).json()) as FileJson;
   };
@@ -148,7 +148,7 @@ describe.each(modes)('delivery access control: %s', (_name, viaNginx) => {
     expect(exp).toBeGreaterThanOrEqual(Math.floor(Date.now() / 1000) + 600);
     const got = await fetch(at(link.url));
     expect(got.status).toBe(200);
-    const stored = await readFile(mediaPath(t.chipmunk.config.mediaDir, file.id, t.chipmunk.inspect.variant(file.id, '1')!.path));
+    const stored = await readFile(mediaPath(t.chipmunk.config.mediaDir, file.id, (await t.chipmunk.inspect.variant(file.id, '1'))!.path));
     expect(sha256(Buffer.from(await got.arrayBuffer()))).toBe(sha256(stored));
     expect((await t.api(`/v1/files/${file.id}/url?variant=..%2F0&expiresIn=600`)).status).toBe(400);
     expect((await t.api(`/v1/files/${file.id}/url?variant=9`)).status).toBe(404);
@@ -211,7 +211,7 @@ describe.each(modes)('delivery access control: %s', (_name, viaNginx) => {
     });
     expect(created.status).toBe(201);
     const id = created.headers.get('location')!.split('/').pop()!;
-    const row = t.chipmunk.inspect.file(id)!;
+    const row = (await t.chipmunk.inspect.file(id))!;
     expect(row.status).toBe('uploading');
     expect((await fetch(`${base}/f/${row.deliveryToken}/0`)).status).toBe(404);
   });
@@ -336,7 +336,7 @@ describe('the one /f/ implementation (Chipmunk alone)', () => {
     // A re-run writing the rung again (bytes of another length, under a new name), then its commit.
     const replacement = Buffer.concat([before, Buffer.from('again')]);
     const bytes = await t.chipmunk.storage.write(file.id, 'again.webp', replacement);
-    t.chipmunk.repo.addVariants(file.id, [{ name: String(rung.n), path: 'again.webp', mimeType: 'image/webp', bytes, width: 1, height: 1 }]);
+    await t.chipmunk.uow.ports.files.addVariants(file.id, [{ name: String(rung.n), path: 'again.webp', mimeType: 'image/webp', bytes, width: 1, height: 1 }]);
     const after = await fetch(rung.url);
     expect(after.status).toBe(200);
     expect(Buffer.from(await after.arrayBuffer()).equals(replacement)).toBe(true);
@@ -346,7 +346,7 @@ describe('the one /f/ implementation (Chipmunk alone)', () => {
     const file = await uploadPhoto('d.jpg');
     const rung = file.variants.find((v) => v.n !== 0)!;
     // The variant's file replaced by a symlink to itself: its stat fails with ELOOP, an error, not "absent".
-    const where = mediaPath(t.chipmunk.config.mediaDir, file.id, t.chipmunk.inspect.variant(file.id, String(rung.n))!.path);
+    const where = mediaPath(t.chipmunk.config.mediaDir, file.id, (await t.chipmunk.inspect.variant(file.id, String(rung.n)))!.path);
     await rm(where);
     await symlink(where, where);
     const res = await fetch(rung.url);

@@ -57,21 +57,22 @@ const patch = (c: TestChipmunk, id: string, offset: number, body?: Buffer) =>
 async function expectConsistent(c: TestChipmunk) {
   await c.chipmunk.jobs.idle();
   const report = await c.chipmunk.inspect.fsck();
-  expect(report.problems.map((p) => `${p.kind} ${p.subject}: ${p.detail} (${c.chipmunk.inspect.file(p.subject)?.status})`)).toEqual([]);
+  const states = await Promise.all(report.problems.map(async (p) => (await c.chipmunk.inspect.file(p.subject))?.status));
+  expect(report.problems.map((p, i) => `${p.kind} ${p.subject}: ${p.detail} (${states[i]})`)).toEqual([]);
   const totals = new Map<string, number>();
-  for (const u of c.chipmunk.inspect.usageFromFiles()) totals.set(u.userId, u.used);
-  for (const u of c.chipmunk.inspect.users()) {
+  for (const u of await c.chipmunk.inspect.usageFromFiles()) totals.set(u.userId, u.used);
+  for (const u of await c.chipmunk.inspect.users()) {
     expect(u.usedBytes, u.id).toBe(totals.get(u.id) ?? 0);
     expect(u.reservedBytes, u.id).toBe(0);
     expect(u.usedBytes, u.id).toBeLessThanOrEqual(u.quotaBytes);
   }
   let after = '';
   for (;;) {
-    const page = c.chipmunk.inspect.filesPage(after, 500);
+    const page = await c.chipmunk.inspect.filesPage(after, 500);
     if (!page.length) break;
     after = page.at(-1)!.id;
     for (const f of page)
-      for (const v of c.chipmunk.inspect.variants(f.id))
+      for (const v of await c.chipmunk.inspect.variants(f.id))
         expect(existsSync(mediaPath(c.chipmunk.config.mediaDir, f.id, v.path)), `${f.id}/${v.path}`).toBe(true);
   }
 }
@@ -227,7 +228,7 @@ describe('unfinished uploads', () => {
     try {
       const token = await c.uploadToken('hoarder', 'image');
       const first = await create(c, token, 100_000);
-      const idle = c.chipmunk.inspect.file(first)!;
+      const idle = (await c.chipmunk.inspect.file(first))!;
       expect(idle.expiresAt! - idle.createdAt).toBeLessThanOrEqual(60_000);
       const tooBig = await fetch(`${c.url}/uploads`, { method: 'POST', headers: { ...tus, 'Upload-Length': '250000', Authorization: `Bearer ${token}` } });
       expect(tooBig.status).toBe(429);
@@ -241,7 +242,7 @@ describe('unfinished uploads', () => {
       expect(((await third.json()) as { error: { message: string } }).error.message).toMatch(/2 unfinished uploads \(at most 2\)/);
       // The first bytes end the idle window.
       expect((await patch(c, first, 0, photo.subarray(0, 500))).status).toBe(204);
-      await expect.poll(() => c.chipmunk.inspect.file(first)!.expiresAt! - Date.now()).toBeGreaterThan(3600_000);
+      await expect.poll(async () => (await c.chipmunk.inspect.file(first))!.expiresAt! - Date.now()).toBeGreaterThan(3600_000);
       // An idle upload is swept once its short window has passed.
       const { sweepExpiredUploads } = await import('../src/uploads/expiry.js');
       const swept = await sweepExpiredUploads({
@@ -279,7 +280,7 @@ describe('fair between users', () => {
       const oneJob = await timed(heavy, backlogToken);
       // A backlog of six heavy jobs for the first user, then the second user's avatar.
       const backlog = Array.from({ length: 6 }, () => timed(heavy, backlogToken));
-      await expect.poll(() => c.chipmunk.inspect.jobCounts().running, { interval: 5 }).toBe(1);
+      await expect.poll(async () => (await c.chipmunk.inspect.jobCounts()).running, { interval: 5 }).toBe(1);
       const withBacklog = await timed(avatar, avatarToken);
       const backlogDone = await Promise.all(backlog);
       // FIFO would make it wait for all six (≈ 6 × oneJob); round-robin for the one running at most.

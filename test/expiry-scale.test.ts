@@ -9,7 +9,7 @@ describe('expiry at scale', () => {
     const t = await startChipmunk({ CHIPMUNK_EXPIRY_INTERVAL: '86400' });
     try {
       await plantExpiredUploads(t.chipmunk, 10_000);
-      expect(t.chipmunk.inspect.reservationTotals()).toEqual({ count: 10_000, bytes: 10_000 * 10_000 });
+      expect(await t.chipmunk.inspect.reservationTotals()).toEqual({ count: 10_000, bytes: 10_000 * 10_000 });
       const started = performance.now();
       const sweep = t.chipmunk.sweepExpiredUploads();
       const latencies = await healthLatencies(t.url, sweep);
@@ -21,8 +21,8 @@ describe('expiry at scale', () => {
       expect(swept).toBe(10_000);
       // The server kept answering during the sweep, not only before or after it.
       expect(latencies.length).toBeGreaterThan(10);
-      expect(t.chipmunk.inspect.reservationTotals()).toEqual({ count: 0, bytes: 0 });
-      for (const u of t.chipmunk.inspect.users()) expect(u.reservedBytes).toBe(0);
+      expect(await t.chipmunk.inspect.reservationTotals()).toEqual({ count: 0, bytes: 0 });
+      for (const u of await t.chipmunk.inspect.users()) expect(u.reservedBytes).toBe(0);
       expect(await readdir(path.join(t.dataDir, 'uploads'))).toEqual([]);
     } finally {
       await t.close();

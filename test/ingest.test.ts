@@ -38,8 +38,10 @@ async function entries(dir: string): Promise<string[]> {
 /** A refused upload leaves nothing: no charge, no reservation, no bytes in any data folder. */
 async function expectNothingLeft(userId: string) {
   expect(await kit.getUser(userId)).toMatchObject({ usedBytes: 0, reservedBytes: 0, fileCount: 0 });
-  expect(t.chipmunk.inspect.usageFromFiles().filter((u) => u.userId === userId)).toEqual([]);
-  const mediaOfUser = (await entries('media')).filter((f) => t.chipmunk.inspect.file(path.basename(path.dirname(f)))?.userId === userId);
+  expect((await t.chipmunk.inspect.usageFromFiles()).filter((u) => u.userId === userId)).toEqual([]);
+  const media = await entries('media');
+  const owners = await Promise.all(media.map(async (f) => (await t.chipmunk.inspect.file(path.basename(path.dirname(f))))?.userId));
+  const mediaOfUser = media.filter((_f, i) => owners[i] === userId);
   expect(mediaOfUser).toEqual([]);
   expect(await entries('ingest')).toEqual([]);
   expect(await entries('uploads')).toEqual([]);

@@ -72,7 +72,7 @@ describe('nginx in front, blobs in S3', () => {
 
   it('takes the bytes from the bucket, not from Chipmunk, and never shows where they are', async () => {
     const rung = file.variants.find((v) => v.n === 1)!;
-    const name = t.chipmunk.inspect.variant(file.id, '1')!.path;
+    const name = (await t.chipmunk.inspect.variant(file.id, '1'))!.path;
     // Chipmunk alone keeps this small rung in memory once read; the bucket gets other bytes of the same size.
     const before = Buffer.from(await (await fetch(via(t.url, rung.url))).arrayBuffer());
     const client = createS3Client(bucket.s3);
@@ -124,7 +124,7 @@ describe('nginx in front, blobs in S3', () => {
     expect(((await unknown.json()) as { error: { code: string } }).error.code).toBe('NOT_FOUND');
 
     const lost = (await tusUpload(`${nginx.url}/uploads`, photo, { token: await t.uploadToken('lin', 'image') })) as { ok: true; body: FileJson };
-    await t.chipmunk.storage.removeName(lost.body.id, t.chipmunk.inspect.variant(lost.body.id, '0')!.path);
+    await t.chipmunk.storage.removeName(lost.body.id, (await t.chipmunk.inspect.variant(lost.body.id, '0'))!.path);
     const missing = await fetch(via(nginx.url, lost.body.variants[0]!.url));
     expect(missing.status).toBe(404);
     expect(((await missing.json()) as { error: { code: string } }).error.code).toBe('NOT_FOUND');

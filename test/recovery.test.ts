@@ -66,7 +66,7 @@ async function crashLeftovers() {
   await writeFile(path.join(uploads, orphanUpload), 'abc');
   await writeFile(path.join(uploads, `${orphanUpload}.json`), '{}');
   // Killed mid-delete: bytes given back, folder still there.
-  t.chipmunk.repo.beginDelete(deleting.id);
+  await t.chipmunk.uow.ports.files.beginDelete(deleting.id);
   // Processing scratch, a temporary blob and a folder with no row.
   await mkdir(path.join(t.dataDir, 'work', newFileId()), { recursive: true });
   const temp = mediaPath(media, tempHolder.id, '1.webp.tmp-0badc0de');
@@ -95,10 +95,10 @@ describe('start-up recovery', () => {
         workspaces: 1,
         jobsRequeued: 0,
       });
-      for (const id of [s.moved, s.torn, s.bare, s.empty, s.deleting.id]) expect(t.chipmunk.inspect.file(id), id).toBeUndefined();
+      for (const id of [s.moved, s.torn, s.bare, s.empty, s.deleting.id]) expect(await t.chipmunk.inspect.file(id), id).toBeUndefined();
       // Every byte of `full` had arrived: a crash after the last byte no longer throws the upload away.
       await t.chipmunk.jobs.idle();
-      const full = t.chipmunk.inspect.file(s.full)!;
+      const full = (await t.chipmunk.inspect.file(s.full))!;
       expect(full.status).toBe('ready');
       expect(await readFile(mediaPath(s.media, s.full, '0.jpg'))).toEqual(await storedForm(s.photo));
       expect(existsSync(mediaPath(s.media, s.moved))).toBe(false);
@@ -138,7 +138,7 @@ describe('fsck', () => {
     // Opened without listening: no recovery runs, fsck sees the raw leftovers.
     const c = createChipmunk(loadConfig({ CHIPMUNK_DATA_DIR: s.t.dataDir }), { logger: silentLogger, defaultMetrics: false });
     try {
-      c.repo.setUserCounters('rita', { usedBytes: 1, reservedBytes: 2 });
+      await c.repo.setUserCounters('rita', { usedBytes: 1, reservedBytes: 2 });
       await rm(mediaPath(s.media, s.kept.id, '0.jpg'));
       await writeFile(mediaPath(s.media, s.tempHolder.id, 'stray.bin'), 'x');
       const deps = { repo: c.repo, storage: c.storage, area: c.area, received: c.received };
@@ -165,7 +165,7 @@ describe('fsck', () => {
       expect(repaired.repaired.join('\n')).toMatch(/released the upload .* \(\d+ bytes of reservation\)/);
       const after = await fsck(deps);
       expect(after.problems.map((p) => p.kind)).toEqual(['missing-variant']);
-      const rita = c.repo.getUser('rita')!;
+      const rita = (await c.repo.getUser('rita'))!;
       // The partial upload, the complete one (processed at the next start) and the empty one (released
       // at the next start, harmless until then) keep their reservations.
       expect(rita.reservedBytes).toBe(2 * (s.photo.length + creationBudget('image', s.photo.length)) + 5000 + creationBudget('image', 5000));

@@ -83,13 +83,8 @@ describe.each(backends)('media blobs in the %s', (name, open) => {
     expect(image.status).toBe('ready');
     expect(image.variants.length).toBeGreaterThan(1);
     const names = (await t.chipmunk.storage.listNames(image.id)).sort();
-    expect(names).toEqual(
-      t.chipmunk.inspect
-        .variants(image.id)
-        .map((v) => v.path)
-        .sort(),
-    );
-    for (const v of t.chipmunk.inspect.variants(image.id)) expect((await t.chipmunk.storage.stat(image.id, v.path))?.size).toBe(v.bytes);
+    expect(names).toEqual((await t.chipmunk.inspect.variants(image.id)).map((v) => v.path).sort());
+    for (const v of await t.chipmunk.inspect.variants(image.id)) expect((await t.chipmunk.storage.stat(image.id, v.path))?.size).toBe(v.bytes);
     // With a bucket, nothing of the file is kept in the local media folder (nor left in scratch).
     const local = await filesUnder(path.join(t.dataDir, 'media'));
     expect(local.some((f) => f.includes(image.id))).toBe(!onS3);
@@ -105,12 +100,7 @@ describe.each(backends)('media blobs in the %s', (name, open) => {
     track = done as unknown as FileJson;
     const names = await t.chipmunk.storage.listNames(track.id);
     expect(names).toEqual(expect.arrayContaining(['0.flac', '1.webm', '2.m4a', 'waveform.json', 'cover-0.png', 'cover-1.webp']));
-    expect(names.sort()).toEqual(
-      t.chipmunk.inspect
-        .variants(track.id)
-        .map((v) => v.path)
-        .sort(),
-    );
+    expect(names.sort()).toEqual((await t.chipmunk.inspect.variants(track.id)).map((v) => v.path).sort());
     expect(await filesUnder(path.join(t.dataDir, 'work'))).toEqual([]);
     // The rendition is a real, playable stream of the track's length, served back byte for byte.
     const rendition = variant(track, 1);
@@ -162,7 +152,7 @@ describe.each(backends)('media blobs in the %s', (name, open) => {
 
   it('answers 404 for a blob missing from the store, as for any unknown file', async () => {
     const lost = await upload('lin', 'image', photo, 'lost.jpg');
-    await t.chipmunk.storage.removeName(lost.id, t.chipmunk.inspect.variant(lost.id, '0')!.path);
+    await t.chipmunk.storage.removeName(lost.id, (await t.chipmunk.inspect.variant(lost.id, '0'))!.path);
     const res = await fetch(at(variant(lost, 0).url));
     expect(res.status).toBe(404);
     expect(((await res.json()) as { error: { code: string } }).error.code).toBeTruthy();
@@ -196,7 +186,7 @@ describe.each(backends)('media blobs in the %s', (name, open) => {
     expect(clean.report).toMatch(/fsck: clean/);
     expect(clean.code).toBe(0);
 
-    const lostRung = t.chipmunk.inspect.variant(image.id, '2')!.path;
+    const lostRung = (await t.chipmunk.inspect.variant(image.id, '2'))!.path;
     await t.chipmunk.storage.removeName(image.id, lostRung);
     const orphan = newFileId();
     await t.chipmunk.storage.write(orphan, '0.jpg', Buffer.from('never charged'));

@@ -243,7 +243,7 @@ describe('tus uploads', () => {
     expect(create.status).toBe(201);
     expect((await user('jack')).reservedBytes).toBe(5000 + creationBudget('image', 5000));
     const id = create.headers.get('location')!.split('/').pop()!;
-    expect(t.chipmunk.inspect.file(id)?.status).toBe('uploading');
+    expect((await t.chipmunk.inspect.file(id))?.status).toBe('uploading');
     // Pretend a day has passed by sweeping with a clock past the expiry.
     const { sweepExpiredUploads } = await import('../src/uploads/expiry.js');
     const swept = await sweepExpiredUploads({

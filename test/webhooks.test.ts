@@ -70,7 +70,7 @@ describe('webhooks', () => {
       type: 'file.ready',
       data: { id: fileId, userId: 'wes', purpose: 'image', status: 'ready', bytes: (await storedForm(photo)).length },
     });
-    expect(ready.body).not.toContain(t.chipmunk.inspect.file(fileId)!.deliveryToken);
+    expect(ready.body).not.toContain((await t.chipmunk.inspect.file(fileId))!.deliveryToken);
 
     // 2. The receiver fails once: the same delivery comes again, signed again, and is marked delivered.
     failNext = 1;
@@ -80,8 +80,8 @@ describe('webhooks', () => {
     expect(first!.delivery).toBe(second!.delivery);
     expect(first!.json.id).toBe(second!.json.id);
     expect(second!.verified).toBe(true);
-    await expect.poll(() => t.chipmunk.inspect.webhooks().find((w) => String(w.id) === second!.delivery)?.state).toBe('done');
-    expect(t.chipmunk.inspect.webhooks().find((w) => String(w.id) === second!.delivery)?.attempts).toBe(2);
+    await expect.poll(async () => (await t.chipmunk.inspect.webhooks()).find((w) => String(w.id) === second!.delivery)?.state).toBe('done');
+    expect((await t.chipmunk.inspect.webhooks()).find((w) => String(w.id) === second!.delivery)?.attempts).toBe(2);
 
     // 3. The receiver is down while an event happens and the server stops: the next start delivers it.
     refuseAll = true;

@@ -13,7 +13,12 @@ import { createSqlitePorts } from './sqlite-ports.js';
 const dir = tempDirEach('deliverables-changed');
 let db: Db;
 let repo: ReturnType<typeof createRepository>;
-let told: Array<{ fileId: string | undefined; inTransaction: boolean; seen: Deliverable | undefined }>;
+// What a reader would see at the announcement: the look-up runs then (better-sqlite3 answers at the call),
+// its value is awaited when the test compares.
+type Told = { fileId: string | undefined; inTransaction: boolean; seen: Promise<Deliverable | undefined> };
+let told: Told[];
+let uow: ReturnType<typeof createSqlitePorts>;
+const settled = (list: Told[]) => Promise.all(list.map(async (t) => ({ ...t, seen: await t.seen })));
 let watched: { token: string; name: string } | undefined;
 
 beforeEach(() => {
@@ -22,15 +27,19 @@ beforeEach(() => {
   watched = undefined;
   repo = createRepository(db, {
     onDeliverablesChanged: (fileId) =>
-      told.push({ fileId, inTransaction: db.$client.inTransaction, seen: watched && repo.getDeliverable(watched.token, watched.name) }),
+      told.push({
+        fileId,
+        inTransaction: db.$client.inTransaction,
+        seen: watched ? repo.getDeliverable(watched.token, watched.name) : Promise.resolve(undefined),
+      }),
   });
+  // Wired as the composition root wires it: the unit of work's announcements go through the repository.
+  uow = createSqlitePorts(db, { webhooksEnabled: false, onDeliverablesChanged: (fileId) => repo.deliverablesChanged(fileId) });
 });
 afterEach(() => db.$client.close());
 
 /** A stored file as the durable pipeline makes one: reserved, received, processed, committed ready. */
 async function storedFile() {
-  // Wired as the composition root wires it: the unit of work's announcements go through the repository.
-  const uow = createSqlitePorts(db, { webhooksEnabled: false, onDeliverablesChanged: (fileId) => repo.deliverablesChanged(fileId) });
   const reserved = await uow.ports.uploads.reserve({
     userId: 'rita',
     purpose: 'image',
@@ -58,12 +67,12 @@ async function storedFile() {
     keepReservedBytes: 0,
   });
   if (!committed || committed === 'quota') throw new Error('not committed');
-  return repo.getFile(id)!;
+  return (await repo.getFile(id))!;
 }
 
 it('announces the file after the commit that made it deliverable', async () => {
   const file = await storedFile();
-  expect(told).toEqual([{ fileId: file.id, inTransaction: false, seen: undefined }]);
+  expect(await settled(told)).toEqual([{ fileId: file.id, inTransaction: false, seen: undefined }]);
 });
 
 it('announces a token rotation and a visibility change once they are committed', async () => {
@@ -71,11 +80,11 @@ it('announces a token rotation and a visibility change once they are committed',
   watched = { token: file.deliveryToken, name: '0' };
   told = [];
   const generation = repo.deliverablesGeneration();
-  repo.updateFile(file.id, { visibility: 'private' });
-  expect(told).toEqual([{ fileId: file.id, inTransaction: false, seen: expect.objectContaining({ visibility: 'private' }) }]);
-  repo.updateFile(file.id, { deliveryToken: newDeliveryToken() });
+  await repo.updateFile(file.id, { visibility: 'private' });
+  expect(await settled(told)).toEqual([{ fileId: file.id, inTransaction: false, seen: expect.objectContaining({ visibility: 'private' }) }]);
+  await repo.updateFile(file.id, { deliveryToken: newDeliveryToken() });
   // Under the old token the file is already gone when the caches hear of it.
-  expect(told[1]).toEqual({ fileId: file.id, inTransaction: false, seen: undefined });
+  expect((await settled(told))[1]).toEqual({ fileId: file.id, inTransaction: false, seen: undefined });
   expect(repo.deliverablesGeneration()).toBe(generation + 2);
 });
 
@@ -83,9 +92,9 @@ it('announces new and replaced variants after their commit', async () => {
   const file = await storedFile();
   watched = { token: file.deliveryToken, name: '3' };
   told = [];
-  repo.addVariants(file.id, [{ name: '3', path: '3.webp', mimeType: 'image/webp', bytes: 4, width: 1, height: 1 }]);
-  repo.addVariants(file.id, [{ name: '3', path: '3b.webp', mimeType: 'image/webp', bytes: 5, width: 1, height: 1 }]);
-  expect(told.map((t) => [t.fileId, t.inTransaction, t.seen?.path])).toEqual([
+  await uow.ports.files.addVariants(file.id, [{ name: '3', path: '3.webp', mimeType: 'image/webp', bytes: 4, width: 1, height: 1 }]);
+  await uow.ports.files.addVariants(file.id, [{ name: '3', path: '3b.webp', mimeType: 'image/webp', bytes: 5, width: 1, height: 1 }]);
+  expect((await settled(told)).map((t) => [t.fileId, t.inTransaction, t.seen?.path])).toEqual([
     [file.id, false, '3.webp'],
     [file.id, false, '3b.webp'],
   ]);
@@ -95,32 +104,32 @@ it('announces a delete once the file is no longer served, and nothing for a writ
   const file = await storedFile();
   watched = { token: file.deliveryToken, name: '0' };
   told = [];
-  repo.beginDelete(file.id);
-  expect(told).toEqual([{ fileId: file.id, inTransaction: false, seen: undefined }]);
+  await uow.ports.files.beginDelete(file.id);
+  expect(await settled(told)).toEqual([{ fileId: file.id, inTransaction: false, seen: undefined }]);
   told = [];
-  expect(repo.beginDelete(file.id)).toBeUndefined();
-  expect(repo.updateFile(file.id, { visibility: 'public' })).toBeUndefined();
-  expect(repo.addVariants(file.id, [])).toBeUndefined();
+  expect(await uow.ports.files.beginDelete(file.id)).toBeUndefined();
+  expect(await repo.updateFile(file.id, { visibility: 'public' })).toBeUndefined();
+  expect(await uow.ports.files.addVariants(file.id, [])).toBeUndefined();
   expect(told).toEqual([]);
 });
 
 it('the durable pipeline’s unit of work announces each file it changed, once committed', async () => {
   const file = await storedFile();
   watched = { token: file.deliveryToken, name: '0' };
-  const announced: Array<{ fileId: string; inTransaction: boolean; seen: Deliverable | undefined }> = [];
-  const uow = createSqlitePorts(db, {
+  const announced: Told[] = [];
+  const own = createSqlitePorts(db, {
     webhooksEnabled: false,
     onDeliverablesChanged: (fileId) => announced.push({ fileId, inTransaction: db.$client.inTransaction, seen: repo.getDeliverable(file.deliveryToken, '0') }),
   });
-  await uow.run(async (tx) => {
+  await own.run(async (tx) => {
     await tx.files.transition(file.id, ['ready'], 'deleting');
     expect(announced).toEqual([]);
   });
-  expect(announced).toEqual([{ fileId: file.id, inTransaction: false, seen: undefined }]);
+  expect(await settled(announced)).toEqual([{ fileId: file.id, inTransaction: false, seen: undefined }]);
   // A unit that rolls back announces nothing.
   const other = await storedFile();
   await expect(
-    uow.run(async (tx) => {
+    own.run(async (tx) => {
       await tx.files.transition(other.id, ['ready'], 'deleting');
       throw new Error('rolled back');
     }),

@@ -65,6 +65,18 @@ export function committedFileRow(input: CommitInput, facts: { originalBytes: num
   };
 }
 
+/** The columns addVariants sets, the same on every backend. */
+export function variantsAddedRow(file: FileRow, delta: number, patch: VariantsPatch, at: number) {
+  return {
+    totalBytes: file.totalBytes + delta,
+    reservedBytes: 0,
+    status: patch.status ?? file.status,
+    info: patch.info ? { ...file.info, ...patch.info } : file.info,
+    error: patch.error === undefined ? file.error : patch.error,
+    updatedAt: at,
+  };
+}
+
 export type ReserveOutcome =
   | { ok: true; file: FileRow }
   | { ok: false; reason: 'quota'; freeBytes: number }
@@ -109,7 +121,23 @@ export interface FileCatalogue {
   /** A received upload given up after its retries: failed, its reservation released, nothing charged. */
   fail(fileId: string, reason: string): Promise<FileRow | undefined>;
   variants(fileId: string): Promise<VariantRow[]>;
+  /**
+   * Adds generated files to a committed file (audio renditions, covers), charging their bytes and giving
+   * back the budget the file kept reserved for them. 'quota' (nothing changed) when they do not fit.
+   * Safe to run twice: a variant already recorded is replaced and its old bytes uncharged.
+   */
+  addVariants(fileId: string, added: NewVariant[], patch?: VariantsPatch): Promise<FileRow | 'quota' | undefined>;
+  /**
+   * First half of a delete: a stored file stops being served and its bytes go back at once (its folder
+   * is removed afterwards; a row left 'deleting' by a crash is finished at start-up).
+   */
+  beginDelete(fileId: string): Promise<FileRow | undefined>;
 }
+
+export type VariantsPatch = { status?: FileStatus; info?: Record<string, unknown>; error?: string | null };
+
+/** What the API shows as a file (received and processing ones included: their JSON says they are not ready yet). */
+export const storedStatuses = ['received', 'processing', 'ready', 'failed'] as const;
 
 /** The job type of a webhook delivery (outbox rows are jobs of this type). */
 export const WEBHOOK_JOB = 'webhook.deliver';

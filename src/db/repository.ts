@@ -3,47 +3,18 @@ import { errors, formatBytes } from '../errors.js';
 import type { Db } from './index.js';
 import { files, jobs, users, variants, type FileRow, type JobRow, type UserRow, type VariantRow, type Visibility } from './schema.js';
 
-// The only code that reads or writes SQL. Every change to usage or reservations happens
+// The Repository (repository-port.ts) on SQLite. Every change to usage or reservations happens
 // inside one transaction together with the file-state change that justifies it, so a crash
 // between statements can never leave bytes charged for a file that is not there.
 
 export type { NewVariant } from './ports.js';
 import type { NewVariant } from './ports.js';
+import { storedStatuses, type Deliverable, type Repository, type RepositoryOptions, type UserSummary } from './repository-port.js';
 
-export type UserSummary = UserRow & { fileCount: number };
+export type { Deliverable, Repository, RepositoryOptions, UserSummary } from './repository-port.js';
 
-/** Just what delivery needs to decide and serve one variant. */
-export type Deliverable = {
-  fileId: string;
-  purpose: string;
-  visibility: Visibility;
-  filename: string;
-  updatedAt: number;
-  name: string;
-  path: string;
-  mimeType: string;
-  bytes: number;
-};
-
-// What the API shows as a file (received and processing ones included: their JSON says they are not ready yet).
-const storedStatuses = ['received', 'processing', 'ready', 'failed'] as const;
-
-export type RepositoryOptions = {
-  /**
-   * Called after every commit that could change what /f/ serves for a file (token rotation,
-   * visibility, delete, new or replaced variants), with its id: delivery's caches listen
-   * (src/delivery/invalidation.ts). The persistence layer holds no delivery cache itself.
-   */
-  onDeliverablesChanged?: (fileId: string | undefined) => void;
-};
-
-export function createRepository(db: Db, opts: RepositoryOptions = {}) {
+export function createRepository(db: Db, opts: RepositoryOptions = {}): Repository {
   const now = () => Date.now();
-
-  function ensureUser(userId: string, defaultQuotaBytes: number): UserRow {
-    db.insert(users).values({ id: userId, quotaBytes: defaultQuotaBytes, createdAt: now() }).onConflictDoNothing().run();
-    return db.select().from(users).where(eq(users.id, userId)).get()!;
-  }
 
   // Delivery's hot path: one prepared join, built once (drizzle's query building costs more than the query).
   const deliverableByToken = db
@@ -71,76 +42,8 @@ export function createRepository(db: Db, opts: RepositoryOptions = {}) {
   };
 
   return {
-    /**
-     * Adds generated files to a committed file (audio renditions, covers), charging their bytes and giving
-     * back the budget the file kept reserved for them. 'quota' (nothing changed) when they do not fit.
-     */
-    addVariants(
-      fileId: string,
-      added: NewVariant[],
-      patch: { status?: FileRow['status']; info?: Record<string, unknown>; error?: string | null } = {},
-    ): FileRow | 'quota' | undefined {
-      const updated = db.transaction((tx) => {
-        const file = tx.select().from(files).where(eq(files.id, fileId)).get();
-        if (!file || file.status === 'deleting' || file.committedAt === null) return undefined;
-        const existing = added.length
-          ? tx
-              .select()
-              .from(variants)
-              .where(
-                and(
-                  eq(variants.fileId, fileId),
-                  inArray(
-                    variants.name,
-                    added.map((v) => v.name),
-                  ),
-                ),
-              )
-              .all()
-          : [];
-        // Safe to run twice: a variant already recorded is replaced and its old bytes uncharged.
-        const delta = added.reduce((s, v) => s + v.bytes, 0) - existing.reduce((s, v) => s + v.bytes, 0);
-        const charged = tx
-          .update(users)
-          .set({ usedBytes: sql`${users.usedBytes} + ${delta}`, reservedBytes: sql`${users.reservedBytes} - ${file.reservedBytes}` })
-          .where(
-            and(
-              eq(users.id, file.userId),
-              sql`${delta} <= 0 OR ${users.usedBytes} + ${users.reservedBytes} - ${file.reservedBytes} + ${delta} <= ${users.quotaBytes}`,
-            ),
-          )
-          .returning({ id: users.id })
-          .get();
-        if (!charged) return 'quota' as const;
-        for (const v of added) {
-          tx.insert(variants)
-            .values({ ...v, fileId })
-            .onConflictDoUpdate({
-              target: [variants.fileId, variants.name],
-              set: { path: v.path, mimeType: v.mimeType, bytes: v.bytes, width: v.width, height: v.height },
-            })
-            .run();
-        }
-        return tx
-          .update(files)
-          .set({
-            totalBytes: file.totalBytes + delta,
-            reservedBytes: 0,
-            status: patch.status ?? file.status,
-            info: patch.info ? { ...file.info, ...patch.info } : file.info,
-            error: patch.error === undefined ? file.error : patch.error,
-            updatedAt: now(),
-          })
-          .where(eq(files.id, fileId))
-          .returning()
-          .get();
-      });
-      if (updated && updated !== 'quota') deliverablesChanged(fileId);
-      return updated;
-    },
-
     /** Drops an unfinished upload and gives its reservation back. Returns false when there was none. */
-    releaseUpload(fileId: string): boolean {
+    async releaseUpload(fileId: string): Promise<boolean> {
       return db.transaction((tx) => {
         const file = tx
           .select()
@@ -158,7 +61,7 @@ export function createRepository(db: Db, opts: RepositoryOptions = {}) {
     },
 
     /** Drops an uncommitted received upload and gives its reservation back (fsck --repair). */
-    releaseAwaiting(fileId: string): boolean {
+    async releaseAwaiting(fileId: string): Promise<boolean> {
       return db.transaction((tx) => {
         const file = tx
           .select()
@@ -176,7 +79,7 @@ export function createRepository(db: Db, opts: RepositoryOptions = {}) {
     },
 
     /** releaseUpload for many uploads in one transaction (the expiry sweep); returns the ids released. */
-    releaseUploads(fileIds: string[]): string[] {
+    async releaseUploads(fileIds: string[]): Promise<string[]> {
       if (fileIds.length === 0) return [];
       return db.transaction((tx) => {
         const rows = tx
@@ -198,46 +101,18 @@ export function createRepository(db: Db, opts: RepositoryOptions = {}) {
       });
     },
 
-    /**
-     * First half of a delete: the file stops being served and its bytes go back at once.
-     * The folder is removed afterwards; a row left in 'deleting' by a crash is finished at start-up.
-     */
-    beginDelete(fileId: string): FileRow | undefined {
-      const deleting = db.transaction((tx) => {
-        const file = tx
-          .select()
-          .from(files)
-          .where(and(eq(files.id, fileId), inArray(files.status, [...storedStatuses])))
-          .get();
-        if (!file) return undefined;
-        tx.update(users)
-          .set({ usedBytes: sql`${users.usedBytes} - ${file.totalBytes}`, reservedBytes: sql`${users.reservedBytes} - ${file.reservedBytes}` })
-          .where(eq(users.id, file.userId))
-          .run();
-        // Compare-and-set on the state it was read in: a job that moved it meanwhile makes this a miss.
-        return tx
-          .update(files)
-          .set({ status: 'deleting', totalBytes: 0, reservedBytes: 0, updatedAt: now() })
-          .where(and(eq(files.id, fileId), eq(files.status, file.status)))
-          .returning()
-          .get();
-      });
-      if (deleting) deliverablesChanged(fileId);
-      return deleting;
-    },
-
-    finishDelete(fileId: string): void {
+    async finishDelete(fileId: string): Promise<void> {
       db.delete(files)
         .where(and(eq(files.id, fileId), eq(files.status, 'deleting')))
         .run();
       deliverablesChanged(fileId);
     },
 
-    filesInStatus(status: FileRow['status'], limit = 1000): FileRow[] {
+    async filesInStatus(status: FileRow['status'], limit = 1000): Promise<FileRow[]> {
       return db.select().from(files).where(eq(files.status, status)).limit(limit).all();
     },
 
-    expiredUploadIds(at: number, limit: number): string[] {
+    async expiredUploadIds(at: number, limit: number): Promise<string[]> {
       return db
         .select({ id: files.id })
         .from(files)
@@ -247,12 +122,12 @@ export function createRepository(db: Db, opts: RepositoryOptions = {}) {
         .map((r) => r.id);
     },
 
-    getFile(fileId: string): FileRow | undefined {
+    async getFile(fileId: string): Promise<FileRow | undefined> {
       return db.select().from(files).where(eq(files.id, fileId)).get();
     },
 
     /** A stored file (not an upload in flight, not being deleted). */
-    getStoredFile(fileId: string): FileRow | undefined {
+    async getStoredFile(fileId: string): Promise<FileRow | undefined> {
       return db
         .select()
         .from(files)
@@ -267,15 +142,15 @@ export function createRepository(db: Db, opts: RepositoryOptions = {}) {
     deliverablesChanged,
 
     /** A stored file's variant by delivery token and variant name, or undefined (delivery caches it: src/delivery/). */
-    getDeliverable(token: string, name: string): Deliverable | undefined {
+    async getDeliverable(token: string, name: string): Promise<Deliverable | undefined> {
       return deliverableByToken.get({ token, name });
     },
 
-    getVariants(fileId: string): VariantRow[] {
+    async getVariants(fileId: string): Promise<VariantRow[]> {
       return db.select().from(variants).where(eq(variants.fileId, fileId)).orderBy(asc(variants.name)).all();
     },
 
-    getVariant(fileId: string, name: string): VariantRow | undefined {
+    async getVariant(fileId: string, name: string): Promise<VariantRow | undefined> {
       return db
         .select()
         .from(variants)
@@ -284,7 +159,7 @@ export function createRepository(db: Db, opts: RepositoryOptions = {}) {
     },
 
     /** Newest first; the cursor is the id of the last file of the previous page. */
-    listUserFiles(userId: string, opts: { limit: number; cursor?: string }): FileRow[] {
+    async listUserFiles(userId: string, opts: { limit: number; cursor?: string }): Promise<FileRow[]> {
       const conditions = [eq(files.userId, userId), inArray(files.status, [...storedStatuses])];
       if (opts.cursor) {
         const after = db.select().from(files).where(eq(files.id, opts.cursor)).get();
@@ -301,7 +176,10 @@ export function createRepository(db: Db, opts: RepositoryOptions = {}) {
         .all();
     },
 
-    updateFile(fileId: string, patch: Partial<Pick<FileRow, 'visibility' | 'deliveryToken' | 'status' | 'error' | 'info'>>): FileRow | undefined {
+    async updateFile(
+      fileId: string,
+      patch: Partial<Pick<FileRow, 'visibility' | 'deliveryToken' | 'status' | 'error' | 'info'>>,
+    ): Promise<FileRow | undefined> {
       const updated = db
         .update(files)
         .set({ ...patch, updatedAt: now() })
@@ -312,7 +190,7 @@ export function createRepository(db: Db, opts: RepositoryOptions = {}) {
       return updated;
     },
 
-    getUser(userId: string): UserSummary | undefined {
+    async getUser(userId: string): Promise<UserSummary | undefined> {
       const user = db.select().from(users).where(eq(users.id, userId)).get();
       if (!user) return undefined;
       const row = db
@@ -323,15 +201,13 @@ export function createRepository(db: Db, opts: RepositoryOptions = {}) {
       return { ...user, fileCount: row?.n ?? 0 };
     },
 
-    ensureUser,
-
-    setQuota(userId: string, quotaBytes: number): UserRow {
+    async setQuota(userId: string, quotaBytes: number): Promise<UserRow> {
       db.insert(users).values({ id: userId, quotaBytes, createdAt: now() }).onConflictDoUpdate({ target: users.id, set: { quotaBytes } }).run();
       return db.select().from(users).where(eq(users.id, userId)).get()!;
     },
 
     /** Sum of what each user's files really weigh, for consistency checks. */
-    usageFromFiles(): Array<{ userId: string; used: number; reserved: number }> {
+    async usageFromFiles(): Promise<Array<{ userId: string; used: number; reserved: number }>> {
       return db
         .select({
           userId: files.userId,
@@ -343,14 +219,14 @@ export function createRepository(db: Db, opts: RepositoryOptions = {}) {
         .all();
     },
 
-    allUsers(): UserRow[] {
+    async allUsers(): Promise<UserRow[]> {
       return db.select().from(users).all();
     },
 
     // ---- operations: recovery, fsck, readiness, metrics, webhooks ----
 
     /** Files holding a reservation (uploads in flight, received uploads, budgets for work to come), and the bytes they hold. */
-    reservationTotals(): { count: number; bytes: number } {
+    async reservationTotals(): Promise<{ count: number; bytes: number }> {
       const row = db
         .select({ count: sql<number>`count(*)`, bytes: sql<number>`coalesce(sum(${files.reservedBytes}), 0)` })
         .from(files)
@@ -360,7 +236,7 @@ export function createRepository(db: Db, opts: RepositoryOptions = {}) {
     },
 
     /** Every file row, page by page in id order (for recovery and fsck walks). */
-    filesPage(afterId: string, limit: number, status?: FileRow['status']): FileRow[] {
+    async filesPage(afterId: string, limit: number, status?: FileRow['status']): Promise<FileRow[]> {
       const conditions = [gt(files.id, afterId)];
       if (status) conditions.push(eq(files.status, status));
       return db
@@ -372,7 +248,7 @@ export function createRepository(db: Db, opts: RepositoryOptions = {}) {
         .all();
     },
 
-    fileIdsExisting(ids: string[]): Set<string> {
+    async fileIdsExisting(ids: string[]): Promise<Set<string>> {
       if (ids.length === 0) return new Set();
       return new Set(
         db
@@ -385,12 +261,12 @@ export function createRepository(db: Db, opts: RepositoryOptions = {}) {
     },
 
     /** Sets a user's counters to the given values (fsck --repair). */
-    setUserCounters(userId: string, counters: { usedBytes: number; reservedBytes: number }): void {
+    async setUserCounters(userId: string, counters: { usedBytes: number; reservedBytes: number }): Promise<void> {
       db.update(users).set(counters).where(eq(users.id, userId)).run();
     },
 
     /** Makes a file's total agree with its variants, moving the difference into the user's usage (fsck --repair). */
-    setFileTotal(fileId: string, totalBytes: number): void {
+    async setFileTotal(fileId: string, totalBytes: number): Promise<void> {
       db.transaction((tx) => {
         const file = tx.select().from(files).where(eq(files.id, fileId)).get();
         if (!file || !(storedStatuses as readonly string[]).includes(file.status)) return;
@@ -404,7 +280,7 @@ export function createRepository(db: Db, opts: RepositoryOptions = {}) {
     },
 
     /** Jobs by state, webhook deliveries apart (they have their own figure). */
-    jobCounts(): { queued: number; running: number; failed: number; byType: Array<{ type: string; state: string; n: number }> } {
+    async jobCounts(): Promise<{ queued: number; running: number; failed: number; byType: Array<{ type: string; state: string; n: number }> }> {
       const rows = db
         .select({ type: jobs.type, state: jobs.state, n: sql<number>`count(*)` })
         .from(jobs)
@@ -414,7 +290,7 @@ export function createRepository(db: Db, opts: RepositoryOptions = {}) {
       return { queued: count('queued'), running: count('running'), failed: count('failed'), byType: rows };
     },
 
-    unfinishedJobs(limit = 1000): JobRow[] {
+    async unfinishedJobs(limit = 1000): Promise<JobRow[]> {
       return db
         .select()
         .from(jobs)
@@ -425,16 +301,16 @@ export function createRepository(db: Db, opts: RepositoryOptions = {}) {
     },
 
     /** Jobs a killed process left 'running' go back to the queue; returns how many. */
-    requeueRunningJobs(): number {
+    async requeueRunningJobs(): Promise<number> {
       return db.update(jobs).set({ state: 'queued', runAfter: now(), updatedAt: now() }).where(eq(jobs.state, 'running')).run().changes;
     },
 
-    deleteJob(id: number): void {
+    async deleteJob(id: number): Promise<void> {
       db.delete(jobs).where(eq(jobs.id, id)).run();
     },
 
     /** Proves the database takes writes: a write in a transaction that is then rolled back. */
-    probeWrite(): void {
+    async probeWrite(): Promise<void> {
       const rollback = new Error('rollback');
       try {
         db.transaction((tx) => {
@@ -447,7 +323,7 @@ export function createRepository(db: Db, opts: RepositoryOptions = {}) {
     },
 
     /** Webhook deliveries still to make (jobs of the one queue). */
-    pendingWebhookCount(): number {
+    async pendingWebhookCount(): Promise<number> {
       return (
         db
           .select({ n: sql<number>`count(*)` })
@@ -458,19 +334,19 @@ export function createRepository(db: Db, opts: RepositoryOptions = {}) {
     },
 
     /** Every webhook delivery, as its job row (the body is the payload). */
-    allWebhooks(): JobRow[] {
+    async allWebhooks(): Promise<JobRow[]> {
       return db.select().from(jobs).where(eq(jobs.type, 'webhook.deliver')).orderBy(asc(jobs.id)).all();
     },
 
     // Background jobs (audio renditions). A job is queued → running → done | failed; a process that
     // stops mid-job leaves it 'running', and the next start puts it back in the queue.
 
-    jobsForFile(fileId: string): JobRow[] {
+    async jobsForFile(fileId: string): Promise<JobRow[]> {
       return db.select().from(jobs).where(eq(jobs.fileId, fileId)).orderBy(asc(jobs.id)).all();
     },
 
     /** Files of a kind left 'processing' with no job waiting for them (a stop between commit and enqueue). */
-    processingFilesWithoutJob(kind: FileRow['kind'], type: string): FileRow[] {
+    async processingFilesWithoutJob(kind: FileRow['kind'], type: string): Promise<FileRow[]> {
       return db
         .select()
         .from(files)
@@ -492,5 +368,3 @@ export function createRepository(db: Db, opts: RepositoryOptions = {}) {
     },
   };
 }
-
-export type Repository = ReturnType<typeof createRepository>;

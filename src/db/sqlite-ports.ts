@@ -6,6 +6,8 @@ import {
   WEBHOOK_JOB,
   committedFileRow,
   newUploadRow,
+  storedStatuses,
+  variantsAddedRow,
   type CommitInput,
   type FileCatalogue,
   type JobQueue,
@@ -193,6 +195,63 @@ export function createSqlitePorts(db: Db, opts: SqlitePortsOptions): UnitOfWork 
 
     async variants(fileId) {
       return db.select().from(variants).where(eq(variants.fileId, fileId)).orderBy(asc(variants.name)).all();
+    },
+
+    async addVariants(fileId, added, patch = {}) {
+      const file = db.select().from(files).where(eq(files.id, fileId)).get();
+      if (!file || file.status === 'deleting' || file.committedAt === null) return undefined;
+      const names = added.map((v) => v.name);
+      const existing = names.length
+        ? db
+            .select()
+            .from(variants)
+            .where(and(eq(variants.fileId, fileId), inArray(variants.name, names)))
+            .all()
+        : [];
+      const delta = added.reduce((s, v) => s + v.bytes, 0) - existing.reduce((s, v) => s + v.bytes, 0);
+      const charged = db
+        .update(users)
+        .set({ usedBytes: sql`${users.usedBytes} + ${delta}`, reservedBytes: sql`${users.reservedBytes} - ${file.reservedBytes}` })
+        .where(
+          and(
+            eq(users.id, file.userId),
+            sql`${delta} <= 0 OR ${users.usedBytes} + ${users.reservedBytes} - ${file.reservedBytes} + ${delta} <= ${users.quotaBytes}`,
+          ),
+        )
+        .returning({ id: users.id })
+        .get();
+      if (!charged) return 'quota';
+      for (const v of added) {
+        db.insert(variants)
+          .values({ ...v, fileId })
+          .onConflictDoUpdate({
+            target: [variants.fileId, variants.name],
+            set: { path: v.path, mimeType: v.mimeType, bytes: v.bytes, width: v.width, height: v.height },
+          })
+          .run();
+      }
+      deliverables.add(fileId);
+      return db
+        .update(files)
+        .set(variantsAddedRow(file, delta, patch, now()))
+        .where(eq(files.id, fileId))
+        .returning()
+        .get();
+    },
+
+    async beginDelete(fileId) {
+      const file = db
+        .select()
+        .from(files)
+        .where(and(eq(files.id, fileId), inArray(files.status, [...storedStatuses])))
+        .get();
+      if (!file) return undefined;
+      db.update(users)
+        .set({ usedBytes: sql`${users.usedBytes} - ${file.totalBytes}`, reservedBytes: sql`${users.reservedBytes} - ${file.reservedBytes}` })
+        .where(eq(users.id, file.userId))
+        .run();
+      deliverables.add(fileId);
+      return db.update(files).set({ status: 'deleting', totalBytes: 0, reservedBytes: 0, updatedAt: now() }).where(eq(files.id, fileId)).returning().get();
     },
   };
 

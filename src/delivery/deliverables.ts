@@ -8,7 +8,7 @@ import type { DeliveryInvalidation } from './invalidation.js';
 // their TTL ends. Misses are not remembered: a file that finishes uploading becomes deliverable at
 // once, and a flood of random tokens cannot fill the cache.
 
-export type FindDeliverable = (token: string, name: string) => Deliverable | undefined;
+export type FindDeliverable = (token: string, name: string) => Promise<Deliverable | undefined>;
 
 export type DeliverableCacheOptions = {
   find: FindDeliverable;
@@ -30,12 +30,12 @@ export function createDeliverableCache(opts: DeliverableCacheOptions): CachedDel
     sizeOf: (d, key) =>
       240 + stringBytes(key) + stringBytes(d.fileId) + stringBytes(d.purpose) + stringBytes(d.filename) + stringBytes(d.path) + stringBytes(d.mimeType),
   });
-  const find = (token: string, name: string): Deliverable | undefined => {
+  const find = async (token: string, name: string): Promise<Deliverable | undefined> => {
     const key = `${token}/${name}`;
     const known = cache.get(key);
     if (known) return known;
     const since = cache.epoch();
-    const found = opts.find(token, name);
+    const found = await opts.find(token, name);
     if (found) cache.set(key, found, since);
     return found;
   };

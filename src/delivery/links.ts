@@ -29,19 +29,19 @@ export function createDeliveryLinks(deps: { repo: Repository; secret: string; no
      * A signed link to one variant, whatever the file's visibility (so it keeps working if the file
      * turns private before it expires).
      */
-    signedUrl(fileId: string, variant: string, expiresIn: number, baseUrl: string): { url: string; expiresAt: string } {
-      const file = repo.getStoredFile(fileId);
+    async signedUrl(fileId: string, variant: string, expiresIn: number, baseUrl: string): Promise<{ url: string; expiresAt: string }> {
+      const file = await repo.getStoredFile(fileId);
       if (!file) throw errors.notFound('File');
-      if (!repo.getVariant(file.id, variant)) throw errors.notFound(`Variant "${variant}" of this file`);
+      if (!(await repo.getVariant(file.id, variant))) throw errors.notFound(`Variant "${variant}" of this file`);
       const exp = coarseExpiry(now(), expiresIn);
       return { url: `${baseUrl}${signDeliveryUrl(secret, file.deliveryToken, variant, exp)}`, expiresAt: new Date(exp * 1000).toISOString() };
     },
 
     /** Every existing link to the file dies at once (through nginx: within its auth cache lifetime). */
-    rotateToken(fileId: string): FileRow {
+    async rotateToken(fileId: string): Promise<FileRow> {
       for (let attempt = 0; ; attempt++) {
         try {
-          const updated = repo.updateFile(fileId, { deliveryToken: newDeliveryToken() });
+          const updated = await repo.updateFile(fileId, { deliveryToken: newDeliveryToken() });
           if (!updated) throw errors.notFound('File');
           return updated;
         } catch (err) {
@@ -52,8 +52,8 @@ export function createDeliveryLinks(deps: { repo: Repository; secret: string; no
       }
     },
 
-    setVisibility(fileId: string, visibility: Visibility): FileRow {
-      const updated = repo.updateFile(fileId, { visibility });
+    async setVisibility(fileId: string, visibility: Visibility): Promise<FileRow> {
+      const updated = await repo.updateFile(fileId, { visibility });
       if (!updated) throw errors.notFound('File');
       return updated;
     },

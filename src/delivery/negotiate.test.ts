@@ -28,17 +28,17 @@ describe('Accept negotiation', () => {
     expect(acceptsAvif('')).toBe(false);
   });
 
-  it('answers a rung with an AVIF twin by Accept, with Vary, and anything else as asked, without', () => {
+  it('answers a rung with an AVIF twin by Accept, with Vary, and anything else as asked, without', async () => {
     const webp = deliverable('6', 'image/webp');
     const avif = deliverable('6-avif', 'image/avif');
-    const withTwin = (_t: string, n: string) => (n === '6-avif' ? avif : undefined);
-    expect(negotiateFormat(webp, 't', true, withTwin)).toEqual({ target: avif, vary: 'Accept' });
-    expect(negotiateFormat(webp, 't', false, withTwin)).toEqual({ target: webp, vary: 'Accept' });
-    expect(negotiateFormat(webp, 't', true, () => undefined)).toEqual({ target: webp, vary: undefined });
+    const withTwin = async (_t: string, n: string) => (n === '6-avif' ? avif : undefined);
+    expect(await negotiateFormat(webp, 't', true, withTwin)).toEqual({ target: avif, vary: 'Accept' });
+    expect(await negotiateFormat(webp, 't', false, withTwin)).toEqual({ target: webp, vary: 'Accept' });
+    expect(await negotiateFormat(webp, 't', true, async () => undefined)).toEqual({ target: webp, vary: undefined });
     const original = deliverable('0', 'image/jpeg');
     let looked = 0;
-    expect(negotiateFormat(original, 't', true, () => (looked++, avif))).toEqual({ target: original, vary: undefined });
-    expect(negotiateFormat(avif, 't', true, () => (looked++, avif))).toEqual({ target: avif, vary: undefined });
+    expect(await negotiateFormat(original, 't', true, async () => (looked++, avif))).toEqual({ target: original, vary: undefined });
+    expect(await negotiateFormat(avif, 't', true, async () => (looked++, avif))).toEqual({ target: avif, vary: undefined });
     expect(looked).toBe(0);
   });
 });

@@ -31,14 +31,14 @@ export type Negotiated = { target: Deliverable; vary: string | undefined };
  * Picks the deliverable for a request that asked for `found` (already authorised): its AVIF twin when
  * there is one and the client takes AVIF. The signature, if any, was checked against the asked-for name.
  */
-export function negotiateFormat(
+export async function negotiateFormat(
   found: Deliverable,
   token: string,
   avif: boolean,
-  lookup: (token: string, name: string) => Deliverable | undefined,
-): Negotiated {
+  lookup: (token: string, name: string) => Promise<Deliverable | undefined>,
+): Promise<Negotiated> {
   if (!isLadderRung(found.name)) return { target: found, vary: undefined };
-  const twin = lookup(token, avifVariantName(found.name));
+  const twin = await lookup(token, avifVariantName(found.name));
   if (!twin) return { target: found, vary: undefined };
   return { target: avif ? twin : found, vary: 'Accept' };
 }

@@ -36,7 +36,8 @@ const YEAR = 31_536_000;
 const targetPattern = /^\/f\/([0-9a-z]{32})\/([0-9a-z][0-9a-z-]{0,31})(?:\?([^#]*))?$/;
 
 /** `accept` is the client's Accept header: it picks between a rung's WebP and AVIF (negotiate.ts). */
-export type DeliveryResolver = (target: string, accept?: string) => Delivery;
+/** Synchronous when the grant is remembered (the hot path); a look-up in the database otherwise. */
+export type DeliveryResolver = (target: string, accept?: string) => Delivery | Promise<Delivery>;
 
 /** The resolver with a view of its caches: entries and estimated bytes (for tests and operators). */
 export type CachingDeliveryResolver = DeliveryResolver & {
@@ -93,7 +94,7 @@ export function createDeliveryResolver(deps: DeliveryResolverDeps): CachingDeliv
     sizeOf: (g, key) => 400 + stringBytes(key) + stringBytes(g.delivery.target.filename) + stringBytes(g.delivery.contentDisposition),
   });
 
-  const resolve = (requestTarget: string, accept?: string): Delivery => {
+  const resolve = (requestTarget: string, accept?: string): Delivery | Promise<Delivery> => {
     // AVIF-accepting clients get their own grants: the answer differs for rungs with an AVIF twin.
     const avif = acceptsAvif(accept);
     const match = targetPattern.exec(requestTarget);
@@ -116,8 +117,21 @@ export function createDeliveryResolver(deps: DeliveryResolverDeps): CachingDeliv
       granted.delete(signedKey!);
     }
 
+    return grant(token, name, exp, sig, avif, second, bareKey, signedKey);
+  };
+
+  const grant = async (
+    token: string,
+    name: string,
+    exp: string | undefined,
+    sig: string | undefined,
+    avif: boolean,
+    second: number,
+    bareKey: string,
+    signedKey: string | undefined,
+  ): Promise<Delivery> => {
     // Excludes files being uploaded or deleted.
-    const asked = findDeliverable(token, name);
+    const asked = await findDeliverable(token, name);
     if (!asked) throw deliveryErrors.notFound();
 
     let expiresAt: number | undefined;
@@ -134,7 +148,7 @@ export function createDeliveryResolver(deps: DeliveryResolverDeps): CachingDeliv
       cacheControl = privateCacheControl(left);
     }
 
-    const { target, vary } = negotiateFormat(asked, token, avif, findDeliverable);
+    const { target, vary } = await negotiateFormat(asked, token, avif, findDeliverable);
     const delivery: Delivery = {
       target,
       contentType: target.mimeType,

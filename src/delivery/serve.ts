@@ -9,7 +9,7 @@ import { notModified, preconditionsHold, usableRange } from './conditional.js';
 import type { Cors } from './cors.js';
 import { createDeliveryCache, stringBytes } from './cache.js';
 import type { DeliveryInvalidation } from './invalidation.js';
-import { deliveryErrors, type DeliveryResolver } from './resolve.js';
+import { deliveryErrors, type Delivery, type DeliveryResolver } from './resolve.js';
 
 // Chipmunk's own delivery, for when no nginx stands in front: the same URLs and access rules as the
 // nginx path (both go through the one resolver), streaming from storage with the headers nginx's
@@ -142,19 +142,21 @@ export function createDeliveryServer(deps: {
     try {
       if (method === 'OPTIONS' && deps.cors) return answered({ status: 204, headers: deps.cors.deliveryPreflight(origin) });
       if (method !== 'GET' && method !== 'HEAD') throw errors.methodNotAllowed();
-      const d = resolve(target, header('accept'));
-      const cached = cache.get(d.target);
-      if (cached) return answered(planFor(method, d, cached, header));
-      return blobOf(d.target).then(
-        (blob) => answered(blob ? planFor(method, d, blob, header) : refusal(deliveryErrors.notFound(), requestId)),
-        (err: unknown) => answered(refusal(err, requestId)),
-      );
+      const resolved = resolve(target, header('accept'));
+      const serveIt = (d: Delivery): Plan | Promise<Plan> => {
+        const cached = cache.get(d.target);
+        if (cached) return answered(planFor(method, d, cached, header));
+        return blobOf(d.target).then((blob) => answered(blob ? planFor(method, d, blob, header) : refusal(deliveryErrors.notFound(), requestId)));
+      };
+      // A remembered grant answers synchronously; a look-up in the database does not.
+      const planned = resolved instanceof Promise ? resolved.then(serveIt) : serveIt(resolved);
+      return planned instanceof Promise ? planned.catch((err: unknown) => answered(refusal(err, requestId))) : planned;
     } catch (err) {
       return answered(refusal(err, requestId));
     }
   }
 
-  function planFor(method: string, d: ReturnType<DeliveryResolver>, blob: Blob, header: (name: string) => string | undefined): Plan {
+  function planFor(method: string, d: Delivery, blob: Blob, header: (name: string) => string | undefined): Plan {
     const v = d.target;
     const { size, mtime, etag, lastModified } = blob;
     const headers: Record<string, string> = {

@@ -56,8 +56,8 @@ export type DemoDeps = {
 export function demoRoutes(deps: DemoDeps) {
   const { users, files, purposes } = deps;
   const baseUrl = (req: Request) => requestBaseUrl(deps.publicUrl, req);
-  const demoFile = (id: string, req: Request) => {
-    const file = files.describe(parseWith(fileIdParams, { id }, 'file id').id, baseUrl(req));
+  const demoFile = async (id: string, req: Request) => {
+    const file = await files.describe(parseWith(fileIdParams, { id }, 'file id').id, baseUrl(req));
     if (!file.userId.startsWith(DEMO_USER_PREFIX)) throw errors.notFound('File');
     return file;
   };
@@ -85,24 +85,24 @@ export function demoRoutes(deps: DemoDeps) {
     const { token, expiresAt } = await signUploadToken(deps.secret, { ...body, expiresIn: DEMO_TOKEN_SECONDS });
     return c.json({ token, expiresAt: new Date(expiresAt * 1000).toISOString() }, 201);
   });
-  api.get('/users/:id', (c) => {
+  api.get('/users/:id', async (c) => {
     const id = parseWith(demoUserId, c.req.param('id'), 'user id');
-    return c.json(users.describe(id));
+    return c.json(await users.describe(id));
   });
   // Lets a newcomer see a full quota without uploading a gigabyte first.
   api.put('/users/:id/quota', async (c) => {
     const id = parseWith(demoUserId, c.req.param('id'), 'user id');
     const { quotaBytes } = await jsonBody(c, setQuotaRequest);
-    return c.json(users.setQuota(id, quotaBytes));
+    return c.json(await users.setQuota(id, quotaBytes));
   });
-  api.get('/users/:id/files', (c) => {
+  api.get('/users/:id/files', async (c) => {
     const id = parseWith(demoUserId, c.req.param('id'), 'user id');
     const query = parseWith(listFilesQuery, c.req.query(), 'query');
-    return c.json(files.list(id, query, baseUrl(c.req.raw)));
+    return c.json(await files.list(id, query, baseUrl(c.req.raw)));
   });
-  api.get('/files/:id', (c) => c.json(demoFile(c.req.param('id'), c.req.raw)));
+  api.get('/files/:id', async (c) => c.json(await demoFile(c.req.param('id'), c.req.raw)));
   api.delete('/files/:id', async (c) => {
-    const file = demoFile(c.req.param('id'), c.req.raw);
+    const file = await demoFile(c.req.param('id'), c.req.raw);
     await files.remove(file.id);
     return c.body(null, 204);
   });

@@ -37,7 +37,7 @@ export async function fsck(deps: FsckDeps, opts: { repair?: boolean; live?: bool
   // 1. Every file row against its folder, its variants and its upload.
   let after = '';
   for (;;) {
-    const page = repo.filesPage(after, PAGE);
+    const page = await repo.filesPage(after, PAGE);
     if (page.length === 0) break;
     after = page[page.length - 1]!.id;
     for (const file of page) {
@@ -48,7 +48,7 @@ export async function fsck(deps: FsckDeps, opts: { repair?: boolean; live?: bool
         problem('unfinished-delete', file.id, 'a delete was interrupted (its bytes were already given back)', true);
         await repair(`finished the delete of ${file.id}`, async () => {
           await storage.removeFolder(file.id);
-          repo.finishDelete(file.id);
+          await repo.finishDelete(file.id);
         });
       } else await checkStored(file);
     }
@@ -82,7 +82,7 @@ export async function fsck(deps: FsckDeps, opts: { repair?: boolean; live?: bool
     problem('stale-reservation', file.id, `${why}; ${file.reservedBytes} bytes reserved`, true);
     await repair(`released the upload ${file.id} (${file.reservedBytes} bytes of reservation)`, async () => {
       await storage.removeFolder(file.id);
-      repo.releaseUpload(file.id);
+      await repo.releaseUpload(file.id);
       await area.discard(file.id);
     });
   }
@@ -112,7 +112,7 @@ export async function fsck(deps: FsckDeps, opts: { repair?: boolean; live?: bool
       problem('orphan-upload', file.id, 'upload-area leftovers of a stored file', true);
       await repair(`removed the upload leftovers of ${file.id}`, () => area.discard(file.id));
     }
-    const variants = repo.getVariants(file.id);
+    const variants = await repo.getVariants(file.id);
     const names = new Set(await storage.listNames(file.id));
     let sum = 0;
     for (const v of variants) {
@@ -145,7 +145,7 @@ export async function fsck(deps: FsckDeps, opts: { repair?: boolean; live?: bool
       problem('stray-entry', id, 'a name in the media folder that is not a file id (left alone)', false);
       continue;
     }
-    if (rowIds.has(id) || repo.getFile(id)) continue;
+    if (rowIds.has(id) || (await repo.getFile(id))) continue;
     problem('orphan-folder', id, 'a media folder with no file row (never charged)', true);
     await repair(`removed the orphan folder ${id}`, () => storage.removeFolder(id));
   }
@@ -173,8 +173,8 @@ export async function fsck(deps: FsckDeps, opts: { repair?: boolean; live?: bool
   }
 
   // 5. Usage and reservations against the files (after the repairs above changed them).
-  const computed = new Map(repo.usageFromFiles().map((u) => [u.userId, u]));
-  for (const user of repo.allUsers()) {
+  const computed = new Map((await repo.usageFromFiles()).map((u) => [u.userId, u]));
+  for (const user of await repo.allUsers()) {
     const want = computed.get(user.id) ?? { used: 0, reserved: 0 };
     if (user.usedBytes !== want.used) problem('usage', user.id, `usedBytes is ${user.usedBytes}, its files total ${want.used}`, true);
     if (user.reservedBytes !== want.reserved)
@@ -187,9 +187,9 @@ export async function fsck(deps: FsckDeps, opts: { repair?: boolean; live?: bool
   }
 
   // 6. Jobs: 'running' with the server stopped means interrupted; a job whose file is gone is dead.
-  for (const job of repo.unfinishedJobs()) {
+  for (const job of await repo.unfinishedJobs()) {
     if (job.type === 'webhook.deliver') continue; // counted below
-    const file = repo.getFile(job.fileId);
+    const file = await repo.getFile(job.fileId);
     if (!file || file.status === 'deleting' || file.status === 'uploading') {
       problem('orphan-job', `job ${job.id}`, `${job.type} job for a file that is gone`, true);
       await repair(`removed job ${job.id}`, () => repo.deleteJob(job.id));
@@ -197,10 +197,10 @@ export async function fsck(deps: FsckDeps, opts: { repair?: boolean; live?: bool
       notices.push({ kind: 'running-job', subject: `job ${job.id}`, detail: `${job.type} for ${job.fileId}, running in the live server`, repairable: false });
     } else if (job.state === 'running') {
       problem('unfinished-job', `job ${job.id}`, `${job.type} job for ${job.fileId} was interrupted while running`, true);
-      await repair(`requeued job ${job.id}`, () => void repo.requeueRunningJobs());
+      await repair(`requeued job ${job.id}`, async () => void (await repo.requeueRunningJobs()));
     } else notices.push({ kind: 'queued-job', subject: `job ${job.id}`, detail: `${job.type} for ${job.fileId}, runs at next start`, repairable: false });
   }
-  const pendingWebhooks = repo.pendingWebhookCount();
+  const pendingWebhooks = await repo.pendingWebhookCount();
   if (pendingWebhooks) notices.push({ kind: 'webhooks-pending', subject: 'webhooks', detail: `${pendingWebhooks} not yet delivered`, repairable: false });
 
   return { problems, notices, repaired };

@@ -7,11 +7,11 @@ import type { EventBus } from '../events.js';
 
 export type MetricsSources = {
   /** Work waiting, by queue ('jobs', 'webhooks'). */
-  queueDepth(): Record<string, number>;
+  queueDepth(): Promise<Record<string, number>>;
   /** Unfinished uploads holding a reservation, and the bytes they hold. */
-  reservations(): { count: number; bytes: number };
+  reservations(): Promise<{ count: number; bytes: number }>;
   /** Jobs of the one queue by type and state (absent: not exported). */
-  jobStates?(): Array<{ type: string; state: string; n: number }>;
+  jobStates?(): Promise<Array<{ type: string; state: string; n: number }>>;
 };
 
 export type Metrics = ReturnType<typeof createMetrics>;
@@ -80,8 +80,9 @@ export function createMetrics(sources: MetricsSources, opts: { defaultMetrics?: 
     help: 'Work waiting, by queue.',
     labelNames: ['queue'],
     registers: [registry],
-    collect() {
-      for (const [queue, depth] of Object.entries(sources.queueDepth())) this.set({ queue }, depth);
+    // Read from the database at scrape time (prom-client awaits an async collect).
+    async collect() {
+      for (const [queue, depth] of Object.entries(await sources.queueDepth())) this.set({ queue }, depth);
     },
   });
   new Gauge({
@@ -89,9 +90,10 @@ export function createMetrics(sources: MetricsSources, opts: { defaultMetrics?: 
     help: 'Jobs of the one queue (processing, audio renditions, webhook deliveries), by type and state.',
     labelNames: ['type', 'state'],
     registers: [registry],
-    collect() {
+    async collect() {
+      const rows = (await sources.jobStates?.()) ?? [];
       this.reset();
-      for (const row of sources.jobStates?.() ?? []) this.set({ type: row.type, state: row.state }, row.n);
+      for (const row of rows) this.set({ type: row.type, state: row.state }, row.n);
     },
   });
   const jobOutcomes = new Counter({
@@ -104,16 +106,16 @@ export function createMetrics(sources: MetricsSources, opts: { defaultMetrics?: 
     name: 'chipmunk_reservations_outstanding',
     help: 'Unfinished uploads holding part of a quota.',
     registers: [registry],
-    collect() {
-      this.set(sources.reservations().count);
+    async collect() {
+      this.set((await sources.reservations()).count);
     },
   });
   new Gauge({
     name: 'chipmunk_reserved_bytes',
     help: 'Bytes held against quotas by unfinished uploads.',
     registers: [registry],
-    collect() {
-      this.set(sources.reservations().bytes);
+    async collect() {
+      this.set((await sources.reservations()).bytes);
     },
   });
 

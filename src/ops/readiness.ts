@@ -14,7 +14,7 @@ export type ReadinessDeps = {
   disk: { freeBytes(): Promise<number>; marginBytes: number };
   /** The ffmpeg executable, or undefined when none is found. */
   ffmpegPath: () => Promise<string | undefined>;
-  queueDepth: () => Record<string, number>;
+  queueDepth: () => Promise<Record<string, number>>;
   /** With the blobs in a bucket: resolves when the bucket answers (a one-key listing). */
   storageProbe?: () => Promise<void>;
 };
@@ -31,7 +31,7 @@ export function createReadiness(deps: ReadinessDeps) {
     async check(): Promise<ReadinessReport> {
       const checks: Record<string, ReadinessCheck> = {};
       try {
-        deps.repo.probeWrite();
+        await deps.repo.probeWrite();
         checks.database = { ok: true };
       } catch (err) {
         checks.database = { ok: false, detail: (err as Error).message };
@@ -61,7 +61,7 @@ export function createReadiness(deps: ReadinessDeps) {
       ffmpeg ??= await deps.ffmpegPath();
       checks.ffmpeg = ffmpeg ? { ok: true, detail: ffmpeg } : { ok: false, detail: 'ffmpeg not found (audio cannot be processed)' };
       try {
-        checks.queue = { ok: true, detail: deps.queueDepth() };
+        checks.queue = { ok: true, detail: await deps.queueDepth() };
       } catch (err) {
         checks.queue = { ok: false, detail: (err as Error).message };
       }

@@ -58,7 +58,7 @@ export function createWebhooks(deps: {
   logger: Logger;
   options: WebhookOptions;
   /** Deliveries still to make, for /metrics and readiness. */
-  pendingCount: () => number;
+  pendingCount: () => Promise<number>;
   onAttempt?: (outcome: 'delivered' | 'failed') => void;
 }) {
   const { logger, options } = deps;

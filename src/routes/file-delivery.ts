@@ -35,18 +35,18 @@ export function fileDeliveryRoutes(deps: { files: FileService; links: DeliveryLi
   });
 
   return v1Router({ param: 'file id' })
-    .openapi(signedLink, (c) => {
+    .openapi(signedLink, async (c) => {
       const { variant, expiresIn } = c.req.valid('query');
-      return c.json(deps.links.signedUrl(c.req.valid('param').id, variant, expiresIn, base(c.req.raw)), 200);
+      return c.json(await deps.links.signedUrl(c.req.valid('param').id, variant, expiresIn, base(c.req.raw)), 200);
     })
-    .openapi(rotateToken, (c) => {
+    .openapi(rotateToken, async (c) => {
       const { id } = c.req.valid('param');
-      deps.links.rotateToken(id);
-      return c.json(deps.files.describe(id, base(c.req.raw)), 200);
+      await deps.links.rotateToken(id);
+      return c.json(await deps.files.describe(id, base(c.req.raw)), 200);
     })
-    .openapi(setVisibility, (c) => {
+    .openapi(setVisibility, async (c) => {
       const { id } = c.req.valid('param');
-      deps.links.setVisibility(id, c.req.valid('json').visibility);
-      return c.json(deps.files.describe(id, base(c.req.raw)), 200);
+      await deps.links.setVisibility(id, c.req.valid('json').visibility);
+      return c.json(await deps.files.describe(id, base(c.req.raw)), 200);
     });
 }

@@ -23,7 +23,7 @@ export function fileRoutes(deps: { files: FileService; apiKey: string; publicUrl
   });
 
   return v1Router({ param: 'file id' })
-    .openapi(getFile, (c) => c.json(deps.files.describe(c.req.valid('param').id, requestBaseUrl(deps.publicUrl, c.req.raw)), 200))
+    .openapi(getFile, async (c) => c.json(await deps.files.describe(c.req.valid('param').id, requestBaseUrl(deps.publicUrl, c.req.raw)), 200))
     .openapi(deleteFile, async (c) => {
       await deps.files.remove(c.req.valid('param').id);
       return c.body(null, 204);

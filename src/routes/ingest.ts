@@ -119,7 +119,7 @@ export function ingestRoutes(deps: {
       if (c.env?.incoming) discardRest(c.env.incoming);
       throw err;
     }
-    return c.json(deps.files.describe(storedId, requestBaseUrl(deps.publicUrl, c.req.raw)), 201);
+    return c.json(await deps.files.describe(storedId, requestBaseUrl(deps.publicUrl, c.req.raw)), 201);
   });
 }
 

@@ -32,17 +32,17 @@ export type RelativePath = (fileId: string, name: string) => string;
 
 export type AuthAnswer = { status: number; headers: Record<string, string>; body: string; target?: { fileId: string; path: string } };
 
-export function authAnswer(
+export async function authAnswer(
   resolve: DeliveryResolver,
   relativePath: RelativePath,
   originalUri: string | undefined,
   cacheSeconds: number,
   nowMs: number,
   accept?: string,
-): AuthAnswer {
+): Promise<AuthAnswer> {
   try {
     if (!originalUri) throw errors.badRequest('X-Original-URI is missing: the nginx config must set it to $request_uri.');
-    const d = resolve(originalUri, accept);
+    const d = await resolve(originalUri, accept);
     const left = d.expiresAt === undefined ? cacheSeconds : Math.min(cacheSeconds, Math.floor((d.expiresAt * 1000 - nowMs) / 1000));
     const headers: Record<string, string> = {
       'X-Chipmunk-Status': '200',
@@ -117,24 +117,20 @@ export function internalAuthListener(deps: {
   return (req: IncomingMessage, res: ServerResponse) => {
     const url = req.url ?? '/';
     const path = url.split('?', 1)[0];
-    let answer: AuthAnswer;
     if (path !== INTERNAL_AUTH_PATH) {
       const { status, headers, body } = renderError(errors.notFound('Route'));
-      answer = { status, headers, body };
-    } else {
-      answer = authAnswer(
-        deps.resolve,
-        deps.relativePath,
-        rawHeader(req.rawHeaders, 'x-original-uri'),
-        deps.authCacheSeconds,
-        now(),
-        rawHeader(req.rawHeaders, 'x-original-accept'),
-      );
-      if (deps.locate) {
-        void withObjectLocation(answer, deps.locate, deps.authCacheSeconds).then((located) => respond(req, res, located));
-        return;
-      }
+      respond(req, res, { status, headers, body });
+      return;
     }
-    respond(req, res, answer);
+    void authAnswer(
+      deps.resolve,
+      deps.relativePath,
+      rawHeader(req.rawHeaders, 'x-original-uri'),
+      deps.authCacheSeconds,
+      now(),
+      rawHeader(req.rawHeaders, 'x-original-accept'),
+    )
+      .then((answer) => (deps.locate ? withObjectLocation(answer, deps.locate, deps.authCacheSeconds) : answer))
+      .then((answer) => respond(req, res, answer));
   };
 }

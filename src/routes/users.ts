@@ -32,7 +32,9 @@ export function userRoutes(deps: { users: UserService; files: FileService; apiKe
   });
 
   return v1Router({ param: 'user id' })
-    .openapi(getUser, (c) => c.json(deps.users.describe(c.req.valid('param').id), 200))
-    .openapi(setQuota, (c) => c.json(deps.users.setQuota(c.req.valid('param').id, c.req.valid('json').quotaBytes), 200))
-    .openapi(listFiles, (c) => c.json(deps.files.list(c.req.valid('param').id, c.req.valid('query'), requestBaseUrl(deps.publicUrl, c.req.raw)), 200));
+    .openapi(getUser, async (c) => c.json(await deps.users.describe(c.req.valid('param').id), 200))
+    .openapi(setQuota, async (c) => c.json(await deps.users.setQuota(c.req.valid('param').id, c.req.valid('json').quotaBytes), 200))
+    .openapi(listFiles, async (c) =>
+      c.json(await deps.files.list(c.req.valid('param').id, c.req.valid('query'), requestBaseUrl(deps.publicUrl, c.req.raw)), 200),
+    );
 }

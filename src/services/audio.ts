@@ -94,10 +94,10 @@ export function createAudioService(deps: AudioServiceDeps) {
   const handler: JobHandler = {
     maxAttempts: 3,
     async run(job: JobRow, signal: AbortSignal): Promise<void> {
-      const file = repo.getStoredFile(job.fileId);
+      const file = await repo.getStoredFile(job.fileId);
       // Deleted meanwhile, or finished by an earlier run that stopped before recording the job as done.
       if (!file || file.status !== 'processing') return;
-      const original = repo.getVariant(file.id, '0');
+      const original = await repo.getVariant(file.id, '0');
       if (!original) throw new FinalJobError('The original file is missing.');
       const sniffed: Sniffed = { kind: 'audio', mimeType: file.mimeType ?? 'application/octet-stream', ext: file.ext ?? 'bin' };
       const audioInfo = file.info as unknown as AudioInfo;
@@ -138,7 +138,7 @@ export function createAudioService(deps: AudioServiceDeps) {
           info.cover = cover.info;
         }
         if (signal.aborted) throw signal.reason;
-        if (!repo.getStoredFile(file.id)) return;
+        if (!(await repo.getStoredFile(file.id))) return;
         const stored: NewVariant[] = [];
         for (const v of produced) {
           const bytes = await storage.adopt(file.id, v.storedAs, v.file);
@@ -146,7 +146,7 @@ export function createAudioService(deps: AudioServiceDeps) {
         }
         // The renditions are charged (against the budget the track kept) and announced in one unit.
         const updated = await deps.uow.run(async (tx) => {
-          const row = repo.addVariants(file.id, stored, { status: 'ready', info, error: null });
+          const row = await tx.files.addVariants(file.id, stored, { status: 'ready', info, error: null });
           if (row && row !== 'quota') await tx.outbox.add('file.ready', fileData(row), { fileId: row.id, userId: row.userId });
           return row;
         });
@@ -167,7 +167,7 @@ export function createAudioService(deps: AudioServiceDeps) {
 
     async fail(job: JobRow, reason: string): Promise<void> {
       const updated = await deps.uow.run(async (tx) => {
-        const row = repo.addVariants(job.fileId, [], { status: 'failed', error: reason });
+        const row = await tx.files.addVariants(job.fileId, [], { status: 'failed', error: reason });
         if (row && row !== 'quota') await tx.outbox.add('file.failed', fileData(row, { reason }), { fileId: row.id, userId: row.userId });
         return row;
       });

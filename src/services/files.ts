@@ -98,17 +98,17 @@ export function createFileService(deps: FileServiceDeps) {
   return {
     toJson,
 
-    describe(fileId: string, baseUrl: string): FileJson {
-      const file = repo.getStoredFile(fileId);
+    async describe(fileId: string, baseUrl: string): Promise<FileJson> {
+      const file = await repo.getStoredFile(fileId);
       if (!file) throw errors.notFound('File');
-      return toJson(file, repo.getVariants(file.id), baseUrl);
+      return toJson(file, await repo.getVariants(file.id), baseUrl);
     },
 
-    list(userId: string, opts: { limit: number; cursor?: string }, baseUrl: string): FileListJson {
-      const rows = repo.listUserFiles(userId, { limit: opts.limit + 1, cursor: opts.cursor });
+    async list(userId: string, opts: { limit: number; cursor?: string }, baseUrl: string): Promise<FileListJson> {
+      const rows = await repo.listUserFiles(userId, { limit: opts.limit + 1, cursor: opts.cursor });
       const page = rows.slice(0, opts.limit);
       return {
-        files: page.map((f) => toJson(f, repo.getVariants(f.id), baseUrl)),
+        files: await Promise.all(page.map(async (f) => toJson(f, await repo.getVariants(f.id), baseUrl))),
         nextCursor: rows.length > opts.limit ? page[page.length - 1]!.id : null,
       };
     },
@@ -119,7 +119,7 @@ export function createFileService(deps: FileServiceDeps) {
      */
     async remove(fileId: string): Promise<void> {
       const file = await deps.uow.run(async (tx) => {
-        const row = repo.beginDelete(fileId);
+        const row = await tx.files.beginDelete(fileId);
         if (!row) return undefined;
         await tx.jobs.cancelForFile(fileId);
         await tx.outbox.add('file.deleted', fileData(row, { status: 'deleted' }), { fileId, userId: row.userId });
@@ -133,7 +133,7 @@ export function createFileService(deps: FileServiceDeps) {
 
     /** Finishes deletes a crash interrupted: their bytes were already given back. */
     async finishInterruptedDeletes(): Promise<number> {
-      const pending = repo.filesInStatus('deleting');
+      const pending = await repo.filesInStatus('deleting');
       for (const file of pending) await finishDelete(file.id);
       return pending.length;
     },
@@ -142,7 +142,7 @@ export function createFileService(deps: FileServiceDeps) {
   async function finishDelete(fileId: string): Promise<void> {
     await storage.removeFolder(fileId);
     await deps.received.remove(fileId);
-    repo.finishDelete(fileId);
+    await repo.finishDelete(fileId);
     logger.info('file deleted', { fileId });
   }
 }

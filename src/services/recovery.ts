@@ -79,7 +79,7 @@ export async function recoverAtStartup(deps: RecoveryDeps): Promise<RecoveryRepo
   const present = await area.list();
   let after = '';
   for (;;) {
-    const page = repo.filesPage(after, PAGE, 'uploading');
+    const page = await repo.filesPage(after, PAGE, 'uploading');
     if (page.length === 0) break;
     after = page[page.length - 1]!.id;
     for (const file of page) {
@@ -108,7 +108,7 @@ export async function recoverAtStartup(deps: RecoveryDeps): Promise<RecoveryRepo
   for (const status of ['received', 'processing'] as const) {
     let from = '';
     for (;;) {
-      const page = repo.filesPage(from, PAGE, status);
+      const page = await repo.filesPage(from, PAGE, status);
       if (page.length === 0) break;
       from = page[page.length - 1]!.id;
       for (const file of page.filter(awaitingProcessing)) {
@@ -121,7 +121,7 @@ export async function recoverAtStartup(deps: RecoveryDeps): Promise<RecoveryRepo
   }
   // A committed track whose renditions job is gone (rows from before the one queue made the commit
   // and the enqueue one transaction): queued again.
-  for (const file of repo.processingFilesWithoutJob('audio', deps.audioJob)) {
+  for (const file of await repo.processingFilesWithoutJob('audio', deps.audioJob)) {
     await uow.ports.jobs.enqueue({ type: deps.audioJob, fileId: file.id, userId: file.userId });
     report.processingResumed++;
   }
@@ -152,7 +152,7 @@ export async function sweepMediaLeftovers(
   const result = { tempFiles: 0, orphanFolders: 0 };
   let batch: string[] = [];
   const flush = async () => {
-    const known = repo.fileIdsExisting(batch);
+    const known = await repo.fileIdsExisting(batch);
     for (const id of batch) {
       if (!known.has(id)) {
         // A row always exists before its folder and is deleted only after it, so a folder with no

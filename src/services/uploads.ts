@@ -143,7 +143,7 @@ export function createUploadService(deps: UploadServiceDeps) {
     async ensureDiskSpace(length: number): Promise<void> {
       if (!deps.disk) return;
       const free = await deps.disk.freeBytes();
-      const inFlight = repo.reservationTotals().bytes;
+      const inFlight = (await repo.reservationTotals()).bytes;
       const usable = free - deps.disk.marginBytes - inFlight;
       if (length > usable) {
         logger.warn('upload refused for disk space', { bytes: length, freeBytes: free, marginBytes: deps.disk.marginBytes, reservedBytes: inFlight });
@@ -187,7 +187,7 @@ export function createUploadService(deps: UploadServiceDeps) {
      * the bytes. A crash between the two leaves upload files with no row: orphans recovery removes.
      */
     async releaseMany(fileIds: string[], discard: (id: string) => Promise<void>): Promise<number> {
-      const released = repo.releaseUploads(fileIds);
+      const released = await repo.releaseUploads(fileIds);
       for (const id of released) await discard(id);
       if (released.length) logger.info('uploads released', { count: released.length });
       return released.length;

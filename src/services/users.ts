@@ -7,8 +7,8 @@ export function createUserService(deps: { repo: Pick<Repository, 'getUser' | 'se
   const { repo } = deps;
 
   /** A user Chipmunk has not seen yet has the default quota and nothing stored. */
-  function describe(id: string): UserJson {
-    const user = repo.getUser(id);
+  async function describe(id: string): Promise<UserJson> {
+    const user = await repo.getUser(id);
     return {
       id,
       quotaBytes: user?.quotaBytes ?? deps.defaultQuotaBytes,
@@ -21,8 +21,8 @@ export function createUserService(deps: { repo: Pick<Repository, 'getUser' | 'se
   return {
     describe,
 
-    setQuota(id: string, quotaBytes: number): UserJson {
-      repo.setQuota(id, quotaBytes);
+    async setQuota(id: string, quotaBytes: number): Promise<UserJson> {
+      await repo.setQuota(id, quotaBytes);
       return describe(id);
     },
   };

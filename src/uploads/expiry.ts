@@ -21,7 +21,7 @@ export async function sweepExpiredUploads(deps: {
   let swept = 0;
   for (;;) {
     if (deps.shouldStop?.()) break;
-    const ids = deps.repo.expiredUploadIds(now, batchSize);
+    const ids = await deps.repo.expiredUploadIds(now, batchSize);
     if (ids.length === 0) break;
     // One transaction per batch; the files go one by one, each an await that lets requests in.
     swept += await deps.uploads.releaseMany(ids, deps.discardUpload);

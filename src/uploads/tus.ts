@@ -105,7 +105,7 @@ export function createTusServer(deps: TusDeps): { server: Server; uploadPath: (i
     namingFunction: async () => {
       for (;;) {
         const id = newFileId();
-        if (!repo.getFile(id)) return id;
+        if (!(await repo.getFile(id))) return id;
       }
     },
 
@@ -134,7 +134,7 @@ export function createTusServer(deps: TusDeps): { server: Server; uploadPath: (i
     // the compare-and-set there and answers the file like the winner.
     async onIncomingRequest(req, id) {
       if (req.method === 'POST') return; // creation is checked by onUploadCreate
-      const file = repo.getFile(id);
+      const file = await repo.getFile(id);
       if (file && req.method === 'PATCH' && (file.status === 'received' || file.status === 'processing' || file.status === 'ready')) return;
       if (!file || file.status !== 'uploading' || (file.expiresAt !== null && file.expiresAt <= Date.now())) {
         throw toTusError(errors.uploadGone());
@@ -148,7 +148,7 @@ export function createTusServer(deps: TusDeps): { server: Server; uploadPath: (i
         const stored = await uploads.complete({ fileId: upload.id, sourcePath: uploadPath(upload.id), carrier: 'keep' });
         // A PATCH is done with tus's files once answered; a creation-with-upload still reads them (POST_FINISH below).
         if (req.method === 'PATCH') await discardUpload(upload.id);
-        const body = JSON.stringify(files.toJson(stored, repo.getVariants(stored.id), requestBaseUrl(deps.publicUrl, req)));
+        const body = JSON.stringify(files.toJson(stored, await repo.getVariants(stored.id), requestBaseUrl(deps.publicUrl, req)));
         const length = String(stored.uploadLength ?? upload.size ?? stored.bytes);
         return {
           // Creation-with-upload of the whole file is still a creation: 201 with its Location.
@@ -176,8 +176,10 @@ export function createTusServer(deps: TusDeps): { server: Server; uploadPath: (i
   // The answer is out: tus's files of a finished upload go (the received area holds the bytes). A
   // crash before this leaves them to start-up recovery.
   server.on(EVENTS.POST_FINISH, (_req: unknown, _res: unknown, upload: { id: string }) => {
-    if (repo.getFile(upload.id)?.status === 'uploading') return;
-    discardUpload(upload.id).catch((err) => logger.warn("could not remove a finished upload's tus files", { fileId: upload.id, err }));
+    void (async () => {
+      if ((await repo.getFile(upload.id))?.status === 'uploading') return;
+      await discardUpload(upload.id);
+    })().catch((err) => logger.warn("could not remove a finished upload's tus files", { fileId: upload.id, err }));
   });
 
   server.on(EVENTS.POST_TERMINATE, (_req: unknown, _res: unknown, id: string) => {

@@ -7,6 +7,8 @@ import {
   WEBHOOK_JOB,
   committedFileRow,
   newUploadRow,
+  storedStatuses,
+  variantsAddedRow,
   type CommitInput,
   type FileCatalogue,
   type JobQueue,
@@ -36,8 +38,8 @@ export type PgPortsOptions = {
   webhooksEnabled: boolean;
   /** After a commit that queued jobs: wake the runner in-process. */
   onJobsQueued?: () => void;
-  /** After a commit that changed what is deliverable (new variants, a delete). */
-  onDeliverablesChanged?: () => void;
+  /** After a commit that changed what is deliverable (new variants, a delete): once per file changed. */
+  onDeliverablesChanged?: (fileId: string) => void;
   /** How many times a unit is run when PostgreSQL aborts it as a deadlock or serialization failure. */
   maxAttempts?: number;
   /** A unit PostgreSQL aborted is about to run again (for a log line). */
@@ -48,7 +50,7 @@ type PgDb = NodePgDatabase<typeof schema>;
 // Columns read back through their schema type (bigint as number); a computed value (count, sum, min)
 // comes as PostgreSQL's text for int8/numeric, because drizzle passes its own type parsers: hence mapWith(Number).
 /** What one transaction's commit should announce. */
-type Effects = { queued: boolean; deliverables: boolean };
+type Effects = { queued: boolean; deliverables: Set<string> };
 type OpenUnit = { ports: Ports; open: boolean };
 
 // Text compared and ordered byte-wise, as SQLite does, whatever the database's collation: the
@@ -159,7 +161,7 @@ function bindPorts(db: PgDb, effects: Effects, opts: PgPortsOptions): Ports {
         .set({ status: to, updatedAt: now(), ...(patch.error !== undefined ? { error: patch.error } : {}) })
         .where(and(eq(files.id, fileId), inArray(files.status, [...from])))
         .returning();
-      if (row && to === 'deleting') effects.deliverables = true;
+      if (row && to === 'deleting') effects.deliverables.add(fileId);
       return row;
     },
 
@@ -184,7 +186,7 @@ function bindPorts(db: PgDb, effects: Effects, opts: PgPortsOptions): Ports {
         .returning({ id: users.id });
       if (!charged) return 'quota';
       if (input.variants.length) await db.insert(variants).values(input.variants.map((v) => ({ ...v, fileId })));
-      effects.deliverables = true;
+      effects.deliverables.add(fileId);
       const original = input.variants.find((v) => v.name === '0');
       const [row] = await db
         .update(files)
@@ -211,6 +213,67 @@ function bindPorts(db: PgDb, effects: Effects, opts: PgPortsOptions): Ports {
 
     async variants(fileId): Promise<VariantRow[]> {
       return db.select().from(variants).where(eq(variants.fileId, fileId)).orderBy(byteOrder(variants.name));
+    },
+
+    async addVariants(fileId, added, patch = {}) {
+      // Locked before it is read: a second run of the same job waits, then replaces what the first recorded.
+      const [file] = await db.select().from(files).where(eq(files.id, fileId)).for('update');
+      if (!file || file.status === 'deleting' || file.committedAt === null) return undefined;
+      const names = added.map((v) => v.name);
+      const existing = names.length
+        ? await db
+            .select()
+            .from(variants)
+            .where(and(eq(variants.fileId, fileId), inArray(variants.name, names)))
+        : [];
+      const delta = added.reduce((s, v) => s + v.bytes, 0) - existing.reduce((s, v) => s + v.bytes, 0);
+      const [charged] = await db
+        .update(users)
+        .set({ usedBytes: sql`${users.usedBytes} + ${delta}`, reservedBytes: sql`${users.reservedBytes} - ${file.reservedBytes}` })
+        .where(
+          and(
+            eq(users.id, file.userId),
+            sql`${delta} <= 0 OR ${users.usedBytes} + ${users.reservedBytes} - ${file.reservedBytes} + ${delta} <= ${users.quotaBytes}`,
+          ),
+        )
+        .returning({ id: users.id });
+      if (!charged) return 'quota';
+      for (const v of added) {
+        await db
+          .insert(variants)
+          .values({ ...v, fileId })
+          .onConflictDoUpdate({
+            target: [variants.fileId, variants.name],
+            set: { path: v.path, mimeType: v.mimeType, bytes: v.bytes, width: v.width, height: v.height },
+          });
+      }
+      effects.deliverables.add(fileId);
+      const [row] = await db
+        .update(files)
+        .set(variantsAddedRow(file, delta, patch, now()))
+        .where(eq(files.id, fileId))
+        .returning();
+      return row;
+    },
+
+    async beginDelete(fileId) {
+      const [file] = await db
+        .select()
+        .from(files)
+        .where(and(eq(files.id, fileId), inArray(files.status, [...storedStatuses])))
+        .for('update');
+      if (!file) return undefined;
+      await db
+        .update(users)
+        .set({ usedBytes: sql`${users.usedBytes} - ${file.totalBytes}`, reservedBytes: sql`${users.reservedBytes} - ${file.reservedBytes}` })
+        .where(eq(users.id, file.userId));
+      effects.deliverables.add(fileId);
+      const [row] = await db
+        .update(files)
+        .set({ status: 'deleting', totalBytes: 0, reservedBytes: 0, updatedAt: now() })
+        .where(eq(files.id, fileId))
+        .returning();
+      return row;
     },
   };
 
@@ -328,7 +391,7 @@ export function createPgPorts(pool: pg.Pool, opts: PgPortsOptions): UnitOfWork {
 
   async function once<T>(work: (tx: Ports) => Promise<T>): Promise<{ result: T; effects: Effects }> {
     const client = await pool.connect();
-    const effects: Effects = { queued: false, deliverables: false };
+    const effects: Effects = { queued: false, deliverables: new Set() };
     const unit: OpenUnit = { ports: bindPorts(drizzle(client, { schema }), effects, opts), open: true };
     let broken: Error | undefined;
     try {
@@ -350,7 +413,7 @@ export function createPgPorts(pool: pg.Pool, opts: PgPortsOptions): UnitOfWork {
     for (let attempt = 1; ; attempt++) {
       try {
         const { result, effects } = await once(work);
-        if (effects.deliverables) opts.onDeliverablesChanged?.();
+        for (const fileId of effects.deliverables) opts.onDeliverablesChanged?.(fileId);
         if (effects.queued) opts.onJobsQueued?.();
         return result;
       } catch (err) {
@@ -375,7 +438,7 @@ export function createPgPorts(pool: pg.Pool, opts: PgPortsOptions): UnitOfWork {
 function wrapEach(run: <T>(work: (tx: Ports) => Promise<T>) => Promise<T>, opts: PgPortsOptions): Ports {
   type AnyPort = Record<string, (...args: unknown[]) => Promise<unknown>>;
   // Only the method names are read from this one; it never runs a query.
-  const shape = bindPorts(undefined as never, { queued: false, deliverables: false }, opts) as unknown as Record<keyof Ports, AnyPort>;
+  const shape = bindPorts(undefined as never, { queued: false, deliverables: new Set() }, opts) as unknown as Record<keyof Ports, AnyPort>;
   const wrapped = {} as Record<keyof Ports, AnyPort>;
   for (const name of Object.keys(shape) as (keyof Ports)[]) {
     wrapped[name] = Object.fromEntries(
