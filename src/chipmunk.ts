@@ -4,9 +4,7 @@ import { createServer, type RequestListener, type Server } from 'node:http';
 import path from 'node:path';
 import { createApp } from './app.js';
 import { ConfigError, type Config } from './config.js';
-import { openDatabase } from './db/index.js';
-import { createRepository } from './db/repository.js';
-import { createTokenUses } from './db/token-uses.js';
+import { openPersistence } from './db/open.js';
 import { loadDemoAssets } from './demo/assets.js';
 import { createDeliveryLinks } from './delivery/links.js';
 import { createDeliveryChanges } from './delivery/invalidation.js';
@@ -14,7 +12,7 @@ import { createDeliveryResolver } from './delivery/resolve.js';
 import { createDeliveryServer, withDeliveryFastPath } from './delivery/serve.js';
 import { createEventBus } from './events.js';
 import { createLogger, type Logger } from './log.js';
-import { createSqlitePorts, WEBHOOK_JOB } from './db/sqlite-ports.js';
+import { WEBHOOK_JOB } from './db/ports.js';
 import { createCompletionWaits } from './jobs/completion.js';
 import { createJobRunner } from './jobs/runner.js';
 import { createAudioProcessor } from './media/audio.js';
@@ -76,10 +74,24 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
     mkdirSync(dir, { recursive: true });
     chmodSync(dir, 0o700);
   }
-  const db = openDatabase(config.databasePath);
-  // The repository announces committed changes to files; delivery's caches listen.
+  // Committed changes to files are announced (on PostgreSQL, by every node); delivery's caches listen.
   const deliveryChanges = createDeliveryChanges();
-  const repo = createRepository(db, { onDeliverablesChanged: deliveryChanges.changed });
+  // The metadata: SQLite in the data directory, or PostgreSQL when CHIPMUNK_DATABASE_URL is set (db/open.ts).
+  // A commit that queued jobs wakes their runner (on PostgreSQL, every node's).
+  const persistence = openPersistence(
+    config,
+    {
+      onDeliverablesChanged: deliveryChanges.changed,
+      onJobsQueued: () => {
+        jobs.wake();
+        webhookRunner?.wake();
+      },
+      onWarning: (message, fields) => logger.warn(message, fields),
+    },
+    { webhooksEnabled: config.webhook !== undefined },
+  );
+  const { repo, uow } = persistence;
+  const db = persistence.sqlite;
   // The media blobs: the local media folder, or the S3 bucket when CHIPMUNK_S3_BUCKET is set.
   const blobs = openBlobStorage(config, workDir);
   const storage = blobs.storage;
@@ -93,15 +105,6 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
   const disk = { freeBytes: opts.freeBytes ?? (() => statfsFreeBytes(config.dataDir)), marginBytes: config.diskMarginBytes };
   const received = createReceivedArea(path.join(config.dataDir, 'received'));
   const waits = createCompletionWaits();
-  // The persistence ports of the durable pipeline; a commit that queued jobs wakes their runner in-process.
-  const uow = createSqlitePorts(db, {
-    webhooksEnabled: config.webhook !== undefined,
-    onJobsQueued: () => {
-      jobs.wake();
-      webhookRunner?.wake();
-    },
-    onDeliverablesChanged: (fileId) => repo.deliverablesChanged(fileId),
-  });
   const webhooks = config.webhook
     ? createWebhooks({
         uow,
@@ -215,7 +218,7 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
     completionWaitMs: config.completionWaitMs,
     disk,
   });
-  const tokens = { maxLifetimeSeconds: config.uploadTokenMaxSeconds, uses: createTokenUses(db) };
+  const tokens = { maxLifetimeSeconds: config.uploadTokenMaxSeconds, uses: persistence.tokenUses };
   const tus = createTusServer({
     tokens,
     area,
@@ -228,6 +231,7 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
     uploads,
     files,
     logger,
+    locker: persistence.locker,
   });
   const readiness = createReadiness({
     repo,
@@ -294,7 +298,7 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
     (released ??= (async () => {
       await imageProcessor.close();
       blobs.close();
-      db.$client.close();
+      await persistence.close();
     })());
   const until = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, Math.max(0, ms)).unref());
 
@@ -303,7 +307,10 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
   const dataDirPart: Part = {
     name: 'data-dir lock',
     // One process per data directory, before anything in it is touched (ops/data-dir-lock.ts).
-    start: async () => void (dataDirLock = lockDataDir(config.dataDir)),
+    async start() {
+      dataDirLock = lockDataDir(config.dataDir);
+      await persistence.start();
+    },
     // The database is closed (its WAL checkpointed) before another process may take the directory.
     async stop() {
       await releaseResources();
@@ -319,13 +326,30 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
     },
     stop: async () => undefined,
   };
+  let orphanSweep: NodeJS.Timeout | undefined;
   const jobsPart: Part = {
     name: 'job runners',
     async start() {
       await jobs.start();
       await webhookRunner?.start();
+      // Several nodes: a node that died left its jobs running; their leases went with it.
+      if (persistence.kind === 'postgres') {
+        orphanSweep = setInterval(() => {
+          persistence.sweepOrphanedJobs().then(
+            (n) => {
+              if (n === 0) return;
+              logger.info('resuming jobs of a node that stopped', { count: n });
+              jobs.wake();
+              webhookRunner?.wake();
+            },
+            (err) => logger.warn('sweeping orphaned jobs failed', { err }),
+          );
+        }, config.orphanSweepMs);
+        orphanSweep.unref();
+      }
     },
     async stop(deadline) {
+      if (orphanSweep) clearInterval(orphanSweep);
       // Jobs get what is left of the deadline; any still running are handed back to the queue.
       await Promise.race([jobs.idle(), until(deadline - Date.now())]);
       await jobs.close();

@@ -26,6 +26,8 @@ const envSchema = z.object({
   CHIPMUNK_PURPOSES_FILE: z.string().min(1).optional(),
   CHIPMUNK_UPLOAD_EXPIRY: seconds.default(24 * 3600),
   CHIPMUNK_EXPIRY_INTERVAL: seconds.default(15 * 60),
+  // Several nodes: how often a node looks for running jobs whose node died (their leases are gone).
+  CHIPMUNK_ORPHAN_SWEEP_INTERVAL: seconds.default(5),
   CHIPMUNK_MAX_PIXELS: bytes.default(50_000_000),
   CHIPMUNK_MAX_FRAMES: bytes.default(defaultMediaLimits.maxFrames),
   CHIPMUNK_MAX_ANIMATION_PIXELS: bytes.default(defaultMediaLimits.maxAnimationPixels),
@@ -94,6 +96,7 @@ export type Config = Readonly<{
   purposesFile: string | undefined;
   uploadExpiryMs: number;
   expiryIntervalMs: number;
+  orphanSweepMs: number;
   maxPixels: number;
   /** Defaults of the purposes' limits on the work of one file (a purpose may set its own). */
   maxFrames: number;
@@ -137,6 +140,8 @@ export type Config = Readonly<{
   generatedSecrets: boolean;
   /** CHIPMUNK_S3_*: the media blobs in this bucket; undefined keeps them in the local media folder. */
   s3: S3Settings | undefined;
+  /** CHIPMUNK_DATABASE_URL: metadata on this PostgreSQL; undefined keeps it in the data directory's SQLite file. */
+  databaseUrl: string | undefined;
 }>;
 
 import { ConfigError } from './errors.js';
@@ -183,6 +188,13 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
         `unset HOST or set it to 127.0.0.1, or turn the demo off for "${e.HOST}".`,
     );
   }
+  const distributed = parseDistributedSettings(env);
+  // Every node signs and checks the same links and keys: secrets generated per data directory would differ.
+  if (distributed.databaseUrl && (!e.CHIPMUNK_SECRET || !e.CHIPMUNK_API_KEY)) {
+    throw new ConfigError(
+      'With CHIPMUNK_DATABASE_URL (several nodes), set CHIPMUNK_SECRET and CHIPMUNK_API_KEY explicitly, the same on every node: secrets generated in one data directory would not be known to the others.',
+    );
+  }
   const stored = loadOrCreateSecrets(dataDir);
   return Object.freeze({
     port: e.PORT,
@@ -195,6 +207,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     purposesFile: e.CHIPMUNK_PURPOSES_FILE ? path.resolve(e.CHIPMUNK_PURPOSES_FILE) : undefined,
     uploadExpiryMs: e.CHIPMUNK_UPLOAD_EXPIRY * 1000,
     expiryIntervalMs: e.CHIPMUNK_EXPIRY_INTERVAL * 1000,
+    orphanSweepMs: e.CHIPMUNK_ORPHAN_SWEEP_INTERVAL * 1000,
     maxPixels: e.CHIPMUNK_MAX_PIXELS,
     maxFrames: e.CHIPMUNK_MAX_FRAMES,
     maxAnimationPixels: e.CHIPMUNK_MAX_ANIMATION_PIXELS,
@@ -226,7 +239,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     demo,
     mediaGroupId: e.CHIPMUNK_MEDIA_GROUP === undefined ? undefined : groupId(e.CHIPMUNK_MEDIA_GROUP),
     generatedSecrets: stored.generated && (!e.CHIPMUNK_SECRET || !e.CHIPMUNK_API_KEY),
-    s3: parseDistributedSettings(env).s3,
+    s3: distributed.s3,
+    databaseUrl: distributed.databaseUrl,
   });
 }
 

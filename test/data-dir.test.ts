@@ -92,14 +92,14 @@ describe('one server per data directory', () => {
       };
       const fileId = (file.items ?? file.files)![0]!.id;
       await t.chipmunk.uow.ports.jobs.enqueue({ type: 'test.running', fileId, userId: 'first' });
-      t.chipmunk.db.$client.prepare("update jobs set state = 'running' where file_id = ? and type = 'test.running'").run(fileId);
+      t.chipmunk.db!.$client.prepare("update jobs set state = 'running' where file_id = ? and type = 'test.running'").run(fileId);
       out.length = 0;
       const code = await fsckCommand([], env);
       const report = out.join('');
       expect(report).toMatch(/notice {2}running-job/);
       expect(report).not.toMatch(/PROBLEM unfinished-job/);
       expect(code).toBe(0);
-      t.chipmunk.db.$client.prepare("delete from jobs where type = 'test.running'").run();
+      t.chipmunk.db!.$client.prepare("delete from jobs where type = 'test.running'").run();
     } finally {
       stdout.mockRestore();
       stderr.mockRestore();

@@ -80,21 +80,21 @@ export function bearerToken(header: string | null | undefined): string | undefin
 }
 
 /** The use-counting half of a bounded token: a use is claimed before an upload is admitted. */
-export type TokenUseLedger = { claim(jti: string, max: number, expiresAt: number): boolean; refund(jti: string): void };
+export type TokenUseLedger = { claim(jti: string, max: number, expiresAt: number): Promise<boolean>; refund(jti: string): Promise<void> };
 
 /** Claims one use of a bounded grant (no-op for unbounded ones); the returned function gives it back. */
-export function claimTokenUse(ledger: TokenUseLedger, grant: UploadGrant): () => void {
-  if (grant.jti === undefined || grant.maxUploads === undefined) return () => {};
-  if (!ledger.claim(grant.jti, grant.maxUploads, grant.expiresAt)) {
+export async function claimTokenUse(ledger: TokenUseLedger, grant: UploadGrant): Promise<() => Promise<void>> {
+  if (grant.jti === undefined || grant.maxUploads === undefined) return async () => {};
+  if (!(await ledger.claim(grant.jti, grant.maxUploads, grant.expiresAt))) {
     throw errors.unauthorized(
       `This upload token has been used for its ${grant.maxUploads} upload${grant.maxUploads === 1 ? '' : 's'}; ask the app for a new one.`,
     );
   }
   const jti = grant.jti;
   let refunded = false;
-  return () => {
+  return async () => {
     if (refunded) return;
     refunded = true;
-    ledger.refund(jti);
+    await ledger.refund(jti);
   };
 }

@@ -6,15 +6,15 @@ import type { Db } from './index.js';
 
 export type TokenUses = {
   /** Counts one use of `jti`; false when it already has `max` uses. */
-  claim(jti: string, max: number, expiresAt: number): boolean;
+  claim(jti: string, max: number, expiresAt: number): Promise<boolean>;
   /** Gives back a use whose upload was refused before it started. */
-  refund(jti: string): void;
+  refund(jti: string): Promise<void>;
 };
 
 export function createTokenUses(db: Db, now: () => number = Date.now): TokenUses {
   let claims = 0;
   return {
-    claim(jti, max, expiresAt) {
+    async claim(jti, max, expiresAt) {
       // Rows of expired tokens are worthless; cleared now and then, in passing.
       if (++claims % 1000 === 0) db.run(sql`DELETE FROM upload_token_uses WHERE expires_at < ${Math.floor(now() / 1000)}`);
       const row = db.get<{ uses: number }>(sql`
@@ -23,7 +23,7 @@ export function createTokenUses(db: Db, now: () => number = Date.now): TokenUses
         RETURNING uses`);
       return row !== undefined && row.uses <= max;
     },
-    refund(jti) {
+    async refund(jti) {
       db.run(sql`UPDATE upload_token_uses SET uses = uses - 1 WHERE jti = ${jti} AND uses > 0`);
     },
   };

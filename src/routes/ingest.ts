@@ -18,7 +18,7 @@ import { parseWith } from './validate.js';
 const ingestJsonFields = ingestJsonRequest.omit({ data: true });
 
 /** undefined for the API key (the request names user and purpose), else the upload token's grant. */
-type Uploader = (Grant & { refund: () => void }) | undefined;
+type Uploader = (Grant & { refund: () => Promise<void> }) | undefined;
 type Env = { Bindings: Partial<HttpBindings>; Variables: { uploader: Uploader } };
 
 // POST /v1/files: a whole file from the app backend (API key) or from a client holding an upload
@@ -44,7 +44,7 @@ export function ingestRoutes(deps: {
       throw errors.unauthorized('POST /v1/files needs the API key or an upload token: send it as "Authorization: Bearer <key or token>".');
     }
     const grant = await verifyUploadToken(deps.secret, presented, { maxLifetimeSeconds: deps.tokens.maxLifetimeSeconds });
-    return { userId: grant.userId, purpose: grant.purpose, refund: claimTokenUse(deps.tokens.uses, grant) };
+    return { userId: grant.userId, purpose: grant.purpose, refund: await claimTokenUse(deps.tokens.uses, grant) };
   }
 
   /** The route's credentials: the API key or an upload token (which spends one of its uses). */
@@ -114,7 +114,7 @@ export function ingestRoutes(deps: {
       }
     } catch (err) {
       // A refused upload does not spend a use of a bounded token.
-      token?.refund();
+      await token?.refund();
       // The body may be unread or half read: let the answer reach a client that is still sending.
       if (c.env?.incoming) discardRest(c.env.incoming);
       throw err;

@@ -1,4 +1,4 @@
-import { Server, EVENTS } from '@tus/server';
+import { Server, EVENTS, type Locker } from '@tus/server';
 import { chmod } from 'node:fs/promises';
 import path from 'node:path';
 import { bearerToken, claimTokenUse, verifyUploadToken, type TokenUseLedger } from '../auth/upload-tokens.js';
@@ -30,6 +30,8 @@ export type TusDeps = {
   logger: Logger;
   /** Upload tokens: the lifetime cap and the ledger of bounded tokens' uses. */
   tokens: { maxLifetimeSeconds: number; uses: TokenUseLedger };
+  /** The upload lock; tus's in-process MemoryLocker when absent (one node). */
+  locker?: Locker;
 };
 
 /** The stock file store, counting the bytes each write lands (for the bytes-received metric). */
@@ -92,6 +94,7 @@ export function createTusServer(deps: TusDeps): { server: Server; uploadPath: (i
   const server = new Server({
     path: TUS_PATH,
     datastore: store,
+    ...(deps.locker ? { locker: deps.locker } : {}),
     respectForwardedHeaders: true,
     // Chunks are bounded by the declared length; the purpose's limit is checked at creation.
     maxSize: 0,
@@ -114,11 +117,11 @@ export function createTusServer(deps: TusDeps): { server: Server; uploadPath: (i
         const token = bearerToken(req.headers.get('authorization'));
         if (!token) throw errors.unauthorized('Uploads need an upload token: send it as "Authorization: Bearer <token>".');
         const grant = await verifyUploadToken(deps.secret, token, { maxLifetimeSeconds: deps.tokens.maxLifetimeSeconds });
-        const refund = claimTokenUse(deps.tokens.uses, grant);
+        const refund = await claimTokenUse(deps.tokens.uses, grant);
         try {
           await admit(grant, upload);
         } catch (err) {
-          refund();
+          await refund();
           throw err;
         }
         // Upload-Metadata stays as the client sent it (HEAD answers it back); the user and purpose

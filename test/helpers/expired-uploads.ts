@@ -14,7 +14,7 @@ export async function plantExpiredUploads(chipmunk: Chipmunk, count: number, use
   const declared = 10_000;
   const partial = Buffer.alloc(100, 7);
   const ids = Array.from({ length: count }, () => newFileId());
-  chipmunk.db.transaction((tx) => {
+  chipmunk.db!.transaction((tx) => {
     for (let u = 0; u < userCount; u++) {
       const share = ids.filter((_, i) => i % userCount === u).length;
       tx.insert(users)

@@ -142,3 +142,25 @@ export async function createTestBucket(services: TestServices, label: string): P
     },
   };
 }
+
+/**
+ * The distributed mode's environment for one test file: a database and a bucket of its own, and the
+ * secrets every node must share. `drop()` removes both.
+ */
+export async function createDistributedEnvironment(label: string): Promise<{ env: Record<string, string>; drop(): Promise<void> }> {
+  const services = testServices();
+  const db = await createTestDatabase(services, label);
+  const bucket = await createTestBucket(services, label);
+  return {
+    env: {
+      CHIPMUNK_DATABASE_URL: db.url,
+      ...s3Environment(bucket.s3),
+      CHIPMUNK_SECRET: randomBytes(32).toString('hex'),
+      CHIPMUNK_API_KEY: `ck_${randomBytes(24).toString('hex')}`,
+    },
+    async drop() {
+      await db.drop();
+      await bucket.drop();
+    },
+  };
+}

@@ -22,6 +22,7 @@ import {
 } from '../ports.js';
 import type { FileRow, JobRow, RefusedUploadRow, VariantRow } from '../schema.js';
 import { advisoryKey } from './connection.js';
+import type { JobLeases } from './node-session.js';
 import * as schema from './schema.js';
 import { files, jobs, refusedUploads, users, variants } from './schema.js';
 
@@ -44,6 +45,11 @@ export type PgPortsOptions = {
   maxAttempts?: number;
   /** A unit PostgreSQL aborted is about to run again (for a log line). */
   onRetry?: (err: unknown, attempt: number) => void;
+  /**
+   * This node's leases on the jobs it runs (node-session.ts). With them, requeueRunning() puts back
+   * only jobs whose node is gone, so any node may call it at any time; without them (one node), all.
+   */
+  leases?: JobLeases;
 };
 
 type PgDb = NodePgDatabase<typeof schema>;
@@ -330,6 +336,8 @@ function bindPorts(db: PgDb, effects: Effects, opts: PgPortsOptions): Ports {
         .set({ state: 'running', attempts: sql`${jobs.attempts} + 1`, updatedAt: now() })
         .where(and(eq(jobs.id, next.id), eq(jobs.state, 'queued')))
         .returning();
+      // Taken before the claim commits: a failure here leaves the job queued.
+      if (row) await opts.leases?.take(row.id);
       return row;
     },
 
@@ -338,6 +346,7 @@ function bindPorts(db: PgDb, effects: Effects, opts: PgPortsOptions): Ports {
         .update(jobs)
         .set({ state: outcome.state, error: outcome.error ?? null, updatedAt: now() })
         .where(eq(jobs.id, id));
+      await opts.leases?.drop(id);
     },
 
     async requeue(id, o) {
@@ -351,10 +360,25 @@ function bindPorts(db: PgDb, effects: Effects, opts: PgPortsOptions): Ports {
           updatedAt: now(),
         })
         .where(and(eq(jobs.id, id), eq(jobs.state, 'running')));
+      await opts.leases?.drop(id);
     },
 
     async requeueRunning() {
-      return (await db.update(jobs).set({ state: 'queued', runAfter: now(), updatedAt: now() }).where(eq(jobs.state, 'running'))).rowCount ?? 0;
+      const requeue = async (ids?: number[]) =>
+        (
+          await db
+            .update(jobs)
+            .set({ state: 'queued', runAfter: now(), updatedAt: now() })
+            .where(and(eq(jobs.state, 'running'), ids ? inArray(jobs.id, ids) : undefined))
+        ).rowCount ?? 0;
+      if (!opts.leases) return requeue();
+      const running = (await db.select({ id: jobs.id }).from(jobs).where(eq(jobs.state, 'running'))).map((r) => r.id);
+      const orphans = await opts.leases.orphaned(running);
+      try {
+        return orphans.length ? await requeue(orphans) : 0;
+      } finally {
+        await opts.leases.release(orphans);
+      }
     },
 
     async cancelForFile(fileId) {

@@ -1,0 +1,123 @@
+import type { Config } from '../config.js';
+import { openDatabase, type Db } from './index.js';
+import { createPgPool } from './pg/connection.js';
+import { PgLocker } from './pg/locker.js';
+import { migratePg } from './pg/migrate.js';
+import { createPgNodeSession } from './pg/node-session.js';
+import { createPgPorts } from './pg/pg-ports.js';
+import { createPgRepository } from './pg/pg-repository.js';
+import { createPgTokenUses } from './pg/pg-token-uses.js';
+import type { UnitOfWork } from './ports.js';
+import { createRepository } from './repository.js';
+import type { Repository } from './repository-port.js';
+import { createSqlitePorts } from './sqlite-ports.js';
+import { createTokenUses, type TokenUses } from './token-uses.js';
+
+// The metadata backend, chosen in one place: the SQLite file in the data directory (the embedded
+// default), or PostgreSQL when CHIPMUNK_DATABASE_URL is set (several nodes). Everything else is
+// written against the ports it returns.
+
+export type PersistenceHooks = {
+  /** After a commit that could change what /f/ serves (on PostgreSQL: a commit on any node). */
+  onDeliverablesChanged: (fileId: string | undefined) => void;
+  /** After a commit that queued jobs (on PostgreSQL: on any node). */
+  onJobsQueued: () => void;
+  onWarning?: (message: string, fields: Record<string, unknown>) => void;
+};
+
+export type Persistence = {
+  kind: 'sqlite' | 'postgres';
+  repo: Repository;
+  uow: UnitOfWork;
+  tokenUses: TokenUses;
+  /** The tus lock: undefined means tus's in-process MemoryLocker (one node). */
+  locker: PgLocker | undefined;
+  /** The SQLite database (embedded mode only; tests and crash checks read it directly). */
+  sqlite: Db | undefined;
+  /** Applies migrations (PostgreSQL: under a cluster-wide advisory lock) and starts listening. */
+  start(): Promise<void>;
+  /** Running jobs whose node died go back to the queue (PostgreSQL; a no-op for one node). */
+  sweepOrphanedJobs(): Promise<number>;
+  close(): Promise<void>;
+};
+
+export function openPersistence(
+  config: Pick<Config, 'databasePath' | 'databaseUrl'>,
+  hooks: PersistenceHooks,
+  opts: { webhooksEnabled: boolean },
+): Persistence {
+  return config.databaseUrl ? openPostgres(config.databaseUrl, hooks, opts) : openSqlite(config.databasePath, hooks, opts);
+}
+
+function openSqlite(file: string, hooks: PersistenceHooks, opts: { webhooksEnabled: boolean }): Persistence {
+  const db = openDatabase(file);
+  const repo = createRepository(db, { onDeliverablesChanged: hooks.onDeliverablesChanged });
+  const uow = createSqlitePorts(db, {
+    webhooksEnabled: opts.webhooksEnabled,
+    onJobsQueued: hooks.onJobsQueued,
+    onDeliverablesChanged: (fileId) => repo.deliverablesChanged(fileId),
+  });
+  return {
+    kind: 'sqlite',
+    repo,
+    uow,
+    tokenUses: createTokenUses(db),
+    locker: undefined,
+    sqlite: db,
+    start: async () => undefined,
+    sweepOrphanedJobs: async () => 0,
+    async close() {
+      if (db.$client.open) db.$client.close();
+    },
+  };
+}
+
+function openPostgres(url: string, hooks: PersistenceHooks, opts: { webhooksEnabled: boolean }): Persistence {
+  const pool = createPgPool({ url });
+  // Changes are announced to every node (this one hears its own through LISTEN as well, so it also
+  // drops its caches at once, before the notification comes back).
+  const node = createPgNodeSession(pool, {
+    url,
+    onDeliverablesChanged: hooks.onDeliverablesChanged,
+    onJobsQueued: hooks.onJobsQueued,
+    onSessionLost: (err) => hooks.onWarning?.('the PostgreSQL node session was lost; reconnecting', { err }),
+  });
+  const announce = (what: Promise<void>) => void what.catch((err) => hooks.onWarning?.('a change could not be announced to the other nodes', { err }));
+  const changed = (fileId: string | undefined) => {
+    hooks.onDeliverablesChanged(fileId);
+    announce(node.announceDeliverables(fileId));
+  };
+  const repo = createPgRepository(pool, { onDeliverablesChanged: changed });
+  const uow = createPgPorts(pool, {
+    webhooksEnabled: opts.webhooksEnabled,
+    leases: node.leases,
+    onJobsQueued: () => {
+      hooks.onJobsQueued();
+      announce(node.announceJobs());
+    },
+    onDeliverablesChanged: (fileId) => repo.deliverablesChanged(fileId),
+  });
+  const locker = new PgLocker({ url, onSessionLost: (err) => hooks.onWarning?.('the tus lock session was lost; its locks are gone', { err }) });
+  let closed = false;
+  return {
+    kind: 'postgres',
+    repo,
+    uow,
+    tokenUses: createPgTokenUses(pool),
+    locker,
+    sqlite: undefined,
+    async start() {
+      await migratePg({ url });
+      await node.start();
+      await locker.start();
+    },
+    sweepOrphanedJobs: () => uow.ports.jobs.requeueRunning(),
+    async close() {
+      if (closed) return;
+      closed = true;
+      await locker.close();
+      await node.close();
+      await pool.end();
+    },
+  };
+}

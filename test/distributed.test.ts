@@ -1,0 +1,91 @@
+import { readFile } from 'node:fs/promises';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { FileJson } from '../src/routes/schemas.js';
+import { corpus, startChipmunk, storedForm, type TestChipmunk } from './helpers/chipmunk.js';
+import { createDistributedEnvironment } from './helpers/services.js';
+import { tusUpload } from './helpers/tus.js';
+
+// Two Chipmunk nodes on one PostgreSQL and one bucket (real PostgreSQL, real Ceph RGW): what one
+// node commits, the other serves, deletes, and is told about.
+
+let distributed: Awaited<ReturnType<typeof createDistributedEnvironment>>;
+let a: TestChipmunk;
+let b: TestChipmunk;
+let photo: Buffer;
+
+beforeAll(async () => {
+  distributed = await createDistributedEnvironment('two-nodes');
+  photo = await storedForm(corpus('images/photos/portrait-canal.jpg'));
+  // Started together: the migrations take turns under their advisory lock.
+  [a, b] = await Promise.all([startChipmunk(distributed.env), startChipmunk(distributed.env)]);
+});
+afterAll(async () => {
+  await a?.close();
+  await b?.close();
+  await distributed?.drop();
+});
+
+async function upload(node: TestChipmunk, userId: string, data: Buffer = photo): Promise<FileJson> {
+  const token = await node.uploadToken(userId, 'image');
+  const result = await tusUpload(`${node.url}/uploads`, data, { token, metadata: { filename: 'canal.jpg', filetype: 'image/jpeg' } });
+  if (!result.ok) throw result.error;
+  return result.body as FileJson;
+}
+
+describe('two nodes on PostgreSQL and S3', () => {
+  it('one node stores, the other describes and serves every variant byte-identically', async () => {
+    const file = await upload(a, 'dora');
+    expect(file.status).toBe('ready');
+    const seen = (await (await b.api(`/v1/files/${file.id}`)).json()) as FileJson;
+    expect(seen.id).toBe(file.id);
+    expect(seen.variants.map((v) => v.url)).toEqual(file.variants.map((v) => v.url.replace(a.url, b.url)));
+    const original = await fetch(seen.variants[0]!.url);
+    expect(original.status).toBe(200);
+    expect(Buffer.from(await original.arrayBuffer()).equals(photo)).toBe(true);
+    for (const v of seen.variants.slice(1)) expect((await fetch(v.url)).status).toBe(200);
+    const user = (await (await b.api('/v1/users/dora')).json()) as { usedBytes: number; fileCount: number };
+    expect(user.fileCount).toBe(1);
+    expect(user.usedBytes).toBe(file.totalBytes);
+  });
+
+  it('a token rotation or a delete on one node closes the link on the other within 5 s', async () => {
+    const file = await upload(a, 'rotor');
+    const onB = file.variants[3]!.url.replace(a.url, b.url);
+    expect((await fetch(onB)).status).toBe(200); // remembered by b's delivery cache now
+    expect((await a.api(`/v1/files/${file.id}/rotate-token`, { method: 'POST' })).status).toBe(200);
+    await expect.poll(async () => (await fetch(onB)).status, { timeout: 5_000, interval: 100 }).toBe(404);
+
+    const other = await upload(b, 'rotor');
+    const onA = other.variants[2]!.url.replace(b.url, a.url);
+    expect((await fetch(onA)).status).toBe(200);
+    expect((await b.api(`/v1/files/${other.id}`, { method: 'DELETE' })).status).toBe(204);
+    await expect.poll(async () => (await fetch(onA)).status, { timeout: 5_000, interval: 100 }).toBe(404);
+    expect(((await (await a.api('/v1/users/rotor')).json()) as { usedBytes: number }).usedBytes).toBe(file.totalBytes);
+  });
+
+  it('races 50 uploads on two nodes against a quota that fits k of them: exactly k are stored, usage exact', async () => {
+    const small = await readFile(corpus('images/photos/portrait-canal.jpg'));
+    const first = await upload(a, 'probe', small);
+    const k = 7;
+    // The quota holds k files plus a margin smaller than one file's reservation.
+    expect((await a.api('/v1/users/racer', { method: 'PUT', json: { quotaBytes: k * first.totalBytes * 3 } })).status).toBe(200);
+    const results = await Promise.all(
+      Array.from({ length: 50 }, async (_, i) => {
+        const node = i % 2 ? a : b;
+        const token = await node.uploadToken('racer', 'image');
+        return tusUpload(`${node.url}/uploads`, small, { token, metadata: { filename: `r${i}.jpg`, filetype: 'image/jpeg' } });
+      }),
+    );
+    const stored = results.filter((r) => r.ok);
+    const refused = results.filter((r) => !r.ok);
+    for (const r of refused) expect(r.ok === false && r.status).toBe(413);
+    const user = (await (await b.api('/v1/users/racer')).json()) as { usedBytes: number; reservedBytes: number; quotaBytes: number; fileCount: number };
+    expect(user.fileCount).toBe(stored.length);
+    expect(user.usedBytes).toBeLessThanOrEqual(user.quotaBytes);
+    expect(user.reservedBytes).toBe(0);
+    expect(stored.length).toBeGreaterThan(0);
+    expect(refused.length).toBeGreaterThan(0);
+    const report = await a.chipmunk.inspect.fsck({ live: true });
+    expect(report.problems).toEqual([]);
+  });
+});
