@@ -65,6 +65,29 @@ export function committedFileRow(input: CommitInput, facts: { originalBytes: num
   };
 }
 
+/** What a file's later variants may change beside them (a track whose renditions landed or failed). */
+export type VariantsPatch = { status?: FileStatus; info?: Record<string, unknown>; error?: string | null };
+
+/**
+ * What adding variants to a committed file changes, the same on every backend: the bytes it charges
+ * (a name already recorded is replaced and its old bytes uncharged) and the file's new columns (its
+ * kept budget is spent: a second call gives nothing back twice).
+ */
+export function addedVariantsFacts(file: FileRow, added: NewVariant[], existing: VariantRow[], patch: VariantsPatch, at: number) {
+  const delta = added.reduce((s, v) => s + v.bytes, 0) - existing.reduce((s, v) => s + v.bytes, 0);
+  return {
+    delta,
+    row: {
+      totalBytes: file.totalBytes + delta,
+      reservedBytes: 0,
+      status: patch.status ?? file.status,
+      info: patch.info ? { ...file.info, ...patch.info } : file.info,
+      error: patch.error === undefined ? file.error : patch.error,
+      updatedAt: at,
+    },
+  };
+}
+
 export type ReserveOutcome =
   | { ok: true; file: FileRow }
   | { ok: false; reason: 'quota'; freeBytes: number }
@@ -108,6 +131,13 @@ export interface FileCatalogue {
   commit(fileId: string, input: CommitInput): Promise<FileRow | 'quota' | undefined>;
   /** A received upload given up after its retries: failed, its reservation released, nothing charged. */
   fail(fileId: string, reason: string): Promise<FileRow | undefined>;
+  /**
+   * Adds generated variants to a committed file (a track's renditions and cover, or none when they
+   * failed): charges them to the file's owner and gives back the budget the file kept, in one guarded
+   * statement on that user's row alone (usage never passes the quota when it grows). 'quota' (nothing
+   * changed) when they do not fit; undefined when the file is not committed or is being deleted.
+   */
+  addVariants(fileId: string, added: NewVariant[], patch?: VariantsPatch): Promise<FileRow | 'quota' | undefined>;
   variants(fileId: string): Promise<VariantRow[]>;
 }
 

@@ -106,7 +106,8 @@ export function createRepository(db: Db, opts: RepositoryOptions = {}) {
           .where(
             and(
               eq(users.id, file.userId),
-              sql`${delta} <= 0 OR ${users.usedBytes} + ${users.reservedBytes} - ${file.reservedBytes} + ${delta} <= ${users.quotaBytes}`,
+              // Bracketed: and() does not bracket its parts, and a bare OR would match every user with room.
+              sql`(${delta} <= 0 OR ${users.usedBytes} + ${users.reservedBytes} - ${file.reservedBytes} + ${delta} <= ${users.quotaBytes})`,
             ),
           )
           .returning({ id: users.id })

@@ -1,9 +1,10 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { randomUUID } from 'node:crypto';
-import { and, asc, eq, gt, inArray, lte, notInArray, sql } from 'drizzle-orm';
+import { and, asc, eq, gt, inArray, lte, ne, notInArray, or, sql } from 'drizzle-orm';
 import type { Db } from './index.js';
 import {
   WEBHOOK_JOB,
+  addedVariantsFacts,
   committedFileRow,
   newUploadRow,
   type CommitInput,
@@ -193,6 +194,55 @@ export function createSqlitePorts(db: Db, opts: SqlitePortsOptions): UnitOfWork 
 
     async variants(fileId) {
       return db.select().from(variants).where(eq(variants.fileId, fileId)).orderBy(asc(variants.name)).all();
+    },
+
+    async addVariants(fileId, added, patch = {}) {
+      const file = db
+        .select()
+        .from(files)
+        .where(and(eq(files.id, fileId), ne(files.status, 'deleting'), sql`${files.committedAt} is not null`))
+        .get();
+      if (!file) return undefined;
+      const existing = added.length
+        ? db
+            .select()
+            .from(variants)
+            .where(
+              and(
+                eq(variants.fileId, fileId),
+                inArray(
+                  variants.name,
+                  added.map((v) => v.name),
+                ),
+              ),
+            )
+            .all()
+        : [];
+      const { delta, row } = addedVariantsFacts(file, added, existing, patch, now());
+      // The owner's row alone: or() keeps the guard one conjunct (and() does not bracket a bare OR).
+      const charged = db
+        .update(users)
+        .set({ usedBytes: sql`${users.usedBytes} + ${delta}`, reservedBytes: sql`${users.reservedBytes} - ${file.reservedBytes}` })
+        .where(
+          and(
+            eq(users.id, file.userId),
+            or(sql`${delta} <= 0`, sql`${users.usedBytes} + ${users.reservedBytes} - ${file.reservedBytes} + ${delta} <= ${users.quotaBytes}`),
+          ),
+        )
+        .returning({ id: users.id })
+        .get();
+      if (!charged) return 'quota';
+      for (const v of added) {
+        db.insert(variants)
+          .values({ ...v, fileId })
+          .onConflictDoUpdate({
+            target: [variants.fileId, variants.name],
+            set: { path: v.path, mimeType: v.mimeType, bytes: v.bytes, width: v.width, height: v.height },
+          })
+          .run();
+      }
+      deliverables.add(fileId);
+      return db.update(files).set(row).where(eq(files.id, fileId)).returning().get();
     },
   };
 

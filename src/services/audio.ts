@@ -146,7 +146,7 @@ export function createAudioService(deps: AudioServiceDeps) {
         }
         // The renditions are charged (against the budget the track kept) and announced in one unit.
         const updated = await deps.uow.run(async (tx) => {
-          const row = repo.addVariants(file.id, stored, { status: 'ready', info, error: null });
+          const row = await tx.files.addVariants(file.id, stored, { status: 'ready', info, error: null });
           if (row && row !== 'quota') await tx.outbox.add('file.ready', fileData(row), { fileId: row.id, userId: row.userId });
           return row;
         });
@@ -167,7 +167,7 @@ export function createAudioService(deps: AudioServiceDeps) {
 
     async fail(job: JobRow, reason: string): Promise<void> {
       const updated = await deps.uow.run(async (tx) => {
-        const row = repo.addVariants(job.fileId, [], { status: 'failed', error: reason });
+        const row = await tx.files.addVariants(job.fileId, [], { status: 'failed', error: reason });
         if (row && row !== 'quota') await tx.outbox.add('file.failed', fileData(row, { reason }), { fileId: row.id, userId: row.userId });
         return row;
       });

@@ -1,10 +1,11 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { randomUUID } from 'node:crypto';
-import { and, asc, eq, inArray, lte, notInArray, sql } from 'drizzle-orm';
+import { and, asc, eq, inArray, lte, ne, notInArray, or, sql } from 'drizzle-orm';
 import { drizzle, type NodePgDatabase } from 'drizzle-orm/node-postgres';
 import type pg from 'pg';
 import {
   WEBHOOK_JOB,
+  addedVariantsFacts,
   committedFileRow,
   newUploadRow,
   type CommitInput,
@@ -211,6 +212,55 @@ function bindPorts(db: PgDb, effects: Effects, opts: PgPortsOptions): Ports {
 
     async variants(fileId): Promise<VariantRow[]> {
       return db.select().from(variants).where(eq(variants.fileId, fileId)).orderBy(byteOrder(variants.name));
+    },
+
+    async addVariants(fileId, added, patch = {}) {
+      // Locked before it is read: a second call for the same file waits, then finds the budget spent.
+      const [file] = await db
+        .select()
+        .from(files)
+        .where(and(eq(files.id, fileId), ne(files.status, 'deleting'), sql`${files.committedAt} is not null`))
+        .for('update');
+      if (!file) return undefined;
+      const existing = added.length
+        ? await db
+            .select()
+            .from(variants)
+            .where(
+              and(
+                eq(variants.fileId, fileId),
+                inArray(
+                  variants.name,
+                  added.map((v) => v.name),
+                ),
+              ),
+            )
+        : [];
+      const { delta, row } = addedVariantsFacts(file, added, existing, patch, now());
+      // The owner's row alone: or() keeps the guard one conjunct (and() does not bracket a bare OR).
+      const [charged] = await db
+        .update(users)
+        .set({ usedBytes: sql`${users.usedBytes} + ${delta}`, reservedBytes: sql`${users.reservedBytes} - ${file.reservedBytes}` })
+        .where(
+          and(
+            eq(users.id, file.userId),
+            or(sql`cast(${delta} as bigint) <= 0`, sql`${users.usedBytes} + ${users.reservedBytes} - ${file.reservedBytes} + ${delta} <= ${users.quotaBytes}`),
+          ),
+        )
+        .returning({ id: users.id });
+      if (!charged) return 'quota';
+      for (const v of added) {
+        await db
+          .insert(variants)
+          .values({ ...v, fileId })
+          .onConflictDoUpdate({
+            target: [variants.fileId, variants.name],
+            set: { path: v.path, mimeType: v.mimeType, bytes: v.bytes, width: v.width, height: v.height },
+          });
+      }
+      effects.deliverables = true;
+      const [updated] = await db.update(files).set(row).where(eq(files.id, fileId)).returning();
+      return updated;
     },
   };
 
