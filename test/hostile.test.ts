@@ -91,8 +91,8 @@ let env: Record<string, string>;
 let server: ServerProcess;
 
 beforeAll(async () => {
-  // The whole hostile corpus is sent at once, beside normal uploads of the same user: above the default
-  // bound on unfinished uploads (20), which would refuse some for that instead of for their content.
+  // The whole hostile corpus is sent at once by one user: above the default bound on unfinished
+  // uploads (20), which would refuse some for that instead of for their content.
   ({ dataDir, env } = await serverEnvironment('hostile', { CHIPMUNK_MAX_UNFINISHED_UPLOADS: '500' }));
   server = await spawnServer(env);
 }, 120_000);
@@ -120,12 +120,16 @@ describe('hostile corpus', () => {
     expect(classified.flatMap((s) => [...s]).filter((f) => !hostile.includes(f))).toEqual([]);
 
     const key = new TextEncoder().encode(env.CHIPMUNK_SECRET);
-    const token = (purpose: string) => new SignJWT({ purpose }).setProtectedHeader({ alg: 'HS256' }).setSubject('mallory').setExpirationTime('1h').sign(key);
-    const tokens = { image: await token('image'), audio: await token('audio') };
+    const token = (userId: string, purpose: string) =>
+      new SignJWT({ purpose }).setProtectedHeader({ alg: 'HS256' }).setSubject(userId).setExpirationTime('1h').sign(key);
+    // Mallory sends the hostile files alone; Alice's normal uploads run beside them. Two users, so what
+    // one user's work does to the other's counters shows (a track's renditions once charged every user).
+    const tokens = { image: await token('mallory', 'image'), audio: await token('mallory', 'audio') };
+    const aliceTokens = { image: await token('alice', 'image'), audio: await token('alice', 'audio') };
     const endpoint = `${server.url}/uploads`;
     const pid = server.proc.pid;
 
-    // Normal uploads keep running beside the hostile ones.
+    // Normal uploads (Alice's) keep running beside the hostile ones.
     const normals = [...(await listCorpus('images/photos')), ...(await listCorpus('audio/ok'))];
     let stopNormals = false;
     const normalResults: Array<{ file: string; result: TusResult }> = [];
@@ -134,7 +138,7 @@ describe('hostile corpus', () => {
         const file = normals[i % normals.length]!;
         const purpose = file.startsWith('audio/') ? 'audio' : 'image';
         const result = await tusUpload(endpoint, await readFile(corpus(file)), {
-          token: tokens[purpose],
+          token: aliceTokens[purpose],
           metadata: { filename: path.basename(file) },
           chunkSize: 256_000,
         });
@@ -192,6 +196,23 @@ describe('hostile corpus', () => {
     expect(server.proc.exitCode).toBeNull();
     expect(server.proc.pid).toBe(pid);
     expect((await fetch(`${server.url}/health`)).status).toBe(200);
+
+    // Once Alice's tracks have their renditions, each user's counters are what that user's files say:
+    // Mallory is charged exactly her accepted files and holds no reservation.
+    const api = async (p: string) => (await fetch(`${server.url}${p}`, { headers: { authorization: `Bearer ${env.CHIPMUNK_API_KEY}` } })).json();
+    const filesOf = async (userId: string) =>
+      ((await api(`/v1/users/${userId}/files?limit=200`)) as { files: Array<{ status: string; totalBytes: number }> }).files;
+    for (let settled = false; !settled;) {
+      settled = (await filesOf('alice')).every((f) => f.status !== 'processing');
+      if (!settled) await new Promise((r) => setTimeout(r, 100));
+    }
+    const malloryFiles = await filesOf('mallory');
+    expect(malloryFiles.length).toBe(hostileResults.filter((h) => h.result.ok).length);
+    for (const userId of ['mallory', 'alice']) {
+      const counters = (await api(`/v1/users/${userId}`)) as { usedBytes: number; reservedBytes: number };
+      const total = (await filesOf(userId)).reduce((s, f) => s + f.totalBytes, 0);
+      expect(counters, userId).toMatchObject({ usedBytes: total, reservedBytes: 0 });
+    }
     server.proc.kill('SIGTERM');
     expect(await server.exited).toEqual({ code: 0, signal: null });
     const check = await runCli(['fsck'], env);

@@ -158,6 +158,22 @@ describe.each([
     keepReservedBytes: over.keepReservedBytes ?? 0,
   });
 
+  /** A track committed to 'processing' that keeps `keep` of its reservation for its renditions. */
+  const committedTrack = async (over: Partial<ReserveUploadInput> & { keep?: number; original?: number } = {}) => {
+    const { keep = 400, original = 300, ...reserve } = over;
+    const file = await fileIn('processing', { reserveBytes: 1_000, ...reserve });
+    const row = await h.uow.ports.files.commit(file.id, commitInput([variant('0', original)], { status: 'processing', keepReservedBytes: keep }));
+    if (!row || row === 'quota') throw new Error(`commit: ${row}`);
+    return row;
+  };
+  /** What the user's counters should be: the sums over the user's files (what fsck checks). */
+  const fromFiles = async (id: string) => {
+    const [row] = await h.query(
+      `select coalesce(sum(total_bytes), 0) as used, coalesce(sum(reserved_bytes), 0) as reserved from files where user_id = '${id}' and status <> 'deleting'`,
+    );
+    return { used: Number(row!.used), reserved: Number(row!.reserved) };
+  };
+
   describe('UploadLedger', () => {
     it('reserve creates the user with the default quota, holds the reservation and makes an uploading file', async () => {
       const outcome = await h.uow.ports.uploads.reserve(reserveInput({ length: 100, reserveBytes: 150 }));
@@ -415,6 +431,105 @@ describe.each([
       const job = await h.uow.ports.jobs.enqueue({ type: 'audio', fileId: file.id, userId: 'u1', runAfter: at });
       expect(job.runAfter).toBe(at);
       expect(await h.uow.ports.jobs.nextDueAt(['audio'])).toBe(at);
+    });
+
+    it('addVariants charges a committed file its new variants and spends the budget it kept, once', async () => {
+      const track = await committedTrack({ keep: 400, original: 300 });
+      const before = h.fired.deliverables;
+      const row = await h.uow.ports.files.addVariants(track.id, [variant('1', 200), variant('2', 100)], {
+        status: 'ready',
+        info: { renditions: 2 },
+        error: null,
+      });
+      expect(row).toMatchObject({ status: 'ready', totalBytes: 600, reservedBytes: 0, error: null, info: { placeholder: 'x', renditions: 2 } });
+      expect(await user()).toEqual({ quota: 10_000, used: 600, reserved: 0 });
+      expect((await h.uow.ports.files.variants(track.id)).map((v) => [v.name, v.bytes])).toEqual([
+        ['0', 300],
+        ['1', 200],
+        ['2', 100],
+      ]);
+      expect(h.fired.deliverables).toBe(before + 1);
+      // Run again (an at-least-once job): a name already there is replaced, only the difference is
+      // charged, and the spent budget is not given back a second time.
+      expect(await h.uow.ports.files.addVariants(track.id, [variant('1', 250)])).toMatchObject({ status: 'ready', totalBytes: 650, reservedBytes: 0 });
+      expect(await user()).toEqual({ quota: 10_000, used: 650, reserved: 0 });
+      expect(await user()).toEqual({ quota: 10_000, ...(await fromFiles('u1')) });
+    });
+
+    it('addVariants with nothing added (renditions that failed) gives the kept budget back and records the outcome', async () => {
+      await committedTrack({ keep: 400 });
+      const track = await committedTrack({ keep: 250 });
+      expect(await user()).toMatchObject({ used: 600, reserved: 650 });
+      expect(await h.uow.ports.files.addVariants(track.id, [], { status: 'failed', error: 'ffmpeg died' })).toMatchObject({
+        status: 'failed',
+        error: 'ffmpeg died',
+        totalBytes: 300,
+        reservedBytes: 0,
+      });
+      expect(await user()).toMatchObject({ used: 600, reserved: 400 });
+      expect(await h.uow.ports.files.addVariants(track.id, [], { status: 'failed', error: 'again' })).toMatchObject({ reservedBytes: 0 });
+      expect(await user()).toMatchObject({ used: 600, reserved: 400 });
+    });
+
+    it("addVariants answers 'quota' when the variants do not fit beside everything else held, and changes nothing", async () => {
+      const track = await committedTrack({ keep: 400, original: 300 });
+      await reserved({ reserveBytes: 8_000 });
+      // 300 used + 8000 held + 1701 > 10000 (the track's own 400 is given back in the same statement).
+      expect(await h.uow.ports.files.addVariants(track.id, [variant('1', 1_701)], { status: 'ready' })).toBe('quota');
+      expect(await user()).toEqual({ quota: 10_000, used: 300, reserved: 8_400 });
+      expect(await h.uow.ports.files.get(track.id)).toMatchObject({ status: 'processing', totalBytes: 300, reservedBytes: 400 });
+      expect(await h.uow.ports.files.variants(track.id)).toHaveLength(1);
+      expect(await h.uow.ports.files.addVariants(track.id, [variant('1', 1_700)], { status: 'ready' })).toMatchObject({ totalBytes: 2_000 });
+      expect(await user()).toEqual({ quota: 10_000, used: 2_000, reserved: 8_000 });
+    });
+
+    it('addVariants only adds to a committed file that is not being deleted; others get undefined and nothing moves', async () => {
+      const uncommitted = await fileIn('processing');
+      expect(await h.uow.ports.files.addVariants(uncommitted.id, [variant('1', 10)])).toBeUndefined();
+      const deleting = await committedTrack();
+      await h.uow.ports.files.transition(deleting.id, ['processing'], 'deleting');
+      expect(await h.uow.ports.files.addVariants(deleting.id, [variant('1', 10)])).toBeUndefined();
+      expect(await h.uow.ports.files.addVariants('nope', [])).toBeUndefined();
+      expect(await user()).toEqual({ quota: 10_000, used: 300, reserved: 550 });
+      expect(await h.uow.ports.files.variants(uncommitted.id)).toEqual([]);
+    });
+
+    // The sequence the hostile corpus drifted on: one user's track got its renditions while another
+    // user held a stored file and uploads in flight, and the renditions' guard matched that user's row
+    // too. Every call that moves counters is run here beside a bystander whose counters must not move.
+    it("no ledger call moves another user's counters: a bystander keeps its usage and reservation throughout", async () => {
+      const bystander = { userId: 'u2', defaultQuotaBytes: 50_000 };
+      const stored = await fileIn('processing', { ...bystander, reserveBytes: 2_000 });
+      await h.uow.ports.files.commit(stored.id, commitInput([variant('0', 1_200)]));
+      await reserved({ ...bystander, reserveBytes: 3_000 });
+      const held = await user('u2');
+      expect(held).toEqual({ quota: 50_000, used: 1_200, reserved: 3_000 });
+      const unmoved = async (step: string) => expect(await user('u2'), step).toEqual(held);
+
+      const track = await committedTrack({ keep: 400 });
+      await unmoved('reserve, commit to processing');
+      await h.uow.ports.files.addVariants(track.id, [variant('1', 200), variant('2', 100)], { status: 'ready', error: null });
+      await unmoved('addVariants');
+      const failing = await committedTrack({ keep: 300 });
+      await h.uow.ports.files.addVariants(failing.id, [], { status: 'failed', error: 'no renditions' });
+      await unmoved('addVariants of a failure');
+      const greedy = await committedTrack({ keep: 500 });
+      expect(await h.uow.ports.files.addVariants(greedy.id, [variant('1', 9_000)])).toBe('quota');
+      await unmoved("addVariants answering 'quota'");
+      expect(await h.uow.ports.uploads.reserve(reserveInput({ reserveBytes: 9_000 }))).toMatchObject({ ok: false, reason: 'quota' });
+      await unmoved("reserve answering 'quota'");
+      const tooBig = await fileIn('processing');
+      expect(await h.uow.ports.files.commit(tooBig.id, commitInput([variant('0', 9_000)]))).toBe('quota');
+      await unmoved("commit answering 'quota'");
+      await h.uow.ports.files.fail(tooBig.id, 'gave up');
+      await unmoved('fail');
+      const dropped = await fileIn('received');
+      await h.uow.ports.uploads.release(dropped.id, ['received']);
+      await unmoved('release');
+
+      // And each user's counters are what its files say.
+      expect(await user('u1')).toEqual({ quota: 10_000, ...(await fromFiles('u1')) });
+      expect(await user('u2')).toEqual({ quota: 50_000, ...(await fromFiles('u2')) });
     });
 
     it('variants are listed by name in byte order', async () => {
@@ -738,6 +853,19 @@ describe.each([
       }
       const ready = Number((await h.query("select count(*) as n from files where status = 'ready'"))[0]!.n);
       expect(await user()).toEqual({ quota: 10_000, used: ready * 100, reserved: 0 });
+    });
+
+    it("the same track's renditions landing twice at once are charged once and its budget given back once (10 rounds)", async () => {
+      for (let round = 0; round < 10; round++) {
+        const track = await committedTrack({ keep: 400, original: 100 });
+        const results = await Promise.all([
+          h.uow.ports.files.addVariants(track.id, [variant('1', 60)], { status: 'ready' }),
+          h.other.ports.files.addVariants(track.id, [variant('1', 60)], { status: 'ready' }),
+        ]);
+        expect(results.map((r) => r && r !== 'quota' && r.totalBytes)).toEqual([160, 160]);
+      }
+      expect(await user()).toEqual({ quota: 10_000, used: 1_600, reserved: 0 });
+      expect(await user()).toEqual({ quota: 10_000, ...(await fromFiles('u1')) });
     });
 
     it('concurrent compare-and-sets on one file: exactly one wins', async () => {

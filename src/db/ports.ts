@@ -65,15 +65,26 @@ export function committedFileRow(input: CommitInput, facts: { originalBytes: num
   };
 }
 
-/** The columns addVariants sets, the same on every backend. */
-export function variantsAddedRow(file: FileRow, delta: number, patch: VariantsPatch, at: number) {
+/** What a file's later variants may change beside them (a track whose renditions landed or failed). */
+export type VariantsPatch = { status?: FileStatus; info?: Record<string, unknown>; error?: string | null };
+
+/**
+ * What adding variants to a committed file changes, the same on every backend: the bytes it charges
+ * (a name already recorded is replaced and its old bytes uncharged) and the file's new columns (its
+ * kept budget is spent: a second call gives nothing back twice).
+ */
+export function addedVariantsFacts(file: FileRow, added: NewVariant[], existing: VariantRow[], patch: VariantsPatch, at: number) {
+  const delta = added.reduce((s, v) => s + v.bytes, 0) - existing.reduce((s, v) => s + v.bytes, 0);
   return {
-    totalBytes: file.totalBytes + delta,
-    reservedBytes: 0,
-    status: patch.status ?? file.status,
-    info: patch.info ? { ...file.info, ...patch.info } : file.info,
-    error: patch.error === undefined ? file.error : patch.error,
-    updatedAt: at,
+    delta,
+    row: {
+      totalBytes: file.totalBytes + delta,
+      reservedBytes: 0,
+      status: patch.status ?? file.status,
+      info: patch.info ? { ...file.info, ...patch.info } : file.info,
+      error: patch.error === undefined ? file.error : patch.error,
+      updatedAt: at,
+    },
   };
 }
 
@@ -120,21 +131,20 @@ export interface FileCatalogue {
   commit(fileId: string, input: CommitInput): Promise<FileRow | 'quota' | undefined>;
   /** A received upload given up after its retries: failed, its reservation released, nothing charged. */
   fail(fileId: string, reason: string): Promise<FileRow | undefined>;
-  variants(fileId: string): Promise<VariantRow[]>;
   /**
-   * Adds generated files to a committed file (audio renditions, covers), charging their bytes and giving
-   * back the budget the file kept reserved for them. 'quota' (nothing changed) when they do not fit.
-   * Safe to run twice: a variant already recorded is replaced and its old bytes uncharged.
+   * Adds generated variants to a committed file (a track's renditions and cover, or none when they
+   * failed): charges them to the file's owner and gives back the budget the file kept, in one guarded
+   * statement on that user's row alone (usage never passes the quota when it grows). 'quota' (nothing
+   * changed) when they do not fit; undefined when the file is not committed or is being deleted.
    */
   addVariants(fileId: string, added: NewVariant[], patch?: VariantsPatch): Promise<FileRow | 'quota' | undefined>;
+  variants(fileId: string): Promise<VariantRow[]>;
   /**
    * First half of a delete: a stored file stops being served and its bytes go back at once (its folder
    * is removed afterwards; a row left 'deleting' by a crash is finished at start-up).
    */
   beginDelete(fileId: string): Promise<FileRow | undefined>;
 }
-
-export type VariantsPatch = { status?: FileStatus; info?: Record<string, unknown>; error?: string | null };
 
 /** What the API shows as a file (received and processing ones included: their JSON says they are not ready yet). */
 export const storedStatuses = ['received', 'processing', 'ready', 'failed'] as const;

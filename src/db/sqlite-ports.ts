@@ -1,13 +1,13 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { randomUUID } from 'node:crypto';
-import { and, asc, eq, gt, inArray, lte, notInArray, sql } from 'drizzle-orm';
+import { and, asc, eq, gt, inArray, lte, ne, notInArray, or, sql } from 'drizzle-orm';
 import type { Db } from './index.js';
 import {
   WEBHOOK_JOB,
+  addedVariantsFacts,
   committedFileRow,
   newUploadRow,
   storedStatuses,
-  variantsAddedRow,
   type CommitInput,
   type FileCatalogue,
   type JobQueue,
@@ -198,24 +198,36 @@ export function createSqlitePorts(db: Db, opts: SqlitePortsOptions): UnitOfWork 
     },
 
     async addVariants(fileId, added, patch = {}) {
-      const file = db.select().from(files).where(eq(files.id, fileId)).get();
-      if (!file || file.status === 'deleting' || file.committedAt === null) return undefined;
-      const names = added.map((v) => v.name);
-      const existing = names.length
+      const file = db
+        .select()
+        .from(files)
+        .where(and(eq(files.id, fileId), ne(files.status, 'deleting'), sql`${files.committedAt} is not null`))
+        .get();
+      if (!file) return undefined;
+      const existing = added.length
         ? db
             .select()
             .from(variants)
-            .where(and(eq(variants.fileId, fileId), inArray(variants.name, names)))
+            .where(
+              and(
+                eq(variants.fileId, fileId),
+                inArray(
+                  variants.name,
+                  added.map((v) => v.name),
+                ),
+              ),
+            )
             .all()
         : [];
-      const delta = added.reduce((s, v) => s + v.bytes, 0) - existing.reduce((s, v) => s + v.bytes, 0);
+      const { delta, row } = addedVariantsFacts(file, added, existing, patch, now());
+      // The owner's row alone: or() keeps the guard one conjunct (and() does not bracket a bare OR).
       const charged = db
         .update(users)
         .set({ usedBytes: sql`${users.usedBytes} + ${delta}`, reservedBytes: sql`${users.reservedBytes} - ${file.reservedBytes}` })
         .where(
           and(
             eq(users.id, file.userId),
-            sql`${delta} <= 0 OR ${users.usedBytes} + ${users.reservedBytes} - ${file.reservedBytes} + ${delta} <= ${users.quotaBytes}`,
+            or(sql`${delta} <= 0`, sql`${users.usedBytes} + ${users.reservedBytes} - ${file.reservedBytes} + ${delta} <= ${users.quotaBytes}`),
           ),
         )
         .returning({ id: users.id })
@@ -231,12 +243,7 @@ export function createSqlitePorts(db: Db, opts: SqlitePortsOptions): UnitOfWork 
           .run();
       }
       deliverables.add(fileId);
-      return db
-        .update(files)
-        .set(variantsAddedRow(file, delta, patch, now()))
-        .where(eq(files.id, fileId))
-        .returning()
-        .get();
+      return db.update(files).set(row).where(eq(files.id, fileId)).returning().get();
     },
 
     async beginDelete(fileId) {

@@ -1,14 +1,14 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { randomUUID } from 'node:crypto';
-import { and, asc, eq, inArray, lte, notInArray, sql } from 'drizzle-orm';
+import { and, asc, eq, inArray, lte, ne, notInArray, or, sql } from 'drizzle-orm';
 import { drizzle, type NodePgDatabase } from 'drizzle-orm/node-postgres';
 import type pg from 'pg';
 import {
   WEBHOOK_JOB,
+  addedVariantsFacts,
   committedFileRow,
   newUploadRow,
   storedStatuses,
-  variantsAddedRow,
   type CommitInput,
   type FileCatalogue,
   type JobQueue,
@@ -222,24 +222,36 @@ function bindPorts(db: PgDb, effects: Effects, opts: PgPortsOptions): Ports {
     },
 
     async addVariants(fileId, added, patch = {}) {
-      // Locked before it is read: a second run of the same job waits, then replaces what the first recorded.
-      const [file] = await db.select().from(files).where(eq(files.id, fileId)).for('update');
-      if (!file || file.status === 'deleting' || file.committedAt === null) return undefined;
-      const names = added.map((v) => v.name);
-      const existing = names.length
+      // Locked before it is read: a second call for the same file waits, then finds the budget spent.
+      const [file] = await db
+        .select()
+        .from(files)
+        .where(and(eq(files.id, fileId), ne(files.status, 'deleting'), sql`${files.committedAt} is not null`))
+        .for('update');
+      if (!file) return undefined;
+      const existing = added.length
         ? await db
             .select()
             .from(variants)
-            .where(and(eq(variants.fileId, fileId), inArray(variants.name, names)))
+            .where(
+              and(
+                eq(variants.fileId, fileId),
+                inArray(
+                  variants.name,
+                  added.map((v) => v.name),
+                ),
+              ),
+            )
         : [];
-      const delta = added.reduce((s, v) => s + v.bytes, 0) - existing.reduce((s, v) => s + v.bytes, 0);
+      const { delta, row } = addedVariantsFacts(file, added, existing, patch, now());
+      // The owner's row alone: or() keeps the guard one conjunct (and() does not bracket a bare OR).
       const [charged] = await db
         .update(users)
         .set({ usedBytes: sql`${users.usedBytes} + ${delta}`, reservedBytes: sql`${users.reservedBytes} - ${file.reservedBytes}` })
         .where(
           and(
             eq(users.id, file.userId),
-            sql`${delta} <= 0 OR ${users.usedBytes} + ${users.reservedBytes} - ${file.reservedBytes} + ${delta} <= ${users.quotaBytes}`,
+            or(sql`cast(${delta} as bigint) <= 0`, sql`${users.usedBytes} + ${users.reservedBytes} - ${file.reservedBytes} + ${delta} <= ${users.quotaBytes}`),
           ),
         )
         .returning({ id: users.id });
@@ -254,12 +266,8 @@ function bindPorts(db: PgDb, effects: Effects, opts: PgPortsOptions): Ports {
           });
       }
       effects.deliverables.add(fileId);
-      const [row] = await db
-        .update(files)
-        .set(variantsAddedRow(file, delta, patch, now()))
-        .where(eq(files.id, fileId))
-        .returning();
-      return row;
+      const [updated] = await db.update(files).set(row).where(eq(files.id, fileId)).returning();
+      return updated;
     },
 
     async beginDelete(fileId) {
