@@ -1,6 +1,6 @@
 import type { Config } from '../config.js';
 import { openDatabase, type Db } from './index.js';
-import { createPgPool } from './pg/connection.js';
+import { advisoryKey, connectPgSession, createPgPool } from './pg/connection.js';
 import { PgLocker } from './pg/locker.js';
 import { migratePg } from './pg/migrate.js';
 import { createPgNodeSession } from './pg/node-session.js';
@@ -117,6 +117,49 @@ function openPostgres(url: string, hooks: PersistenceHooks, opts: { webhooksEnab
       closed = true;
       await locker.close();
       await node.close();
+      await pool.end();
+    },
+  };
+}
+
+/** What an operator tool (`chipmunk fsck`) needs of the metadata: no node session, no listening. */
+export type ToolPersistence = {
+  repo: Repository;
+  /** Nodes connected to this PostgreSQL now (their node sessions); undefined on SQLite (its data-dir lock says). */
+  liveNodes(): Promise<number | undefined>;
+  /** A cluster-wide lock for repairs (PostgreSQL); false when another repair holds it. True on SQLite. */
+  lockForRepair(): Promise<boolean>;
+  close(): Promise<void>;
+};
+
+export function openToolPersistence(config: Pick<Config, 'databasePath' | 'databaseUrl'>): ToolPersistence {
+  if (!config.databaseUrl) {
+    const db = openDatabase(config.databasePath);
+    return {
+      repo: createRepository(db),
+      liveNodes: async () => undefined,
+      lockForRepair: async () => true,
+      close: async () => void db.$client.close(),
+    };
+  }
+  const url = config.databaseUrl;
+  const pool = createPgPool({ url, max: 2 });
+  let repairSession: Awaited<ReturnType<typeof connectPgSession>> | undefined;
+  return {
+    repo: createPgRepository(pool),
+    async liveNodes() {
+      const { rows } = await pool.query<{ n: string }>(
+        "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'chipmunk-node'",
+      );
+      return Number(rows[0]?.n ?? 0);
+    },
+    async lockForRepair() {
+      repairSession ??= await connectPgSession({ url, applicationName: 'chipmunk-fsck' });
+      const { rows } = await repairSession.query<{ ok: boolean }>('SELECT pg_try_advisory_lock($1::bigint) AS ok', [advisoryKey('chipmunk', 'fsck-repair')]);
+      return rows[0]?.ok ?? false;
+    },
+    async close() {
+      await repairSession?.end();
       await pool.end();
     },
   };

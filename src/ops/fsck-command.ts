@@ -1,7 +1,6 @@
 import path from 'node:path';
 import { loadConfig } from '../config.js';
-import { openDatabase } from '../db/index.js';
-import { createRepository } from '../db/repository.js';
+import { openToolPersistence } from '../db/open.js';
 import { openBlobStorage } from '../storage/open.js';
 import { createUploadArea } from '../uploads/area.js';
 import { createReceivedArea } from '../uploads/received.js';
@@ -17,22 +16,36 @@ export async function fsckCommand(args: string[], env: NodeJS.ProcessEnv = proce
   }
   const repair = args.includes('--repair');
   const config = loadConfig(env);
-  // The data directory's lock says whether a server is live (a pid file may be stale or missing).
+  // The data directory's lock says whether a server is live (a pid file may be stale or missing);
+  // with PostgreSQL, whether any node is connected to the database.
   const lock = tryLockDataDir(config.dataDir, { pidFile: false });
-  const live = !lock;
-  if (repair && live) {
-    const pid = recordedPid(config.dataDir);
-    process.stderr.write(`chipmunk fsck: a Chipmunk server${pid ? ` (pid ${pid})` : ''} is using ${config.dataDir}; stop it before --repair.\n`);
+  const persistence = openToolPersistence(config);
+  const nodes = await persistence.liveNodes().catch(async (err: unknown) => {
+    await persistence.close();
+    lock?.release();
+    throw err;
+  });
+  const live = !lock || (nodes ?? 0) > 0;
+  const refuse = async (why: string) => {
+    process.stderr.write(`chipmunk fsck: ${why}\n`);
+    await persistence.close();
+    lock?.release();
     return 2;
+  };
+  if (repair && !lock) {
+    const pid = recordedPid(config.dataDir);
+    return refuse(`a Chipmunk server${pid ? ` (pid ${pid})` : ''} is using ${config.dataDir}; stop it before --repair.`);
   }
+  if (repair && nodes) return refuse(`${nodes} Chipmunk node${nodes === 1 ? ' is' : 's are'} connected to the database; stop every node before --repair.`);
+  // One repair at a time across the cluster (a cluster-wide advisory lock).
+  if (repair && !(await persistence.lockForRepair())) return refuse('another chipmunk fsck --repair is running on this database.');
   // Read-only beside a live server: the lock is given back at once, so the server can start meanwhile.
   if (!repair) lock?.release();
-  const db = openDatabase(config.databasePath);
   // The media folder or the S3 bucket, as the server uses it: fsck compares the database with its listing.
   const blobs = openBlobStorage(config, path.join(config.dataDir, 'work'));
   try {
     const deps = {
-      repo: createRepository(db),
+      repo: persistence.repo,
       storage: blobs.storage,
       area: createUploadArea(config.uploadDir),
       received: createReceivedArea(path.join(config.dataDir, 'received')),
@@ -46,7 +59,7 @@ export async function fsckCommand(args: string[], env: NodeJS.ProcessEnv = proce
     return after.problems.length ? 1 : 0;
   } finally {
     blobs.close();
-    db.$client.close();
+    await persistence.close();
     lock?.release();
   }
 }
