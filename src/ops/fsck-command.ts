@@ -3,8 +3,7 @@ import { loadConfig } from '../config.js';
 import { openDatabase } from '../db/index.js';
 import { createRepository } from '../db/repository.js';
 import { openBlobStorage } from '../storage/open.js';
-import { createUploadArea } from '../uploads/area.js';
-import { createReceivedArea } from '../uploads/received.js';
+import { openUploadAreas } from '../uploads/open.js';
 import { tryLockDataDir, recordedPid } from '../db/data-dir-lock.js';
 import { formatFsckReport, fsck } from './fsck.js';
 
@@ -30,12 +29,14 @@ export async function fsckCommand(args: string[], env: NodeJS.ProcessEnv = proce
   const db = openDatabase(config.databasePath);
   // The media folder or the S3 bucket, as the server uses it: fsck compares the database with its listing.
   const blobs = openBlobStorage(config, path.join(config.dataDir, 'work'));
+  // The upload areas as the server uses them (the data directory, or the bucket's uploads/ and received/).
+  const uploadAreas = openUploadAreas(config);
   try {
     const deps = {
       repo: createRepository(db),
       storage: blobs.storage,
-      area: createUploadArea(config.uploadDir),
-      received: createReceivedArea(path.join(config.dataDir, 'received')),
+      area: uploadAreas.area,
+      received: uploadAreas.received,
     };
     if (live) process.stdout.write('note: a server is running on this data directory; its uploads, jobs and processing in flight are reported as notices.\n');
     const report = await fsck(deps, { repair, live });
@@ -46,6 +47,7 @@ export async function fsckCommand(args: string[], env: NodeJS.ProcessEnv = proce
     return after.problems.length ? 1 : 0;
   } finally {
     blobs.close();
+    uploadAreas.close();
     db.$client.close();
     lock?.release();
   }

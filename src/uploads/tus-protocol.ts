@@ -29,7 +29,7 @@ const TUS_METHODS = ['POST', 'HEAD', 'PATCH', 'DELETE', 'OPTIONS', 'GET'];
 /** Methods a client behind a PATCH-blocking proxy may ask for with X-HTTP-Method-Override. */
 const OVERRIDABLE = new Set(['PATCH', 'HEAD', 'DELETE']);
 
-type ExpectedChecksum = {
+export type ExpectedChecksum = {
   algorithm: string;
   digest: string;
   /**
@@ -41,6 +41,9 @@ type ExpectedChecksum = {
 
 /** The checksum the request being handled declared for its body, handed to the store's write. */
 const chunkChecksum = new AsyncLocalStorage<ExpectedChecksum | undefined>();
+
+/** For a store's write (the S3 one, s3-datastore.ts): the checksum the chunk being written must match, if any. */
+export const expectedChunkChecksum = (): ExpectedChecksum | undefined => chunkChecksum.getStore();
 
 /**
  * The file store (file-store.ts), advertising the extensions above and applying a chunk only if its bytes match
