@@ -1,7 +1,9 @@
 import { randomBytes } from 'node:crypto';
 import { rm } from 'node:fs/promises';
+import http from 'node:http';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { Readable } from 'node:stream';
-import { ListMultipartUploadsCommand, ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3';
+import { ListMultipartUploadsCommand, ListObjectsV2Command, UploadPartCommand, type S3Client } from '@aws-sdk/client-s3';
 import { eq } from 'drizzle-orm';
 import { Upload } from 'tus-js-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -115,6 +117,35 @@ describe('tus uploads in the S3 bucket', () => {
     expect((await t.chipmunk.inspect.fsck({ live: true })).problems).toEqual([]);
   });
 
+  it('streams 8 MB chunks straight into parts: a cut mid-part applies none of it, and the upload resumes from the last whole part', async () => {
+    const data = wav(20 * MB + 11);
+    const token = await t.uploadToken('ada', 'audio');
+    const url = await uploadFirstChunk(`${t.url}/uploads`, data, { token, chunkSize: 8 * MB, metadata: { filename: 'noise.wav' } });
+    // The next 8 MB declared, 3 MB sent, then the connection drops.
+    const patch = http.request(url, {
+      method: 'PATCH',
+      headers: {
+        'Tus-Resumable': '1.0.0',
+        'Upload-Offset': String(8 * MB),
+        'Content-Type': 'application/offset+octet-stream',
+        'Content-Length': String(8 * MB),
+        Authorization: `Bearer ${token}`,
+      },
+    });
+    patch.on('error', () => undefined);
+    patch.write(data.subarray(8 * MB, 11 * MB));
+    await sleep(300);
+    patch.destroy();
+    expect(Number((await head(url)).headers.get('upload-offset'))).toBe(8 * MB);
+    expect((await uploadState()).objects).not.toContain(`${UPLOADS_PREFIX}${idOf(url)}.part`);
+    const resumed = await tusUpload(`${t.url}/uploads`, data, { token, uploadUrl: url, chunkSize: 8 * MB });
+    expect(resumed.ok).toBe(true);
+    const file = (await waitForFile(t, idOf(url))) as unknown as FileJson;
+    const original = await fetch(file.variants.find((v) => v.n === 0)!.url.replace(/^https?:\/\/[^/]+/, t.url));
+    expect(Buffer.from(await original.arrayBuffer()).equals(data)).toBe(true);
+    expect(await uploadState()).toEqual({ objects: [], multipart: [] });
+  });
+
   it('a refusal, a tus DELETE and the expiry sweep each leave no upload object or multipart upload behind', async () => {
     // Refused: not audio at all (bytes that arrived whole, then a verdict on the content).
     const token = await t.uploadToken('bea', 'audio');
@@ -177,6 +208,33 @@ describe('an upload complete in the bucket but not yet received when the server 
       areas.close();
     }
     expect((await uploadState()).multipart).toEqual([]);
+
+    const again = await startChipmunk(env, { ffmpeg: null, dataDir: first.dataDir });
+    try {
+      expect(again.chipmunk.recovery?.uploadsReceived).toBe(1);
+      const file = (await waitForFile(again, id)) as unknown as FileJson;
+      expect(file.status).toBe('ready');
+      const original = await fetch(file.variants.find((v) => v.n === 0)!.url.replace(/^https?:\/\/[^/]+/, again.url));
+      expect(Buffer.from(await original.arrayBuffer()).equals(data)).toBe(true);
+      expect(await uploadState()).toEqual({ objects: [], multipart: [] });
+    } finally {
+      await again.close();
+    }
+  });
+});
+
+describe('an upload whose every byte is in parts when the server stopped (before the multipart upload was completed)', () => {
+  it('is completed, made received at the next start and stored byte-identical', async () => {
+    const first = await startChipmunk(env, { ffmpeg: null });
+    const data = wav(10 * MB + 3);
+    const url = await uploadFirstChunk(`${first.url}/uploads`, data, { token: await first.uploadToken('fay', 'audio'), chunkSize: CHUNK });
+    const id = idOf(url);
+    await first.stop();
+    // The last part lands, the completion does not (as a kill between the two would leave it).
+    const key = `${UPLOADS_PREFIX}${id}`;
+    const { Uploads } = await client.send(new ListMultipartUploadsCommand({ Bucket: bucket.s3.bucket, Prefix: key }));
+    const uploadId = Uploads![0]!.UploadId!;
+    await client.send(new UploadPartCommand({ Bucket: bucket.s3.bucket, Key: key, UploadId: uploadId, PartNumber: 2, Body: data.subarray(CHUNK) }));
 
     const again = await startChipmunk(env, { ffmpeg: null, dataDir: first.dataDir });
     try {

@@ -89,6 +89,7 @@ export async function recoverAtStartup(deps: RecoveryDeps): Promise<RecoveryRepo
       const length = file.uploadLength ?? file.bytes;
       if (bytes !== undefined && bytes >= length && bytes > 0) {
         // Every byte arrived but the process stopped before the commitment: it is made now.
+        await area.complete?.(file.id);
         await uploads.receive(file.id, area.dataPath(file.id), 'keep');
         await area.discard(file.id); // no request can race for it before we listen
         report.uploadsReceived++;

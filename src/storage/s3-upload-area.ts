@@ -1,5 +1,6 @@
 import {
   AbortMultipartUploadCommand,
+  CompleteMultipartUploadCommand,
   DeleteObjectsCommand,
   GetObjectCommand,
   HeadObjectCommand,
@@ -19,7 +20,12 @@ import { failure, isAbsent } from './s3.js';
  * `<id>` holds its complete parts, `<id>.part` the tail shorter than a part, and `<id>` itself
  * exists once the last byte arrived (the multipart upload completed). Every node sees the same area.
  */
-export function createS3UploadArea(opts: { client: S3Client; bucket: string; store: ObjectStore; prefix?: string }): UploadArea {
+export function createS3UploadArea(opts: {
+  client: S3Client;
+  bucket: string;
+  store: ObjectStore;
+  prefix?: string;
+}): UploadArea & { complete(id: string): Promise<void> } {
   const { client, bucket, store } = opts;
   const prefix = opts.prefix ?? UPLOADS_PREFIX;
   const keyOf = (id: string) => {
@@ -46,9 +52,9 @@ export function createS3UploadArea(opts: { client: S3Client; bucket: string; sto
     }
   }
 
-  /** Bytes in the complete parts of a multipart upload, or undefined when it is gone (completed or aborted). */
-  async function partBytes(key: string, uploadId: string): Promise<number | undefined> {
-    let total = 0;
+  /** The complete parts of a multipart upload, or undefined when it is gone (completed or aborted). */
+  async function partsOf(key: string, uploadId: string): Promise<{ PartNumber: number; ETag: string; Size: number }[] | undefined> {
+    const parts: { PartNumber: number; ETag: string; Size: number }[] = [];
     let marker: string | undefined;
     for (;;) {
       let page;
@@ -58,9 +64,22 @@ export function createS3UploadArea(opts: { client: S3Client; bucket: string; sto
         if (isAbsent(err) || (err as { name?: string }).name === 'NoSuchUpload') return undefined;
         throw failure(`list the parts of ${key}`, err);
       }
-      for (const p of page.Parts ?? []) total += p.Size ?? 0;
-      if (!page.IsTruncated) return total;
+      for (const p of page.Parts ?? []) parts.push({ PartNumber: p.PartNumber!, ETag: p.ETag!, Size: p.Size ?? 0 });
+      if (!page.IsTruncated) return parts;
       marker = page.NextPartNumberMarker;
+    }
+  }
+
+  async function partBytes(key: string, uploadId: string): Promise<number | undefined> {
+    return (await partsOf(key, uploadId))?.reduce((sum, p) => sum + p.Size, 0);
+  }
+
+  async function tailBytes(key: string): Promise<number> {
+    try {
+      return (await client.send(new HeadObjectCommand({ Bucket: bucket, Key: `${key}.part` }))).ContentLength ?? 0;
+    } catch (err) {
+      if (!isAbsent(err)) throw failure(`read the metadata of ${key}.part`, err);
+      return 0;
     }
   }
 
@@ -146,13 +165,33 @@ export function createS3UploadArea(opts: { client: S3Client; bucket: string; sto
         // Completed between the two questions: ask for the object again.
         return (await store.head(key))?.size;
       }
-      let tail = 0;
+      return parts + (await tailBytes(key));
+    },
+
+    /**
+     * A stop between the last part and the completion of the multipart upload leaves every byte in
+     * parts: the object is made from them now (start-up recovery calls this before the commitment).
+     */
+    async complete(id) {
+      const key = keyOf(id);
+      if (await store.head(key)) return;
+      const record = (await readRecord(id)) as { size?: unknown } | undefined;
+      const [uploadId] = await multipartUploads(key);
+      if (!uploadId || typeof record?.size !== 'number' || (await tailBytes(key)) > 0) return;
+      const parts = await partsOf(key, uploadId);
+      if (!parts?.length || parts.reduce((sum, p) => sum + p.Size, 0) !== record.size) return;
       try {
-        tail = (await client.send(new HeadObjectCommand({ Bucket: bucket, Key: `${key}.part` }))).ContentLength ?? 0;
+        await client.send(
+          new CompleteMultipartUploadCommand({
+            Bucket: bucket,
+            Key: key,
+            UploadId: uploadId,
+            MultipartUpload: { Parts: parts.map((p) => ({ PartNumber: p.PartNumber, ETag: p.ETag })) },
+          }),
+        );
       } catch (err) {
-        if (!isAbsent(err)) throw failure(`read the metadata of ${key}.part`, err);
+        throw failure(`complete the multipart upload of ${key}`, err);
       }
-      return parts + tail;
     },
 
     async sidecarReadable(id) {

@@ -21,6 +21,8 @@ export interface UploadArea {
   receivedBytes(id: string): Promise<number | undefined>;
   /** True when tus's record of the upload is present and readable (a kill can leave it half written). */
   sidecarReadable(id: string): Promise<boolean>;
+  /** Makes the upload's bytes one whole at `dataPath` once all of them arrived, if the store left them in pieces (S3: the multipart upload). */
+  complete?(id: string): Promise<void>;
 }
 
 /** The local folder: `<id>` holds the bytes received so far, `<id>.json` tus's record of the upload (its declared size and metadata). */

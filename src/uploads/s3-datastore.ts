@@ -3,7 +3,7 @@ import { createReadStream, createWriteStream } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import type { Readable } from 'node:stream';
+import { Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { S3Store, type MetadataValue } from '@tus/s3-store';
 import { ERRORS, type KvStore } from '@tus/server';
@@ -12,7 +12,7 @@ import type { S3Settings } from '../config.js';
 import { errors } from '../errors.js';
 import { prefixKeys, s3ClientConfig } from '../storage/s3.js';
 import type { UploadArea } from './area.js';
-import { expectedChunkChecksum, TUS_EXTENSIONS } from './tus-protocol.js';
+import { declaredChunkLength, expectedChunkChecksum, TUS_EXTENSIONS } from './tus-protocol.js';
 
 // tus uploads on the S3 bucket through @tus/s3-store, so any node can resume them: every PATCH
 // lands as parts of one S3 multipart upload (`<prefix><id>`), tus's record is `<prefix><id>.info`,
@@ -85,12 +85,60 @@ export class ChipmunkS3Store extends S3Store {
         }
         source = createReadStream(spooled);
       }
-      const end = await super.write(source, id, offset);
+      const end = (!expected && (await this.writeWholePart(source, id, offset))) || (await super.write(source, id, offset));
       this.opts.onBytes(end - offset, id);
       return end;
     } finally {
       if (spooled) await rm(spooled, { force: true });
     }
+  }
+
+  /**
+   * The common case without a local pass: a PATCH whose declared body is at least a part (or the
+   * upload's last bytes), starting on a part boundary (no tail pending), streams straight into one
+   * UploadPart of that length, as a client's own multipart upload would (the stock store first
+   * spools every part to a temporary file). A body that ends short fails the part, so nothing of it
+   * is applied and the client resumes from the offset it had. Undefined: not this case (the stock
+   * path takes it).
+   */
+  private async writeWholePart(readable: Readable, id: string, offset: number): Promise<number | undefined> {
+    const length = declaredChunkLength();
+    if (!length) return undefined;
+    const metadata = await this.getMetadata(id);
+    const size = metadata.file.size;
+    if (size === undefined || offset + length > size) return undefined;
+    const final = offset + length === size;
+    // Parts no smaller than the stock store would cut keep every upload within S3's 10,000 parts.
+    if (!final && length < this.calcOptimalPartSize(size)) return undefined;
+    if ((await this.getIncompletePartSize(id)) !== undefined) return undefined;
+    const parts = await this.retrieveParts(id);
+    const partNumber = (parts.at(-1)?.PartNumber ?? 0) + 1;
+    const body = exactly(length);
+    // A body that ends short must end the part's request too (it would wait for the missing bytes).
+    const abort = new AbortController();
+    body.on('error', () => abort.abort());
+    readable.once('error', (err) => body.destroy(err));
+    try {
+      await this.client.uploadPart(
+        {
+          Bucket: this.bucket,
+          Key: id,
+          UploadId: metadata['upload-id'],
+          PartNumber: partNumber,
+          ContentLength: length,
+          Body: readable.pipe(body),
+        },
+        { abortSignal: abort.signal },
+      );
+    } catch {
+      // A cut mid-body (or the store failing): the part did not land.
+      throw ERRORS.FILE_WRITE_ERROR;
+    }
+    if (final) {
+      await this.finishMultipartUpload(metadata, await this.retrieveParts(id));
+      await this.clearCache(id);
+    }
+    return offset + length;
   }
 
   /** A tus DELETE: everything of the upload goes, its unfinished multipart upload and tail included. */
@@ -108,4 +156,18 @@ export class ChipmunkS3Store extends S3Store {
   close(): void {
     this.client.destroy();
   }
+}
+
+/** Passes exactly `length` bytes, failing (so the request it feeds is aborted) when the source ends short or runs long. */
+function exactly(length: number): Transform {
+  let seen = 0;
+  return new Transform({
+    transform(chunk: Buffer, _encoding, callback) {
+      seen += chunk.length;
+      callback(seen > length ? new Error(`The body is longer than its declared ${length} bytes.`) : null, chunk);
+    },
+    flush(callback) {
+      callback(seen === length ? null : new Error(`The body ended after ${seen} of its declared ${length} bytes.`));
+    },
+  });
 }
