@@ -6,6 +6,13 @@
 // over each tus upload's time in that round. The figures are the medians of those per-round ratios
 // (a best-of-N of each side, taken from different rounds, swung 0.48–0.87 between two runs); a
 // warm-up round (JIT, page cache, the disk's first allocation) is not counted.
+//
+// s3ChunkedOverRawS3: the same with the uploads in the S3 bucket (the test services' Ceph RGW, a
+// fresh bucket): a tus upload in 8 MB chunks through a Chipmunk whose uploads and blobs are in the
+// bucket, against a raw multipart upload of the same bytes in 8 MB parts (CreateMultipartUpload,
+// UploadPart one after the other, CompleteMultipartUpload) to the same RGW, rounds interleaved; the
+// tus upload is timed to its final answer with no completion wait (its processing is not counted).
+// Smaller (BENCH_S3_BYTES, 32 MB): the test RGW keeps objects in memory and frees deleted ones late.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
@@ -13,13 +20,18 @@ import { mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { CompleteMultipartUploadCommand, CreateMultipartUploadCommand, DeleteObjectCommand, UploadPartCommand } from '@aws-sdk/client-s3';
 import { Upload } from 'tus-js-client';
+import type { S3Settings } from '../src/config.js';
+import { createS3Client } from '../src/storage/s3.js';
+import { createTestBucket, s3Environment, testServices } from '../test/helpers/services.js';
 import { wavHeader } from '../test/helpers/wav.js';
 import { startRawSink } from './lib/raw-sink.js';
 
 const SIZE = Number(process.env.BENCH_UPLOAD_BYTES ?? 1024 ** 3);
 const CHUNK = 8 * 1024 * 1024;
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 7);
+const S3_SIZE = Number(process.env.BENCH_S3_BYTES ?? 32 * 1024 ** 2);
 const root = path.resolve(import.meta.dirname, '..');
 
 async function main() {
@@ -52,6 +64,7 @@ async function main() {
         );
       }
       const peakRssMB = await peakRss(server.child.pid!);
+      const s3 = await s3Rounds(work);
       const figures = {
         singlePatchOverRaw: round2(median(ratios.single)),
         chunkedOverRaw: round2(median(ratios.chunked)),
@@ -59,6 +72,8 @@ async function main() {
         // How far the rounds spread: the lowest and highest per-round ratio.
         singlePatchRange: [round2(Math.min(...ratios.single)), round2(Math.max(...ratios.single))],
         chunkedRange: [round2(Math.min(...ratios.chunked)), round2(Math.max(...ratios.chunked))],
+        s3ChunkedOverRawS3: s3.ratio,
+        s3ChunkedRange: s3.range,
         rounds: ROUNDS,
       };
       console.log(`\n${SIZE / 1024 ** 2} MB upload, medians of ${ROUNDS} rounds' ratios (after one warm-up round): raw pipe ${mbps(median(times.raw))} MB/s`);
@@ -69,6 +84,9 @@ async function main() {
         `  tus 8 MB chunks  ${mbps(median(times.chunked))} MB/s, ${figures.chunkedOverRaw}× raw (target ≥ 0.9; rounds ${figures.chunkedRange.join('–')})`,
       );
       console.log(`  Chipmunk peak RSS ${figures.peakRssMB} MB (target < 150)`);
+      console.log(
+        `  S3: tus 8 MB chunks ${mbps(s3.tusSeconds, S3_SIZE)} MB/s against raw multipart ${mbps(s3.rawSeconds, S3_SIZE)} MB/s, ${s3.ratio}× (target ≥ 0.8; rounds ${s3.range.join('–')})`,
+      );
       console.log(JSON.stringify(figures));
     } finally {
       server.child.kill('SIGTERM');
@@ -82,10 +100,10 @@ async function main() {
 
 type ChipmunkProcess = { child: ChildProcess; url: string; apiKey: string };
 
-async function startChipmunkProcess(work: string): Promise<ChipmunkProcess> {
-  const dataDir = path.join(work, 'data');
+async function startChipmunkProcess(work: string, opts: { name?: string; env?: Record<string, string> } = {}): Promise<ChipmunkProcess> {
+  const dataDir = path.join(work, opts.name ?? 'data');
   const purposes = path.join(work, 'purposes.json');
-  await writeFile(purposes, JSON.stringify({ bench: { kinds: ['audio'], maxBytes: 4 * SIZE, visibility: 'private' } }));
+  await writeFile(purposes, JSON.stringify({ bench: { kinds: ['audio'], maxBytes: 4 * Math.max(SIZE, S3_SIZE), visibility: 'private' } }));
   const port = 20000 + Math.floor(Math.random() * 20000);
   const child = spawn(process.execPath, [path.join(root, 'dist/src/index.js')], {
     env: {
@@ -97,6 +115,7 @@ async function startChipmunkProcess(work: string): Promise<ChipmunkProcess> {
       CHIPMUNK_PURPOSES_FILE: purposes,
       CHIPMUNK_DEFAULT_QUOTA: String(100 * SIZE),
       CHIPMUNK_LOG_LEVEL: 'warn',
+      ...opts.env,
     },
     stdio: ['ignore', 'ignore', 'inherit'],
   });
@@ -143,6 +162,74 @@ async function tusUpload(server: ChipmunkProcess, file: string, chunkSize: numbe
   return Number(end - start) / 1e9;
 }
 
+/** The S3 figure's rounds: Chipmunk over a fresh bucket, against raw multipart uploads to the same RGW. */
+async function s3Rounds(work: string): Promise<{ ratio: number; range: number[]; tusSeconds: number; rawSeconds: number }> {
+  const bucket = await createTestBucket(testServices(), 'bench-upload');
+  const client = createS3Client(bucket.s3);
+  const payload = path.join(work, 's3-payload.wav');
+  await writeWav(payload, S3_SIZE);
+  // The upload is timed up to its commitment (every byte in the bucket, kept under received/): the final
+  // answer does not wait for the processing job, which moves the bytes again (into scratch, into the
+  // media prefix) and is not an upload's cost.
+  const server = await startChipmunkProcess(work, { name: 's3-data', env: { ...s3Environment(bucket.s3), CHIPMUNK_COMPLETION_WAIT: '0' } });
+  try {
+    const contenders = {
+      raw: async () => {
+        const key = `raw-${randomBytes(6).toString('hex')}`;
+        const seconds = await timed(() => rawMultipartUpload(client, bucket.s3, key, payload));
+        await client.send(new DeleteObjectCommand({ Bucket: bucket.s3.bucket, Key: key }));
+        return seconds;
+      },
+      chunked: () => tusUpload(server, payload, CHUNK),
+    };
+    type Name = keyof typeof contenders;
+    const names = Object.keys(contenders) as Name[];
+    for (const name of names) await contenders[name]();
+    const ratios: number[] = [];
+    const times = { raw: [] as number[], chunked: [] as number[] };
+    for (let round = 0; round < ROUNDS; round++) {
+      const order = round % 2 ? [...names].reverse() : names;
+      const t = {} as Record<Name, number>;
+      for (const name of order) t[name] = await contenders[name]();
+      times.raw.push(t.raw);
+      times.chunked.push(t.chunked);
+      ratios.push(t.raw / t.chunked);
+      console.log(
+        `S3 round ${round + 1} (${order.join(', ')}): raw multipart ${mbps(t.raw, S3_SIZE)} MB/s, tus 8 MB chunks ${mbps(t.chunked, S3_SIZE)} MB/s (${(t.raw / t.chunked).toFixed(2)}×)`,
+      );
+    }
+    return {
+      ratio: round2(median(ratios)),
+      range: [round2(Math.min(...ratios)), round2(Math.max(...ratios))],
+      tusSeconds: median(times.chunked),
+      rawSeconds: median(times.raw),
+    };
+  } finally {
+    server.child.kill('SIGTERM');
+    await new Promise((resolve) => server.child.once('exit', resolve));
+    client.destroy();
+    await bucket.drop();
+  }
+}
+
+/** A client's multipart upload in 8 MB parts, one after the other (as tus-js-client sends its chunks). */
+async function rawMultipartUpload(client: ReturnType<typeof createS3Client>, s3: S3Settings, key: string, file: string): Promise<void> {
+  const { UploadId } = await client.send(new CreateMultipartUploadCommand({ Bucket: s3.bucket, Key: key }));
+  const parts: { ETag: string | undefined; PartNumber: number }[] = [];
+  const handle = await open(file, 'r');
+  try {
+    for (let offset = 0, n = 1; offset < S3_SIZE; offset += CHUNK, n++) {
+      const body = Buffer.alloc(Math.min(CHUNK, S3_SIZE - offset));
+      await handle.read(body, 0, body.length, offset);
+      const r = await client.send(new UploadPartCommand({ Bucket: s3.bucket, Key: key, UploadId, PartNumber: n, Body: body }));
+      parts.push({ ETag: r.ETag, PartNumber: n });
+    }
+  } finally {
+    await handle.close();
+  }
+  await client.send(new CompleteMultipartUploadCommand({ Bucket: s3.bucket, Key: key, UploadId, MultipartUpload: { Parts: parts } }));
+}
+
 function rawUpload(url: string, file: string): Promise<void> {
   return new Promise((resolve, reject) => {
     const req = http.request(url, { method: 'PUT', headers: { 'content-type': 'application/octet-stream' } }, (res) => {
@@ -182,7 +269,7 @@ async function timed(fn: () => Promise<void>): Promise<number> {
   return Number(process.hrtime.bigint() - start) / 1e9;
 }
 
-const mbps = (seconds: number) => (SIZE / 1e6 / seconds).toFixed(0);
+const mbps = (seconds: number, size = SIZE) => (size / 1e6 / seconds).toFixed(0);
 const round2 = (x: number) => Math.round(x * 100) / 100;
 const median = (xs: number[]) => {
   const sorted = [...xs].sort((a, b) => a - b);

@@ -31,8 +31,7 @@ import { createProcessing, PROCESS_JOB } from './services/processing.js';
 import { recoverAtStartup, sweepMediaLeftovers, type RecoveryReport } from './services/recovery.js';
 import { createUploadService } from './services/uploads.js';
 import { openBlobStorage } from './storage/open.js';
-import { createUploadArea } from './uploads/area.js';
-import { createReceivedArea } from './uploads/received.js';
+import { openUploadAreas } from './uploads/open.js';
 import { sweepExpiredUploads } from './uploads/expiry.js';
 import { createIngest } from './uploads/ingest.js';
 import { createFinishedUploads } from './uploads/finished.js';
@@ -95,7 +94,9 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
   // The media blobs: the local media folder, or the S3 bucket when CHIPMUNK_S3_BUCKET is set.
   const blobs = openBlobStorage(config, workDir);
   const storage = blobs.storage;
-  const area = createUploadArea(config.uploadDir);
+  // Unfinished and received uploads: the data directory, or the bucket's uploads/ and received/ with CHIPMUNK_S3_BUCKET.
+  const uploadAreas = openUploadAreas(config);
+  const area = uploadAreas.area;
   const purposes = loadPurposes(config.purposesFile, {
     maxFrames: config.maxFrames,
     maxAnimationPixels: config.maxAnimationPixels,
@@ -103,7 +104,7 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
   });
   const events = createEventBus();
   const disk = { freeBytes: opts.freeBytes ?? (() => statfsFreeBytes(config.dataDir)), marginBytes: config.diskMarginBytes };
-  const received = createReceivedArea(path.join(config.dataDir, 'received'));
+  const received = uploadAreas.received;
   const waits = createCompletionWaits();
   const webhooks = config.webhook
     ? createWebhooks({
@@ -222,6 +223,7 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
   const tus = createTusServer({
     tokens,
     area,
+    datastore: uploadAreas.datastore,
     onBytesReceived: (n) => metrics.bytesReceived(n),
     secret: config.secret,
     publicUrl: config.publicUrl,
@@ -231,6 +233,7 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
     uploads,
     files,
     logger,
+    // PostgreSQL advisory locks across nodes; tus's in-process MemoryLocker on one node.
     locker: persistence.locker,
   });
   const readiness = createReadiness({
@@ -298,6 +301,7 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
     (released ??= (async () => {
       await imageProcessor.close();
       blobs.close();
+      uploadAreas.close();
       await persistence.close();
     })());
   const until = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, Math.max(0, ms)).unref());

@@ -13,7 +13,8 @@ import { tusUpload } from './helpers/tus.js';
 
 // The same uploads, deliveries, deletes and consistency checks over both homes of the media blobs:
 // the local media folder (the embedded default) and an S3-compatible bucket (a real Ceph RGW, a
-// fresh bucket for this file). tus uploads, the received area and scratch stay local in both.
+// fresh bucket for this file). With the bucket, unfinished tus uploads and received bytes are in it too
+// (test/tus-s3.test.ts); scratch stays local in both.
 
 type Variant = { n: number | string; bytes: number; mimeType: string; url: string };
 type FileJson = { id: string; status: string; totalBytes: number; variants: Variant[] };

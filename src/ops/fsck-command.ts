@@ -2,8 +2,7 @@ import path from 'node:path';
 import { loadConfig } from '../config.js';
 import { openToolPersistence } from '../db/open.js';
 import { openBlobStorage } from '../storage/open.js';
-import { createUploadArea } from '../uploads/area.js';
-import { createReceivedArea } from '../uploads/received.js';
+import { openUploadAreas } from '../uploads/open.js';
 import { tryLockDataDir, recordedPid } from '../db/data-dir-lock.js';
 import { formatFsckReport, fsck } from './fsck.js';
 
@@ -43,12 +42,14 @@ export async function fsckCommand(args: string[], env: NodeJS.ProcessEnv = proce
   if (!repair) lock?.release();
   // The media folder or the S3 bucket, as the server uses it: fsck compares the database with its listing.
   const blobs = openBlobStorage(config, path.join(config.dataDir, 'work'));
+  // The upload areas as the server uses them (the data directory, or the bucket's uploads/ and received/).
+  const uploadAreas = openUploadAreas(config);
   try {
     const deps = {
       repo: persistence.repo,
       storage: blobs.storage,
-      area: createUploadArea(config.uploadDir),
-      received: createReceivedArea(path.join(config.dataDir, 'received')),
+      area: uploadAreas.area,
+      received: uploadAreas.received,
     };
     if (live) process.stdout.write('note: a server is running on this data directory; its uploads, jobs and processing in flight are reported as notices.\n');
     const report = await fsck(deps, { repair, live });
@@ -59,6 +60,7 @@ export async function fsckCommand(args: string[], env: NodeJS.ProcessEnv = proce
     return after.problems.length ? 1 : 0;
   } finally {
     blobs.close();
+    uploadAreas.close();
     await persistence.close();
     lock?.release();
   }

@@ -48,10 +48,10 @@ export function createProcessing(deps: ProcessingDeps) {
   const { uow, storage, received, logger, events } = deps;
   const ports = uow.ports;
 
-  async function locateBytes(fileId: string): Promise<string | undefined> {
-    const here = await received.locate(fileId);
-    if (here || !deps.carrierPath) return here;
-    return (await received.keep(fileId, deps.carrierPath(fileId))) ? received.locate(fileId) : undefined;
+  /** The received bytes as a local file (fetched into `scratchDir` when the received area is remote). */
+  async function locateBytes(fileId: string, scratchDir: string): Promise<string | undefined> {
+    if (!(await received.locate(fileId)) && deps.carrierPath && !(await received.keep(fileId, deps.carrierPath(fileId)))) return undefined;
+    return received.toLocal(fileId, scratchDir);
   }
 
   /** A verdict on the content: nothing charged, nothing left, a tombstone for HEAD. */
@@ -105,17 +105,17 @@ export function createProcessing(deps: ProcessingDeps) {
     // Whatever an interrupted attempt left is uncommitted (committedAt is null): ours to clear.
     await storage.removeFolder(fileId);
     await storage.discardWorkspace(fileId);
-    const sourcePath = await locateBytes(fileId);
-    if (!sourcePath) return { result: 'failed', reason: "The upload's bytes are missing on the server." };
     const purpose = deps.purposes.get(file.purpose);
     let workDir: string | undefined;
     try {
+      workDir = await storage.workspace(fileId);
+      const sourcePath = await locateBytes(fileId, workDir);
+      if (!sourcePath) return { result: 'failed', reason: "The upload's bytes are missing on the server." };
       const sniffed = await sniffFile(sourcePath);
       if (!sniffed) throw errors.unprocessable('The file is not a recognisable image or audio format.');
       if (sniffed.kind === 'other' || !purpose.kinds.includes(sniffed.kind)) {
         throw errors.unsupportedType(`"${purpose.name}" uploads take ${purpose.kinds.join(' or ')} files; this file is ${sniffed.mimeType}.`);
       }
-      workDir = await storage.workspace(fileId);
       const result = await deps.processors[sniffed.kind].process({
         fileId,
         sourcePath,

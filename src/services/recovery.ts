@@ -5,6 +5,7 @@ import type { ReceivedArea } from '../uploads/received.js';
 import { PROCESS_JOB } from './processing.js';
 import { fileIdPattern } from '../ids.js';
 import type { Logger } from '../log.js';
+import { ObjectStoreError } from '../storage/objects.js';
 import { isTempName, type BlobStorage } from '../storage/storage.js';
 import type { UploadArea } from '../uploads/area.js';
 import type { FileService } from './files.js';
@@ -76,7 +77,16 @@ export async function recoverAtStartup(deps: RecoveryDeps): Promise<RecoveryRepo
     if (n === 0) break;
   }
 
-  const present = await area.list();
+  // With the upload area in a bucket that does not answer, the server still starts (/ready says why)
+  // and the uploads are settled at a start that can see them: nothing is released on a guess.
+  let present: Map<string, { hasSidecar: boolean }>;
+  try {
+    present = await area.list();
+  } catch (err) {
+    if (!(err instanceof ObjectStoreError)) throw err; // a local folder that cannot be read stops the start, as always
+    logger.error('start-up recovery could not list the upload area; unfinished uploads are settled at the next start', { err });
+    return report;
+  }
   let after = '';
   for (;;) {
     const page = await repo.filesPage(after, PAGE, 'uploading');
@@ -89,6 +99,7 @@ export async function recoverAtStartup(deps: RecoveryDeps): Promise<RecoveryRepo
       const length = file.uploadLength ?? file.bytes;
       if (bytes !== undefined && bytes >= length && bytes > 0) {
         // Every byte arrived but the process stopped before the commitment: it is made now.
+        await area.complete?.(file.id);
         await uploads.receive(file.id, area.dataPath(file.id), 'keep');
         await area.discard(file.id); // no request can race for it before we listen
         report.uploadsReceived++;

@@ -4,7 +4,7 @@ import { mkdir, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { PassThrough } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { listAll, mediaKey, mediaPrefix, type ObjectStore } from './objects.js';
+import { isUploadAreaKey, listAll, mediaKey, mediaPrefix, type ObjectStore } from './objects.js';
 import type { BlobStorage } from './storage.js';
 import { createWorkspaces } from './workspaces.js';
 
@@ -84,6 +84,7 @@ export function createObjectBlobStorage(opts: { store: ObjectStore; workDir: str
       // Keys come in order, so a file's objects are adjacent: each id is yielded once.
       let last: string | undefined;
       for await (const object of listAll(store, '')) {
+        if (isUploadAreaKey(object.key)) continue; // the upload areas' own keys, not media
         const id = folderOf(object.key);
         if (id !== last) yield id;
         last = id;

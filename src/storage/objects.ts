@@ -74,6 +74,14 @@ export function assertPrefix(prefix: string): void {
 }
 
 /**
+ * The key prefixes the upload areas keep in the media bucket (unfinished tus uploads, received
+ * bytes); a media key's first segment is two characters of a file id, so they never meet.
+ */
+export const UPLOADS_PREFIX = 'uploads/';
+export const RECEIVED_PREFIX = 'received/';
+export const isUploadAreaKey = (key: string) => key.startsWith(UPLOADS_PREFIX) || key.startsWith(RECEIVED_PREFIX);
+
+/**
  * One file is one key prefix, laid out as today's media folder (`ab/cd/<id>/<name>`), so a local
  * store rooted at the media folder sees the embedded default's files, and a delete is one prefix.
  */

@@ -20,6 +20,11 @@ const partSize = 8 * 1024 * 1024;
 const maxDeleteBatch = 1000; // DeleteObjects' limit per request
 
 export function createS3Client(s: S3Settings): S3Client {
+  return new S3Client(s3ClientConfig(s));
+}
+
+/** The SDK's settings for the bucket's endpoint (shared with the tus S3 store, which makes its own client). */
+export function s3ClientConfig(s: S3Settings): S3ClientConfig {
   const config: S3ClientConfig = {
     region: s.region,
     endpoint: s.endpoint,
@@ -29,7 +34,7 @@ export function createS3Client(s: S3Settings): S3Client {
     responseChecksumValidation: s.checksums === 'when_required' ? 'WHEN_REQUIRED' : 'WHEN_SUPPORTED',
   };
   if (s.accessKeyId && s.secretAccessKey) config.credentials = { accessKeyId: s.accessKeyId, secretAccessKey: s.secretAccessKey };
-  return new S3Client(config);
+  return config;
 }
 
 /**
@@ -162,10 +167,28 @@ export function createS3ObjectStore(opts: { client: S3Client; bucket: string }):
 
 const statusOf = (err: unknown) => (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;
 
-const isAbsent = (err: unknown) => {
+export const isAbsent = (err: unknown) => {
   const name = (err as { name?: string }).name;
   return name === 'NoSuchKey' || name === 'NotFound' || (statusOf(err) === 404 && name !== 'NoSuchBucket');
 };
 
-const failure = (what: string, cause: unknown) =>
+export const failure = (what: string, cause: unknown) =>
   new ObjectStoreError('failure', `Could not ${what} in the S3 bucket: ${(cause as Error).name}: ${(cause as Error).message}`, { cause });
+
+/**
+ * Puts every key a client sends under `prefix` (its `Key`, and the keys of a DeleteObjects): the tus
+ * S3 store names its objects after the bare upload id, and its uploads live under their own prefix
+ * of the media bucket. Answers still carry the prefixed keys; nothing the store reads depends on them.
+ */
+export function prefixKeys(client: Pick<S3Client, 'middlewareStack'>, prefix: string): void {
+  client.middlewareStack.add(
+    (next) => async (args) => {
+      const input = args.input as { Key?: unknown; Delete?: { Objects?: { Key?: string }[] } };
+      const prefixed: Record<string, unknown> = { ...input };
+      if (typeof input.Key === 'string') prefixed.Key = prefix + input.Key;
+      if (input.Delete?.Objects) prefixed.Delete = { ...input.Delete, Objects: input.Delete.Objects.map((o) => ({ ...o, Key: prefix + o.Key })) };
+      return next({ ...args, input: prefixed });
+    },
+    { step: 'initialize', name: 'chipmunkKeyPrefix' },
+  );
+}

@@ -4,14 +4,29 @@ import { errors } from '../errors.js';
 import { fileIdPattern } from '../ids.js';
 import { unlessAbsent } from '../storage/absent.js';
 
-// The tus upload area: `<id>` holds the bytes received so far, `<id>.json` tus's record of the
-// upload (its declared size and metadata). Only unfinished uploads live here.
+// The tus upload area: where unfinished uploads live, what start-up recovery, the expiry sweep and
+// fsck look at. Two implementations: this local folder (the embedded default) and a key prefix of
+// the S3 bucket (storage/s3-upload-area.ts), chosen once in uploads/open.ts.
 
 export type UploadEntry = { id: string; dataBytes?: number; hasSidecar: boolean };
 
-export type UploadArea = ReturnType<typeof createUploadArea>;
+export interface UploadArea {
+  /** Where the upload's bytes are: a path in the local area, a key in the bucket's (what the received area's `keep` takes). */
+  dataPath(id: string): string;
+  /** Removes everything of the upload (bytes, tus's record, an unfinished multipart upload). Safe to call twice. */
+  discard(id: string): Promise<void>;
+  /** Every upload present, keyed by id; names that are not ours are left alone. */
+  list(): Promise<Map<string, UploadEntry>>;
+  /** Bytes received so far, or undefined when the upload's bytes are gone. */
+  receivedBytes(id: string): Promise<number | undefined>;
+  /** True when tus's record of the upload is present and readable (a kill can leave it half written). */
+  sidecarReadable(id: string): Promise<boolean>;
+  /** Makes the upload's bytes one whole at `dataPath` once all of them arrived, if the store left them in pieces (S3: the multipart upload). */
+  complete?(id: string): Promise<void>;
+}
 
-export function createUploadArea(uploadDir: string) {
+/** The local folder: `<id>` holds the bytes received so far, `<id>.json` tus's record of the upload (its declared size and metadata). */
+export function createUploadArea(uploadDir: string): UploadArea & { dir: string } {
   const dataPath = (id: string) => {
     if (!fileIdPattern.test(id)) throw errors.uploadGone();
     return path.join(uploadDir, id);

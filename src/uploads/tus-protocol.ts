@@ -29,7 +29,7 @@ const TUS_METHODS = ['POST', 'HEAD', 'PATCH', 'DELETE', 'OPTIONS', 'GET'];
 /** Methods a client behind a PATCH-blocking proxy may ask for with X-HTTP-Method-Override. */
 const OVERRIDABLE = new Set(['PATCH', 'HEAD', 'DELETE']);
 
-type ExpectedChecksum = {
+export type ExpectedChecksum = {
   algorithm: string;
   digest: string;
   /**
@@ -41,6 +41,13 @@ type ExpectedChecksum = {
 
 /** The checksum the request being handled declared for its body, handed to the store's write. */
 const chunkChecksum = new AsyncLocalStorage<ExpectedChecksum | undefined>();
+
+/** For a store's write (the S3 one, s3-datastore.ts): the checksum the chunk being written must match, if any. */
+export const expectedChunkChecksum = (): ExpectedChecksum | undefined => chunkChecksum.getStore();
+
+/** The Content-Length the request being handled declared for its body (the S3 store streams a whole part on it). */
+const chunkLength = new AsyncLocalStorage<number | undefined>();
+export const declaredChunkLength = (): number | undefined => chunkLength.getStore();
 
 /**
  * The file store (file-store.ts), advertising the extensions above and applying a chunk only if its bytes match
@@ -182,7 +189,8 @@ export function createTusProtocol(deps: { server: Pick<Server, 'handleWeb'>; cor
     // Received, processing, ready, refused and failed uploads are Chipmunk's to answer, not tus's.
     const done = await finished?.answer(request);
     if (done) return finishAsync(done, method, origin);
-    const res = await chunkChecksum.run(checksum, () => server.handleWeb(request));
+    const length = /^\d+$/.test(request.headers.get('content-length') ?? '') ? Number(request.headers.get('content-length')) : undefined;
+    const res = await chunkLength.run(length, () => chunkChecksum.run(checksum, () => server.handleWeb(request)));
     return finishAsync(res, method, origin);
   }
 

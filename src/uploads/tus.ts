@@ -1,4 +1,4 @@
-import { Server, EVENTS, type Locker } from '@tus/server';
+import { Server, EVENTS, MemoryLocker, type DataStore, type Locker } from '@tus/server';
 import { chmod } from 'node:fs/promises';
 import path from 'node:path';
 import { bearerToken, claimTokenUse, verifyUploadToken, type TokenUseLedger } from '../auth/upload-tokens.js';
@@ -17,8 +17,16 @@ import { ChecksumFileStore } from './tus-protocol.js';
 
 export const TUS_PATH = '/uploads';
 
+/** What a tus store is made with: the expiry it advertises, and a counter of the bytes each write lands. */
+export type TusDatastoreOptions = { expiryMs: number; onBytes: (bytes: number, id: string) => void };
+/** Makes the tus store over the upload area (uploads/open.ts picks the local or the S3 one). */
+export type TusDatastoreFactory = (opts: TusDatastoreOptions) => DataStore;
+
 export type TusDeps = {
   area: UploadArea;
+  datastore: TusDatastoreFactory;
+  /** The tus lock of each upload: in-process by default; one that spans nodes (db/pg/locker.ts) when they share the uploads. */
+  locker?: Locker;
   onBytesReceived?: (bytes: number) => void;
   secret: string;
   publicUrl: string | undefined;
@@ -30,8 +38,6 @@ export type TusDeps = {
   logger: Logger;
   /** Upload tokens: the lifetime cap and the ledger of bounded tokens' uses. */
   tokens: { maxLifetimeSeconds: number; uses: TokenUseLedger };
-  /** The upload lock; tus's in-process MemoryLocker when absent (one node). */
-  locker?: Locker;
 };
 
 /** The stock file store, counting the bytes each write lands (for the bytes-received metric). */
@@ -59,12 +65,21 @@ class CountingFileStore extends ChecksumFileStore {
   }
 }
 
+/** The local folder's store (the embedded default). */
+export const localTusDatastore =
+  (directory: string): TusDatastoreFactory =>
+  ({ expiryMs, onBytes }) =>
+    new CountingFileStore({ directory, expirationPeriodInMilliseconds: expiryMs }, onBytes);
+
 export function createTusServer(deps: TusDeps): { server: Server; uploadPath: (id: string) => string; discardUpload: (id: string) => Promise<void> } {
   const { repo, uploads, files, logger, area } = deps;
-  const store = new CountingFileStore({ directory: area.dir, expirationPeriodInMilliseconds: deps.uploadExpiryMs }, (n, id) => {
-    deps.onBytesReceived?.(n);
-    // The first bytes end the idle window: the upload may now live its full expiry.
-    if (n > 0) uploads.touch(id).catch((err: unknown) => logger.warn("could not extend an upload's expiry", { fileId: id, err }));
+  const store = deps.datastore({
+    expiryMs: deps.uploadExpiryMs,
+    onBytes: (n, id) => {
+      deps.onBytesReceived?.(n);
+      // The first bytes end the idle window: the upload may now live its full expiry.
+      if (n > 0) uploads.touch(id).catch((err: unknown) => logger.warn("could not extend an upload's expiry", { fileId: id, err }));
+    },
   });
   const uploadPath = area.dataPath;
   const discardUpload = area.discard;
@@ -94,7 +109,7 @@ export function createTusServer(deps: TusDeps): { server: Server; uploadPath: (i
   const server = new Server({
     path: TUS_PATH,
     datastore: store,
-    ...(deps.locker ? { locker: deps.locker } : {}),
+    locker: deps.locker ?? new MemoryLocker(),
     respectForwardedHeaders: true,
     // Chunks are bounded by the declared length; the purpose's limit is checked at creation.
     maxSize: 0,

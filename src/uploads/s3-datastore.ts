@@ -1,0 +1,173 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { createReadStream, createWriteStream } from 'node:fs';
+import { rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { Transform, type Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { S3Store, type MetadataValue } from '@tus/s3-store';
+import { ERRORS, type KvStore } from '@tus/server';
+import { LRUCache } from 'lru-cache';
+import type { S3Settings } from '../config.js';
+import { errors } from '../errors.js';
+import { prefixKeys, s3ClientConfig } from '../storage/s3.js';
+import type { UploadArea } from './area.js';
+import { declaredChunkLength, expectedChunkChecksum, TUS_EXTENSIONS } from './tus-protocol.js';
+
+// tus uploads on the S3 bucket through @tus/s3-store, so any node can resume them: every PATCH
+// lands as parts of one S3 multipart upload (`<prefix><id>`), tus's record is `<prefix><id>.info`,
+// a tail shorter than S3's minimum part `<prefix><id>.part` until the next PATCH takes it along.
+// Around the stock store: the keys under their own prefix, the client settings of the media bucket
+// (endpoint, path style, the checksum mode Ceph RGW needs), the protocol's extensions and
+// Upload-Checksum (tus-protocol.ts), and removal through the upload area (which also drops the tail
+// and every multipart upload of the key). Expiry is Chipmunk's own sweep (uploads/expiry.ts).
+
+/** Part size of the multipart upload; a PATCH body is cut into parts of this size (S3's minimum is 5 MiB). */
+export const S3_PART_BYTES = 8 * 1024 * 1024;
+/** Upload records kept in memory per node; a record never changes after creation (no deferred length). */
+const CACHED_RECORDS = 1000;
+
+export type S3DatastoreOptions = {
+  s3: S3Settings;
+  prefix: string;
+  area: UploadArea;
+  expiryMs: number;
+  onBytes: (bytes: number, id: string) => void;
+};
+
+/** A bounded record cache (the stock one is a Map that only a completion or a tus DELETE empties). */
+function boundedCache(): KvStore<MetadataValue> {
+  const cache = new LRUCache<string, MetadataValue>({ max: CACHED_RECORDS });
+  return {
+    get: async (key) => cache.get(key),
+    set: async (key, value) => void cache.set(key, value),
+    delete: async (key) => void cache.delete(key),
+    list: async () => [...cache.keys()],
+  };
+}
+
+export class ChipmunkS3Store extends S3Store {
+  constructor(private readonly opts: S3DatastoreOptions) {
+    super({
+      partSize: S3_PART_BYTES,
+      // Object tags are not needed (the sweep is ours) and not every S3-compatible server has them.
+      useTags: false,
+      cache: boundedCache(),
+      expirationPeriodInMilliseconds: opts.expiryMs,
+      s3ClientConfig: { bucket: opts.s3.bucket, ...s3ClientConfig(opts.s3) },
+    });
+    this.extensions = [...TUS_EXTENSIONS];
+    prefixKeys(this.client, opts.prefix);
+  }
+
+  /**
+   * With Upload-Checksum the chunk is first spooled to local scratch and checked: only matching bytes
+   * go to the bucket (a part once uploaded cannot be taken back), so a mismatch leaves the upload as it was.
+   */
+  override async write(readable: Readable, id: string, offset: number): Promise<number> {
+    const expected = expectedChunkChecksum();
+    let spooled: string | undefined;
+    try {
+      let source = readable;
+      if (expected) {
+        spooled = path.join(os.tmpdir(), `chipmunk-chunk-${randomBytes(8).toString('hex')}`);
+        const hash = createHash(expected.algorithm);
+        readable.on('data', (chunk: Buffer) => hash.update(chunk));
+        try {
+          await pipeline(readable, createWriteStream(spooled, { mode: 0o600 }));
+        } catch {
+          // A cut mid-chunk: nothing of it is applied (as the local store's roll-back).
+          throw ERRORS.FILE_WRITE_ERROR;
+        }
+        if (hash.digest('base64') !== expected.digest) {
+          if (expected.onCreation) return offset;
+          throw errors.checksumMismatch(expected.algorithm);
+        }
+        source = createReadStream(spooled);
+      }
+      const end = (!expected && (await this.writeWholePart(source, id, offset))) || (await super.write(source, id, offset));
+      this.opts.onBytes(end - offset, id);
+      return end;
+    } finally {
+      if (spooled) await rm(spooled, { force: true });
+    }
+  }
+
+  /**
+   * The common case without a local pass: a PATCH whose declared body is at least a part (or the
+   * upload's last bytes), starting on a part boundary (no tail pending), streams straight into one
+   * UploadPart of that length, as a client's own multipart upload would (the stock store first
+   * spools every part to a temporary file). A body that ends short fails the part, so nothing of it
+   * is applied and the client resumes from the offset it had. Undefined: not this case (the stock
+   * path takes it).
+   */
+  private async writeWholePart(readable: Readable, id: string, offset: number): Promise<number | undefined> {
+    const length = declaredChunkLength();
+    if (!length) return undefined;
+    const metadata = await this.getMetadata(id);
+    const size = metadata.file.size;
+    if (size === undefined || offset + length > size) return undefined;
+    const final = offset + length === size;
+    // Parts no smaller than the stock store would cut keep every upload within S3's 10,000 parts.
+    if (!final && length < this.calcOptimalPartSize(size)) return undefined;
+    if ((await this.getIncompletePartSize(id)) !== undefined) return undefined;
+    const parts = await this.retrieveParts(id);
+    const partNumber = (parts.at(-1)?.PartNumber ?? 0) + 1;
+    const body = exactly(length);
+    // A body that ends short must end the part's request too (it would wait for the missing bytes).
+    const abort = new AbortController();
+    body.on('error', () => abort.abort());
+    readable.once('error', (err) => body.destroy(err));
+    try {
+      await this.client.uploadPart(
+        {
+          Bucket: this.bucket,
+          Key: id,
+          UploadId: metadata['upload-id'],
+          PartNumber: partNumber,
+          ContentLength: length,
+          Body: readable.pipe(body),
+        },
+        { abortSignal: abort.signal },
+      );
+    } catch {
+      // A cut mid-body (or the store failing): the part did not land.
+      throw ERRORS.FILE_WRITE_ERROR;
+    }
+    if (final) {
+      await this.finishMultipartUpload(metadata, await this.retrieveParts(id));
+      await this.clearCache(id);
+    }
+    return offset + length;
+  }
+
+  /** A tus DELETE: everything of the upload goes, its unfinished multipart upload and tail included. */
+  override async remove(id: string): Promise<void> {
+    await this.opts.area.discard(id);
+    await this.clearCache(id);
+  }
+
+  /** Chipmunk's own sweep expires uploads (with their reservations); the store's would list the whole bucket. */
+  override async deleteExpired(): Promise<number> {
+    return 0;
+  }
+
+  /** Releases the client's sockets. */
+  close(): void {
+    this.client.destroy();
+  }
+}
+
+/** Passes exactly `length` bytes, failing (so the request it feeds is aborted) when the source ends short or runs long. */
+function exactly(length: number): Transform {
+  let seen = 0;
+  return new Transform({
+    transform(chunk: Buffer, _encoding, callback) {
+      seen += chunk.length;
+      callback(seen > length ? new Error(`The body is longer than its declared ${length} bytes.`) : null, chunk);
+    },
+    flush(callback) {
+      callback(seen === length ? null : new Error(`The body ended after ${seen} of its declared ${length} bytes.`));
+    },
+  });
+}
