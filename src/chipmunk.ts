@@ -85,6 +85,7 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
         jobs.wake();
         webhookRunner?.wake();
       },
+      onFileSettled: (fileId) => waits.settle(fileId),
       onWarning: (message, fields) => logger.warn(message, fields),
     },
     { webhooksEnabled: config.webhook !== undefined },
@@ -106,6 +107,11 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
   const disk = { freeBytes: opts.freeBytes ?? (() => statfsFreeBytes(config.dataDir)), marginBytes: config.diskMarginBytes };
   const received = uploadAreas.received;
   const waits = createCompletionWaits();
+  // A file whose processing ends here is announced too: its upload's final PATCH may wait on another node.
+  const settleEverywhere = (fileId: string) => {
+    waits.settle(fileId);
+    persistence.announceSettled(fileId);
+  };
   const webhooks = config.webhook
     ? createWebhooks({
         uow,
@@ -167,7 +173,7 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
     processors: { image: imageProcessor, audio: createAudioProcessor({ ffmpeg, bounds: mediaBounds, maxDurationSeconds: config.maxDurationSeconds }) },
     events,
     logger,
-    waits,
+    waits: { settle: settleEverywhere },
     audioJob: AUDIO_JOB,
     refusalTtlMs: config.uploadExpiryMs,
     carrierPath: area.dataPath,
@@ -201,7 +207,7 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
     variantUrl: links.variantUrl,
     onDeleted: (fileId) => {
       jobs.abortFile(fileId);
-      waits.settle(fileId);
+      settleEverywhere(fileId);
     },
   });
   const uploads = createUploadService({

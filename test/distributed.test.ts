@@ -1,10 +1,15 @@
-import { readFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { signUploadToken } from '../src/auth/upload-tokens.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { FileJson } from '../src/routes/schemas.js';
 import { creationBudget } from '../src/services/budget.js';
 import { corpus, startChipmunk, storedForm, type TestChipmunk } from './helpers/chipmunk.js';
 import { createDistributedEnvironment } from './helpers/services.js';
 import { tusUpload } from './helpers/tus.js';
+import { generateTrack } from './helpers/audio.js';
+import { serverEnvironment, spawnServer } from './helpers/server-process.js';
 
 // Two Chipmunk nodes on one PostgreSQL and one bucket (real PostgreSQL, real Ceph RGW): what one
 // node commits, the other serves, deletes, and is told about.
@@ -90,5 +95,47 @@ describe('two nodes on PostgreSQL and S3', () => {
     expect(user.reservedBytes).toBe(0);
     const report = await a.chipmunk.inspect.fsck({ live: true });
     expect(report.problems).toEqual([]);
+  });
+});
+
+describe('a node that dies', () => {
+  let dir: string;
+  let track: string;
+  beforeAll(async () => {
+    dir = await mkdtemp(path.join(tmpdir(), 'chipmunk-dying-node-'));
+    track = path.join(dir, 'three-minutes.flac');
+    generateTrack(track, 180);
+  });
+  afterAll(() => rm(dir, { recursive: true, force: true }));
+
+  it('mid-job: the surviving node notices its lease is gone and finishes the job', async () => {
+    // Node A is a process of its own, started first, so it is the one that takes the track's job.
+    const { dataDir, env } = await serverEnvironment('dying', {
+      ...distributed.env,
+      CHIPMUNK_COMPLETION_WAIT: '0.1',
+    });
+    const dying = await spawnServer(env);
+    let survivor: TestChipmunk | undefined;
+    try {
+      const token = await signUploadToken(distributed.env.CHIPMUNK_SECRET!, { userId: 'lazarus', purpose: 'audio', expiresIn: 600 });
+      const result = await tusUpload(`${dying.url}/uploads`, await readFile(track), { token: token.token, metadata: { filename: 'long.flac' } });
+      if (!result.ok) throw result.error;
+      const fileId = (result.body as FileJson).id;
+      const jobState = async () => (await a.chipmunk.inspect.jobs(fileId)).find((j) => j.type === 'audio.derive')?.state;
+      await expect.poll(jobState, { timeout: 30_000, interval: 50 }).toBe('running');
+      // A second node that sweeps for orphaned jobs every second, then the first dies under its job.
+      survivor = await startChipmunk({ ...distributed.env, CHIPMUNK_ORPHAN_SWEEP_INTERVAL: '1' });
+      dying.proc.kill('SIGKILL');
+      await dying.exited;
+      await expect.poll(async () => (await (await survivor!.api(`/v1/files/${fileId}`)).json()).status, { timeout: 120_000, interval: 250 }).toBe('ready');
+      const file = (await (await survivor.api(`/v1/files/${fileId}`)).json()) as FileJson;
+      for (const v of file.variants) expect((await fetch(v.url, { method: 'HEAD' })).status).toBe(200);
+      const user = (await (await survivor.api('/v1/users/lazarus')).json()) as { usedBytes: number; reservedBytes: number };
+      expect(user).toMatchObject({ usedBytes: file.totalBytes, reservedBytes: 0 });
+    } finally {
+      dying.proc.kill('SIGKILL');
+      await survivor?.close();
+      await rm(dataDir, { recursive: true, force: true });
+    }
   });
 });

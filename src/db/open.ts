@@ -22,6 +22,8 @@ export type PersistenceHooks = {
   onDeliverablesChanged: (fileId: string | undefined) => void;
   /** After a commit that queued jobs (on PostgreSQL: on any node). */
   onJobsQueued: () => void;
+  /** Another node ended a file's processing (PostgreSQL): requests waiting here for it may answer. */
+  onFileSettled?: (fileId: string) => void;
   onWarning?: (message: string, fields: Record<string, unknown>) => void;
 };
 
@@ -36,6 +38,8 @@ export type Persistence = {
   sqlite: Db | undefined;
   /** Applies migrations (PostgreSQL: under a cluster-wide advisory lock) and starts listening. */
   start(): Promise<void>;
+  /** Tells the other nodes a file's processing ended (PostgreSQL; nothing to tell on one node). */
+  announceSettled(fileId: string): void;
   /** Running jobs whose node died go back to the queue (PostgreSQL; a no-op for one node). */
   sweepOrphanedJobs(): Promise<number>;
   close(): Promise<void>;
@@ -65,6 +69,7 @@ function openSqlite(file: string, hooks: PersistenceHooks, opts: { webhooksEnabl
     locker: undefined,
     sqlite: db,
     start: async () => undefined,
+    announceSettled: () => undefined,
     sweepOrphanedJobs: async () => 0,
     async close() {
       if (db.$client.open) db.$client.close();
@@ -80,6 +85,7 @@ function openPostgres(url: string, hooks: PersistenceHooks, opts: { webhooksEnab
     url,
     onDeliverablesChanged: hooks.onDeliverablesChanged,
     onJobsQueued: hooks.onJobsQueued,
+    onFileSettled: (fileId) => hooks.onFileSettled?.(fileId),
     onSessionLost: (err) => hooks.onWarning?.('the PostgreSQL node session was lost; reconnecting', { err }),
   });
   const announce = (what: Promise<void>) => void what.catch((err) => hooks.onWarning?.('a change could not be announced to the other nodes', { err }));
@@ -111,6 +117,7 @@ function openPostgres(url: string, hooks: PersistenceHooks, opts: { webhooksEnab
       await node.start();
       await locker.start();
     },
+    announceSettled: (fileId) => announce(node.announceSettled(fileId)),
     sweepOrphanedJobs: () => uow.ports.jobs.requeueRunning(),
     async close() {
       if (closed) return;

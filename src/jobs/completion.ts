@@ -5,6 +5,8 @@ export type CompletionWaits = ReturnType<typeof createCompletionWaits>;
 
 export function createCompletionWaits() {
   const waiters = new Map<string, Set<() => void>>();
+  // Set by a shutdown: waiters answer at once, whatever the file's state.
+  let released = false;
 
   return {
     /**
@@ -13,14 +15,20 @@ export function createCompletionWaits() {
      */
     async wait(fileId: string, ms: number, isSettled: () => Promise<boolean>): Promise<void> {
       let wake!: () => void;
-      const woken = new Promise<void>((resolve) => (wake = resolve));
+      let woken = new Promise<void>((resolve) => (wake = resolve));
       const set = waiters.get(fileId) ?? new Set();
       set.add(wake);
       waiters.set(fileId, set);
       let timer: NodeJS.Timeout | undefined;
+      const timedOut = new Promise<'timeout'>((resolve) => (timer = setTimeout(() => resolve('timeout'), ms)));
       try {
-        if (await isSettled()) return;
-        await Promise.race([woken, new Promise<void>((resolve) => (timer = setTimeout(resolve, ms)))]);
+        // A wake-up is a hint (another node's announcement may concern a step short of the end): checked again.
+        while (!released && !(await isSettled())) {
+          if ((await Promise.race([woken, timedOut])) === 'timeout' || released) return;
+          set.delete(wake);
+          woken = new Promise<void>((resolve) => (wake = resolve));
+          set.add(wake);
+        }
       } finally {
         if (timer) clearTimeout(timer);
         set.delete(wake);
@@ -34,6 +42,7 @@ export function createCompletionWaits() {
 
     /** Wakes every waiter (a shutdown): each answers with the file's state as it is. */
     settleAll(): void {
+      released = true;
       for (const set of waiters.values()) for (const wake of set) wake();
     },
 

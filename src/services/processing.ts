@@ -30,7 +30,7 @@ export type ProcessingDeps = {
   processors: { image: MediaProcessor; audio: MediaProcessor };
   events: EventBus;
   logger: Logger;
-  waits: CompletionWaits;
+  waits: Pick<CompletionWaits, 'settle'>;
   /** The job that makes a committed track's renditions. */
   audioJob: string;
   /** How long a refusal stays answerable (410) on the upload URL. */

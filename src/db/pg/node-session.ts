@@ -12,6 +12,7 @@ import { advisoryKey, connectPgSession, type PgOptions } from './connection.js';
 
 export const DELIVERABLES_CHANNEL = 'chipmunk_deliverables';
 export const JOBS_CHANNEL = 'chipmunk_jobs';
+export const SETTLED_CHANNEL = 'chipmunk_settled';
 
 export type JobLeases = {
   /** Marks the job as this node's; fails when another live node holds it. */
@@ -30,6 +31,8 @@ export type PgNodeSession = {
   /** Tells every node (this one included) that a file's deliverables changed; undefined: all of them. */
   announceDeliverables(fileId: string | undefined): Promise<void>;
   announceJobs(): Promise<void>;
+  /** A file's processing ended (ready, refused, failed, deleted): requests waiting on any node answer. */
+  announceSettled(fileId: string): Promise<void>;
   start(): Promise<void>;
   close(): Promise<void>;
 };
@@ -39,6 +42,7 @@ export function createPgNodeSession(
   opts: PgOptions & {
     onDeliverablesChanged: (fileId: string | undefined) => void;
     onJobsQueued: () => void;
+    onFileSettled: (fileId: string) => void;
     onSessionLost?: (err: unknown) => void;
     reconnectMs?: number;
   },
@@ -69,9 +73,11 @@ export function createPgNodeSession(
       client.on('notification', (n) => {
         if (n.channel === DELIVERABLES_CHANNEL) opts.onDeliverablesChanged(n.payload ? n.payload : undefined);
         else if (n.channel === JOBS_CHANNEL) opts.onJobsQueued();
+        else if (n.channel === SETTLED_CHANNEL && n.payload) opts.onFileSettled(n.payload);
       });
       await client.query(`LISTEN ${DELIVERABLES_CHANNEL}`);
       await client.query(`LISTEN ${JOBS_CHANNEL}`);
+      await client.query(`LISTEN ${SETTLED_CHANNEL}`);
       return client;
     })();
     // A failed connect is tried again by the next caller.
@@ -108,6 +114,9 @@ export function createPgNodeSession(
     },
     async announceJobs() {
       await pool.query('SELECT pg_notify($1, $2)', [JOBS_CHANNEL, '']);
+    },
+    async announceSettled(fileId) {
+      await pool.query('SELECT pg_notify($1, $2)', [SETTLED_CHANNEL, fileId]);
     },
     async start() {
       await connect();
