@@ -21,6 +21,7 @@ describe('the error table', () => {
       460: ['CHECKSUM_MISMATCH'],
       500: ['INTERNAL', 'PROCESSING_FAILED'],
       502: ['AUTH_UNAVAILABLE', 'UNAVAILABLE'],
+      504: ['UPSTREAM_TIMEOUT'],
       507: ['INSUFFICIENT_STORAGE'],
     };
     const table: Record<number, string[]> = {};

@@ -36,6 +36,7 @@ export const ERROR_STATUS = Object.freeze({
   PROCESSING_FAILED: 500,
   AUTH_UNAVAILABLE: 502,
   UNAVAILABLE: 502,
+  UPSTREAM_TIMEOUT: 504,
   INSUFFICIENT_STORAGE: 507,
 } as const satisfies Record<string, number>);
 
@@ -110,6 +111,7 @@ export const errors = {
   /** nginx's answers when Chipmunk behind it does not respond (rendered into its config). */
   authUnavailable: () => new AppError('AUTH_UNAVAILABLE', 'Chipmunk did not answer the access check; try again shortly.'),
   unavailable: () => new AppError('UNAVAILABLE', 'Chipmunk is not answering; try again shortly.'),
+  upstreamTimeout: () => new AppError('UPSTREAM_TIMEOUT', 'Chipmunk did not answer in time; the request may have taken effect: check before sending it again.'),
   tooManyUnfinished: (message: string) => new AppError('TOO_MANY_UNFINISHED_UPLOADS', message),
   processingFailed: (reason: string) => new AppError('PROCESSING_FAILED', reason),
   uploadConflict: (message: string) => new AppError('UPLOAD_CONFLICT', message),
