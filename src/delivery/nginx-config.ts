@@ -188,6 +188,9 @@ ${
         # nginx itself refuses NULs and encoded slashes that climb out of the root (400);
         # under /f/ that is just a file that does not exist.
         error_page 400 = /_chipmunk/bad-request;
+        # A request already sent on by an error_page (@chipmunk_once, @chipmunk_ranged) still gets
+        # these JSON answers when its node fails.
+        recursive_error_pages on;
         error_page 500 = @chipmunk_internal;
         error_page 502 503 = @chipmunk_unavailable;
         error_page 504 = @chipmunk_timeout;
