@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { readFile, rm, stat } from 'node:fs/promises';
 import { request as httpRequest, type IncomingMessage } from 'node:http';
-import { createServer, type Server } from 'node:net';
+import { connect, createServer, type Server } from 'node:net';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { nginxConfigCommand } from '../src/cli.js';
@@ -130,6 +130,21 @@ describe('nginx in front of two Chipmunk nodes', () => {
     expect((await expectJsonError(large, 413, 'FILE_TOO_LARGE')).error.message).toMatch(/at most 1 MB/);
     const [seenA, seenB] = await Promise.all(nodes().map(loggedIds));
     expect(seenA!.has(id) || seenB!.has(id)).toBe(false);
+    // What nginx refuses while reading a request: a URI or headers over its buffers, an unknown
+    // Transfer-Encoding, TRACE.
+    await expectJsonError(await fetch(`${nginx.url}/v1/${'a'.repeat(20_000)}`), 414, 'URI_TOO_LONG');
+    await expectJsonError(await fetch(`${nginx.url}/v1/users/alice`, { headers: { cookie: 'a'.repeat(20_000) } }), 431, 'HEADERS_TOO_LARGE');
+    const raw = async (head: string) => {
+      const text = await rawRequest(nginx.url, head);
+      const [status, body] = [Number(text.split(' ')[1]), text.slice(text.indexOf('\r\n\r\n') + 4)];
+      expect(text).toMatch(/\r\nContent-Type: application\/json\r\n/);
+      return { status, code: (JSON.parse(body) as ErrorJson).error.code };
+    };
+    expect(await raw('POST /v1/upload-tokens HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\nConnection: close\r\n\r\n')).toEqual({
+      status: 501,
+      code: 'NOT_IMPLEMENTED',
+    });
+    expect(await raw('TRACE /v1/users HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n')).toEqual({ status: 405, code: 'METHOD_NOT_ALLOWED' });
   });
 
   it('sends DELETE and PUT to one node and passes their answers through', async () => {
@@ -229,6 +244,19 @@ async function mintUploadToken(nodeUrl: string, apiKey: string, userId: string):
   });
   expect(res.status).toBe(201);
   return ((await res.json()) as { token: string }).token;
+}
+
+/** One request written as it is (what fetch would refuse to send), and the whole answer as text. */
+function rawRequest(baseUrl: string, head: string): Promise<string> {
+  const { hostname, port } = new URL(baseUrl);
+  return new Promise((resolve, reject) => {
+    const socket = connect(Number(port), hostname, () => socket.end(head));
+    let text = '';
+    socket.setEncoding('latin1');
+    socket.on('data', (d: string) => (text += d));
+    socket.once('end', () => resolve(text));
+    socket.once('error', reject);
+  });
 }
 
 /** Bytes of an upload a node has written so far (0 before the first). */
@@ -435,7 +463,7 @@ describe('chipmunk nginx-config with several nodes', () => {
     }
     // Every status nginx makes itself on these routes is sent to one of those answers.
     const pages = [...config.matchAll(/error_page ([\d ]+) =/g)].flatMap((m) => m[1]!.trim().split(' '));
-    for (const status of ['400', '404', '405', '412', '413', '416', '500', '502', '503', '504']) expect(pages).toContain(status);
+    for (const status of ['400', '404', '405', '412', '413', '414', '416', '494', '500', '501', '502', '503', '504']) expect(pages).toContain(status);
     expect(config).not.toMatch(/return \d{3} "/);
   });
 });

@@ -191,8 +191,7 @@ ${
         # A request already sent on by an error_page (@chipmunk_once, @chipmunk_ranged) still gets
         # these JSON answers when its node fails.
         recursive_error_pages on;
-        error_page 500 = @chipmunk_internal;
-        error_page 502 503 = @chipmunk_unavailable;
+${EARLY_ERRORS.map(([status]) => `        error_page ${status} = /_chipmunk/${status};\n`).join('')}        error_page 502 503 = @chipmunk_unavailable;
         error_page 504 = @chipmunk_timeout;
         error_page 413 = @chipmunk_too_large;
         error_page 418 = @chipmunk_once;
@@ -374,11 +373,14 @@ ${proxyToApp}
             ${returnError(errors.upstreamTimeout())}
         }
 
-        location @chipmunk_internal {
+${EARLY_ERRORS.map(
+  ([status, error]) => `        location = /_chipmunk/${status} {
+            internal;
             default_type application/json;
-            ${returnError(errors.internal())}
+            ${returnError(error)}
         }
-
+`,
+).join('')}
         location @chipmunk_too_large {
             default_type application/json;
             ${returnErrorSaying(errors.tooLarge('The body is too large.'), '$chipmunk_too_large')}
@@ -466,6 +468,18 @@ map $http_referer $chipmunk_log_referer {
     default $http_referer;
 }
 log_format chipmunk escape=json '$remote_addr - [$time_local] "$request_method $chipmunk_log_uri $server_protocol" $status $body_bytes_sent "$chipmunk_log_referer" "$http_user_agent"';`;
+
+/**
+ * nginx's own refusals outside /f/, some made before it has read a whole request (a URI or headers
+ * over its buffers), hence URI pages rather than named locations. 494 is nginx's "headers too large".
+ */
+const EARLY_ERRORS: Array<[number, AppError]> = [
+  [405, errors.methodNotAllowed('This method is not served here.')],
+  [414, errors.uriTooLong()],
+  [494, errors.headersTooLarge()],
+  [500, errors.internal()],
+  [501, errors.notImplemented('Request bodies are sent as they are or chunked; no other Transfer-Encoding is supported.')],
+];
 
 /** Failover between nodes, for every proxied request including the auth subrequest. */
 const FAILOVER = String.raw`# Failover between nodes. A request no node has received (connection refused, connect timeout)
