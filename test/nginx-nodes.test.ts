@@ -130,6 +130,8 @@ describe('nginx in front of two Chipmunk nodes', () => {
     expect((await expectJsonError(large, 413, 'FILE_TOO_LARGE')).error.message).toMatch(/at most 1 MB/);
     const [seenA, seenB] = await Promise.all(nodes().map(loggedIds));
     expect(seenA!.has(id) || seenB!.has(id)).toBe(false);
+    // nginx's internal locations, asked for by a client.
+    for (const pathname of ['/_chipmunk/auth', '/_chipmunk/414']) await expectJsonError(await fetch(`${nginx.url}${pathname}`), 404, 'NOT_FOUND');
     // What nginx refuses while reading a request: a URI or headers over its buffers, an unknown
     // Transfer-Encoding, TRACE.
     await expectJsonError(await fetch(`${nginx.url}/v1/${'a'.repeat(20_000)}`), 414, 'URI_TOO_LONG');

@@ -474,6 +474,8 @@ log_format chipmunk escape=json '$remote_addr - [$time_local] "$request_method $
  * over its buffers), hence URI pages rather than named locations. 494 is nginx's "headers too large".
  */
 const EARLY_ERRORS: Array<[number, AppError]> = [
+  // The internal locations, asked for by a client.
+  [404, errors.notFound('Route')],
   [405, errors.methodNotAllowed('This method is not served here.')],
   [414, errors.uriTooLong()],
   [494, errors.headersTooLarge()],
