@@ -35,44 +35,56 @@ export async function main(argv: string[]): Promise<void> {
 
 class UsageError extends Error {}
 
+function internalOrigin(upstream: string, port: number): string {
+  if (port === 0) throw new UsageError('CHIPMUNK_INTERNAL_PORT is 0 (a free port at start): give --auth-upstream or a fixed port.');
+  let url: URL;
+  try {
+    url = new URL(upstream);
+  } catch {
+    throw new UsageError(`--upstream must be a URL such as http://127.0.0.1:8080, not "${upstream}".`);
+  }
+  url.port = String(port);
+  return url.origin;
+}
+
 const nginxUsage =
-  'usage: chipmunk nginx-config --listen <host:port> --upstream <http://chipmunk:port> [--auth-upstream <http://chipmunk:internal-port>] [--user <worker user>]';
+  'usage: chipmunk nginx-config --listen <host:port> --upstream <http://node:port> [--upstream <http://node:port> …] [--auth-upstream <http://node:internal-port> …] [--user <worker user>]';
 
 /**
  * Renders the nginx config for the Chipmunk this environment describes: the media folder from
- * CHIPMUNK_DATA_DIR, the auth endpoint on CHIPMUNK_INTERNAL_PORT (same host as --upstream unless
- * --auth-upstream says otherwise), the auth cache time from CHIPMUNK_AUTH_CACHE and the upload body
- * limit from the purposes. Reads the environment only; writes nothing.
+ * CHIPMUNK_DATA_DIR, the auth endpoint on CHIPMUNK_INTERNAL_PORT of each --upstream's host (unless
+ * --auth-upstream names them), the auth cache time from CHIPMUNK_AUTH_CACHE and the upload body
+ * limit from the purposes. --upstream once per node. Reads the environment only; writes nothing.
  */
 export function nginxConfigCommand(args: string[], env: NodeJS.ProcessEnv = process.env): string {
-  let values: { listen?: string; upstream?: string; 'auth-upstream'?: string; user?: string };
+  let values: { listen?: string; upstream?: string[]; 'auth-upstream'?: string[]; user?: string };
   try {
     ({ values } = parseArgs({
       args,
-      options: { listen: { type: 'string' }, upstream: { type: 'string' }, 'auth-upstream': { type: 'string' }, user: { type: 'string' } },
+      options: {
+        listen: { type: 'string' },
+        upstream: { type: 'string', multiple: true },
+        'auth-upstream': { type: 'string', multiple: true },
+        user: { type: 'string' },
+      },
       strict: true,
       allowPositionals: false,
     }));
   } catch (err) {
     throw new UsageError(`${(err as Error).message}\n${nginxUsage}`);
   }
-  if (!values.listen || !values.upstream) throw new UsageError(`--listen and --upstream are required.\n${nginxUsage}`);
+  if (!values.listen || !values.upstream?.length) throw new UsageError(`--listen and --upstream are required.\n${nginxUsage}`);
+  const upstreams = values.upstream;
   const e = parseEnvironment(env);
   const purposes = loadPurposes(e.CHIPMUNK_PURPOSES_FILE);
   const { s3 } = parseDistributedSettings(env);
   try {
-    let authUpstream = values['auth-upstream'];
-    if (!authUpstream) {
-      const port = internalPort(e);
-      if (port === 0) throw new UsageError('CHIPMUNK_INTERNAL_PORT is 0 (a free port at start): give --auth-upstream or a fixed port.');
-      const url = new URL(values.upstream);
-      url.port = String(port);
-      authUpstream = url.origin;
-    }
+    // Each node's internal port is on its own host: the same CHIPMUNK_INTERNAL_PORT on every node.
+    const authUpstreams = values['auth-upstream'] ?? upstreams.map((upstream) => internalOrigin(upstream, internalPort(e)));
     return renderNginxConfig({
       listen: values.listen,
-      upstream: values.upstream,
-      authUpstream,
+      upstreams,
+      authUpstreams,
       mediaDir: dataPaths(e.CHIPMUNK_DATA_DIR).mediaDir,
       authCacheSeconds: e.CHIPMUNK_AUTH_CACHE,
       corsOrigins: e.CHIPMUNK_CORS_ORIGINS,

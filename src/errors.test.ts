@@ -14,13 +14,17 @@ describe('the error table', () => {
       409: ['OFFSET_MISMATCH', 'UPLOAD_CONFLICT'],
       412: ['PRECONDITION_FAILED', 'TUS_VERSION_UNSUPPORTED'],
       413: ['FILE_TOO_LARGE', 'QUOTA_EXCEEDED'],
+      414: ['URI_TOO_LONG'],
       415: ['UNSUPPORTED_MEDIA_TYPE'],
       416: ['RANGE_NOT_SATISFIABLE'],
       422: ['UNPROCESSABLE_MEDIA'],
       429: ['TOO_MANY_UNFINISHED_UPLOADS'],
+      431: ['HEADERS_TOO_LARGE'],
       460: ['CHECKSUM_MISMATCH'],
       500: ['INTERNAL', 'PROCESSING_FAILED'],
+      501: ['NOT_IMPLEMENTED'],
       502: ['AUTH_UNAVAILABLE', 'UNAVAILABLE'],
+      504: ['UPSTREAM_TIMEOUT'],
       507: ['INSUFFICIENT_STORAGE'],
     };
     const table: Record<number, string[]> = {};

@@ -1,8 +1,10 @@
 import { errors, renderError, type AppError } from '../errors.js';
 
-// Renders the nginx config that stands in front of one Chipmunk: /f/ is authorised by
-// Chipmunk's internal /internal/auth (auth_request, answers cached briefly) and served from the
-// media folder with sendfile; /uploads streams to Chipmunk for tus; everything else is proxied.
+// Renders the nginx config that stands in front of one Chipmunk or several identical nodes: /f/ is
+// authorised by Chipmunk's internal /internal/auth (auth_request, answers cached briefly) and served
+// from the media folder with sendfile; /uploads streams to Chipmunk for tus; everything else is proxied.
+// With several nodes nginx balances across them (no stickiness: uploads, locks and the store are
+// shared) and fails over only where no request can be replayed after it may have had effects.
 // The output runs as `nginx -p <prefix> -c <file>`: pid, logs, temp files and the auth cache live
 // under the prefix, and there is no daemon directive (containers pass -g 'daemon off;').
 
@@ -11,10 +13,10 @@ import { createCors, type CorsOrigins } from './cors.js';
 export type NginxConfigOptions = {
   /** `host:port` or `port`, as nginx's listen takes it. */
   listen: string;
-  /** The public Chipmunk, e.g. http://127.0.0.1:8080. */
-  upstream: string;
-  /** Chipmunk's internal port, serving /internal/auth, e.g. http://127.0.0.1:8081. */
-  authUpstream: string;
+  /** Each node's public Chipmunk, e.g. http://127.0.0.1:8080 (one for a single Chipmunk). */
+  upstreams: string[];
+  /** The nodes' internal ports, serving /internal/auth, e.g. http://127.0.0.1:8081. */
+  authUpstreams: string[];
   /** Absolute path of the media folder (CHIPMUNK_DATA_DIR/media), readable by nginx's workers. */
   mediaDir: string;
   /** Seconds an auth answer may be reused; 0 turns the cache off. Chipmunk never lets it outlive a link. */
@@ -55,6 +57,14 @@ const returnError = (err: AppError): string => {
   return `return ${status} '${body}';`;
 };
 
+/** The same, with the message taken from an nginx variable (a map whose values are sentences without quotes). */
+const returnErrorSaying = (err: AppError, variable: string): string => {
+  const { status, body } = renderError(err);
+  const message = JSON.stringify(err.message);
+  if (!/^\$[a-z_]+$/.test(variable) || body.split(message).length !== 2) throw new Error(`Cannot put ${variable} into the error body ${body}.`);
+  return `return ${status} '${body.replace(message, `"${variable}"`)}';`;
+};
+
 const safeValue = (value: string, what: string): string => {
   if (!/^[^\s;{}'"\\$#]+$/.test(value)) throw new Error(`${what} "${value}" cannot go into an nginx config (spaces, quotes, ; { } $ # are not allowed).`);
   return value;
@@ -62,8 +72,8 @@ const safeValue = (value: string, what: string): string => {
 
 export function renderNginxConfig(o: NginxConfigOptions): string {
   const listen = safeValue(o.listen, '--listen');
-  const app = safeValue(hostPort(o.upstream, '--upstream'), '--upstream');
-  const auth = safeValue(hostPort(o.authUpstream, 'the auth upstream'), 'the auth upstream');
+  const app = servers(o.upstreams, '--upstream');
+  const auth = servers(o.authUpstreams, 'the auth upstream');
   const media = safeValue(o.mediaDir.replace(/\/+$/, ''), 'the media directory');
   const cache = o.authCacheSeconds > 0;
   const bodyLimit = Math.max(1, Math.ceil(o.maxUploadBytes / 1_000_000) + 1);
@@ -81,6 +91,8 @@ export function renderNginxConfig(o: NginxConfigOptions): string {
   ]
     .map((line) => `            ${line}`)
     .join('\n');
+  // Methods nginx would replay on another node go to @chipmunk_once (see FAILOVER).
+  const sendOnce = ['if ($chipmunk_send_once) {', '    return 418;', '}'].map((line) => `            ${line}\n`).join('');
   // The same CORS answers as Chipmunk's own /f/ path, on bytes and refusals alike (add_header is
   // not inherited by a location that has its own, hence the lines in each).
   const cors = createCors(o.corsOrigins ?? '*').nginx();
@@ -137,15 +149,21 @@ ${cors.http ? `\n${indent(cors.http.trim(), 4)}\n` : ''}${
     }
 ${indent(RANGE_MAP, 4)}
 
+    # The nodes. least_conn: a node busy with long uploads gets fewer new requests; the zone shares
+    # connection counts and failures (a node refusing connections is skipped for 10 s) across workers.
     upstream chipmunk_app {
-        server ${app};
-        keepalive 32;
+        zone chipmunk_app_nodes 64k;
+        least_conn;
+${app}        keepalive 32;
     }
 
     upstream chipmunk_auth {
-        server ${auth};
-        keepalive 64;
+        zone chipmunk_auth_nodes 64k;
+        least_conn;
+${auth}        keepalive 64;
     }
+
+${indent(FAILOVER, 4)}
 ${
   objects
     ? `
@@ -170,8 +188,13 @@ ${
         # nginx itself refuses NULs and encoded slashes that climb out of the root (400);
         # under /f/ that is just a file that does not exist.
         error_page 400 = /_chipmunk/bad-request;
-        error_page 502 503 504 = @chipmunk_unavailable;
+        # A request already sent on by an error_page (@chipmunk_once, @chipmunk_ranged) still gets
+        # these JSON answers when its node fails.
+        recursive_error_pages on;
+${EARLY_ERRORS.map(([status]) => `        error_page ${status} = /_chipmunk/${status};\n`).join('')}        error_page 502 503 = @chipmunk_unavailable;
+        error_page 504 = @chipmunk_timeout;
         error_page 413 = @chipmunk_too_large;
+        error_page 418 = @chipmunk_once;
         location = /_chipmunk/bad-request {
             internal;
             default_type application/json;
@@ -210,6 +233,7 @@ ${cors.preflight.map((line) => `                ${line}\n`).join('')}           
             error_page 401 403 500 = @chipmunk_refused;
             error_page 404 = @chipmunk_missing;
             error_page 405 = @chipmunk_method;
+            error_page 412 = @chipmunk_precondition_failed;
             error_page 416 = @chipmunk_unsatisfiable;
             # A missing file is an answer (404), not a server fault worth an error.log line.
             log_not_found off;
@@ -315,13 +339,21 @@ ${corsLines(12)}            if ($chipmunk_status = 401) {
             ${returnError(errors.authUnavailable())}
         }
 
+        # nginx's own 412 (If-Match or If-Unmodified-Since not met by the file it is about to send).
+        location @chipmunk_precondition_failed {
+            default_type application/json;
+            add_header Cache-Control no-store always;
+            add_header X-Content-Type-Options nosniff always;
+${corsLines(12)}            ${returnError(errors.preconditionFailed())}
+        }
+
         # Not reached by the ranges above; kept so an unforeseen 416 is still JSON.
         location @chipmunk_unsatisfiable {
             default_type application/json;
             add_header Content-Range "bytes */$chipmunk_size" always;
             add_header Cache-Control no-store always;
             add_header X-Content-Type-Options nosniff always;
-            return 416 '{"error":{"code":"RANGE_NOT_SATISFIABLE","message":"The requested range starts past the end of the file."}}';
+${corsLines(12)}            ${returnError(errors.rangeNotSatisfiable())}
         }
 
         # Chipmunk's own delivery, for the Range forms sent here by $chipmunk_range_to_app.
@@ -336,9 +368,22 @@ ${proxyToApp}
             ${returnError(errors.unavailable())}
         }
 
+        location @chipmunk_timeout {
+            default_type application/json;
+            ${returnError(errors.upstreamTimeout())}
+        }
+
+${EARLY_ERRORS.map(
+  ([status, error]) => `        location = /_chipmunk/${status} {
+            internal;
+            default_type application/json;
+            ${returnError(error)}
+        }
+`,
+).join('')}
         location @chipmunk_too_large {
             default_type application/json;
-            return 413 '{"error":{"code":"FILE_TOO_LARGE","message":"$chipmunk_too_large"}}';
+            ${returnErrorSaying(errors.tooLarge('The body is too large.'), '$chipmunk_too_large')}
         }
 
         location @chipmunk_missing {
@@ -365,17 +410,17 @@ ${corsLines(12)}            ${returnError(errors.methodNotAllowed())}
         # scrape /metrics and probe /ready on Chipmunk's own port. /health (liveness, no figures) stays.
         location = /metrics {
             default_type application/json;
-            return 404 '{"error":{"code":"NOT_FOUND","message":"Route not found."}}';
+            ${returnError(errors.notFound('Route'))}
         }
         location = /ready {
             default_type application/json;
-            return 404 '{"error":{"code":"NOT_FOUND","message":"Route not found."}}';
+            ${returnError(errors.notFound('Route'))}
         }
 
         # tus: bodies stream straight through (a PATCH may carry a whole file), and the forwarded
         # headers make Chipmunk's upload Location point back at this server.
         location /uploads {
-${proxyToApp}
+${sendOnce}${proxyToApp}
             proxy_request_buffering off;
             proxy_buffering off;
             client_max_body_size ${bodyLimit}m;
@@ -385,7 +430,7 @@ ${proxyToApp}
 
         # Whole files from a backend (multipart or base64 JSON): streamed through like tus.
         location = /v1/files {
-${proxyToApp}
+${sendOnce}${proxyToApp}
             proxy_request_buffering off;
             client_max_body_size ${filesBodyLimit}m;
             proxy_read_timeout 300s;
@@ -393,7 +438,15 @@ ${proxyToApp}
         }
 
         location / {
+${sendOnce}${proxyToApp}
+            client_max_body_size 1m;
+        }
+
+        # DELETE, PUT and the like: one node is asked, never a second (it may have acted already).
+        location @chipmunk_once {
 ${proxyToApp}
+            proxy_next_upstream off;
+            proxy_request_buffering off;
             client_max_body_size 1m;
         }
 ${extra}    }
@@ -415,6 +468,37 @@ map $http_referer $chipmunk_log_referer {
     default $http_referer;
 }
 log_format chipmunk escape=json '$remote_addr - [$time_local] "$request_method $chipmunk_log_uri $server_protocol" $status $body_bytes_sent "$chipmunk_log_referer" "$http_user_agent"';`;
+
+/**
+ * nginx's own refusals outside /f/, some made before it has read a whole request (a URI or headers
+ * over its buffers), hence URI pages rather than named locations. 494 is nginx's "headers too large".
+ */
+const EARLY_ERRORS: Array<[number, AppError]> = [
+  // The internal locations, asked for by a client.
+  [404, errors.notFound('Route')],
+  [405, errors.methodNotAllowed('This method is not served here.')],
+  [414, errors.uriTooLong()],
+  [494, errors.headersTooLarge()],
+  [500, errors.internal()],
+  [501, errors.notImplemented('Request bodies are sent as they are or chunked; no other Transfer-Encoding is supported.')],
+];
+
+/** Failover between nodes, for every proxied request including the auth subrequest. */
+const FAILOVER = String.raw`# Failover between nodes. A request no node has received (connection refused, connect timeout)
+# goes to the next node; one a node has received is sent again only if it cannot have had effects.
+# nginx itself never resends a POST or PATCH it began sending (no non_idempotent here) nor a body
+# it streamed unbuffered, but counts DELETE and PUT idempotent: those, and every method but the ones
+# below, go to @chipmunk_once, which asks one node only (a failure there is a 502 "try again").
+proxy_next_upstream error timeout;
+proxy_connect_timeout 5s;
+map $request_method $chipmunk_send_once {
+    GET 0;
+    HEAD 0;
+    OPTIONS 0;
+    POST 0;
+    PATCH 0;
+    default 1;
+}`;
 
 /**
  * Which Range headers nginx's static module may answer: the ones no stored file can refuse (a start
@@ -477,6 +561,18 @@ function objectUpstream(origin: string): { scheme: 'http' | 'https'; server: str
     // What the presigned URL was signed for: the host as the URL names it (a default port is left out).
     hostHeader: safeValue(url.host, 'the S3 endpoint'),
   };
+}
+
+/** One `server` line per node (each once), for an upstream block. */
+function servers(urls: string[], what: string): string {
+  if (urls.length === 0) throw new Error(`${what} is required.`);
+  const seen = new Set<string>();
+  for (const url of urls) {
+    const server = safeValue(hostPort(url, what), what);
+    if (seen.has(server)) throw new Error(`${what} names ${server} twice.`);
+    seen.add(server);
+  }
+  return [...seen].map((server) => `        server ${server};\n`).join('');
 }
 
 function indent(text: string, spaces: number): string {

@@ -19,19 +19,36 @@ export async function startNginx(
   t: TestChipmunk,
   opts: { authCacheSeconds?: number; extraServerConfig?: string; env?: Record<string, string> } = {},
 ): Promise<TestNginx> {
-  const prefix = await mkdtemp(path.join(tmpdir(), 'chipmunk-nginx-'));
-  // When the tests run as root, nginx's workers run as nobody: they must reach the media and the prefix.
-  await chmod(prefix, 0o755);
+  // When the tests run as root, nginx's workers run as nobody: they must reach the media.
   await chmod(t.dataDir, 0o755);
-  const port = await freePort();
   const env = {
     CHIPMUNK_DATA_DIR: t.dataDir,
     CHIPMUNK_INTERNAL_PORT: String(t.internalPort),
     CHIPMUNK_AUTH_CACHE: String(opts.authCacheSeconds ?? 5),
     ...opts.env,
   };
-  let config = nginxConfigCommand(['--listen', `127.0.0.1:${port}`, '--upstream', t.url], env);
-  if (opts.extraServerConfig) config = config.replace(/\n    }\n}\n$/, `\n${opts.extraServerConfig}\n    }\n}\n`);
+  return runNginx((listen) => {
+    const config = nginxConfigCommand(['--listen', listen, '--upstream', t.url], env);
+    return opts.extraServerConfig ? config.replace(/\n    }\n}\n$/, `\n${opts.extraServerConfig}\n    }\n}\n`) : config;
+  });
+}
+
+/**
+ * Real nginx in front of several nodes (`--upstream` and `--auth-upstream` once per node), with the
+ * media folder and settings `env` names, as operators run it.
+ */
+export async function startNginxOver(nodes: Array<{ url: string; internalUrl: string }>, env: Record<string, string>): Promise<TestNginx> {
+  if (env.CHIPMUNK_DATA_DIR) await chmod(env.CHIPMUNK_DATA_DIR, 0o755);
+  const args = nodes.flatMap((node) => ['--upstream', node.url, '--auth-upstream', node.internalUrl]);
+  return runNginx((listen) => nginxConfigCommand(['--listen', listen, ...args], env));
+}
+
+/** nginx with the config `render` gives for a free loopback port, running until close(). */
+async function runNginx(render: (listen: string) => string): Promise<TestNginx> {
+  const prefix = await mkdtemp(path.join(tmpdir(), 'chipmunk-nginx-'));
+  await chmod(prefix, 0o755);
+  const port = await freePort();
+  const config = render(`127.0.0.1:${port}`);
   const file = path.join(prefix, 'nginx.conf');
   await writeFile(file, config);
   const proc: ChildProcess = spawn(NGINX_BIN, ['-p', prefix, '-c', file, '-g', 'daemon off;'], { stdio: ['ignore', 'ignore', 'pipe'] });
