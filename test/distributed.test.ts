@@ -9,7 +9,12 @@ import { corpus, startChipmunk, storedForm, type TestChipmunk } from './helpers/
 import { createDistributedEnvironment } from './helpers/services.js';
 import { tusUpload } from './helpers/tus.js';
 import { generateTrack } from './helpers/audio.js';
-import { serverEnvironment, spawnServer } from './helpers/server-process.js';
+import { freePort, serverEnvironment, spawnServer } from './helpers/server-process.js';
+import { startNginxOver } from './helpers/nginx.js';
+import { wavHeader } from './helpers/wav.js';
+import pg from 'pg';
+import { Upload } from 'tus-js-client';
+import { randomBytes } from 'node:crypto';
 
 // Two Chipmunk nodes on one PostgreSQL and one bucket (real PostgreSQL, real Ceph RGW): what one
 // node commits, the other serves, deletes, and is told about.
@@ -136,6 +141,81 @@ describe('a node that dies', () => {
       dying.proc.kill('SIGKILL');
       await survivor?.close();
       await rm(dataDir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('two nodes behind the rendered nginx', () => {
+  it('a tus upload in 5 MB chunks whose node is killed mid-PATCH finishes through the other node, byte-identical', async () => {
+    const nodes = await Promise.all(
+      ['left', 'right'].map(async (name) => {
+        const internalPort = await freePort();
+        const { dataDir, env } = await serverEnvironment(name, { ...distributed.env, CHIPMUNK_INTERNAL_PORT: String(internalPort) });
+        return { dataDir, env, server: await spawnServer(env), internalUrl: `http://127.0.0.1:${internalPort}` };
+      }),
+    );
+    const nginx = await startNginxOver(
+      nodes.map((n) => ({ url: n.server.url, internalUrl: n.internalUrl })),
+      { ...distributed.env, CHIPMUNK_DATA_DIR: nodes[0]!.dataDir },
+    );
+    const admin = new pg.Client({ connectionString: distributed.env.CHIPMUNK_DATABASE_URL });
+    await admin.connect();
+    try {
+      // Not a photo, so the stored original is the bytes sent.
+      const data = Buffer.concat([wavHeader(16 * 1024 * 1024), randomBytes(16 * 1024 * 1024)]);
+      const token = await signUploadToken(distributed.env.CHIPMUNK_SECRET!, { userId: 'phoenix', purpose: 'audio', expiresIn: 600 });
+      let killed: number | undefined;
+      const result = await new Promise<{ ok: boolean; body?: FileJson; error?: Error }>((resolve) => {
+        const upload = new Upload(data, {
+          endpoint: `${nginx.url}/uploads`,
+          chunkSize: 5 * 1024 * 1024,
+          retryDelays: [100, 500, 1000, 2000, 4000],
+          headers: { Authorization: `Bearer ${token.token}` },
+          metadata: { filename: 'phoenix.wav' },
+          onProgress: (sent) => {
+            // Mid-body of the second chunk: the node holding the upload's tus lock is the one receiving it.
+            if (killed !== undefined || sent < 7 * 1024 * 1024) return;
+            killed = 0;
+            void (async () => {
+              // The PATCH takes the lock as it starts: asked until it shows.
+              for (let i = 0; i < 200; i++) {
+                const { rows } = await admin.query<{ name: string }>(
+                  "SELECT a.application_name AS name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND a.application_name LIKE 'chipmunk-tus %'",
+                );
+                const node = nodes.find((n) => rows.some((r) => Number(r.name.split(' ')[1]) === n.server.proc.pid));
+                if (node) {
+                  killed = node.server.proc.pid;
+                  node.server.proc.kill('SIGKILL');
+                  return;
+                }
+                await new Promise((r) => setTimeout(r, 10));
+              }
+              throw new Error("no node took the upload's lock");
+            })().catch((error: Error) => resolve({ ok: false, error }));
+          },
+          onSuccess: (payload) => resolve({ ok: true, body: JSON.parse(payload.lastResponse.getBody()) as FileJson }),
+          onError: (error) => resolve({ ok: false, error }),
+        });
+        upload.start();
+      });
+      if (!result.ok) throw result.error;
+      expect(killed).toBeGreaterThan(0);
+      const survivor = nodes.find((n) => n.server.proc.pid !== killed)!;
+      expect(survivor.server.proc.exitCode).toBeNull();
+      const file = result.body!;
+      const original = await fetch(`${survivor.server.url}/v1/files/${file.id}`, { headers: { authorization: `Bearer ${distributed.env.CHIPMUNK_API_KEY}` } });
+      const described = (await original.json()) as FileJson;
+      const bytes = Buffer.from(await (await fetch(described.variants[0]!.url.replace(survivor.server.url, nginx.url))).arrayBuffer());
+      expect(bytes.length).toBe(data.length);
+      expect(bytes.equals(data)).toBe(true);
+    } finally {
+      await admin.end();
+      await nginx.close();
+      for (const n of nodes) {
+        n.server.proc.kill('SIGKILL');
+        await n.server.exited;
+        await rm(n.dataDir, { recursive: true, force: true });
+      }
     }
   });
 });

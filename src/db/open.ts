@@ -103,7 +103,12 @@ function openPostgres(url: string, hooks: PersistenceHooks, opts: { webhooksEnab
     },
     onDeliverablesChanged: (fileId) => repo.deliverablesChanged(fileId),
   });
-  const locker = new PgLocker({ url, onSessionLost: (err) => hooks.onWarning?.('the tus lock session was lost; its locks are gone', { err }) });
+  // Named by process, so an operator (or a test) can see in pg_stat_activity which node holds an upload's lock.
+  const locker = new PgLocker({
+    url,
+    applicationName: `chipmunk-tus ${process.pid}`,
+    onSessionLost: (err) => hooks.onWarning?.('the tus lock session was lost; its locks are gone', { err }),
+  });
   let closed = false;
   return {
     kind: 'postgres',
