@@ -1,5 +1,8 @@
 import { describe, expect, it } from 'vitest';
-import { ConfigError, parseDistributedSettings } from '../src/config.js';
+import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { ConfigError, loadConfig, parseDistributedSettings } from '../src/config.js';
 
 describe('distributed-mode settings (CHIPMUNK_DATABASE_URL, CHIPMUNK_S3_*)', () => {
   it('are off by default: SQLite and the local folder', () => {
@@ -55,5 +58,20 @@ describe('distributed-mode settings (CHIPMUNK_DATABASE_URL, CHIPMUNK_S3_*)', () 
   ])('stop start-up with a sentence naming %s', (name, env) => {
     expect(() => parseDistributedSettings(env)).toThrow(ConfigError);
     expect(() => parseDistributedSettings(env)).toThrow(new RegExp(`Invalid environment variable ${name}`));
+  });
+
+  it('with PostgreSQL, refuse to start on secrets of their own: every node must share them', async () => {
+    const dataDir = await mkdtemp(path.join(tmpdir(), 'chipmunk-distributed-config-'));
+    try {
+      const base = { CHIPMUNK_DATA_DIR: dataDir, CHIPMUNK_DATABASE_URL: 'postgres://db/chipmunk' };
+      expect(() => loadConfig(base)).toThrow(/set CHIPMUNK_SECRET and CHIPMUNK_API_KEY explicitly/);
+      expect(() => loadConfig({ ...base, CHIPMUNK_SECRET: 'x'.repeat(40) })).toThrow(ConfigError);
+      // Nothing generated on the way: no secrets file for another node to miss.
+      expect(await readdir(dataDir)).toEqual([]);
+      const config = loadConfig({ ...base, CHIPMUNK_SECRET: 'x'.repeat(40), CHIPMUNK_API_KEY: 'k'.repeat(32) });
+      expect(config.databaseUrl).toBe('postgres://db/chipmunk');
+    } finally {
+      await rm(dataDir, { recursive: true, force: true });
+    }
   });
 });

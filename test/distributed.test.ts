@@ -2,6 +2,7 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { signUploadToken } from '../src/auth/upload-tokens.js';
+import { fsckCommand } from '../src/ops/fsck-command.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { FileJson } from '../src/routes/schemas.js';
 import { creationBudget } from '../src/services/budget.js';
@@ -100,6 +101,17 @@ describe('two nodes on PostgreSQL and S3', () => {
     expect(user.reservedBytes).toBe(0);
     const report = await a.chipmunk.inspect.fsck({ live: true });
     expect(report.problems).toEqual([]);
+  });
+
+  it('chipmunk fsck beside live nodes only reads; --repair is refused while any node is connected', async () => {
+    const toolDir = await mkdtemp(path.join(tmpdir(), 'chipmunk-fsck-tool-'));
+    try {
+      const env = { ...distributed.env, CHIPMUNK_DATA_DIR: toolDir, CHIPMUNK_LOG_LEVEL: 'silent' };
+      expect(await fsckCommand([], env)).toBe(0);
+      expect(await fsckCommand(['--repair'], env)).toBe(2);
+    } finally {
+      await rm(toolDir, { recursive: true, force: true });
+    }
   });
 });
 
