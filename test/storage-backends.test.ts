@@ -102,7 +102,8 @@ describe.each(backends)('media blobs in the %s', (name, open) => {
     const names = await t.chipmunk.storage.listNames(track.id);
     expect(names).toEqual(expect.arrayContaining(['0.flac', '1.webm', '2.m4a', 'waveform.json', 'cover-0.png', 'cover-1.webp']));
     expect(names.sort()).toEqual((await t.chipmunk.inspect.variants(track.id)).map((v) => v.path).sort());
-    expect(await filesUnder(path.join(t.dataDir, 'work'))).toEqual([]);
+    // The job answers ready when it commits, then clears its scratch folder.
+    await expect.poll(() => filesUnder(path.join(t.dataDir, 'work'))).toEqual([]);
     // The rendition is a real, playable stream of the track's length, served back byte for byte.
     const rendition = variant(track, 1);
     const res = await fetch(at(rendition.url));
