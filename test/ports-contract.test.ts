@@ -938,6 +938,22 @@ describe('persistence ports on postgres only', () => {
     expect(second!.fileId).toBe('s2');
   });
 
+  it('a per-user limit counts the running jobs of every node: a user at the limit on another node waits, others go', async () => {
+    const limit = { at: Number.MAX_SAFE_INTEGER, afterUser: '', busyUsers: [] as string[], perUserLimit: 1 };
+    for (const [f, u] of [
+      ['p1', 'uFair1'],
+      ['p2', 'uFair1'],
+      ['p3', 'uFair2'],
+    ])
+      await h.uow.ports.jobs.enqueue({ type: 'fair', fileId: f!, userId: u! });
+    // One node runs uFair1's first job; the other node, which runs nothing of uFair1's itself, must skip her.
+    expect(await h.uow.ports.jobs.claim(['fair'], limit)).toMatchObject({ fileId: 'p1' });
+    expect(await h.other.ports.jobs.claim(['fair'], limit)).toMatchObject({ fileId: 'p3' });
+    expect(await h.other.ports.jobs.claim(['fair'], limit)).toBeUndefined();
+    // Without the limit (one node's view only), the same claim would have taken her second job.
+    expect(await h.other.ports.jobs.claim(['fair'], { ...limit, perUserLimit: undefined })).toMatchObject({ fileId: 'p2' });
+  });
+
   it('a unit PostgreSQL aborts as a deadlock runs again and commits', async () => {
     const a = (await h.uow.ports.uploads.reserve(reserveFor('d1'))) as { file: FileRow };
     const b = (await h.uow.ports.uploads.reserve(reserveFor('d2'))) as { file: FileRow };

@@ -152,6 +152,18 @@ export const storedStatuses = ['received', 'processing', 'ready', 'failed'] as c
 /** The job type of a webhook delivery (outbox rows are jobs of this type). */
 export const WEBHOOK_JOB = 'webhook.deliver';
 
+export type ClaimOptions = {
+  at: number;
+  afterUser: string;
+  /** Users this runner already runs its per-user limit of jobs for. */
+  busyUsers: readonly string[];
+  /**
+   * The same limit counted over every node's running jobs of these types (PostgreSQL, several nodes);
+   * on one node `busyUsers` says it all.
+   */
+  perUserLimit?: number;
+};
+
 export type NewJob = { type: string; fileId: string; userId: string; payload?: string | null; runAfter?: number };
 
 export interface JobQueue {
@@ -161,7 +173,7 @@ export interface JobQueue {
    * Takes one due job and marks it running, round-robin by user: the first user after `afterUser`
    * (in id order) that is not in `busyUsers`, wrapping around.
    */
-  claim(types: readonly string[], opts: { at: number; afterUser: string; busyUsers: readonly string[] }): Promise<JobRow | undefined>;
+  claim(types: readonly string[], opts: ClaimOptions): Promise<JobRow | undefined>;
   finish(id: number, outcome: { state: 'done' | 'failed'; error?: string }): Promise<void>;
   requeue(id: number, opts: { runAfter: number; error?: string | null; refundAttempt?: boolean }): Promise<void>;
   /** Jobs a killed process left running go back to the queue. */

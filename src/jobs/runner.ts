@@ -84,7 +84,7 @@ export function createJobRunner(opts: JobRunnerOptions) {
   async function pump(): Promise<void> {
     try {
       while (running.size < opts.concurrency && !closing) {
-        const job = await jobs.claim(types, { at: Date.now(), afterUser: lastUser, busyUsers: busyUsers() });
+        const job = await jobs.claim(types, { at: Date.now(), afterUser: lastUser, busyUsers: busyUsers(), perUserLimit });
         if (!job) break;
         lastUser = job.userId;
         const controller = new AbortController();

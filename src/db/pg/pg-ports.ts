@@ -321,7 +321,7 @@ function bindPorts(db: PgDb, effects: Effects, opts: PgPortsOptions): Ports {
       return row!;
     },
 
-    async claim(types, { at, afterUser, busyUsers }) {
+    async claim(types, { at, afterUser, busyUsers, perUserLimit }) {
       // Round-robin: users after `afterUser` first (in byte order), then wrapping around; a job another
       // node is claiming right now is skipped rather than waited for.
       const [next] = await db
@@ -333,6 +333,10 @@ function bindPorts(db: PgDb, effects: Effects, opts: PgPortsOptions): Ports {
             lte(jobs.runAfter, at),
             inArray(jobs.type, [...types]),
             busyUsers.length ? notInArray(jobs.userId, [...busyUsers]) : undefined,
+            // Fair across nodes: a user whose jobs already fill the limit on all nodes together waits.
+            perUserLimit === undefined
+              ? undefined
+              : sql`${jobs.userId} not in (select r.user_id from jobs r where r.state = 'running' and r.type in ${[...types]} group by r.user_id having count(*) >= ${perUserLimit})`,
           ),
         )
         .orderBy(sql`${byteOrder(jobs.userId)} > ${afterUser} desc`, byteOrder(jobs.userId), asc(jobs.runAfter), asc(jobs.id))
