@@ -35,3 +35,16 @@ export const backends: Backend[] = [
     },
   },
 ];
+
+/** A stored blob's bytes, read through the server's BlobStorage (the media folder or the bucket). */
+export async function readBlob(t: TestChipmunk, fileId: string, name: string): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of t.chipmunk.storage.read(fileId, name)) chunks.push(chunk as Buffer);
+  return Buffer.concat(chunks);
+}
+
+/** True when the file's one folder (its key prefix on object storage) holds anything. */
+export const hasFolder = async (t: TestChipmunk, fileId: string) => (await t.chipmunk.storage.listNames(fileId)).length > 0;
+
+/** Ids of the unfinished uploads in the upload area, wherever it is (the data directory or the bucket). */
+export const uploadAreaIds = async (t: TestChipmunk) => [...(await t.chipmunk.area.list()).keys()];
