@@ -23,6 +23,7 @@ export const backends: Backend[] = [
         const t = await startChipmunk({ ...distributed.env, ...env }, opts);
         return {
           ...t,
+          serviceEnv: distributed.env,
           async close() {
             await t.close();
             await distributed.drop();

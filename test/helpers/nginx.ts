@@ -25,6 +25,7 @@ export async function startNginx(
   await chmod(t.dataDir, 0o755);
   const port = await freePort();
   const env = {
+    ...t.serviceEnv,
     CHIPMUNK_DATA_DIR: t.dataDir,
     CHIPMUNK_INTERNAL_PORT: String(t.internalPort),
     CHIPMUNK_AUTH_CACHE: String(opts.authCacheSeconds ?? 5),
