@@ -152,6 +152,12 @@ export const storedStatuses = ['received', 'processing', 'ready', 'failed'] as c
 /** The job type of a webhook delivery (outbox rows are jobs of this type). */
 export const WEBHOOK_JOB = 'webhook.deliver';
 
+/**
+ * A job's run time as both backends store it: a whole millisecond, rounded up (never earlier than
+ * asked). Retry delays carry jitter, and PostgreSQL's bigint refuses a fraction.
+ */
+export const wholeMs = (at: number) => Math.ceil(at);
+
 export type NewJob = { type: string; fileId: string; userId: string; payload?: string | null; runAfter?: number };
 
 export interface JobQueue {
