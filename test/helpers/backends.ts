@@ -11,28 +11,54 @@ import { createDistributedEnvironment } from './services.js';
 export type Backend = {
   name: 'embedded' | 'distributed';
   start(env?: Record<string, string>, opts?: ChipmunkOptions & { dataDir?: string }): Promise<TestChipmunk>;
+  /**
+   * A new Chipmunk on what a stopped one (`stop()`) left: its data directory and, when distributed,
+   * its database and bucket (its `close()` then removes them).
+   */
+  restart(previous: TestChipmunk, env?: Record<string, string>, opts?: ChipmunkOptions): Promise<TestChipmunk>;
 };
 
+/** The distributed environments still in use, by their env object, so a restart can take one over. */
+const dropsByEnv = new WeakMap<Record<string, string>, () => Promise<void>>();
+
+/** A test Chipmunk whose `close()` also removes its distributed environment. */
+function owningEnvironment(t: TestChipmunk, serviceEnv: Record<string, string>, drop: () => Promise<void>): TestChipmunk {
+  dropsByEnv.set(serviceEnv, drop);
+  return {
+    ...t,
+    serviceEnv,
+    async close() {
+      await t.close();
+      dropsByEnv.delete(serviceEnv);
+      await drop();
+    },
+  };
+}
+
 export const backends: Backend[] = [
-  { name: 'embedded', start: (env, opts) => startChipmunk(env, opts) },
+  {
+    name: 'embedded',
+    start: (env, opts) => startChipmunk(env, opts),
+    restart: (previous, env, opts) => startChipmunk(env, { ...opts, dataDir: previous.dataDir }),
+  },
   {
     name: 'distributed',
     async start(env = {}, opts = {}) {
       const distributed = await createDistributedEnvironment('suite');
       try {
         const t = await startChipmunk({ ...distributed.env, ...env }, opts);
-        return {
-          ...t,
-          serviceEnv: distributed.env,
-          async close() {
-            await t.close();
-            await distributed.drop();
-          },
-        };
+        return owningEnvironment(t, distributed.env, distributed.drop);
       } catch (err) {
         await distributed.drop();
         throw err;
       }
+    },
+    async restart(previous, env = {}, opts = {}) {
+      const serviceEnv = previous.serviceEnv!;
+      const drop = dropsByEnv.get(serviceEnv);
+      if (!drop) throw new Error('restart: the previous Chipmunk was closed (its database and bucket are gone); stop() it instead');
+      const t = await startChipmunk({ ...serviceEnv, ...env }, { ...opts, dataDir: previous.dataDir });
+      return owningEnvironment(t, serviceEnv, drop);
     },
   },
 ];
