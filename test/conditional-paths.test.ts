@@ -1,13 +1,14 @@
 import { readFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { corpus, startChipmunk, type TestChipmunk } from './helpers/chipmunk.js';
+import { backends } from './helpers/backends.js';
+import { corpus, type TestChipmunk } from './helpers/chipmunk.js';
 import { startNginx, type TestNginx } from './helpers/nginx.js';
 
 // Conditional and range requests answered alike by Chipmunk alone and by the rendered nginx (its
 // static module decides there): the same status and Content-Range for each combination of
 // If-None-Match, If-Modified-Since, Range and If-Range a browser or a player sends.
 
-describe('conditional requests on both delivery paths', () => {
+describe.each(backends)('conditional requests on both delivery paths: $name', (backend) => {
   let t: TestChipmunk;
   let nginx: TestNginx;
   let url: string;
@@ -16,7 +17,7 @@ describe('conditional requests on both delivery paths', () => {
   let size: number;
 
   beforeAll(async () => {
-    t = await startChipmunk();
+    t = await backend.start();
     nginx = await startNginx(t);
     const form = new FormData();
     form.append('userId', 'conditional');

@@ -619,6 +619,14 @@ describe.each([
       expect(await jobsOf('f1')).toEqual([expect.objectContaining({ state: 'done', error: null })]);
     });
 
+    it('keeps a fractional run time (a retry delay with jitter) as the next whole millisecond', async () => {
+      const job = await h.uow.ports.jobs.enqueue({ type: 'process', fileId: 'f1', userId: 'u1', runAfter: 10.25 });
+      expect(await jobsOf('f1')).toEqual([expect.objectContaining({ runAfter: 11 })]);
+      await h.uow.ports.jobs.claim(['process'], claimAll);
+      await h.uow.ports.jobs.requeue(job.id, { runAfter: 1_796_150_620_460.1938, error: 'receiver answered 503' });
+      expect(await jobsOf('f1')).toEqual([expect.objectContaining({ state: 'queued', runAfter: 1_796_150_620_461 })]);
+    });
+
     it('an attempt refunded from zero stays at zero', async () => {
       const job = await h.uow.ports.jobs.enqueue({ type: 'process', fileId: 'f1', userId: 'u1' });
       await h.uow.ports.jobs.claim(['process'], claimAll);

@@ -7,7 +7,8 @@ import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { orientationOnlyTiff, stripLosslessly } from '../src/media/metadata.js';
 import { waitForFile } from './helpers/audio.js';
-import { corpus, startChipmunk, type TestChipmunk } from './helpers/chipmunk.js';
+import { backends } from './helpers/backends.js';
+import { corpus, type TestChipmunk } from './helpers/chipmunk.js';
 import { startNginx, type TestNginx } from './helpers/nginx.js';
 
 // What is served under /f/ says nothing about where, when or with what a photo was taken: every
@@ -52,12 +53,12 @@ async function upload(t: TestChipmunk, file: string, userId: string, purpose: st
 
 const photos = ['gps-tagged-samsung.jpg', 'landscape-leaf-jolla-8mp.jpg', 'landscape-canon-adobergb-2mp.jpg', 'person-headshot-canon.jpg'];
 
-describe('served bytes carry no location or device metadata', () => {
+describe.each(backends)('served bytes carry no location or device metadata: $name', (backend) => {
   let t: TestChipmunk;
   let nginx: TestNginx;
 
   beforeAll(async () => {
-    t = await startChipmunk({
+    t = await backend.start({
       CHIPMUNK_PURPOSES_FILE: await purposesFile({ kyc: { kinds: ['image'], maxBytes: 20_000_000, visibility: 'public', original: 'private' } }),
     });
     nginx = await startNginx(t, { authCacheSeconds: 0 });

@@ -1,7 +1,8 @@
 import { SignJWT } from 'jose';
 import { readFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { corpus, startChipmunk, type TestChipmunk } from './helpers/chipmunk.js';
+import { backends } from './helpers/backends.js';
+import { corpus, type TestChipmunk } from './helpers/chipmunk.js';
 import { tusUpload } from './helpers/tus.js';
 
 // Upload tokens have server-side bounds: their claims pass the same user-id and purpose schemas as
@@ -10,11 +11,11 @@ import { tusUpload } from './helpers/tus.js';
 
 type ErrorJson = { error: { code: string; message: string } };
 
-describe('upload token bounds', () => {
+describe.each(backends)('upload token bounds: $name', (backend) => {
   let t: TestChipmunk;
   let photo: Buffer;
   beforeAll(async () => {
-    t = await startChipmunk({ CHIPMUNK_UPLOAD_TOKEN_MAX_AGE: '86400' });
+    t = await backend.start({ CHIPMUNK_UPLOAD_TOKEN_MAX_AGE: '86400' });
     photo = await readFile(corpus('images/photos/portrait-canal.jpg'));
   });
   afterAll(() => t?.close());

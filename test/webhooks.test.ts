@@ -2,7 +2,8 @@ import { createHmac, timingSafeEqual } from 'node:crypto';
 import { createServer, type Server } from 'node:http';
 import { readFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { corpus, startChipmunk, storedForm } from './helpers/chipmunk.js';
+import { backends } from './helpers/backends.js';
+import { corpus, storedForm } from './helpers/chipmunk.js';
 import { tusUpload } from './helpers/tus.js';
 import { creationBudget } from '../src/services/budget.js';
 
@@ -52,10 +53,14 @@ beforeAll(async () => {
 });
 afterAll(() => new Promise<void>((resolve) => receiver.close(() => resolve())));
 
-describe('webhooks', () => {
+describe.each(backends)('webhooks: $name', (backend) => {
   it('delivers signed file.ready, file.deleted and quota.exceeded, retrying after a failure and across a restart', async () => {
+    // The receiver is shared by both backends' runs: each starts with it empty and answering.
+    received.length = 0;
+    failNext = 0;
+    refuseAll = false;
     const env = { CHIPMUNK_WEBHOOK_URL: receiverUrl, CHIPMUNK_WEBHOOK_SECRET: webhookSecret, CHIPMUNK_WEBHOOK_BACKOFF: '0.05' };
-    let t = await startChipmunk(env);
+    let t = await backend.start(env);
     const photo = await readFile(corpus('images/photos/portrait-canal.jpg'));
     const token = await t.uploadToken('wes', 'image');
 
@@ -91,7 +96,7 @@ describe('webhooks', () => {
     await t.stop();
     const attemptsBefore = received.filter((r) => r.event === 'quota.exceeded').length;
     refuseAll = false;
-    t = await startChipmunk(env, { dataDir: t.dataDir });
+    t = await backend.restart(t, env);
     await expect.poll(() => received.filter((r) => r.event === 'quota.exceeded').length).toBe(attemptsBefore + 1);
     const quota = received.filter((r) => r.event === 'quota.exceeded').at(-1)!;
     expect(quota.verified).toBe(true);

@@ -164,6 +164,12 @@ export type ClaimOptions = {
   perUserLimit?: number;
 };
 
+/**
+ * A job's run time as both backends store it: a whole millisecond, rounded up (never earlier than
+ * asked). Retry delays carry jitter, and PostgreSQL's bigint refuses a fraction.
+ */
+export const wholeMs = (at: number) => Math.ceil(at);
+
 export type NewJob = { type: string; fileId: string; userId: string; payload?: string | null; runAfter?: number };
 
 export interface JobQueue {

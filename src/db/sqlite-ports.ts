@@ -8,6 +8,7 @@ import {
   committedFileRow,
   newUploadRow,
   storedStatuses,
+  wholeMs,
   type CommitInput,
   type FileCatalogue,
   type JobQueue,
@@ -282,7 +283,7 @@ export function createSqlitePorts(db: Db, opts: SqlitePortsOptions): UnitOfWork 
           type: job.type,
           payload: job.payload ?? null,
           state: 'queued',
-          runAfter: job.runAfter ?? at,
+          runAfter: wholeMs(job.runAfter ?? at),
           createdAt: at,
           updatedAt: at,
         })
@@ -320,7 +321,7 @@ export function createSqlitePorts(db: Db, opts: SqlitePortsOptions): UnitOfWork 
       db.update(jobs)
         .set({
           state: 'queued',
-          runAfter: o.runAfter,
+          runAfter: wholeMs(o.runAfter),
           error: o.error ?? null,
           attempts: o.refundAttempt ? sql`max(0, ${jobs.attempts} - 1)` : jobs.attempts,
           updatedAt: now(),

@@ -173,9 +173,10 @@ ${
         keepalive 32;
     }
 
-    # nginx does not evaluate conditional requests on proxied answers: those, and HEAD (the
-    # presigned URL is for GET), are answered by Chipmunk from the same object.
-    map "$request_method:$http_if_none_match$http_if_modified_since$http_if_range" $chipmunk_object_to_app {
+    # nginx does not evaluate conditional requests on proxied answers: those (every precondition
+    # header, If-Match and If-Unmodified-Since included), and HEAD (the presigned URL is for GET),
+    # are answered by Chipmunk from the same object.
+    map "$request_method:$http_if_none_match$http_if_modified_since$http_if_range$http_if_match$http_if_unmodified_since" $chipmunk_object_to_app {
         "GET:" 0;
         default 1;
     }

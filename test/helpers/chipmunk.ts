@@ -15,6 +15,11 @@ export type TestChipmunk = {
   apiKey: string;
   secret: string;
   dataDir: string;
+  /**
+   * The settings naming the shared services a distributed Chipmunk runs on (database, bucket,
+   * secrets), which nginx's rendered config and other nodes need too; undefined when embedded.
+   */
+  serviceEnv?: Record<string, string>;
   /** Calls the /v1 API with the API key. */
   api(pathname: string, init?: RequestInit & { json?: unknown }): Promise<Response>;
   uploadToken(userId: string, purpose: string, expiresIn?: number): Promise<string>;

@@ -22,6 +22,7 @@ export async function startNginx(
   // When the tests run as root, nginx's workers run as nobody: they must reach the media.
   await chmod(t.dataDir, 0o755);
   const env = {
+    ...t.serviceEnv,
     CHIPMUNK_DATA_DIR: t.dataDir,
     CHIPMUNK_INTERNAL_PORT: String(t.internalPort),
     CHIPMUNK_AUTH_CACHE: String(opts.authCacheSeconds ?? 5),

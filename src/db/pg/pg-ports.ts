@@ -9,6 +9,7 @@ import {
   committedFileRow,
   newUploadRow,
   storedStatuses,
+  wholeMs,
   type CommitInput,
   type FileCatalogue,
   type JobQueue,
@@ -313,7 +314,7 @@ function bindPorts(db: PgDb, effects: Effects, opts: PgPortsOptions): Ports {
           type: job.type,
           payload: job.payload ?? null,
           state: 'queued',
-          runAfter: job.runAfter ?? at,
+          runAfter: wholeMs(job.runAfter ?? at),
           createdAt: at,
           updatedAt: at,
         })
@@ -366,7 +367,7 @@ function bindPorts(db: PgDb, effects: Effects, opts: PgPortsOptions): Ports {
         .update(jobs)
         .set({
           state: 'queued',
-          runAfter: o.runAfter,
+          runAfter: wholeMs(o.runAfter),
           error: o.error ?? null,
           attempts: o.refundAttempt ? sql`greatest(0, ${jobs.attempts} - 1)` : jobs.attempts,
           updatedAt: now(),
