@@ -24,6 +24,8 @@ import { declaredChunkLength, expectedChunkChecksum, TUS_EXTENSIONS } from './tu
 
 /** Part size of the multipart upload; a PATCH body is cut into parts of this size (S3's minimum is 5 MiB). */
 export const S3_PART_BYTES = 8 * 1024 * 1024;
+/** The largest PATCH body sent to the bucket as one part (lost whole if the client is cut mid-body). */
+const MAX_DIRECT_PART_BYTES = 4 * S3_PART_BYTES;
 /** Upload records kept in memory per node; a record never changes after creation (no deferred length). */
 const CACHED_RECORDS = 1000;
 
@@ -94,8 +96,8 @@ export class ChipmunkS3Store extends S3Store {
   }
 
   /**
-   * The common case without a local pass: a PATCH whose declared body is at least a part (or the
-   * upload's last bytes), starting on a part boundary (no tail pending), streams straight into one
+   * The common case without a local pass: a PATCH whose declared body is one to four parts (or the
+   * upload's last bytes, a part or more), starting on a part boundary (no tail pending), streams straight into one
    * UploadPart of that length, as a client's own multipart upload would (the stock store first
    * spools every part to a temporary file). A body that ends short fails the part, so nothing of it
    * is applied and the client resumes from the offset it had. Undefined: not this case (the stock
@@ -110,6 +112,10 @@ export class ChipmunkS3Store extends S3Store {
     const final = offset + length === size;
     // Parts no smaller than the stock store would cut keep every upload within S3's 10,000 parts.
     if (!final && length < this.calcOptimalPartSize(size)) return undefined;
+    // What a cut would throw away stays small: a short last chunk, or a chunk larger than a few parts
+    // (one PATCH of a whole 500 MB file from a phone), takes the stock path, which keeps what arrived
+    // part by part, its tail included (tus: the server SHOULD keep the bytes of a cut PATCH).
+    if ((final && length < S3_PART_BYTES) || length > MAX_DIRECT_PART_BYTES) return undefined;
     if ((await this.getIncompletePartSize(id)) !== undefined) return undefined;
     const parts = await this.retrieveParts(id);
     const partNumber = (parts.at(-1)?.PartNumber ?? 0) + 1;

@@ -1,3 +1,4 @@
+import { fileIdPattern } from '../ids.js';
 import { Server, EVENTS, MemoryLocker, type DataStore, type Locker } from '@tus/server';
 import { chmod } from 'node:fs/promises';
 import path from 'node:path';
@@ -70,6 +71,12 @@ export const localTusDatastore =
   (directory: string): TusDatastoreFactory =>
   ({ expiryMs, onBytes }) =>
     new CountingFileStore({ directory, expirationPeriodInMilliseconds: expiryMs }, onBytes);
+
+/** The upload id of a tus URL (`/uploads/<id>`), or undefined. */
+function uploadIdOf(url: string): string | undefined {
+  const last = new URL(url, 'http://x').pathname.split('/').pop() ?? '';
+  return fileIdPattern.test(last) ? last : undefined;
+}
 
 export function createTusServer(deps: TusDeps): { server: Server; uploadPath: (id: string) => string; discardUpload: (id: string) => Promise<void> } {
   const { repo, uploads, files, logger, area } = deps;
@@ -184,8 +191,26 @@ export function createTusServer(deps: TusDeps): { server: Server; uploadPath: (i
       }
     },
 
-    onResponseError(req, err) {
+    async onResponseError(req, err) {
       const appError = toAppError(err);
+      // A twin of a final PATCH that reached the store after the winner completed and removed the upload
+      // finds no upload there (a bucket says so with a store error): the upload is complete, not broken.
+      // While the winner is between completing the upload in the bucket and recording it, the twin's
+      // store calls find the multipart upload gone (NoSuchUpload/NoSuchKey): the same conflict.
+      const storeAbsent = ['NoSuchKey', 'NoSuchUpload'].includes((err as { name?: string }).name ?? '');
+      if (req.method === 'PATCH' && (appError.status >= 500 || appError.status === 404)) {
+        const id = uploadIdOf(req.url);
+        const file = id ? await repo.getFile(id).catch(() => undefined) : undefined;
+        if (file && file.status !== 'deleting' && (file.status !== 'uploading' || storeAbsent)) {
+          return toTusError(
+            errors.uploadConflict(
+              file.status === 'uploading'
+                ? 'This upload is being completed by another request: ask HEAD for its state.'
+                : 'This upload is complete; it takes no more bytes.',
+            ),
+          );
+        }
+      }
       if (appError.status >= 500) logger.error('tus request failed', { method: req.method, err });
       return toTusError(appError);
     },
