@@ -96,7 +96,6 @@ describe.each(backends)('$name', (backend) => {
         for (const res of results) {
           answers.set(res.status, (answers.get(res.status) ?? 0) + 1);
           // The one with the bytes is answered the file; a twin the file too, or 409 while bytes were still arriving.
-          if (res.status === 500) console.log("DEBUG500", res.headers.get("upload-offset"), await res.clone().text());
           expect([200, 409]).toContain(res.status);
           const body = (await res.json()) as FileJson | { error: { code: string } };
           if (res.status === 200) expect((body as FileJson).id).toBe(id);
