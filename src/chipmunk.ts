@@ -330,7 +330,18 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
   const recoveryPart: Part = {
     name: 'start-up recovery',
     async start() {
-      recovery = await recoverAtStartup({ repo, uow, storage, area, received, uploads, files, logger, audioJob: AUDIO_JOB });
+      recovery = await recoverAtStartup({
+        repo,
+        uow,
+        storage,
+        area,
+        received,
+        uploads,
+        files,
+        logger,
+        audioJob: AUDIO_JOB,
+        shared: persistence.kind === 'postgres',
+      });
       if (mediaTools.ffmpeg) logger.info('ffmpeg found', mediaTools.ffmpeg);
       else logger.warn('ffmpeg unavailable', { reason: mediaTools.ffmpegMissing });
     },

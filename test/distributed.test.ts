@@ -103,6 +103,36 @@ describe('two nodes on PostgreSQL and S3', () => {
     expect(report.problems).toEqual([]);
   });
 
+  it('a node starting beside a live one leaves the other node’s fresh uploads alone (no byte yet is not abandoned)', async () => {
+    const token = await a.uploadToken('newcomer', 'image');
+    const created = await fetch(`${a.url}/uploads`, {
+      method: 'POST',
+      headers: {
+        'Tus-Resumable': '1.0.0',
+        'Upload-Length': String(photo.length),
+        authorization: `Bearer ${token}`,
+        'Upload-Metadata': 'filetype aW1hZ2UvanBlZw==',
+      },
+    });
+    expect(created.status).toBe(201);
+    const url = new URL(created.headers.get('location')!, a.url).toString();
+    const late = await startChipmunk(distributed.env);
+    try {
+      expect(late.chipmunk.recovery?.uploadsSettled).toBe(0);
+      const head = await fetch(url, { method: 'HEAD', headers: { 'Tus-Resumable': '1.0.0' } });
+      expect(head.status).toBe(200);
+      expect(head.headers.get('upload-offset')).toBe('0');
+      const done = await fetch(url, {
+        method: 'PATCH',
+        headers: { 'Tus-Resumable': '1.0.0', 'Upload-Offset': '0', 'Content-Type': 'application/offset+octet-stream' },
+        body: new Uint8Array(photo),
+      });
+      expect(done.status).toBe(200);
+    } finally {
+      await late.close();
+    }
+  });
+
   it('chipmunk fsck beside live nodes only reads; --repair is refused while any node is connected', async () => {
     const toolDir = await mkdtemp(path.join(tmpdir(), 'chipmunk-fsck-tool-'));
     try {

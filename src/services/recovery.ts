@@ -50,6 +50,12 @@ export type RecoveryDeps = {
   logger: Logger;
   /** The job that makes a committed track's renditions. */
   audioJob: string;
+  /**
+   * Other nodes may be running on the same database and bucket (distributed mode): an upload with no
+   * byte yet, or bytes with no row yet, may be theirs right now. Those are left to the time-based
+   * sweeps (idle expiry) and to `chipmunk fsck --repair`, never released on a guess at start-up.
+   */
+  shared?: boolean;
 };
 
 const PAGE = 500;
@@ -107,6 +113,7 @@ export async function recoverAtStartup(deps: RecoveryDeps): Promise<RecoveryRepo
       }
       const resumable = bytes !== undefined && bytes > 0 && entry?.hasSidecar && (await area.sidecarReadable(file.id));
       if (resumable) continue;
+      if (deps.shared) continue;
       // No byte at all (cheap for its client to create again), or tus's record of it is lost.
       await storage.removeFolder(file.id);
       await uploads.release(file.id, { discardCarrier: () => area.discard(file.id) });
@@ -136,11 +143,13 @@ export async function recoverAtStartup(deps: RecoveryDeps): Promise<RecoveryRepo
     await uow.ports.jobs.enqueue({ type: deps.audioJob, fileId: file.id, userId: file.userId });
     report.processingResumed++;
   }
+  // Several nodes: entries with no row yet may be another node's upload or commitment in progress.
+  if (deps.shared) present.clear();
   for (const id of present.keys()) {
     await area.discard(id);
     report.orphanUploads++;
   }
-  for (const id of await received.list()) {
+  for (const id of deps.shared ? [] : await received.list()) {
     if (waiting.has(id)) continue;
     await received.remove(id);
     report.orphanReceived++;
