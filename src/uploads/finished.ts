@@ -2,10 +2,9 @@ import type { FileRow } from '../db/schema.js';
 import type { UnitOfWork } from '../db/ports.js';
 import { AppError, errors, restoreAppError } from '../errors.js';
 import { requestBaseUrl } from '../http.js';
-import { fileIdPattern } from '../ids.js';
 import type { FileService } from '../services/files.js';
 import type { UploadService } from '../services/uploads.js';
-import { TUS_PATH } from './tus.js';
+import { uploadIdOf } from './tus.js';
 
 // What an upload URL answers once its last byte arrived, before @tus/server (which only knows uploads in
 // flight) sees the request. tus requires HEAD to answer the offset "even if the upload is complete", so a
@@ -19,12 +18,6 @@ export type FinishedUploads = ReturnType<typeof createFinishedUploads>;
 
 export function createFinishedUploads(deps: { uow: UnitOfWork; uploads: UploadService; files: FileService; publicUrl: string | undefined }) {
   const { uow } = deps;
-
-  const idOf = (url: string) => {
-    const pathname = new URL(url).pathname;
-    const rest = pathname.startsWith(`${TUS_PATH}/`) ? pathname.slice(TUS_PATH.length + 1) : '';
-    return fileIdPattern.test(rest) ? rest : undefined;
-  };
 
   const json = (status: number, body: unknown, headers: Record<string, string> = {}) =>
     new Response(JSON.stringify(body), {
@@ -55,7 +48,7 @@ export function createFinishedUploads(deps: { uow: UnitOfWork; uploads: UploadSe
 
     /** The answer for a finished upload's URL, or undefined to let tus handle the request. */
     async answer(req: Request): Promise<Response | undefined> {
-      const id = idOf(req.url);
+      const id = uploadIdOf(req.url);
       if (req.method === 'GET') {
         return json(405, errors.methodNotAllowed('An upload URL is not a way to read the file: use the URLs in the file JSON (GET /v1/files/:id).').toJSON(), {
           Allow: 'HEAD, PATCH, DELETE, OPTIONS',

@@ -18,6 +18,13 @@ import { ChecksumFileStore } from './tus-protocol.js';
 
 export const TUS_PATH = '/uploads';
 
+/** The upload id of a tus URL (`/uploads/<id>`, absolute or a path), or undefined. */
+export function uploadIdOf(url: string): string | undefined {
+  const pathname = new URL(url, 'http://x').pathname;
+  const rest = pathname.startsWith(`${TUS_PATH}/`) ? pathname.slice(TUS_PATH.length + 1) : '';
+  return fileIdPattern.test(rest) ? rest : undefined;
+}
+
 /** What a tus store is made with: the expiry it advertises, and a counter of the bytes each write lands. */
 export type TusDatastoreOptions = { expiryMs: number; onBytes: (bytes: number, id: string) => void };
 /** Makes the tus store over the upload area (uploads/open.ts picks the local or the S3 one). */
@@ -71,12 +78,6 @@ export const localTusDatastore =
   (directory: string): TusDatastoreFactory =>
   ({ expiryMs, onBytes }) =>
     new CountingFileStore({ directory, expirationPeriodInMilliseconds: expiryMs }, onBytes);
-
-/** The upload id of a tus URL (`/uploads/<id>`), or undefined. */
-function uploadIdOf(url: string): string | undefined {
-  const last = new URL(url, 'http://x').pathname.split('/').pop() ?? '';
-  return fileIdPattern.test(last) ? last : undefined;
-}
 
 export function createTusServer(deps: TusDeps): { server: Server; uploadPath: (id: string) => string; discardUpload: (id: string) => Promise<void> } {
   const { repo, uploads, files, logger, area } = deps;
