@@ -78,26 +78,34 @@ describe('runBounded', () => {
       runBounded('sh', ['-c', 'echo $$ >&2; exec sleep 60'], { memoryBytes: 100000000, timeoutMs: 120000 }).catch(() => {});
       setInterval(() => {}, 1000);`;
     const parent = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { stdio: ['ignore', 'ignore', 'pipe'] });
-    // The bounded child's stderr is its own pipe; ask the parent's children instead.
+    // The bounded child's stderr is its own pipe; ask the parent's children instead. The parent also
+    // runs short-lived children of its own (the wrappers' `--version` probes at import), so wait for
+    // the one that has exec'd into sleep: the parent-death signal is set by then.
     let child = 0;
     await expect
       .poll(
         () => {
-          const found = readChildren(parent.pid!);
-          child = found[0] ?? 0;
+          child = readChildren(parent.pid!).find((pid) => commOf(pid) === 'sleep') ?? 0;
           return child;
         },
         { timeout: 20_000, interval: 50 },
       )
       .toBeGreaterThan(0);
-    // Wait until the wrappers have exec'd into sleep (the parent-death signal is set by then).
-    await expect.poll(() => readFileSync(`/proc/${child}/comm`, 'utf8').trim(), { timeout: 10_000, interval: 20 }).toBe('sleep');
     parent.kill('SIGKILL');
     await expect
       .poll(() => alive(child) && readFileSync(`/proc/${child}/stat`, 'utf8').includes(') Z') === false, { timeout: 5_000, interval: 50 })
       .toBe(false);
   });
 });
+
+/** The command name of `pid`, or '' once it has gone. */
+function commOf(pid: number): string {
+  try {
+    return readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
+  } catch {
+    return '';
+  }
+}
 
 /** Pids whose parent is `pid`, from /proc/<pid>/task/<pid>/children. */
 function readChildren(pid: number): number[] {
