@@ -48,7 +48,19 @@ function boundedCache(): KvStore<MetadataValue> {
   };
 }
 
+/** Where an upload's bytes stand in the bucket, as the PATCH handler's getUpload just read them. */
+type PartBoundary = { offset: number; nextPartNumber: number };
+type Reading = { parts?: Array<{ PartNumber?: number }>; incompleteRead: boolean; incompleteSize?: number };
+
 export class ChipmunkS3Store extends S3Store {
+  /**
+   * A PATCH reads its upload (ListParts, HEAD of the tail) and then writes under the same lock, so the
+   * write need not ask the bucket again: the handler's reading is kept here for the write that follows.
+   * Bounded and short-lived: a HEAD leaves a reading no write consumes.
+   */
+  private readonly boundaries = new LRUCache<string, PartBoundary>({ max: CACHED_RECORDS, ttl: 60_000 });
+  private readonly readings = new Map<string, Reading>();
+
   constructor(private readonly opts: S3DatastoreOptions) {
     super({
       partSize: S3_PART_BYTES,
@@ -66,7 +78,42 @@ export class ChipmunkS3Store extends S3Store {
    * With Upload-Checksum the chunk is first spooled to local scratch and checked: only matching bytes
    * go to the bucket (a part once uploaded cannot be taken back), so a mismatch leaves the upload as it was.
    */
+  override async getUpload(id: string) {
+    const reading: Reading = { incompleteRead: false };
+    this.readings.set(id, reading);
+    try {
+      const upload = await super.getUpload(id);
+      // Only a reading that ends on a part boundary (no tail pending) serves the direct write.
+      if (reading.parts && reading.incompleteRead && reading.incompleteSize === undefined && upload.offset !== undefined) {
+        this.boundaries.set(id, { offset: upload.offset, nextPartNumber: (reading.parts.at(-1)?.PartNumber ?? 0) + 1 });
+      } else this.boundaries.delete(id);
+      return upload;
+    } finally {
+      if (this.readings.get(id) === reading) this.readings.delete(id);
+    }
+  }
+
+  override async retrieveParts(id: string, partNumberMarker?: string) {
+    const parts = await super.retrieveParts(id, partNumberMarker);
+    const reading = this.readings.get(id);
+    if (reading && !partNumberMarker) reading.parts = parts;
+    return parts;
+  }
+
+  override async getIncompletePartSize(id: string) {
+    const size = await super.getIncompletePartSize(id);
+    const reading = this.readings.get(id);
+    if (reading) {
+      reading.incompleteRead = true;
+      reading.incompleteSize = size;
+    }
+    return size;
+  }
+
   override async write(readable: Readable, id: string, offset: number): Promise<number> {
+    // Taken whatever path the write takes: after it the bucket has moved on.
+    const boundary = this.boundaries.get(id);
+    this.boundaries.delete(id);
     const expected = expectedChunkChecksum();
     let spooled: string | undefined;
     try {
@@ -87,7 +134,7 @@ export class ChipmunkS3Store extends S3Store {
         }
         source = createReadStream(spooled);
       }
-      const end = (!expected && (await this.writeWholePart(source, id, offset))) || (await super.write(source, id, offset));
+      const end = (!expected && (await this.writeWholePart(source, id, offset, boundary))) || (await super.write(source, id, offset));
       this.opts.onBytes(end - offset, id);
       return end;
     } finally {
@@ -103,7 +150,7 @@ export class ChipmunkS3Store extends S3Store {
    * is applied and the client resumes from the offset it had. Undefined: not this case (the stock
    * path takes it).
    */
-  private async writeWholePart(readable: Readable, id: string, offset: number): Promise<number | undefined> {
+  private async writeWholePart(readable: Readable, id: string, offset: number, boundary: PartBoundary | undefined): Promise<number | undefined> {
     const length = declaredChunkLength();
     if (!length) return undefined;
     const metadata = await this.getMetadata(id);
@@ -116,9 +163,12 @@ export class ChipmunkS3Store extends S3Store {
     // (one PATCH of a whole 500 MB file from a phone), takes the stock path, which keeps what arrived
     // part by part, its tail included (tus: the server SHOULD keep the bytes of a cut PATCH).
     if ((final && length < S3_PART_BYTES) || length > MAX_DIRECT_PART_BYTES) return undefined;
-    if ((await this.getIncompletePartSize(id)) !== undefined) return undefined;
-    const parts = await this.retrieveParts(id);
-    const partNumber = (parts.at(-1)?.PartNumber ?? 0) + 1;
+    let partNumber: number;
+    if (boundary?.offset === offset) partNumber = boundary.nextPartNumber;
+    else {
+      if ((await this.getIncompletePartSize(id)) !== undefined) return undefined;
+      partNumber = ((await this.retrieveParts(id)).at(-1)?.PartNumber ?? 0) + 1;
+    }
     const body = exactly(length);
     // A body that ends short must end the part's request too (it would wait for the missing bytes).
     const abort = new AbortController();
@@ -149,6 +199,7 @@ export class ChipmunkS3Store extends S3Store {
 
   /** A tus DELETE: everything of the upload goes, its unfinished multipart upload and tail included. */
   override async remove(id: string): Promise<void> {
+    this.boundaries.delete(id);
     await this.opts.area.discard(id);
     await this.clearCache(id);
   }
