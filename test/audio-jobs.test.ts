@@ -1,14 +1,14 @@
-import Database from 'better-sqlite3';
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { mediaPath } from '../src/storage/local.js';
 import { createChipmunk } from '../src/chipmunk.js';
 import { ConfigError, loadConfig } from '../src/config.js';
 import { silentLogger } from '../src/log.js';
-import { corpus, startChipmunk } from './helpers/chipmunk.js';
+import { withDatabase } from './helpers/backend-sql.js';
+import { backends, hasFolder, readBlob } from './helpers/backends.js';
+import { corpus, type TestChipmunk } from './helpers/chipmunk.js';
 import { decodedSamples, generateTrack, waitForFile, type AudioFileJson } from './helpers/audio.js';
 import { tusUpload } from './helpers/tus.js';
 
@@ -23,53 +23,47 @@ beforeAll(async () => {
 });
 afterAll(() => rm(scratch, { recursive: true, force: true }));
 
-/** A Chipmunk on a given data directory, so a second one can take over the first one's data. */
-async function chipmunkOn(dataDir: string, env: Record<string, string> = {}) {
-  const config = loadConfig({ PORT: '0', HOST: '127.0.0.1', CHIPMUNK_DATA_DIR: dataDir, CHIPMUNK_LOG_LEVEL: 'silent', CHIPMUNK_INTERNAL_PORT: '0', ...env });
-  const chipmunk = createChipmunk(config, { logger: silentLogger });
-  const { port } = await chipmunk.listen();
-  const url = `http://127.0.0.1:${port}`;
-  const api = (p: string, init: RequestInit = {}) =>
-    fetch(`${url}${p}`, { ...init, headers: { authorization: `Bearer ${config.apiKey}`, 'content-type': 'application/json', ...init.headers } });
-  const uploadToken = async (userId: string) =>
-    ((await (await api('/v1/upload-tokens', { method: 'POST', body: JSON.stringify({ userId, purpose: 'audio' }) })).json()) as { token: string }).token;
-  return { chipmunk, url, api, uploadToken, dataDir };
+/** A stored blob copied out (through the server's BlobStorage) for ffmpeg, which reads files. */
+async function storedCopy(t: TestChipmunk, id: string, name: string): Promise<string> {
+  const copy = path.join(scratch, `${id}-${name}`);
+  await writeFile(copy, await readBlob(t, id, name));
+  return copy;
 }
 
-async function uploadTo(c: { url: string; uploadToken: (u: string) => Promise<string> }, userId: string, file: string): Promise<AudioFileJson> {
-  const result = await tusUpload(`${c.url}/uploads`, await readFile(file), { token: await c.uploadToken(userId), metadata: { filename: path.basename(file) } });
+async function uploadTo(t: TestChipmunk, userId: string, file: string): Promise<AudioFileJson> {
+  const token = await t.uploadToken(userId, 'audio');
+  const result = await tusUpload(`${t.url}/uploads`, await readFile(file), { token, metadata: { filename: path.basename(file) } });
   if (!result.ok) throw result.error;
   return result.body as AudioFileJson;
 }
 
-describe('audio jobs', () => {
+describe.each(backends)('audio jobs: $name', (backend) => {
   it('a restart in the middle of a job finishes it', async () => {
-    const dataDir = path.join(scratch, 'restart');
     // A shutdown deadline too short for the job to finish, so the stop lands mid-job.
-    const first = await chipmunkOn(dataDir, { CHIPMUNK_SHUTDOWN_TIMEOUT: '0.05' });
-    const uploaded = await uploadTo(first, 'ringo', longTrack);
-    expect(uploaded.status).toBe('processing');
-    // Wait until the job really runs (ffmpeg started), then stop the process under it.
-    await until(async () => (await first.chipmunk.inspect.jobs(uploaded.id)).find((j) => j.type === 'audio.derive')?.state === 'running');
-    await first.chipmunk.close();
-
-    let db = new Database(path.join(dataDir, 'chipmunk.db'));
-    const afterStop = db.prepare("select state, attempts from jobs where file_id = ? and type = 'audio.derive'").get(uploaded.id) as {
-      state: string;
-      attempts: number;
-    };
-    // A clean stop puts the job back in the queue without counting the attempt…
-    expect(afterStop).toEqual({ state: 'queued', attempts: 0 });
-    expect(db.prepare('select status from files where id = ?').get(uploaded.id)).toEqual({ status: 'processing' });
-    // …and a crash would have left it 'running' with half-written outputs in the scratch folder: do that.
-    db.prepare("update jobs set state = 'running', attempts = 1 where file_id = ? and type = 'audio.derive'").run(uploaded.id);
-    db.close();
-    const scratchDir = path.join(dataDir, 'work', uploaded.id);
-    await mkdir(scratchDir, { recursive: true });
-    await writeFile(path.join(scratchDir, '1.webm'), 'half a rendition');
-
-    const second = await chipmunkOn(dataDir);
+    const first = await backend.start({ CHIPMUNK_SHUTDOWN_TIMEOUT: '0.05' });
+    let second: TestChipmunk | undefined;
     try {
+      const uploaded = await uploadTo(first, 'ringo', longTrack);
+      expect(uploaded.status).toBe('processing');
+      // Wait until the job really runs (ffmpeg started), then stop the process under it.
+      await until(async () => (await first.chipmunk.inspect.jobs(uploaded.id)).find((j) => j.type === 'audio.derive')?.state === 'running');
+      await first.stop();
+
+      const scratchDir = await withDatabase(first, async (query) => {
+        const afterStop = await query<{ state: string; attempts: number }>("select state, attempts from jobs where file_id = ? and type = 'audio.derive'", [
+          uploaded.id,
+        ]);
+        // A clean stop puts the job back in the queue without counting the attempt…
+        expect(afterStop).toEqual([{ state: 'queued', attempts: 0 }]);
+        expect(await query('select status from files where id = ?', [uploaded.id])).toEqual([{ status: 'processing' }]);
+        // …and a crash would have left it 'running' with half-written outputs in the scratch folder: do that.
+        await query("update jobs set state = 'running', attempts = 1 where file_id = ? and type = 'audio.derive'", [uploaded.id]);
+        const dir = await first.chipmunk.storage.workspace(uploaded.id);
+        await writeFile(path.join(dir, '1.webm'), 'half a rendition');
+        return dir;
+      });
+
+      second = await backend.restart(first);
       const done = await waitForFile(second, uploaded.id, 120_000);
       expect(done.status).toBe('ready');
       expect(done.variants.map((v) => v.n)).toEqual([0, 1, 2, 'waveform']);
@@ -84,37 +78,37 @@ describe('audio jobs', () => {
       // A long track keeps its exact length through the restart (±1%, no special allowance needed).
       const source = decodedSamples(longTrack);
       for (const name of ['1.webm', '2.m4a']) {
-        expect(Math.abs(decodedSamples(mediaPath(second.chipmunk.config.mediaDir, uploaded.id, name)) - source)).toBeLessThanOrEqual(source * 0.01);
+        expect(Math.abs(decodedSamples(await storedCopy(second, uploaded.id, name)) - source)).toBeLessThanOrEqual(source * 0.01);
       }
     } finally {
-      await second.chipmunk.close();
+      await (second ?? first).close();
     }
   });
 
   it('a job whose process keeps stopping ends failed, not stuck', async () => {
-    const dataDir = path.join(scratch, 'poison');
-    const first = await chipmunkOn(dataDir, { FFMPEG_PATH: 'off' });
-    const uploaded = await uploadTo(first, 'paul', corpus('audio/ok/opus-cover.opus'));
-    await waitForFile(first, uploaded.id);
-    await first.chipmunk.close();
-    // As if three processes in a row had died during this job.
-    const db = new Database(path.join(dataDir, 'chipmunk.db'));
-    db.prepare("update files set status = 'processing' where id = ?").run(uploaded.id);
-    db.prepare("update jobs set state = 'running', attempts = 3 where file_id = ? and type = 'audio.derive'").run(uploaded.id);
-    db.close();
-    const second = await chipmunkOn(dataDir, { FFMPEG_PATH: 'off' });
+    const first = await backend.start({ FFMPEG_PATH: 'off' });
+    let second: TestChipmunk | undefined;
     try {
+      const uploaded = await uploadTo(first, 'paul', corpus('audio/ok/opus-cover.opus'));
+      await waitForFile(first, uploaded.id);
+      await first.stop();
+      // As if three processes in a row had died during this job.
+      await withDatabase(first, async (query) => {
+        await query("update files set status = 'processing' where id = ?", [uploaded.id]);
+        await query("update jobs set state = 'running', attempts = 3 where file_id = ? and type = 'audio.derive'", [uploaded.id]);
+      });
+      second = await backend.restart(first, { FFMPEG_PATH: 'off' });
       const file = await waitForFile(second, uploaded.id);
       expect(file.status).toBe('failed');
       expect(file.error).toMatch(/interrupted 3 times/);
       expect(await second.chipmunk.inspect.unfinishedJobs()).toEqual([]);
     } finally {
-      await second.chipmunk.close();
+      await (second ?? first).close();
     }
   });
 
   it('deleting a track while its job runs leaves no folder and no charge', async () => {
-    const t = await startChipmunk();
+    const t = await backend.start();
     try {
       const token = await t.uploadToken('george', 'audio');
       const result = await tusUpload(`${t.url}/uploads`, await readFile(longTrack), { token, metadata: { filename: 'long.flac' } });
@@ -123,8 +117,8 @@ describe('audio jobs', () => {
       await until(async () => (await t.chipmunk.inspect.jobs(id)).some((j) => j.type === 'audio.derive' && j.state === 'running'));
       expect((await t.api(`/v1/files/${id}`, { method: 'DELETE' })).status).toBe(204);
       await t.chipmunk.jobs.idle();
-      expect(existsSync(path.dirname(mediaPath(t.chipmunk.config.mediaDir, id, '0.flac')))).toBe(false);
-      expect(existsSync(path.join(t.dataDir, 'work', id))).toBe(false);
+      expect(await hasFolder(t, id)).toBe(false);
+      expect(await t.chipmunk.storage.listWorkspaces()).not.toContain(id);
       const user = (await (await t.api('/v1/users/george')).json()) as { usedBytes: number; fileCount: number };
       expect(user).toMatchObject({ usedBytes: 0, fileCount: 0 });
     } finally {
@@ -134,7 +128,7 @@ describe('audio jobs', () => {
 
   it('runs a bounded number of jobs at once', async () => {
     // CHIPMUNK_CONCURRENCY=2 → one audio job at a time (each runs two ffmpeg processes).
-    const t = await startChipmunk({ CHIPMUNK_CONCURRENCY: '2' });
+    const t = await backend.start({ CHIPMUNK_CONCURRENCY: '2' });
     let most = 0;
     const sampler = setInterval(() => (most = Math.max(most, t.chipmunk.jobs.active)), 5);
     try {
@@ -155,10 +149,10 @@ describe('audio jobs', () => {
   });
 });
 
-describe('without ffmpeg', () => {
-  let t: Awaited<ReturnType<typeof startChipmunk>>;
+describe.each(backends)('without ffmpeg: $name', (backend) => {
+  let t: TestChipmunk;
   beforeAll(async () => {
-    t = await startChipmunk({ FFMPEG_PATH: 'off' });
+    t = await backend.start({ FFMPEG_PATH: 'off' });
   });
   afterAll(() => t?.close());
 
@@ -180,7 +174,10 @@ describe('without ffmpeg', () => {
     expect(file.cover?.variants).toHaveLength((await t.chipmunk.inspect.variants(file.id)).filter((v) => v.name.startsWith('cover-')).length);
     expect(file.cover?.variants.length).toBeGreaterThanOrEqual(1);
   });
+});
 
+// A setting checked before any backend opens: one run is enough.
+describe('FFMPEG_PATH', () => {
   it('a wrong FFMPEG_PATH stops the start with a sentence naming the variable', async () => {
     const dataDir = await mkdtemp(path.join(tmpdir(), 'chipmunk-ffmpeg-path-'));
     try {
