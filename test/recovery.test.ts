@@ -52,6 +52,9 @@ async function crashLeftovers(backend: Backend) {
     // Killed after the last byte landed, before completion ran.
     const full = await create(t, token, photo.length);
     await raw.landAllBytes(full, photo);
+    // Killed after tus made the bytes one whole, before the commitment.
+    const completed = await create(t, token, photo.length + 1);
+    await raw.landCompleted(completed, Buffer.concat([photo, Buffer.from([9])]));
     // Killed while tus wrote its record.
     const torn = await create(t, token, 3000);
     await raw.tearRecord(torn);
@@ -77,7 +80,25 @@ async function crashLeftovers(backend: Backend) {
     const orphanFolder = newFileId();
     await storage.write(orphanFolder, '0.jpg', photo);
     await t.stop();
-    return { t, photo, token, kept, deleting, tempHolder, partial, moved, full, torn, bare, empty, orphanUpload, orphanReceived, tempName, orphanFolder };
+    return {
+      t,
+      photo,
+      token,
+      kept,
+      deleting,
+      tempHolder,
+      partial,
+      moved,
+      full,
+      completed,
+      torn,
+      bare,
+      empty,
+      orphanUpload,
+      orphanReceived,
+      tempName,
+      orphanFolder,
+    };
   } finally {
     raw.close();
   }
@@ -101,8 +122,8 @@ describe.each(backends)('$name', (backend) => {
         // those on a guess; they are left to the idle expiry and to `chipmunk fsck --repair` (checked below).
         expect(t.chipmunk.recovery).toEqual({
           uploadsSettled: distributed ? 0 : 4,
-          uploadsReceived: 1,
-          processingResumed: 1,
+          uploadsReceived: 2,
+          processingResumed: 2,
           orphanUploads: distributed ? 0 : 1,
           orphanReceived: distributed ? 0 : 1,
           deletesFinished: 1,
@@ -116,6 +137,9 @@ describe.each(backends)('$name', (backend) => {
         const full = (await t.chipmunk.inspect.file(s.full))!;
         expect(full.status).toBe('ready');
         expect(await readBlob(t, s.full, '0.jpg')).toEqual(await storedForm(s.photo));
+        const completed = (await t.chipmunk.inspect.file(s.completed))!;
+        expect(completed.status).toBe('ready');
+        expect(await readBlob(t, s.completed, '0.jpg')).toEqual(await storedForm(Buffer.concat([s.photo, Buffer.from([9])])));
         expect(await storage.listWorkspaces()).toEqual([]);
         // The background walk removes the old temporary blob and the folder no row accounts for.
         await expect.poll(async () => (await storage.stat(s.tempHolder.id, s.tempName)) !== undefined || (await hasFolder(t, s.orphanFolder))).toBe(false);
@@ -123,13 +147,13 @@ describe.each(backends)('$name', (backend) => {
 
         const unsettled = [s.moved, s.torn, s.bare, s.empty];
         const rita = () => t.api('/v1/users/rita').then((r) => r.json() as Promise<{ usedBytes: number; reservedBytes: number; fileCount: number }>);
-        const used = s.kept.totalBytes + s.tempHolder.totalBytes + full.totalBytes;
+        const used = s.kept.totalBytes + s.tempHolder.totalBytes + full.totalBytes + completed.totalBytes;
         if (!distributed) {
           for (const id of unsettled) expect(await t.chipmunk.inspect.file(id), id).toBeUndefined();
           expect(await hasFolder(t, s.moved)).toBe(false);
           expect(await uploadAreaIds(t)).toEqual([s.partial]);
           expect(await received.list()).toEqual([]);
-          expect(await rita()).toMatchObject({ usedBytes: used, reservedBytes: reservation(s.photo.length), fileCount: 3 });
+          expect(await rita()).toMatchObject({ usedBytes: used, reservedBytes: reservation(s.photo.length), fileCount: 4 });
           const report = await t.chipmunk.inspect.fsck();
           expect(report.problems).toEqual([]);
           expect(report.notices.map((n) => n.kind)).toEqual(['upload-in-progress']);
@@ -139,7 +163,7 @@ describe.each(backends)('$name', (backend) => {
           expect(await ids(uploadAreaIds(t))).toEqual(await ids([s.partial, s.moved, s.torn, s.empty, s.orphanUpload]));
           expect(await received.list()).toEqual([s.orphanReceived]);
           const held = reservation(s.photo.length) * 2 + reservation(3000) + reservation(4000) + reservation(5000);
-          expect(await rita()).toMatchObject({ usedBytes: used, reservedBytes: held, fileCount: 3 });
+          expect(await rita()).toMatchObject({ usedBytes: used, reservedBytes: held, fileCount: 4 });
           // Beside a live node fsck only reads, and names what is stuck.
           const report = await t.chipmunk.inspect.fsck({ live: true });
           expect(report.problems.map((p) => `${p.kind} ${p.subject}`).sort()).toEqual(
@@ -153,7 +177,7 @@ describe.each(backends)('$name', (backend) => {
         const rest = s.photo.subarray(1000);
         expect((await patch(t, s.partial, 1000, rest)).status).toBe(200);
         if (!distributed) {
-          expect(await rita()).toMatchObject({ reservedBytes: 0, fileCount: 4 });
+          expect(await rita()).toMatchObject({ reservedBytes: 0, fileCount: 5 });
           return;
         }
 
@@ -170,7 +194,7 @@ describe.each(backends)('$name', (backend) => {
         expect(await rita()).toMatchObject({
           usedBytes: used + (await t.chipmunk.inspect.file(s.partial))!.totalBytes,
           reservedBytes: reservation(5000),
-          fileCount: 4,
+          fileCount: 5,
         });
         const report = await t.chipmunk.inspect.fsck();
         expect(report.problems).toEqual([]);
@@ -218,11 +242,11 @@ describe.each(backends)('$name', (backend) => {
         const after = await fsck(deps);
         expect(after.problems.map((p) => p.kind)).toEqual(['missing-variant']);
         expect(await c.received.list()).toEqual([]);
-        expect(await ids([...(await c.area.list()).keys()])).toEqual(await ids([s.partial, s.full, s.empty]));
+        expect(await ids([...(await c.area.list()).keys()])).toEqual(await ids([s.partial, s.full, s.completed, s.empty]));
         const rita = (await c.repo.getUser('rita'))!;
-        // The partial upload, the complete one (processed at the next start) and the empty one (released
+        // The partial upload, the complete ones (processed at the next start) and the empty one (released
         // at the next start, harmless until then) keep their reservations.
-        expect(rita.reservedBytes).toBe(2 * reservation(s.photo.length) + reservation(5000));
+        expect(rita.reservedBytes).toBe(2 * reservation(s.photo.length) + reservation(s.photo.length + 1) + reservation(5000));
         expect(rita.usedBytes).toBe(s.kept.totalBytes + s.tempHolder.totalBytes);
       } finally {
         await c.close();

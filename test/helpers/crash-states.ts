@@ -23,6 +23,8 @@ import type { TestChipmunk } from './chipmunk.js';
 export type RawUploadArea = {
   /** Every byte of the upload landed, and the process died before tus completed it (S3: the last part uploaded, the multipart upload not completed). */
   landAllBytes(id: string, bytes: Buffer): Promise<void>;
+  /** Every byte landed and tus made them one whole (S3: the multipart upload completed into `<id>`), then the process died before the commitment. */
+  landCompleted(id: string, bytes: Buffer): Promise<void>;
   /** tus's record of the upload half written (a kill while it wrote it). */
   tearRecord(id: string): Promise<void>;
   /** The upload's bytes gone, its record left (a kill between the move out of the area and the commit). */
@@ -51,6 +53,8 @@ export async function localFile(bytes: Buffer): Promise<{ path: string; remove()
 function localArea(dir: string): RawUploadArea {
   return {
     landAllBytes: (id, bytes) => writeFile(path.join(dir, id), bytes),
+    // The local store writes the one data file as bytes arrive: there is no separate completion.
+    landCompleted: (id, bytes) => writeFile(path.join(dir, id), bytes),
     tearRecord: (id) => truncate(path.join(dir, `${id}.json`), 10),
     removeBytes: (id) => rm(path.join(dir, id)),
     async plantOrphan(id) {
@@ -72,6 +76,12 @@ function s3Area(client: S3Client, bucket: string): RawUploadArea {
       const [uploadId] = await multipartUploads(id);
       if (!uploadId) throw new Error(`no multipart upload on ${key(id)}`);
       await client.send(new UploadPartCommand({ Bucket: bucket, Key: key(id), UploadId: uploadId, PartNumber: 1, Body: bytes, ContentLength: bytes.length }));
+    },
+    async landCompleted(id, bytes) {
+      for (const uploadId of await multipartUploads(id)) {
+        await client.send(new AbortMultipartUploadCommand({ Bucket: bucket, Key: key(id), UploadId: uploadId }));
+      }
+      await client.send(new PutObjectCommand({ Bucket: bucket, Key: key(id), Body: bytes, ContentLength: bytes.length }));
     },
     async tearRecord(id) {
       const record = await client.send(new GetObjectCommand({ Bucket: bucket, Key: `${key(id)}.info` }));
