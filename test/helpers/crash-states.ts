@@ -29,8 +29,8 @@ export type RawUploadArea = {
   tearRecord(id: string): Promise<void>;
   /** The upload's bytes gone, its record left (a kill between the move out of the area and the commit). */
   removeBytes(id: string): Promise<void>;
-  /** Bytes and a record for an upload no row accounts for. */
-  plantOrphan(id: string): Promise<void>;
+  /** Bytes and a record that tus did not leave there: an upload no row accounts for, or the leftovers of a stored file. */
+  plantLeftover(id: string): Promise<void>;
   close(): void;
 };
 
@@ -57,7 +57,7 @@ function localArea(dir: string): RawUploadArea {
     landCompleted: (id, bytes) => writeFile(path.join(dir, id), bytes),
     tearRecord: (id) => truncate(path.join(dir, `${id}.json`), 10),
     removeBytes: (id) => rm(path.join(dir, id)),
-    async plantOrphan(id) {
+    async plantLeftover(id) {
       await writeFile(path.join(dir, id), 'abc');
       await writeFile(path.join(dir, `${id}.json`), '{}');
     },
@@ -94,7 +94,7 @@ function s3Area(client: S3Client, bucket: string): RawUploadArea {
       }
       await client.send(new DeleteObjectsCommand({ Bucket: bucket, Delete: { Objects: [{ Key: key(id) }, { Key: `${key(id)}.part` }], Quiet: true } }));
     },
-    async plantOrphan(id) {
+    async plantLeftover(id) {
       await client.send(new PutObjectCommand({ Bucket: bucket, Key: key(id), Body: 'abc' }));
       await client.send(new PutObjectCommand({ Bucket: bucket, Key: `${key(id)}.info`, Body: '{}' }));
     },
