@@ -21,6 +21,7 @@ import type { UploadService } from './uploads.js';
 //  'received' / uncommitted 'processing' row → its processing job is queued again (idempotent).
 //  upload files with no 'uploading' row → leftovers of a finished, refused or released upload: delete.
 //  received-area files with no upload awaiting processing → leftovers: delete.
+//     (Several nodes, `shared`: only those of a file whose row is past that step; see below.)
 //  'deleting' row → bytes were given back already: remove the folder, then the row.
 //  work/<id> → processing scratch of the dead process: delete.
 //  jobs left 'running' → back to 'queued', so interrupted processing resumes.
@@ -143,16 +144,31 @@ export async function recoverAtStartup(deps: RecoveryDeps): Promise<RecoveryRepo
     await uow.ports.jobs.enqueue({ type: deps.audioJob, fileId: file.id, userId: file.userId });
     report.processingResumed++;
   }
-  // Several nodes: entries with no row yet may be another node's upload or commitment in progress.
-  if (deps.shared) present.clear();
+  // Several nodes: bytes with no row, or whose row is still 'uploading', may be another node's upload
+  // or commitment in progress; those of a file past its upload (kept as received, or stored)
+  // are nobody's, whichever node left them: a kill between a commit and its clean-up.
   for (const id of present.keys()) {
+    if (deps.shared && !(await pastItsUpload(id))) continue;
     await area.discard(id);
     report.orphanUploads++;
   }
-  for (const id of deps.shared ? [] : await received.list()) {
+  for (const id of await received.list()) {
     if (waiting.has(id)) continue;
+    if (deps.shared && !(await pastItsProcessing(id))) continue;
     await received.remove(id);
     report.orphanReceived++;
+  }
+
+  /** The upload's own bytes are no longer needed: its row is past 'uploading' and, if still awaiting processing, its bytes are kept as received. */
+  async function pastItsUpload(id: string): Promise<boolean> {
+    const file = await repo.getFile(id);
+    if (!file || file.status === 'uploading') return false;
+    return !awaitingProcessing(file) || (await received.locate(id)) !== undefined;
+  }
+  /** The received bytes are no longer needed: the row's processing committed. */
+  async function pastItsProcessing(id: string): Promise<boolean> {
+    const file = await repo.getFile(id);
+    return file !== undefined && file.status !== 'uploading' && !awaitingProcessing(file);
   }
 
   const changed = Object.entries(report).some(([k, n]) => k !== 'processingResumed' && n > 0) || report.uploadsReceived > 0;
