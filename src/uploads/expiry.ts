@@ -1,6 +1,7 @@
 import type { Repository } from '../db/repository.js';
 import type { Logger } from '../log.js';
 import type { UploadService } from '../services/uploads.js';
+import type { UploadArea } from './area.js';
 
 // Expired unfinished uploads give their reservation back and lose their partial bytes.
 // Work goes in small batches, yielding to the event loop between them, so a sweep over
@@ -28,5 +29,32 @@ export async function sweepExpiredUploads(deps: {
     await new Promise((resolve) => setImmediate(resolve));
   }
   if (swept) deps.logger.info('expired uploads swept', { count: swept });
+  return swept;
+}
+
+/**
+ * Several nodes share the upload area (the bucket's uploads/): what a killed node never discarded
+ * there stays, since no node's start-up may remove entries on a guess (recovery.ts). The rows tell
+ * what is safe: creation reserves the row before tus writes a first object, and an upload's objects
+ * are needed only while its row is 'uploading' or its bytes wait for processing (they may be the
+ * carrier). Entries of a file stored, deleting or gone (finished, refused, released, deleted) are
+ * leftovers, and go. Returns how many.
+ */
+export async function sweepUploadLeftovers(deps: {
+  repo: Pick<Repository, 'getFile'>;
+  area: Pick<UploadArea, 'list' | 'discard'>;
+  logger: Logger;
+  shouldStop?: () => boolean;
+}): Promise<number> {
+  let swept = 0;
+  for (const id of (await deps.area.list()).keys()) {
+    if (deps.shouldStop?.()) break;
+    const file = await deps.repo.getFile(id);
+    const inUse = file && (file.status === 'uploading' || ((file.status === 'received' || file.status === 'processing') && file.committedAt === null));
+    if (inUse) continue;
+    await deps.area.discard(id);
+    swept++;
+  }
+  if (swept) deps.logger.info('upload-area leftovers removed', { count: swept });
   return swept;
 }
