@@ -292,8 +292,8 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
         // Refusals are answered (410) on the upload URL for as long as an upload could have lived.
         .then(async (swept) => {
           await uow.ports.uploads.dropExpiredRefusals(Date.now());
-          // Several nodes: what a killed node left in the shared upload area (start-up recovery leaves it here).
-          if (persistence.kind === 'postgres') await sweepUploadLeftovers({ repo, area, logger, shouldStop: () => stopping });
+          // Several nodes: what a killed node left in the shared upload and received areas (start-up recovery leaves it here).
+          if (persistence.kind === 'postgres') await sweepUploadLeftovers({ repo, area, received, logger, shouldStop: () => stopping });
           return swept;
         })
         .finally(() => {
