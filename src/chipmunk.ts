@@ -32,7 +32,7 @@ import { recoverAtStartup, sweepMediaLeftovers, type RecoveryReport } from './se
 import { createUploadService } from './services/uploads.js';
 import { openBlobStorage } from './storage/open.js';
 import { openUploadAreas } from './uploads/open.js';
-import { sweepExpiredUploads } from './uploads/expiry.js';
+import { sweepExpiredUploads, sweepUploadLeftovers } from './uploads/expiry.js';
 import { createIngest } from './uploads/ingest.js';
 import { createFinishedUploads } from './uploads/finished.js';
 import { createTusServer } from './uploads/tus.js';
@@ -292,6 +292,8 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
         // Refusals are answered (410) on the upload URL for as long as an upload could have lived.
         .then(async (swept) => {
           await uow.ports.uploads.dropExpiredRefusals(Date.now());
+          // Several nodes: what a killed node left in the shared upload and received areas (start-up recovery leaves it here).
+          if (persistence.kind === 'postgres') await sweepUploadLeftovers({ repo, area, received, logger, shouldStop: () => stopping });
           return swept;
         })
         .finally(() => {

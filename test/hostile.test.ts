@@ -1,9 +1,11 @@
-import { readdir, readFile, rm } from 'node:fs/promises';
+import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { SignJWT } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { backends, serverEnvironmentOn } from './helpers/backends.js';
 import { corpus } from './helpers/chipmunk.js';
-import { runCli, serverEnvironment, spawnServer, type ServerProcess } from './helpers/server-process.js';
+import { runCli, spawnServer, type ServerProcess } from './helpers/server-process.js';
+import { openStores } from './helpers/stores.js';
 import { tusUpload, type TusResult } from './helpers/tus.js';
 
 // The hostile corpus through tus while normal uploads run, against the real server process.
@@ -86,21 +88,6 @@ const baseFileKeys = new Set([
   'updatedAt',
 ]);
 
-let dataDir: string;
-let env: Record<string, string>;
-let server: ServerProcess;
-
-beforeAll(async () => {
-  // The whole hostile corpus is sent at once by one user: above the default bound on unfinished
-  // uploads (20), which would refuse some for that instead of for their content.
-  ({ dataDir, env } = await serverEnvironment('hostile', { CHIPMUNK_MAX_UNFINISHED_UPLOADS: '500' }));
-  server = await spawnServer(env);
-}, 120_000);
-afterAll(async () => {
-  if (server?.proc.exitCode === null) server.proc.kill('SIGKILL');
-  if (dataDir) await rm(dataDir, { recursive: true, force: true });
-});
-
 async function listCorpus(dir: string): Promise<string[]> {
   const out: string[] = [];
   for (const entry of await readdir(corpus(dir), { withFileTypes: true })) {
@@ -111,7 +98,22 @@ async function listCorpus(dir: string): Promise<string[]> {
   return out;
 }
 
-describe('hostile corpus', () => {
+describe.each(backends)('hostile corpus ($name)', (backend) => {
+  let env: Record<string, string>;
+  let drop: (() => Promise<void>) | undefined;
+  let server: ServerProcess;
+
+  beforeAll(async () => {
+    // The whole hostile corpus is sent at once by one user: above the default bound on unfinished
+    // uploads (20), which would refuse some for that instead of for their content.
+    ({ env, drop } = await serverEnvironmentOn(backend, 'hostile', { CHIPMUNK_MAX_UNFINISHED_UPLOADS: '500' }));
+    server = await spawnServer(env);
+  }, 120_000);
+  afterAll(async () => {
+    if (server?.proc.exitCode === null) server.proc.kill('SIGKILL');
+    await drop?.();
+  });
+
   it('refuses every hostile file with a 4xx tus-js-client reports, while normal uploads succeed and the server stays up', async () => {
     const hostile = [...(await listCorpus('images/hostile')), ...(await listCorpus('audio/hostile'))];
     const classified = [refusedBySignature, refusedByImageDecoder, refusedByAudioParser, accepted, either];
@@ -201,16 +203,19 @@ describe('hostile corpus', () => {
     // Mallory is charged exactly her accepted files and holds no reservation.
     const api = async (p: string) => (await fetch(`${server.url}${p}`, { headers: { authorization: `Bearer ${env.CHIPMUNK_API_KEY}` } })).json();
     const filesOf = async (userId: string) =>
-      ((await api(`/v1/users/${userId}/files?limit=200`)) as { files: Array<{ status: string; totalBytes: number }> }).files;
+      ((await api(`/v1/users/${userId}/files?limit=200`)) as { files: Array<{ id: string; status: string; totalBytes: number }> }).files;
     for (let settled = false; !settled;) {
       settled = (await filesOf('alice')).every((f) => f.status !== 'processing');
       if (!settled) await new Promise((r) => setTimeout(r, 100));
     }
     const malloryFiles = await filesOf('mallory');
     expect(malloryFiles.length).toBe(hostileResults.filter((h) => h.result.ok).length);
+    const kept: string[] = [];
     for (const userId of ['mallory', 'alice']) {
       const counters = (await api(`/v1/users/${userId}`)) as { usedBytes: number; reservedBytes: number };
-      const total = (await filesOf(userId)).reduce((s, f) => s + f.totalBytes, 0);
+      const files = await filesOf(userId);
+      kept.push(...files.map((f) => f.id));
+      const total = files.reduce((s, f) => s + f.totalBytes, 0);
       expect(counters, userId).toMatchObject({ usedBytes: total, reservedBytes: 0 });
     }
     server.proc.kill('SIGTERM');
@@ -218,5 +223,19 @@ describe('hostile corpus', () => {
     const check = await runCli(['fsck'], env);
     expect(check.stdout).toContain('fsck: clean');
     expect(check.code).toBe(0);
+
+    // Nothing of a refused file is left where the server keeps bytes (the data directory or the
+    // bucket): exactly the kept files have a folder, and no upload, received copy, scratch space or
+    // reservation remains.
+    const stores = openStores(env);
+    try {
+      expect((await stores.folderIds()).sort()).toEqual(kept.sort());
+      expect(await stores.uploadAreaIds()).toEqual([]);
+      expect(await stores.received.list()).toEqual([]);
+      expect(await stores.storage.listWorkspaces()).toEqual([]);
+      expect(await stores.repo.reservationTotals()).toEqual({ count: 0, bytes: 0 });
+    } finally {
+      await stores.close();
+    }
   }, 240_000);
 });

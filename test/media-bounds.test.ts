@@ -1,9 +1,11 @@
 import { readdirSync, readFileSync } from 'node:fs';
-import { readFile, rm } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { SignJWT } from 'jose';
 import { afterAll, describe, expect, it } from 'vitest';
+import { backends, serverEnvironmentOn, type Backend } from './helpers/backends.js';
 import { corpus } from './helpers/chipmunk.js';
-import { isAlive as alive, serverEnvironment, spawnServer, type ServerProcess } from './helpers/server-process.js';
+import { isAlive as alive, spawnServer, type ServerProcess } from './helpers/server-process.js';
+import { openStores } from './helpers/stores.js';
 import { tusUpload, type TusResult } from './helpers/tus.js';
 
 // Media work against the real server process (dist/): hostile or oversized files are refused with a
@@ -11,16 +13,16 @@ import { tusUpload, type TusResult } from './helpers/tus.js';
 // outside the server's process group (a group SIGTERM does not turn a good photo into a 422) and die
 // with the server (kill -9 leaves no orphan ffmpeg or worker).
 
-const dataDirs: string[] = [];
+const drops: Array<() => Promise<void>> = [];
 const servers: ServerProcess[] = [];
 afterAll(async () => {
   for (const s of servers) if (s.proc.exitCode === null && s.proc.signalCode === null) s.proc.kill('SIGKILL');
-  for (const d of dataDirs) await rm(d, { recursive: true, force: true });
+  for (const drop of drops) await drop();
 });
 
-async function start(name: string, extra: Record<string, string>, opts: { detached?: boolean } = {}) {
-  const { dataDir, env } = await serverEnvironment(name, extra);
-  dataDirs.push(dataDir);
+async function start(backend: Backend, name: string, extra: Record<string, string>, opts: { detached?: boolean } = {}) {
+  const { env, drop } = await serverEnvironmentOn(backend, name, extra);
+  drops.push(drop);
   const server = await spawnServer(env, opts);
   servers.push(server);
   const token = (userId: string, purpose: string) =>
@@ -104,11 +106,11 @@ function toneWav(seconds: number, rate = 8000): Buffer {
 const errorOf = (r: TusResult) => (r.ok ? undefined : (JSON.parse(r.body ?? '{}') as { error?: { code: string; message: string } }).error);
 const MB = 1_000_000;
 
-describe('bounded media work on the real server', () => {
+describe.each(backends)('bounded media work on the real server ($name)', (backend) => {
   it('refuses a crafted deeply-nested M4A, an animation over the frame limit and a track over the duration limit with 4xx, the server under 300 MB, nothing left behind', async () => {
     // A small memory cap and time limit for each child, so the crafted file meets one of them quickly
     // even when the whole suite loads the machine.
-    const { server, token, user } = await start('bounds', {
+    const { server, env, token, user } = await start(backend, 'bounds', {
       CHIPMUNK_MAX_FRAMES: '10',
       CHIPMUNK_MAX_DURATION: '5',
       CHIPMUNK_MEDIA_MEMORY: String(300 * MB),
@@ -156,10 +158,25 @@ describe('bounded media work on the real server', () => {
     const left = childrenOf(pid).map(cmdline);
     expect(left.filter((c) => !c.includes('image-worker'))).toEqual([]);
     expect(left.length).toBeLessThanOrEqual(1);
+    // Nor any byte of the refused files, in the data directory or the bucket: no folder, no upload,
+    // no received copy, no scratch space, no reservation.
+    server.proc.kill('SIGTERM');
+    expect(await server.exited).toEqual({ code: 0, signal: null });
+    const stores = openStores(env);
+    try {
+      expect(await stores.folderIds()).toEqual([]);
+      expect(await stores.uploadAreaIds()).toEqual([]);
+      expect(await stores.received.list()).toEqual([]);
+      expect(await stores.storage.listWorkspaces()).toEqual([]);
+      expect(await stores.repo.reservationTotals()).toEqual({ count: 0, bytes: 0 });
+    } finally {
+      await stores.close();
+    }
   }, 180_000);
 
   it('a SIGTERM to the whole process group while a photo is processing does not refuse the photo', async () => {
     const { server, token } = await start(
+      backend,
       'group-term',
       { CHIPMUNK_SHUTDOWN_TIMEOUT: '60', CHIPMUNK_CONCURRENCY: '1', CHIPMUNK_LOG_LEVEL: 'info' },
       { detached: true },
@@ -190,7 +207,7 @@ describe('bounded media work on the real server', () => {
   });
 
   it('kill -9 of the server leaves no orphan ffmpeg or image worker', async () => {
-    const { server, token } = await start('orphans', { CHIPMUNK_CONCURRENCY: '2' });
+    const { server, token } = await start(backend, 'orphans', { CHIPMUNK_CONCURRENCY: '2' });
     const pid = server.proc.pid!;
     const photo = await tusUpload(`${server.url}/uploads`, await readFile(corpus('images/photos/portrait-canal.jpg')), { token: await token('ann', 'image') });
     expect(photo.ok).toBe(true);

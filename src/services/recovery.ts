@@ -54,7 +54,7 @@ export type RecoveryDeps = {
   /**
    * Other nodes may be running on the same database and bucket (distributed mode): an upload with no
    * byte yet, or bytes with no row yet, may be theirs right now. Those are left to the time-based
-   * sweeps (idle expiry) and to `chipmunk fsck --repair`, never released on a guess at start-up.
+   * sweeps (idle expiry; upload-area leftovers, by their rows: uploads/expiry.ts) and to `chipmunk fsck --repair`, never released on a guess at start-up.
    */
   shared?: boolean;
 };

@@ -1,5 +1,7 @@
+import { rm } from 'node:fs/promises';
 import type { ChipmunkOptions } from '../../src/chipmunk.js';
 import { startChipmunk, type TestChipmunk } from './chipmunk.js';
+import { serverEnvironment } from './server-process.js';
 import { createDistributedEnvironment } from './services.js';
 
 /**
@@ -75,3 +77,28 @@ export const hasFolder = async (t: TestChipmunk, fileId: string) => (await t.chi
 
 /** Ids of the unfinished uploads in the upload area, wherever it is (the data directory or the bucket). */
 export const uploadAreaIds = async (t: TestChipmunk) => [...(await t.chipmunk.area.list()).keys()];
+
+/** Ids of the uploads in the received area (last byte in, processing not ended), wherever it is. */
+export const receivedIds = (t: TestChipmunk) => t.chipmunk.received.list();
+
+/**
+ * The environment of a server process (`spawnServer`) on `backend`: serverEnvironment's data directory,
+ * port and secrets and, when distributed, a database and a bucket of its own. `drop()` removes the
+ * data directory and those.
+ */
+export async function serverEnvironmentOn(
+  backend: Backend,
+  name: string,
+  extra: Record<string, string> = {},
+): Promise<{ dataDir: string; env: Record<string, string>; drop(): Promise<void> }> {
+  const distributed = backend.name === 'distributed' ? await createDistributedEnvironment(name) : undefined;
+  const { dataDir, env } = await serverEnvironment(name, { ...distributed?.env, ...extra });
+  return {
+    dataDir,
+    env,
+    async drop() {
+      await rm(dataDir, { recursive: true, force: true });
+      await distributed?.drop();
+    },
+  };
+}
