@@ -19,6 +19,12 @@ import { expectReservationAfterCommit } from './helpers/reservations.js';
 
 const UPLOAD_BYTES = 200_000_000;
 const MAX_GROWTH = 80 * 1024 * 1024;
+/**
+ * What writing to the bucket holds on top, by design and whatever the file's size: the SDK's multipart
+ * writer (src/storage/s3.ts) keeps two 8 MiB parts in flight and assembles a third (measured: about
+ * 30 MiB more than embedded). The 200 MB upload's bound stays far below what holding it would add.
+ */
+const S3_WRITER_BYTES = 3 * 8 * 1024 * 1024;
 
 const rssOf = (pid: number) => Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]) * 1024;
 
@@ -65,7 +71,10 @@ describe.each(backends)('$name', (backend) => {
 
   beforeAll(async () => {
     distributed = backend.name === 'distributed' ? await createDistributedEnvironment('ingest_memory') : undefined;
-    child = spawn(process.execPath, ['--import', 'tsx', path.join(import.meta.dirname, 'helpers/child-chipmunk.ts'), JSON.stringify(distributed?.env ?? {})], {
+    // Stopped with the big track's renditions still running: waiting out the default 15 s shutdown
+    // deadline for them would test nothing here.
+    const env = { ...distributed?.env, CHIPMUNK_SHUTDOWN_TIMEOUT: '1' };
+    child = spawn(process.execPath, ['--import', 'tsx', path.join(import.meta.dirname, 'helpers/child-chipmunk.ts'), JSON.stringify(env)], {
       stdio: ['ignore', 'pipe', 'inherit'],
     });
     const firstLine = await new Promise<string>((resolve, reject) => {
@@ -74,6 +83,7 @@ describe.each(backends)('$name', (backend) => {
     });
     server = JSON.parse(firstLine);
   });
+  const maxGrowth = backend.name === 'distributed' ? MAX_GROWTH + S3_WRITER_BYTES : MAX_GROWTH;
   afterAll(async () => {
     if (child && child.exitCode === null) {
       child.kill('SIGTERM');
@@ -103,7 +113,7 @@ describe.each(backends)('$name', (backend) => {
     console.log(
       `server RSS before ${(before / 2 ** 20).toFixed(1)} MiB, peak ${(peak / 2 ** 20).toFixed(1)} MiB, growth ${(growth / 2 ** 20).toFixed(1)} MiB for a ${UPLOAD_BYTES / 1e6} MB upload`,
     );
-    expect(growth).toBeLessThan(MAX_GROWTH);
+    expect(growth).toBeLessThan(maxGrowth);
     await expectReservationAfterCommit({ file: () => kit.getFile(fileId), reservedBytes: async () => (await kit.getUser('big')).reservedBytes });
     expect((await kit.getUser('big')).usedBytes).toBeGreaterThanOrEqual(UPLOAD_BYTES);
     // The whole body landed where the server keeps originals (the media folder or the bucket): its
