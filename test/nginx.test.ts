@@ -6,20 +6,25 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { nginxConfigCommand } from '../src/cli.js';
-import { corpus, startChipmunk, storedForm, type TestChipmunk } from './helpers/chipmunk.js';
+import { backends } from './helpers/backends.js';
+import { corpus, storedForm, type TestChipmunk } from './helpers/chipmunk.js';
 import { NGINX_BIN, startNginx, type TestNginx } from './helpers/nginx.js';
 import { tusUpload, uploadFirstChunk } from './helpers/tus.js';
 
 const sha256 = (b: Buffer | Uint8Array) => createHash('sha256').update(b).digest('hex');
 type FileJson = { id: string; bytes: number; variants: Array<{ n: number; url: string }> };
 
-describe('tus uploads through nginx', () => {
+// On the distributed backend the same rendered config sits in front of a Chipmunk on PostgreSQL and
+// a bucket: tus answers come from the S3 store and the auth answer sends nginx to the bucket.
+// What only the bucket has (its internal location, bytes taken from it) is nginx-s3.test.ts's.
+
+describe.each(backends)('tus uploads through nginx: $name', (backend) => {
   let t: TestChipmunk;
   let nginx: TestNginx;
   let photo: Buffer;
 
   beforeAll(async () => {
-    t = await startChipmunk();
+    t = await backend.start();
     nginx = await startNginx(t);
     photo = await storedForm(corpus('images/photos/portrait-canal.jpg'));
   });
@@ -68,9 +73,9 @@ describe('tus uploads through nginx', () => {
   });
 });
 
-describe('nginx when Chipmunk is down', () => {
+describe.each(backends)('nginx when Chipmunk is down: $name', (backend) => {
   it('answers JSON 502 for the API and for files', async () => {
-    const t = await startChipmunk();
+    const t = await backend.start();
     const nginx = await startNginx(t, { authCacheSeconds: 0 });
     try {
       await t.chipmunk.close();
@@ -82,11 +87,12 @@ describe('nginx when Chipmunk is down', () => {
       }
     } finally {
       await nginx.close();
-      await rm(t.dataDir, { recursive: true, force: true });
+      await t.close();
     }
   });
 });
 
+// Rendering alone, the same on either backend (the bucket's part of the config: nginx-s3.test.ts).
 describe('chipmunk nginx-config', () => {
   const env = { CHIPMUNK_DATA_DIR: '/srv/chipmunk', CHIPMUNK_INTERNAL_PORT: '9091', CHIPMUNK_AUTH_CACHE: '3' };
 
