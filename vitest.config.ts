@@ -26,8 +26,12 @@ export default defineConfig({
   test: {
     testTimeout: 60_000,
     hookTimeout: 60_000,
-    // Each test file builds its own Chipmunk in a temp folder; files run in parallel forks.
+    // Each test file builds its own Chipmunk in a temp folder (and, distributed, its own database and
+    // bucket); files run in parallel forks. Two at a time even on two cores: most of a file's time is
+    // spent waiting on other processes (servers it spawns and kills, PostgreSQL, RGW, nginx, Chromium),
+    // and vitest's default on two cores (one fork) left a core idle for half the run.
     pool: 'forks',
+    maxWorkers: 2,
     projects: [
       { extends: true, test: { name: 'unit', include: ['src/**/*.test.ts'] } },
       { extends: true, test: { name: 'integration', include: ['test/**/*.test.ts'], exclude: e2e } },
