@@ -5,7 +5,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { backends, serverEnvironmentOn, type Backend } from './helpers/backends.js';
 import { corpus } from './helpers/chipmunk.js';
 import { isAlive as alive, spawnServer, type ServerProcess } from './helpers/server-process.js';
-import { openStores } from './helpers/stores.js';
+import { whatIsLeft } from './helpers/stores.js';
 import { tusUpload, type TusResult } from './helpers/tus.js';
 
 // Media work against the real server process (dist/): hostile or oversized files are refused with a
@@ -162,16 +162,7 @@ describe.each(backends)('bounded media work on the real server ($name)', (backen
     // no received copy, no scratch space, no reservation.
     server.proc.kill('SIGTERM');
     expect(await server.exited).toEqual({ code: 0, signal: null });
-    const stores = openStores(env);
-    try {
-      expect(await stores.folderIds()).toEqual([]);
-      expect(await stores.uploadAreaIds()).toEqual([]);
-      expect(await stores.received.list()).toEqual([]);
-      expect(await stores.storage.listWorkspaces()).toEqual([]);
-      expect(await stores.repo.reservationTotals()).toEqual({ count: 0, bytes: 0 });
-    } finally {
-      await stores.close();
-    }
+    expect(await whatIsLeft(env)).toEqual({ folders: [], uploads: [], received: [], workspaces: [], reservations: { count: 0, bytes: 0 } });
   }, 180_000);
 
   it('a SIGTERM to the whole process group while a photo is processing does not refuse the photo', async () => {

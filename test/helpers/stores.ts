@@ -57,3 +57,23 @@ export function openStores(env: Record<string, string>): Stores {
     },
   };
 }
+
+/**
+ * Where a stopped server keeps bytes and holds quota, in one snapshot: the file folders present
+ * (sorted), the unfinished uploads, the received copies, the scratch spaces and the reservations.
+ * A suite compares it with what it expects ("nothing of a refused file is left") on either backend.
+ */
+export async function whatIsLeft(env: Record<string, string>) {
+  const stores = openStores(env);
+  try {
+    return {
+      folders: (await stores.folderIds()).sort(),
+      uploads: await stores.uploadAreaIds(),
+      received: await stores.received.list(),
+      workspaces: await stores.storage.listWorkspaces(),
+      reservations: await stores.repo.reservationTotals(),
+    };
+  } finally {
+    await stores.close();
+  }
+}
