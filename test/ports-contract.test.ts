@@ -265,6 +265,21 @@ describe.each([
       expect((await h.uow.ports.files.get(file.id))!.expiresAt).toBeNull();
     });
 
+    it('recordUploadOffset keeps where an uploading file stands (null: unknown), past 2 GiB; uploadOffset reads it only while uploading', async () => {
+      const file = await reserved();
+      expect(await h.uow.ports.uploads.uploadOffset(file.id)).toBeNull();
+      await h.uow.ports.uploads.recordUploadOffset(file.id, 5 * 2 ** 30 + 7);
+      expect(await h.uow.ports.uploads.uploadOffset(file.id)).toBe(5 * 2 ** 30 + 7);
+      await h.uow.ports.uploads.recordUploadOffset(file.id, null);
+      expect(await h.uow.ports.uploads.uploadOffset(file.id)).toBeNull();
+      await h.uow.ports.uploads.recordUploadOffset(file.id, 8);
+      await h.uow.ports.uploads.markReceived(file.id);
+      expect(await h.uow.ports.uploads.uploadOffset(file.id)).toBeNull();
+      await h.uow.ports.uploads.recordUploadOffset(file.id, 16);
+      expect((await h.uow.ports.files.get(file.id))!.uploadOffset).toBe(8);
+      expect(await h.uow.ports.uploads.uploadOffset('nope')).toBeNull();
+    });
+
     it('release drops an uncommitted file in the given states, gives its reservation back and its waiting jobs (not its webhooks)', async () => {
       const file = await fileIn('received', { reserveBytes: 400 });
       await h.uow.ports.jobs.enqueue({ type: 'process', fileId: file.id, userId: 'u1' });

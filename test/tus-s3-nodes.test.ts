@@ -2,15 +2,16 @@ import { randomBytes } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { GetObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { GetObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { Server } from '@tus/server';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import type { S3Settings } from '../src/config.js';
 import { PgLocker } from '../src/db/pg/locker.js';
 import { newFileId } from '../src/ids.js';
 import { UPLOADS_PREFIX } from '../src/storage/objects.js';
 import { createS3Client } from '../src/storage/s3.js';
 import { openUploadAreas, type UploadAreas } from '../src/uploads/open.js';
+import { createTusProtocol } from '../src/uploads/tus-protocol.js';
 import { createTestBucket, createTestDatabase, testServices } from './helpers/services.js';
 import { tusUpload } from './helpers/tus.js';
 
@@ -28,14 +29,22 @@ let bucket: { s3: S3Settings; drop(): Promise<void> };
 let client: S3Client;
 let a: Node;
 let b: Node;
+/** Where each upload stands as the nodes record it: the files table's upload_offset in Chipmunk, shared by every node. */
+const recordedOffsets = new Map<string, number | null>();
+const offsets = {
+  record: async (id: string, offset: number | null) => void recordedOffsets.set(id, offset),
+  read: async (id: string) => recordedOffsets.get(id) ?? null,
+};
 
 async function startNode(): Promise<Node> {
   const areas = openUploadAreas({ dataDir: '/nonexistent', uploadDir: '/nonexistent', s3: bucket.s3 });
   const locker = new PgLocker({ url: db.url, acquireLockTimeoutMs: 10_000 });
-  const datastore = areas.datastore({ expiryMs: 3600_000, onBytes: () => undefined });
+  const datastore = areas.datastore({ expiryMs: 3600_000, onBytes: () => undefined, offsets });
   // Ids as Chipmunk names uploads (the upload area takes file ids only).
   const tus = new Server({ path: '/files', datastore, locker, namingFunction: () => newFileId() });
-  const server = http.createServer((req, res) => void tus.handle(req, res));
+  // Chipmunk's protocol layer around tus, as a node runs it (the declared chunk length lets whole parts stream straight in).
+  const protocol = createTusProtocol({ server: tus });
+  const server = http.createServer((req, res) => void protocol.handle(req, res));
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   return {
     url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/files`,
@@ -122,5 +131,39 @@ describe('tus across two nodes over one bucket with PgLocker', () => {
     expect(b.locker.heldIds()).toEqual([]);
     await a.areas.area.discard(id);
     expect(await b.areas.area.list()).toEqual(new Map());
+  });
+
+  it("trusts a node's memory of its own last write only while no other node has written since", async () => {
+    const data = randomBytes(4 * 8 * MB);
+    const created = await fetch(a.url, { method: 'POST', headers: { 'Tus-Resumable': '1.0.0', 'Upload-Length': String(data.length) } });
+    const id = new URL(created.headers.get('location')!, a.url).pathname.split('/').pop()!;
+    const send = vi.spyOn(S3Client.prototype, 'send');
+    const bucketReads = () => send.mock.calls.filter(([command]) => ['ListPartsCommand', 'HeadObjectCommand'].includes(command.constructor.name)).length;
+    const patch = async (node: Node, chunk: number) => {
+      const before = bucketReads();
+      const res = await fetch(`${node.url}/${id}`, {
+        method: 'PATCH',
+        headers: { 'Tus-Resumable': '1.0.0', 'Upload-Offset': String(chunk * 8 * MB), 'Content-Type': 'application/offset+octet-stream' },
+        body: data.subarray(chunk * 8 * MB, (chunk + 1) * 8 * MB),
+      });
+      expect(res.status).toBe(204);
+      expect(res.headers.get('upload-offset')).toBe(String((chunk + 1) * 8 * MB));
+      return bucketReads() - before;
+    };
+    try {
+      // A created the upload and wrote its first part: its next PATCH asks the bucket nothing.
+      expect(await patch(a, 0)).toBe(0);
+      // B never wrote it: it reads the bucket.
+      expect(await patch(b, 1)).toBeGreaterThan(0);
+      // A's memory (one part) is stale now that B wrote: A reads the bucket and answers B's offset.
+      expect(await patch(a, 2)).toBeGreaterThan(0);
+      // B's memory is stale too; the last part through B completes the upload from what it read.
+      expect(await patch(b, 3)).toBeGreaterThan(0);
+    } finally {
+      send.mockRestore();
+    }
+    const stored = await client.send(new GetObjectCommand({ Bucket: bucket.s3.bucket, Key: `${UPLOADS_PREFIX}${id}` }));
+    expect(Buffer.from(await stored.Body!.transformToByteArray()).equals(data)).toBe(true);
+    await a.areas.area.discard(id);
   });
 });

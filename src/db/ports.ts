@@ -112,6 +112,10 @@ export interface UploadLedger {
   markReceived(fileId: string): Promise<FileRow | undefined>;
   /** Bytes arrived: the upload is no longer idle, it may live until `expiresAt`. */
   extendExpiry(fileId: string, expiresAt: number): Promise<void>;
+  /** Records where an uploading file's bytes stand (null: unknown, a write is under way). */
+  recordUploadOffset(fileId: string, offset: number | null): Promise<void>;
+  /** The offset last recorded for a file still uploading; null when none is, or it is not uploading. */
+  uploadOffset(fileId: string): Promise<number | null>;
   /** Drops an uncommitted file in one of `from` and gives its whole reservation back. */
   release(fileId: string, from: readonly FileStatus[]): Promise<FileRow | undefined>;
   recordRefusal(row: RefusedUploadRow): Promise<void>;

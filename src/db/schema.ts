@@ -50,6 +50,11 @@ export const files = sqliteTable(
     uploadLength: integer('upload_length'),
     /** Set in the transaction that records the variants: from then on only a delete removes the folder. */
     committedAt: integer('committed_at'),
+    /**
+     * Where an S3 upload's bytes stood after the last PATCH that recorded it (null while a write is
+     * under way, or after one that did not record): lets the node that wrote it skip re-reading the bucket.
+     */
+    uploadOffset: integer('upload_offset'),
   },
   (t) => [
     uniqueIndex('files_delivery_token').on(t.deliveryToken),

@@ -90,6 +90,22 @@ export function createSqlitePorts(db: Db, opts: SqlitePortsOptions): UnitOfWork 
         .run();
     },
 
+    async recordUploadOffset(fileId, offset) {
+      db.update(files)
+        .set({ uploadOffset: offset })
+        .where(and(eq(files.id, fileId), eq(files.status, 'uploading')))
+        .run();
+    },
+
+    async uploadOffset(fileId) {
+      const row = db
+        .select({ offset: files.uploadOffset })
+        .from(files)
+        .where(and(eq(files.id, fileId), eq(files.status, 'uploading')))
+        .get();
+      return row?.offset ?? null;
+    },
+
     async release(fileId, from) {
       const file = db
         .delete(files)

@@ -135,6 +135,14 @@ export function createUploadService(deps: UploadServiceDeps) {
       await ports.uploads.extendExpiry(fileId, Date.now() + deps.uploadExpiryMs);
     },
 
+    /** Where a bucket upload's bytes stand, for the node that wrote them (uploads/s3-datastore.ts). */
+    recordOffset(fileId: string, offset: number | null): Promise<void> {
+      return ports.uploads.recordUploadOffset(fileId, offset);
+    },
+    recordedOffset(fileId: string): Promise<number | null> {
+      return ports.uploads.uploadOffset(fileId);
+    },
+
     /**
      * Refuses (507) an upload the disk cannot hold: free space, minus the operator's margin, minus
      * what uploads in flight have reserved, must fit the declared length. Called before any byte

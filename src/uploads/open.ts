@@ -40,8 +40,8 @@ export function openUploadAreas(config: Pick<Config, 'dataDir' | 'uploadDir' | '
   return {
     area,
     received,
-    datastore: ({ expiryMs, onBytes }) => {
-      const made = new ChipmunkS3Store({ s3, prefix: UPLOADS_PREFIX, area, expiryMs, onBytes });
+    datastore: ({ expiryMs, onBytes, offsets }) => {
+      const made = new ChipmunkS3Store({ s3, prefix: UPLOADS_PREFIX, area, expiryMs, onBytes, offsets });
       stores.push(made);
       return made;
     },

@@ -6,12 +6,13 @@ import path from 'node:path';
 import { Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { S3Store, type MetadataValue } from '@tus/s3-store';
-import { ERRORS, type KvStore } from '@tus/server';
+import { ERRORS, TUS_RESUMABLE, Upload, type KvStore } from '@tus/server';
 import { LRUCache } from 'lru-cache';
 import type { S3Settings } from '../config.js';
 import { errors } from '../errors.js';
 import { prefixKeys, s3ClientConfig } from '../storage/s3.js';
 import type { UploadArea } from './area.js';
+import type { UploadOffsets } from './tus.js';
 import { declaredChunkLength, expectedChunkChecksum, TUS_EXTENSIONS } from './tus-protocol.js';
 
 // tus uploads on the S3 bucket through @tus/s3-store, so any node can resume them: every PATCH
@@ -28,6 +29,8 @@ export const S3_PART_BYTES = 8 * 1024 * 1024;
 const MAX_DIRECT_PART_BYTES = 4 * S3_PART_BYTES;
 /** Upload records kept in memory per node; a record never changes after creation (no deferred length). */
 const CACHED_RECORDS = 1000;
+/** Parts remembered across uploads (about 100 bytes each): a 10,000-part upload takes a tenth. */
+const REMEMBERED_PARTS = 100_000;
 
 export type S3DatastoreOptions = {
   s3: S3Settings;
@@ -35,6 +38,7 @@ export type S3DatastoreOptions = {
   area: UploadArea;
   expiryMs: number;
   onBytes: (bytes: number, id: string) => void;
+  offsets: UploadOffsets;
 };
 
 /** A bounded record cache (the stock one is a Map that only a completion or a tus DELETE empties). */
@@ -48,18 +52,27 @@ function boundedCache(): KvStore<MetadataValue> {
   };
 }
 
-/** Where an upload's bytes stand in the bucket, as the PATCH handler's getUpload just read them. */
-type PartBoundary = { offset: number; nextPartNumber: number };
+/** A part of the multipart upload, as ListParts describes it (only storage/ imports the SDK). */
+type Part = { PartNumber?: number; ETag?: string; Size?: number };
+/** Where an upload's bytes stand in the bucket on a part boundary (no tail pending): its parts so far. */
+type PartBoundary = { offset: number; parts: Part[] };
 type Reading = { parts?: Array<{ PartNumber?: number }>; incompleteRead: boolean; incompleteSize?: number };
 
 export class ChipmunkS3Store extends S3Store {
   /**
-   * A PATCH reads its upload (ListParts, HEAD of the tail) and then writes under the same lock, so the
-   * write need not ask the bucket again: the handler's reading is kept here for the write that follows.
-   * Bounded and short-lived: a HEAD leaves a reading no write consumes.
+   * A PATCH reads its upload and then writes under the same lock, so the write need not ask the bucket
+   * again: the handler's reading is kept here for the write that follows. Bounded and short-lived: a
+   * HEAD leaves a reading no write consumes.
    */
   private readonly boundaries = new LRUCache<string, PartBoundary>({ max: CACHED_RECORDS, ttl: 60_000 });
   private readonly readings = new Map<string, Reading>();
+  /**
+   * Where this node's own last write left each upload, trusted instead of a ListParts and a HEAD of the
+   * tail while the database still records that offset. Every write first sets the record to null
+   * (under the lock that spans nodes), so a write by any other node, or one that ended unrecorded,
+   * makes the memory disagree, and the bucket is read again.
+   */
+  private readonly remembered = new LRUCache<string, PartBoundary>({ maxSize: REMEMBERED_PARTS, sizeCalculation: (b) => b.parts.length + 1 });
 
   constructor(private readonly opts: S3DatastoreOptions) {
     super({
@@ -79,18 +92,67 @@ export class ChipmunkS3Store extends S3Store {
    * go to the bucket (a part once uploaded cannot be taken back), so a mismatch leaves the upload as it was.
    */
   override async getUpload(id: string) {
+    const known = await this.trustedMemory(id);
+    if (known) {
+      const metadata = await this.getMetadata(id);
+      this.boundaries.set(id, known);
+      return new Upload({ ...metadata.file, offset: known.offset, size: metadata.file.size, storage: metadata.file.storage });
+    }
     const reading: Reading = { incompleteRead: false };
     this.readings.set(id, reading);
     try {
       const upload = await super.getUpload(id);
       // Only a reading that ends on a part boundary (no tail pending) serves the direct write.
       if (reading.parts && reading.incompleteRead && reading.incompleteSize === undefined && upload.offset !== undefined) {
-        this.boundaries.set(id, { offset: upload.offset, nextPartNumber: (reading.parts.at(-1)?.PartNumber ?? 0) + 1 });
+        this.boundaries.set(id, { offset: upload.offset, parts: reading.parts });
       } else this.boundaries.delete(id);
       return upload;
     } finally {
       if (this.readings.get(id) === reading) this.readings.delete(id);
     }
+  }
+
+  /** This node's memory of the upload, when the database still records the offset it left. */
+  private async trustedMemory(id: string): Promise<PartBoundary | undefined> {
+    const known = this.remembered.get(id);
+    if (!known) return undefined;
+    const recorded = await this.opts.offsets.read(id).catch(() => null);
+    if (recorded === known.offset) return known;
+    this.remembered.delete(id);
+    return undefined;
+  }
+
+  /** Records where a write left the upload, then remembers it; unrecorded, the next request reads the bucket. */
+  private async remember(id: string, boundary: PartBoundary): Promise<void> {
+    try {
+      await this.opts.offsets.record(id, boundary.offset);
+      this.remembered.set(id, boundary);
+    } catch {
+      this.remembered.delete(id);
+    }
+  }
+
+  /** A new upload is at offset 0 with no part: its creation's own reads and its first PATCH need not ask the bucket. */
+  override async create(upload: Upload): Promise<Upload> {
+    const created = await super.create(upload);
+    const start = { offset: 0, parts: [] };
+    this.boundaries.set(created.id, start);
+    await this.remember(created.id, start);
+    return created;
+  }
+
+  /** The record just written is the record: kept in the cache, so reading it back needs no GET. */
+  protected override async saveMetadata(upload: Upload, uploadId: string): Promise<void> {
+    await super.saveMetadata(upload, uploadId);
+    const file = new Upload({
+      id: upload.id,
+      size: upload.size,
+      offset: 0,
+      metadata: upload.metadata,
+      creation_date: upload.creation_date,
+      storage: upload.storage,
+    });
+    await this.cache.set(upload.id, { 'tus-version': TUS_RESUMABLE, 'upload-id': uploadId, file });
   }
 
   override async retrieveParts(id: string, partNumberMarker?: string) {
@@ -114,6 +176,9 @@ export class ChipmunkS3Store extends S3Store {
     // Taken whatever path the write takes: after it the bucket has moved on.
     const boundary = this.boundaries.get(id);
     this.boundaries.delete(id);
+    this.remembered.delete(id);
+    // Before any byte reaches the bucket: no node's memory of this upload holds until this write records where it ended.
+    await this.opts.offsets.record(id, null);
     const expected = expectedChunkChecksum();
     let spooled: string | undefined;
     try {
@@ -163,19 +228,21 @@ export class ChipmunkS3Store extends S3Store {
     // (one PATCH of a whole 500 MB file from a phone), takes the stock path, which keeps what arrived
     // part by part, its tail included (tus: the server SHOULD keep the bytes of a cut PATCH).
     if ((final && length < S3_PART_BYTES) || length > MAX_DIRECT_PART_BYTES) return undefined;
-    let partNumber: number;
-    if (boundary?.offset === offset) partNumber = boundary.nextPartNumber;
+    let parts: Part[];
+    if (boundary?.offset === offset) parts = boundary.parts;
     else {
       if ((await this.getIncompletePartSize(id)) !== undefined) return undefined;
-      partNumber = ((await this.retrieveParts(id)).at(-1)?.PartNumber ?? 0) + 1;
+      parts = await this.retrieveParts(id);
     }
+    const partNumber = (parts.at(-1)?.PartNumber ?? 0) + 1;
     const body = exactly(length);
     // A body that ends short must end the part's request too (it would wait for the missing bytes).
     const abort = new AbortController();
     body.on('error', () => abort.abort());
     readable.once('error', (err) => body.destroy(err));
+    let etag: string | undefined;
     try {
-      await this.client.uploadPart(
+      ({ ETag: etag } = await this.client.uploadPart(
         {
           Bucket: this.bucket,
           Key: id,
@@ -185,21 +252,25 @@ export class ChipmunkS3Store extends S3Store {
           Body: readable.pipe(body),
         },
         { abortSignal: abort.signal },
-      );
+      ));
     } catch {
       // A cut mid-body (or the store failing): the part did not land.
       throw ERRORS.FILE_WRITE_ERROR;
     }
+    // The parts so far are known (read under this lock, or remembered and still recorded): the
+    // completion needs no ListParts. Without an ETag (a server that gives none) the bucket is asked.
+    const done = etag ? [...parts, { ETag: etag, PartNumber: partNumber, Size: length }] : undefined;
     if (final) {
-      await this.finishMultipartUpload(metadata, await this.retrieveParts(id));
+      await this.finishMultipartUpload(metadata, done ?? (await this.retrieveParts(id)));
       await this.clearCache(id);
-    }
+    } else if (done) await this.remember(id, { offset: offset + length, parts: done });
     return offset + length;
   }
 
   /** A tus DELETE: everything of the upload goes, its unfinished multipart upload and tail included. */
   override async remove(id: string): Promise<void> {
     this.boundaries.delete(id);
+    this.remembered.delete(id);
     await this.opts.area.discard(id);
     await this.clearCache(id);
   }

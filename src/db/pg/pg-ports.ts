@@ -118,6 +118,21 @@ function bindPorts(db: PgDb, effects: Effects, opts: PgPortsOptions): Ports {
         .where(and(eq(files.id, fileId), eq(files.status, 'uploading'), sql`${files.expiresAt} < ${expiresAt}`));
     },
 
+    async recordUploadOffset(fileId, offset) {
+      await db
+        .update(files)
+        .set({ uploadOffset: offset })
+        .where(and(eq(files.id, fileId), eq(files.status, 'uploading')));
+    },
+
+    async uploadOffset(fileId) {
+      const [row] = await db
+        .select({ offset: files.uploadOffset })
+        .from(files)
+        .where(and(eq(files.id, fileId), eq(files.status, 'uploading')));
+      return row?.offset ?? null;
+    },
+
     async release(fileId, from) {
       const [file] = await db
         .delete(files)

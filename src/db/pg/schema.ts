@@ -40,6 +40,7 @@ export const files = pgTable(
     expiresAt: int8('expires_at'),
     uploadLength: int8('upload_length'),
     committedAt: int8('committed_at'),
+    uploadOffset: int8('upload_offset'),
   },
   (t) => [
     uniqueIndex('files_delivery_token').on(t.deliveryToken),
