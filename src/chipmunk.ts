@@ -31,6 +31,7 @@ import { createProcessing, PROCESS_JOB } from './services/processing.js';
 import { recoverAtStartup, sweepMediaLeftovers, type RecoveryReport } from './services/recovery.js';
 import { createUploadService } from './services/uploads.js';
 import { openBlobStorage } from './storage/open.js';
+import { S3_SINGLE_COPY_BYTES } from './storage/s3-received.js';
 import { openUploadAreas } from './uploads/open.js';
 import { sweepExpiredUploads, sweepUploadLeftovers } from './uploads/expiry.js';
 import { createIngest } from './uploads/ingest.js';
@@ -98,11 +99,15 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
   // Unfinished and received uploads: the data directory, or the bucket's uploads/ and received/ with CHIPMUNK_S3_BUCKET.
   const uploadAreas = openUploadAreas(config);
   const area = uploadAreas.area;
-  const purposes = loadPurposes(config.purposesFile, {
-    maxFrames: config.maxFrames,
-    maxAnimationPixels: config.maxAnimationPixels,
-    maxDurationSeconds: config.maxDurationSeconds,
-  });
+  const purposes = loadPurposes(
+    config.purposesFile,
+    {
+      maxFrames: config.maxFrames,
+      maxAnimationPixels: config.maxAnimationPixels,
+      maxDurationSeconds: config.maxDurationSeconds,
+    },
+    config.s3 ? { bytes: S3_SINGLE_COPY_BYTES, why: 'with CHIPMUNK_S3_BUCKET a finished upload is kept by one CopyObject, which S3 caps at 5 GiB' } : undefined,
+  );
   const events = createEventBus();
   const disk = { freeBytes: opts.freeBytes ?? (() => statfsFreeBytes(config.dataDir)), marginBytes: config.diskMarginBytes };
   const received = uploadAreas.received;
@@ -481,8 +486,8 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
     users: () => repo.allUsers(),
     webhooks: () => repo.allWebhooks(),
     filesPage: (afterId: string, limit: number, status?: FileRow['status']) => repo.filesPage(afterId, limit, status),
-    /** `chipmunk fsck` on this instance's data (read-only unless `repair`). */
-    fsck: (opts?: Parameters<typeof fsck>[1]) => fsck({ repo, storage, area, received }, opts),
+    /** `chipmunk fsck` on this instance's data (read-only unless `repair`), as if at `now`. */
+    fsck: (opts?: Parameters<typeof fsck>[1] & { now?: number }) => fsck({ repo, storage, area, received, now: opts?.now }, opts),
   };
 
   return {

@@ -5,6 +5,7 @@ import { backends, uploadAreaIds, type Backend } from './helpers/backends.js';
 import { corpus, type TestChipmunk } from './helpers/chipmunk.js';
 import { fsckCommand } from '../src/ops/fsck-command.js';
 import { tusUpload } from './helpers/tus.js';
+import { rawUploadArea } from './helpers/crash-states.js';
 import { creationBudget } from '../src/services/budget.js';
 
 type Json = Record<string, any>;
@@ -153,6 +154,30 @@ describe.each(backends)('$name', (backend: Backend) => {
   });
 
   describe('chipmunk fsck', () => {
+    it("calls a just-stored file's tus files a cleanup in flight beside the live server, and a repairable orphan otherwise", async () => {
+      const t = await start();
+      const photo = await readFile(corpus('images/photos/portrait-canal.jpg'));
+      const r = await tusUpload(`${t.url}/uploads`, photo, { token: await t.uploadToken('oona', 'image') });
+      if (!r.ok) throw r.error;
+      const { id } = r.body as { id: string };
+      // As they are between the final answer and their removal (the server removes them once it has answered).
+      const raw = rawUploadArea(t);
+      try {
+        await raw.plantLeftover(id);
+      } finally {
+        raw.close();
+      }
+      const live = await t.chipmunk.inspect.fsck({ live: true });
+      expect(live.problems).toEqual([]);
+      expect(live.notices).toContainEqual(expect.objectContaining({ kind: 'upload-cleanup', subject: id }));
+      const stopped = await t.chipmunk.inspect.fsck();
+      expect(stopped.problems).toEqual([expect.objectContaining({ kind: 'orphan-upload', subject: id, repairable: true })]);
+      // Long after its commit, even a live server's leftovers are an orphan.
+      const later = await t.chipmunk.inspect.fsck({ live: true, now: Date.now() + 120_000 });
+      expect(later.problems).toEqual([expect.objectContaining({ kind: 'orphan-upload', subject: id })]);
+      await t.chipmunk.area.discard(id);
+    });
+
     it('compares the database with the blobs as stored (the media folder, or a listing of the bucket), only reads beside a live server, and repairs what is safe', async () => {
       const t = await start();
       const photo = await readFile(corpus('images/photos/portrait-canal.jpg'));

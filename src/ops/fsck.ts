@@ -17,6 +17,8 @@ export type FsckReport = { problems: Finding[]; notices: Finding[]; repaired: st
 export type FsckDeps = { repo: Repository; storage: BlobStorage; area: UploadArea; received?: ReceivedArea; now?: number };
 
 const PAGE = 500;
+/** How long after its commit a stored file's tus files may still be on their way out, beside a live server. */
+const FRESH_COMMIT_MS = 60_000;
 
 export async function fsck(deps: FsckDeps, opts: { repair?: boolean; live?: boolean } = {}): Promise<FsckReport> {
   const { repo, storage, area } = deps;
@@ -109,8 +111,13 @@ export async function fsck(deps: FsckDeps, opts: { repair?: boolean; live?: bool
 
   async function checkStored(file: FileRow) {
     if (uploadsPresent.delete(file.id)) {
-      problem('orphan-upload', file.id, 'upload-area leftovers of a stored file', true);
-      await repair(`removed the upload leftovers of ${file.id}`, () => area.discard(file.id));
+      // A live server removes a finished upload's tus files once it has answered the final request.
+      if (opts.live && file.committedAt !== null && now - file.committedAt < FRESH_COMMIT_MS) {
+        notices.push({ kind: 'upload-cleanup', subject: file.id, detail: 'stored moments ago; the live server is removing its tus files', repairable: false });
+      } else {
+        problem('orphan-upload', file.id, 'upload-area leftovers of a stored file', true);
+        await repair(`removed the upload leftovers of ${file.id}`, () => area.discard(file.id));
+      }
     }
     const variants = await repo.getVariants(file.id);
     const names = new Set(await storage.listNames(file.id));

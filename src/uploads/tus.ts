@@ -26,7 +26,12 @@ export function uploadIdOf(url: string): string | undefined {
 }
 
 /** What a tus store is made with: the expiry it advertises, and a counter of the bytes each write lands. */
-export type TusDatastoreOptions = { expiryMs: number; onBytes: (bytes: number, id: string) => void };
+export type TusDatastoreOptions = { expiryMs: number; onBytes: (bytes: number, id: string) => void; offsets: UploadOffsets };
+/**
+ * Where each upload's bytes stand, as the database records it after each write (null while one is
+ * under way): the S3 store trusts its own memory of a write only while the record still matches it.
+ */
+export type UploadOffsets = { record(id: string, offset: number | null): Promise<void>; read(id: string): Promise<number | null> };
 /** Makes the tus store over the upload area (uploads/open.ts picks the local or the S3 one). */
 export type TusDatastoreFactory = (opts: TusDatastoreOptions) => DataStore;
 
@@ -83,6 +88,7 @@ export function createTusServer(deps: TusDeps): { server: Server; uploadPath: (i
   const { repo, uploads, files, logger, area } = deps;
   const store = deps.datastore({
     expiryMs: deps.uploadExpiryMs,
+    offsets: { record: (id, offset) => uploads.recordOffset(id, offset), read: (id) => uploads.recordedOffset(id) },
     onBytes: (n, id) => {
       deps.onBytesReceived?.(n);
       // The first bytes end the idle window: the upload may now live its full expiry.
@@ -170,10 +176,8 @@ export function createTusServer(deps: TusDeps): { server: Server; uploadPath: (i
     async onUploadFinish(req, upload) {
       try {
         // The tus files stay while the job runs (the data file is linked, not copied, into the received area)
-        // so a racing twin request still finds them; they go once this request has its answer.
+        // so a racing twin request still finds them; they go once this request has its answer (POST_FINISH below).
         const stored = await uploads.complete({ fileId: upload.id, sourcePath: uploadPath(upload.id), carrier: 'keep' });
-        // A PATCH is done with tus's files once answered; a creation-with-upload still reads them (POST_FINISH below).
-        if (req.method === 'PATCH') await discardUpload(upload.id);
         const body = JSON.stringify(files.toJson(stored, await repo.getVariants(stored.id), requestBaseUrl(deps.publicUrl, req)));
         const length = String(stored.uploadLength ?? upload.size ?? stored.bytes);
         return {
