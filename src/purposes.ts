@@ -50,7 +50,10 @@ export type Purposes = {
 };
 
 /** `defaults` are the server's settings for the limits a purpose does not set itself. */
-export function loadPurposes(file?: string, defaults: MediaLimits = defaultMediaLimits): Purposes {
+/** A cap on what any purpose may accept, from where uploads are kept, with the reason in a sentence. */
+export type UploadCeiling = { bytes: number; why: string };
+
+export function loadPurposes(file?: string, defaults: MediaLimits = defaultMediaLimits, ceiling?: UploadCeiling): Purposes {
   let overrides: Record<string, unknown> = {};
   if (file) {
     let text: string;
@@ -82,6 +85,9 @@ export function loadPurposes(file?: string, defaults: MediaLimits = defaultMedia
     if (!parsed.success) {
       const issue = parsed.error.issues[0];
       throw new ConfigError(`Purpose "${name}" is invalid in CHIPMUNK_PURPOSES_FILE ${file}: ${issue?.path.join('.') || 'it'} ${issue?.message}.`);
+    }
+    if (ceiling && parsed.data.maxBytes > ceiling.bytes) {
+      throw new ConfigError(`Purpose "${name}" accepts up to ${parsed.data.maxBytes} bytes, over ${ceiling.bytes}: ${ceiling.why}.`);
     }
     const { maxFrames, maxAnimationPixels, maxDurationSeconds, ...rest } = parsed.data;
     table.set(

@@ -15,6 +15,9 @@ import { failure, isAbsent } from './s3.js';
  * leaves the upload area's own cleanup untouched, as the local hard link does. Processing fetches the
  * bytes into its local scratch.
  */
+/** What one CopyObject may copy (S3's limit), so the most an upload kept in the bucket may weigh. */
+export const S3_SINGLE_COPY_BYTES = 5 * 1024 ** 3;
+
 export function createS3ReceivedArea(opts: { client: S3Client; bucket: string; store: ObjectStore; prefix?: string }): ReceivedArea {
   const { client, bucket, store } = opts;
   const prefix = opts.prefix ?? RECEIVED_PREFIX;
@@ -28,7 +31,7 @@ export function createS3ReceivedArea(opts: { client: S3Client; bucket: string; s
     async keep(id, from) {
       assertKey(from);
       try {
-        // One request (objects up to 5 GiB, S3's limit for a single copy).
+        // One request (objects up to 5 GiB, S3's limit for a single copy; purposes are capped to it).
         await client.send(new CopyObjectCommand({ Bucket: bucket, Key: keyOf(id), CopySource: `${bucket}/${from}` }));
         return true;
       } catch (err) {
