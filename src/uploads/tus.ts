@@ -176,8 +176,11 @@ export function createTusServer(deps: TusDeps): { server: Server; uploadPath: (i
     async onUploadFinish(req, upload) {
       try {
         // The tus files stay while the job runs (the data file is linked, not copied, into the received area)
-        // so a racing twin request still finds them; they go once this request has its answer (POST_FINISH below).
+        // so a racing twin request still finds them; they go once this request has its answer.
         const stored = await uploads.complete({ fileId: upload.id, sourcePath: uploadPath(upload.id), carrier: 'keep' });
+        // A PATCH is done with tus's files before it answers (a client, a test or fsck that looks next
+        // finds them gone); a creation-with-upload still reads them (POST_FINISH below).
+        if (req.method === 'PATCH') await discardUpload(upload.id);
         const body = JSON.stringify(files.toJson(stored, await repo.getVariants(stored.id), requestBaseUrl(deps.publicUrl, req)));
         const length = String(stored.uploadLength ?? upload.size ?? stored.bytes);
         return {
