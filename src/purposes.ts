@@ -49,10 +49,10 @@ export type Purposes = {
   all(): Purpose[];
 };
 
-/** `defaults` are the server's settings for the limits a purpose does not set itself. */
 /** A cap on what any purpose may accept, from where uploads are kept, with the reason in a sentence. */
 export type UploadCeiling = { bytes: number; why: string };
 
+/** `defaults` are the server's settings for the limits a purpose does not set itself. */
 export function loadPurposes(file?: string, defaults: MediaLimits = defaultMediaLimits, ceiling?: UploadCeiling): Purposes {
   let overrides: Record<string, unknown> = {};
   if (file) {

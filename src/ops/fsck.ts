@@ -111,7 +111,7 @@ export async function fsck(deps: FsckDeps, opts: { repair?: boolean; live?: bool
 
   async function checkStored(file: FileRow) {
     if (uploadsPresent.delete(file.id)) {
-      // A live server removes a finished upload's tus files once it has answered the final request.
+      // A live server removes a creation-with-upload's tus files once it has answered it.
       if (opts.live && file.committedAt !== null && now - file.committedAt < FRESH_COMMIT_MS) {
         notices.push({ kind: 'upload-cleanup', subject: file.id, detail: 'stored moments ago; the live server is removing its tus files', repairable: false });
       } else {

@@ -8,6 +8,9 @@ import type { ReceivedArea } from '../uploads/received.js';
 import { assertKey, listAll, RECEIVED_PREFIX, type ObjectStore } from './objects.js';
 import { failure, isAbsent } from './s3.js';
 
+/** What one CopyObject may copy (S3's limit), so the most an upload kept in the bucket may weigh. */
+export const S3_SINGLE_COPY_BYTES = 5 * 1024 ** 3;
+
 /**
  * The received area as a key prefix of the bucket: `received/<id>` holds an upload's bytes from its
  * last byte until its processing job ends, so whichever node claims the job can run it. A tus upload's
@@ -15,9 +18,6 @@ import { failure, isAbsent } from './s3.js';
  * leaves the upload area's own cleanup untouched, as the local hard link does. Processing fetches the
  * bytes into its local scratch.
  */
-/** What one CopyObject may copy (S3's limit), so the most an upload kept in the bucket may weigh. */
-export const S3_SINGLE_COPY_BYTES = 5 * 1024 ** 3;
-
 export function createS3ReceivedArea(opts: { client: S3Client; bucket: string; store: ObjectStore; prefix?: string }): ReceivedArea {
   const { client, bucket, store } = opts;
   const prefix = opts.prefix ?? RECEIVED_PREFIX;

@@ -56,7 +56,7 @@ function boundedCache(): KvStore<MetadataValue> {
 type Part = { PartNumber?: number; ETag?: string; Size?: number };
 /** Where an upload's bytes stand in the bucket on a part boundary (no tail pending): its parts so far. */
 type PartBoundary = { offset: number; parts: Part[] };
-type Reading = { parts?: Array<{ PartNumber?: number }>; incompleteRead: boolean; incompleteSize?: number };
+type Reading = { parts?: Part[]; incompleteRead: boolean; incompleteSize?: number };
 
 export class ChipmunkS3Store extends S3Store {
   /**
@@ -96,7 +96,7 @@ export class ChipmunkS3Store extends S3Store {
     if (known) {
       const metadata = await this.getMetadata(id);
       this.boundaries.set(id, known);
-      return new Upload({ ...metadata.file, offset: known.offset, size: metadata.file.size, storage: metadata.file.storage });
+      return new Upload({ ...metadata.file, offset: known.offset });
     }
     const reading: Reading = { incompleteRead: false };
     this.readings.set(id, reading);

@@ -224,9 +224,10 @@ export function createTusServer(deps: TusDeps): { server: Server; uploadPath: (i
     },
   });
 
-  // The answer is out: tus's files of a finished upload go (the received area holds the bytes). A
-  // crash before this leaves them to start-up recovery.
-  server.on(EVENTS.POST_FINISH, (_req: unknown, _res: unknown, upload: { id: string }) => {
+  // The answer to a creation-with-upload is out: its tus files go (the received area holds the bytes).
+  // A final PATCH removed them before answering. A crash before this leaves them to start-up recovery.
+  server.on(EVENTS.POST_FINISH, (req: { method: string }, _res: unknown, upload: { id: string }) => {
+    if (req.method === 'PATCH') return;
     void (async () => {
       if ((await repo.getFile(upload.id))?.status === 'uploading') return;
       await discardUpload(upload.id);
