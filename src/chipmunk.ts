@@ -31,7 +31,7 @@ import { createProcessing, PROCESS_JOB } from './services/processing.js';
 import { recoverAtStartup, sweepMediaLeftovers, type RecoveryReport } from './services/recovery.js';
 import { createUploadService } from './services/uploads.js';
 import { openBlobStorage } from './storage/open.js';
-import { S3_SINGLE_COPY_BYTES } from './storage/s3-received.js';
+import { S3_MAX_OBJECT_BYTES } from './storage/s3-received.js';
 import { openUploadAreas } from './uploads/open.js';
 import { sweepExpiredUploads, sweepUploadLeftovers } from './uploads/expiry.js';
 import { createIngest } from './uploads/ingest.js';
@@ -106,7 +106,7 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
       maxAnimationPixels: config.maxAnimationPixels,
       maxDurationSeconds: config.maxDurationSeconds,
     },
-    config.s3 ? { bytes: S3_SINGLE_COPY_BYTES, why: 'with CHIPMUNK_S3_BUCKET a finished upload is kept by one CopyObject, which S3 caps at 5 GiB' } : undefined,
+    config.s3 ? { bytes: S3_MAX_OBJECT_BYTES, why: 'with CHIPMUNK_S3_BUCKET an upload is one object, which S3 caps at 5 TiB' } : undefined,
   );
   const events = createEventBus();
   const disk = { freeBytes: opts.freeBytes ?? (() => statfsFreeBytes(config.dataDir)), marginBytes: config.diskMarginBytes };

@@ -103,12 +103,12 @@ describe('a bad purposes file', () => {
 
   it('refuses a purpose larger than where uploads are kept can hold, naming the purpose and the reason', async () => {
     const file = path.join(dir, 'big.json');
-    await writeFile(file, JSON.stringify({ film: { kinds: ['audio'], maxBytes: 6 * 1024 ** 3 } }));
-    const ceiling = { bytes: 5 * 1024 ** 3, why: 'one CopyObject copies at most 5 GiB' };
+    await writeFile(file, JSON.stringify({ film: { kinds: ['audio'], maxBytes: 6 * 1024 ** 4 } }));
+    const ceiling = { bytes: 5 * 1024 ** 4, why: 'S3 stores objects of at most 5 TiB' };
     expect(() => loadPurposes(file, undefined, ceiling)).toThrow(ConfigError);
     expect(() => loadPurposes(file, undefined, ceiling)).toThrow(
-      `Purpose "film" accepts up to ${6 * 1024 ** 3} bytes, over ${5 * 1024 ** 3}: one CopyObject copies at most 5 GiB.`,
+      `Purpose "film" accepts up to ${6 * 1024 ** 4} bytes, over ${5 * 1024 ** 4}: S3 stores objects of at most 5 TiB.`,
     );
-    expect(loadPurposes(file).get('film').maxBytes).toBe(6 * 1024 ** 3);
+    expect(loadPurposes(file).get('film').maxBytes).toBe(6 * 1024 ** 4);
   });
 });

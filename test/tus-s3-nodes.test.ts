@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import type { S3Settings } from '../src/config.js';
 import { PgLocker } from '../src/db/pg/locker.js';
 import { newFileId } from '../src/ids.js';
-import { UPLOADS_PREFIX } from '../src/storage/objects.js';
+import { RECEIVED_PREFIX } from '../src/storage/objects.js';
 import { createS3Client } from '../src/storage/s3.js';
 import { openUploadAreas, type UploadAreas } from '../src/uploads/open.js';
 import { createTusProtocol } from '../src/uploads/tus-protocol.js';
@@ -125,11 +125,12 @@ describe('tus across two nodes over one bucket with PgLocker', () => {
     // The client resumes through B, from the offset B answered, with the real tus-js-client.
     const resumed = await tusUpload(b.url, data, { uploadUrl: `${b.url}/${id}`, chunkSize: 5 * MB });
     expect(resumed.ok).toBe(true);
-    const stored = await client.send(new GetObjectCommand({ Bucket: bucket.s3.bucket, Key: `${UPLOADS_PREFIX}${id}` }));
+    const stored = await client.send(new GetObjectCommand({ Bucket: bucket.s3.bucket, Key: `${RECEIVED_PREFIX}${id}` }));
     expect(Buffer.from(await stored.Body!.transformToByteArray()).equals(data)).toBe(true);
     expect(a.locker.heldIds()).toEqual([]);
     expect(b.locker.heldIds()).toEqual([]);
     await a.areas.area.discard(id);
+    await a.areas.received.remove(id);
     expect(await b.areas.area.list()).toEqual(new Map());
   });
 
@@ -162,8 +163,9 @@ describe('tus across two nodes over one bucket with PgLocker', () => {
     } finally {
       send.mockRestore();
     }
-    const stored = await client.send(new GetObjectCommand({ Bucket: bucket.s3.bucket, Key: `${UPLOADS_PREFIX}${id}` }));
+    const stored = await client.send(new GetObjectCommand({ Bucket: bucket.s3.bucket, Key: `${RECEIVED_PREFIX}${id}` }));
     expect(Buffer.from(await stored.Body!.transformToByteArray()).equals(data)).toBe(true);
     await a.areas.area.discard(id);
+    await a.areas.received.remove(id);
   });
 });

@@ -3,14 +3,14 @@ import { rm } from 'node:fs/promises';
 import http from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Readable } from 'node:stream';
-import { ListMultipartUploadsCommand, ListObjectsV2Command, UploadPartCommand, type S3Client } from '@aws-sdk/client-s3';
+import { ListMultipartUploadsCommand, ListObjectsV2Command, PutObjectCommand, UploadPartCommand, type S3Client } from '@aws-sdk/client-s3';
 import { eq } from 'drizzle-orm';
 import { Upload } from 'tus-js-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig, type S3Settings } from '../src/config.js';
 import { files } from '../src/db/schema.js';
 import { createS3Client } from '../src/storage/s3.js';
-import { UPLOADS_PREFIX } from '../src/storage/objects.js';
+import { RECEIVED_PREFIX, UPLOADS_PREFIX } from '../src/storage/objects.js';
 import { openUploadAreas } from '../src/uploads/open.js';
 import { waitForFile } from './helpers/audio.js';
 import { startChipmunk, type TestChipmunk } from './helpers/chipmunk.js';
@@ -101,7 +101,7 @@ describe('tus uploads in the S3 bucket', () => {
     // Mid-way the upload is the bucket's: tus's record and one unfinished multipart upload, nothing local.
     const during = await uploadState();
     expect(during.objects).toContain(`${UPLOADS_PREFIX}${id}.info`);
-    expect(during.multipart).toEqual([`${UPLOADS_PREFIX}${id}`]);
+    expect(during.multipart).toEqual([`${RECEIVED_PREFIX}${id}`]);
     const offset = Number((await head(url)).headers.get('upload-offset'));
     expect(offset).toBeGreaterThanOrEqual(CHUNK);
     expect(offset).toBeLessThan(data.length);
@@ -162,7 +162,9 @@ describe('tus uploads in the S3 bucket', () => {
     // Expired: one complete part and its multipart upload, then its time runs out.
     const expiredUrl = await uploadFirstChunk(`${t.url}/uploads`, wav(12 * MB), { token, chunkSize: CHUNK });
     const expiredId = idOf(expiredUrl);
-    expect((await uploadState()).multipart).toEqual([`${UPLOADS_PREFIX}${expiredId}`]);
+    expect((await uploadState()).multipart).toEqual([`${RECEIVED_PREFIX}${expiredId}`]);
+    // Whole bytes at its received key whose commitment never came (tus completes there): the release takes them too.
+    await client.send(new PutObjectCommand({ Bucket: bucket.s3.bucket, Key: `${RECEIVED_PREFIX}${expiredId}`, Body: 'whole' }));
     t.chipmunk
       .db!.update(files)
       .set({ expiresAt: Date.now() - 1 })
@@ -232,7 +234,7 @@ describe('an upload whose every byte is in parts when the server stopped (before
     const id = idOf(url);
     await first.stop();
     // The last part lands, the completion does not (as a kill between the two would leave it).
-    const key = `${UPLOADS_PREFIX}${id}`;
+    const key = `${RECEIVED_PREFIX}${id}`;
     const { Uploads } = await client.send(new ListMultipartUploadsCommand({ Bucket: bucket.s3.bucket, Prefix: key }));
     const uploadId = Uploads![0]!.UploadId!;
     await client.send(new UploadPartCommand({ Bucket: bucket.s3.bucket, Key: key, UploadId: uploadId, PartNumber: 2, Body: data.subarray(CHUNK) }));
@@ -283,7 +285,7 @@ describe('a server killed mid-upload', () => {
         upload.start();
       });
       await server.exited;
-      expect((await uploadState()).multipart).toEqual([`${UPLOADS_PREFIX}${idOf(url)}`]);
+      expect((await uploadState()).multipart).toEqual([`${RECEIVED_PREFIX}${idOf(url)}`]);
 
       server = await spawnServer(serverEnv);
       const resumed = await tusUpload(`${server.url}/uploads`, data, { token, uploadUrl: url, chunkSize: CHUNK });

@@ -35,6 +35,8 @@ export async function fsck(deps: FsckDeps, opts: { repair?: boolean; live?: bool
   const uploadsPresent = await area.list();
   const rowIds = new Set<string>();
   const awaiting = new Set<string>();
+  /** Unfinished uploads: in the bucket a completed one's bytes are already at its received key. */
+  const uploading = new Set<string>();
 
   // 1. Every file row against its folder, its variants and its upload.
   let after = '';
@@ -57,6 +59,7 @@ export async function fsck(deps: FsckDeps, opts: { repair?: boolean; live?: bool
   }
 
   async function checkUpload(file: FileRow) {
+    uploading.add(file.id);
     const entry = uploadsPresent.get(file.id);
     uploadsPresent.delete(file.id);
     const received = entry ? await area.receivedBytes(file.id) : undefined;
@@ -86,6 +89,7 @@ export async function fsck(deps: FsckDeps, opts: { repair?: boolean; live?: bool
       await storage.removeFolder(file.id);
       await repo.releaseUpload(file.id);
       await area.discard(file.id);
+      await deps.received?.remove(file.id);
     });
   }
 
@@ -165,7 +169,7 @@ export async function fsck(deps: FsckDeps, opts: { repair?: boolean; live?: bool
 
   // 3b. Received-area files with no upload waiting for processing.
   for (const id of (await deps.received?.list()) ?? []) {
-    if (awaiting.has(id)) continue;
+    if (awaiting.has(id) || uploading.has(id)) continue;
     problem('orphan-received', id, 'received-area bytes of an upload that is no longer waiting for processing', true);
     await repair(`removed the received leftovers of ${id}`, () => deps.received!.remove(id));
   }

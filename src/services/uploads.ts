@@ -196,16 +196,25 @@ export function createUploadService(deps: UploadServiceDeps) {
      */
     async releaseMany(fileIds: string[], discard: (id: string) => Promise<void>): Promise<number> {
       const released = await repo.releaseUploads(fileIds);
-      for (const id of released) await discard(id);
+      for (const id of released) {
+        await discard(id);
+        await deps.received.remove(id);
+      }
       if (released.length) logger.info('uploads released', { count: released.length });
       return released.length;
     },
 
-    /** Gives an unfinished upload's reservation back and removes its bytes. Safe to call twice. */
+    /**
+     * Gives an unfinished upload's reservation back and removes its bytes. Safe to call twice. An
+     * upload released while still 'uploading' was never committed, so received bytes under its id
+     * (a last byte whose commitment lost to this release; in the bucket, tus completes its upload
+     * at the received key) are nobody's and go too.
+     */
     async release(fileId: string, carrier: { sourcePath?: string; discardCarrier?: () => Promise<void> } = {}): Promise<boolean> {
       const released = await ports.uploads.release(fileId, ['uploading']);
       if (carrier.sourcePath) await rm(carrier.sourcePath, { force: true });
       await carrier.discardCarrier?.();
+      if (released) await deps.received.remove(fileId);
       if (released) logger.info('upload released', { fileId });
       return released !== undefined;
     },

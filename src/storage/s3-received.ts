@@ -2,24 +2,22 @@ import { createReadStream, createWriteStream } from 'node:fs';
 import { mkdir, stat, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
-import { CopyObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { fileIdPattern } from '../ids.js';
 import type { ReceivedArea } from '../uploads/received.js';
-import { assertKey, listAll, RECEIVED_PREFIX, type ObjectStore } from './objects.js';
-import { failure, isAbsent } from './s3.js';
+import { listAll, RECEIVED_PREFIX, type ObjectStore } from './objects.js';
 
-/** What one CopyObject may copy (S3's limit), so the most an upload kept in the bucket may weigh. */
-export const S3_SINGLE_COPY_BYTES = 5 * 1024 ** 3;
+/** The largest object S3 stores, so the most an upload kept in the bucket may weigh. */
+export const S3_MAX_OBJECT_BYTES = 5 * 1024 ** 4;
 
 /**
  * The received area as a key prefix of the bucket: `received/<id>` holds an upload's bytes from its
  * last byte until its processing job ends, so whichever node claims the job can run it. A tus upload's
- * completed object is copied here inside the bucket (CopyObject: no byte crosses the network), which
- * leaves the upload area's own cleanup untouched, as the local hard link does. Processing fetches the
- * bytes into its local scratch.
+ * multipart upload is made on this very key (storage/s3-upload-area.ts), so its completion is the
+ * keeping: no byte is copied, and the upload area's removal of tus's files leaves it alone.
+ * Processing fetches the bytes into its local scratch.
  */
-export function createS3ReceivedArea(opts: { client: S3Client; bucket: string; store: ObjectStore; prefix?: string }): ReceivedArea {
-  const { client, bucket, store } = opts;
+export function createS3ReceivedArea(opts: { store: ObjectStore; prefix?: string }): ReceivedArea {
+  const { store } = opts;
   const prefix = opts.prefix ?? RECEIVED_PREFIX;
   const keyOf = (id: string) => {
     if (!fileIdPattern.test(id)) throw new Error(`Refusing unsafe file id ${JSON.stringify(id)}`);
@@ -29,16 +27,9 @@ export function createS3ReceivedArea(opts: { client: S3Client; bucket: string; s
 
   return {
     async keep(id, from) {
-      assertKey(from);
-      try {
-        // One request (objects up to 5 GiB, S3's limit for a single copy; purposes are capped to it).
-        await client.send(new CopyObjectCommand({ Bucket: bucket, Key: keyOf(id), CopySource: `${bucket}/${from}` }));
-        return true;
-      } catch (err) {
-        // The source went (a racing twin kept it and discarded the upload): kept only if it is here.
-        if (isAbsent(err)) return present(id);
-        throw failure(`keep ${from} as ${keyOf(id)}`, err);
-      }
+      // The upload area completes tus's multipart upload here: kept when the whole is present.
+      if (from !== keyOf(id)) throw new Error(`The bucket's uploads complete at ${keyOf(id)}, not at ${JSON.stringify(from)}`);
+      return present(id);
     },
 
     async take(id, from) {

@@ -11,27 +11,32 @@ import {
 import { errors } from '../errors.js';
 import { fileIdPattern } from '../ids.js';
 import type { UploadArea, UploadEntry } from '../uploads/area.js';
-import { listAll, UPLOADS_PREFIX, type ObjectStore } from './objects.js';
+import { listAll, RECEIVED_PREFIX, UPLOADS_PREFIX, type ObjectStore } from './objects.js';
 import { failure, isAbsent } from './s3.js';
 
 /**
- * The tus upload area as a key prefix of the bucket, in @tus/s3-store's layout (uploads/s3-datastore.ts
- * keeps it under the prefix): `<id>.info` is tus's record of the upload, an S3 multipart upload on
- * `<id>` holds its complete parts, `<id>.part` the tail shorter than a part, and `<id>` itself
- * exists once the last byte arrived (the multipart upload completed). Every node sees the same area.
+ * The tus upload area in the bucket, in @tus/s3-store's layout (uploads/s3-datastore.ts routes its
+ * keys): `<prefix><id>.info` is tus's record of the upload and `<prefix><id>.part` the tail shorter
+ * than a part; the S3 multipart upload holding its complete parts is on `<dataPrefix><id>`, the
+ * received area's key, where it becomes the whole upload once the last byte arrived. That whole is
+ * the received area's (it outlives the tus files, until processing ends): this area never removes
+ * it. Every node sees the same area.
  */
 export function createS3UploadArea(opts: {
   client: S3Client;
   bucket: string;
   store: ObjectStore;
   prefix?: string;
+  dataPrefix?: string;
 }): UploadArea & { complete(id: string): Promise<void> } {
   const { client, bucket, store } = opts;
   const prefix = opts.prefix ?? UPLOADS_PREFIX;
+  const dataPrefix = opts.dataPrefix ?? RECEIVED_PREFIX;
   const keyOf = (id: string) => {
     if (!fileIdPattern.test(id)) throw errors.uploadGone();
     return prefix + id;
   };
+  const dataKeyOf = (id: string) => dataPrefix + keyOf(id).slice(prefix.length);
 
   /** The unfinished multipart uploads on `key` (normally one; more only if a creation was retried). */
   async function multipartUploads(key: string): Promise<string[]> {
@@ -95,21 +100,22 @@ export function createS3UploadArea(opts: {
   }
 
   return {
-    dataPath: keyOf,
+    dataPath: dataKeyOf,
 
-    async discard(id) {
+    async discard(id, opts) {
       const key = keyOf(id);
+      const dataKey = dataKeyOf(id);
       // Every multipart upload on the key, whether or not tus's record still names it: none is left behind.
-      for (const uploadId of await multipartUploads(key)) {
+      for (const uploadId of opts?.completed ? [] : await multipartUploads(dataKey)) {
         try {
-          await client.send(new AbortMultipartUploadCommand({ Bucket: bucket, Key: key, UploadId: uploadId }));
+          await client.send(new AbortMultipartUploadCommand({ Bucket: bucket, Key: dataKey, UploadId: uploadId }));
         } catch (err) {
-          if (!isAbsent(err) && (err as { name?: string }).name !== 'NoSuchUpload') throw failure(`abort the multipart upload of ${key}`, err);
+          if (!isAbsent(err) && (err as { name?: string }).name !== 'NoSuchUpload') throw failure(`abort the multipart upload of ${dataKey}`, err);
         }
       }
       try {
         const r = await client.send(
-          new DeleteObjectsCommand({ Bucket: bucket, Delete: { Objects: [{ Key: key }, { Key: `${key}.info` }, { Key: `${key}.part` }], Quiet: true } }),
+          new DeleteObjectsCommand({ Bucket: bucket, Delete: { Objects: [{ Key: `${key}.info` }, { Key: `${key}.part` }], Quiet: true } }),
         );
         const failed = (r.Errors ?? []).filter((e) => e.Code !== 'NoSuchKey');
         if (failed.length) throw new Error(`${failed[0]!.Key}: ${failed[0]!.Code} ${failed[0]!.Message}`);
@@ -138,12 +144,14 @@ export function createS3UploadArea(opts: {
       for (;;) {
         let page;
         try {
-          page = await client.send(new ListMultipartUploadsCommand({ Bucket: bucket, Prefix: prefix, KeyMarker: keyMarker, UploadIdMarker: uploadIdMarker }));
+          page = await client.send(
+            new ListMultipartUploadsCommand({ Bucket: bucket, Prefix: dataPrefix, KeyMarker: keyMarker, UploadIdMarker: uploadIdMarker }),
+          );
         } catch (err) {
-          throw failure(`list the multipart uploads under ${prefix}`, err);
+          throw failure(`list the multipart uploads under ${dataPrefix}`, err);
         }
         for (const u of page.Uploads ?? []) {
-          const id = u.Key?.slice(prefix.length) ?? '';
+          const id = u.Key?.slice(dataPrefix.length) ?? '';
           if (fileIdPattern.test(id)) entry(id);
         }
         if (!page.IsTruncated) break;
@@ -154,18 +162,18 @@ export function createS3UploadArea(opts: {
     },
 
     async receivedBytes(id) {
-      const key = keyOf(id);
+      const dataKey = dataKeyOf(id);
       // Completed: the whole object is there.
-      const whole = await store.head(key);
+      const whole = await store.head(dataKey);
       if (whole) return whole.size;
-      const [uploadId] = await multipartUploads(key);
+      const [uploadId] = await multipartUploads(dataKey);
       if (!uploadId) return undefined;
-      const parts = await partBytes(key, uploadId);
+      const parts = await partBytes(dataKey, uploadId);
       if (parts === undefined) {
         // Completed between the two questions: ask for the object again.
-        return (await store.head(key))?.size;
+        return (await store.head(dataKey))?.size;
       }
-      return parts + (await tailBytes(key));
+      return parts + (await tailBytes(keyOf(id)));
     },
 
     /**
@@ -173,24 +181,24 @@ export function createS3UploadArea(opts: {
      * parts: the object is made from them now (start-up recovery calls this before the commitment).
      */
     async complete(id) {
-      const key = keyOf(id);
-      if (await store.head(key)) return;
+      const dataKey = dataKeyOf(id);
+      if (await store.head(dataKey)) return;
       const record = (await readRecord(id)) as { size?: unknown } | undefined;
-      const [uploadId] = await multipartUploads(key);
-      if (!uploadId || typeof record?.size !== 'number' || (await tailBytes(key)) > 0) return;
-      const parts = await partsOf(key, uploadId);
+      const [uploadId] = await multipartUploads(dataKey);
+      if (!uploadId || typeof record?.size !== 'number' || (await tailBytes(keyOf(id))) > 0) return;
+      const parts = await partsOf(dataKey, uploadId);
       if (!parts?.length || parts.reduce((sum, p) => sum + p.Size, 0) !== record.size) return;
       try {
         await client.send(
           new CompleteMultipartUploadCommand({
             Bucket: bucket,
-            Key: key,
+            Key: dataKey,
             UploadId: uploadId,
             MultipartUpload: { Parts: parts.map((p) => ({ PartNumber: p.PartNumber, ETag: p.ETag })) },
           }),
         );
       } catch (err) {
-        throw failure(`complete the multipart upload of ${key}`, err);
+        throw failure(`complete the multipart upload of ${dataKey}`, err);
       }
     },
 

@@ -176,19 +176,19 @@ export const failure = (what: string, cause: unknown) =>
   new ObjectStoreError('failure', `Could not ${what} in the S3 bucket: ${(cause as Error).name}: ${(cause as Error).message}`, { cause });
 
 /**
- * Puts every key a client sends under `prefix` (its `Key`, and the keys of a DeleteObjects): the tus
- * S3 store names its objects after the bare upload id, and its uploads live under their own prefix
- * of the media bucket. Answers still carry the prefixed keys; nothing the store reads depends on them.
+ * Rewrites every key a client sends (its `Key`, and the keys of a DeleteObjects) through `route`:
+ * the tus S3 store names its objects after the bare upload id, and Chipmunk places them under
+ * prefixes of the media bucket. Answers still carry the routed keys; nothing the store reads depends on them.
  */
-export function prefixKeys(client: Pick<S3Client, 'middlewareStack'>, prefix: string): void {
+export function routeKeys(client: Pick<S3Client, 'middlewareStack'>, route: (key: string) => string): void {
   client.middlewareStack.add(
     (next) => async (args) => {
       const input = args.input as { Key?: unknown; Delete?: { Objects?: { Key?: string }[] } };
-      const prefixed: Record<string, unknown> = { ...input };
-      if (typeof input.Key === 'string') prefixed.Key = prefix + input.Key;
-      if (input.Delete?.Objects) prefixed.Delete = { ...input.Delete, Objects: input.Delete.Objects.map((o) => ({ ...o, Key: prefix + o.Key })) };
-      return next({ ...args, input: prefixed });
+      const routed: Record<string, unknown> = { ...input };
+      if (typeof input.Key === 'string') routed.Key = route(input.Key);
+      if (input.Delete?.Objects) routed.Delete = { ...input.Delete, Objects: input.Delete.Objects.map((o) => ({ ...o, Key: route(o.Key ?? '') })) };
+      return next({ ...args, input: routed });
     },
-    { step: 'initialize', name: 'chipmunkKeyPrefix' },
+    { step: 'initialize', name: 'chipmunkKeyRoute' },
   );
 }

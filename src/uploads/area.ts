@@ -13,8 +13,12 @@ export type UploadEntry = { id: string; dataBytes?: number; hasSidecar: boolean 
 export interface UploadArea {
   /** Where the upload's bytes are: a path in the local area, a key in the bucket's (what the received area's `keep` takes). */
   dataPath(id: string): string;
-  /** Removes everything of the upload (bytes, tus's record, an unfinished multipart upload). Safe to call twice. */
-  discard(id: string): Promise<void>;
+  /**
+   * Removes everything of the upload (bytes, tus's record, an unfinished multipart upload); in the
+   * bucket a completed upload's whole is the received area's and stays. `completed`: the caller has
+   * just completed it, so there is no unfinished multipart upload to look for. Safe to call twice.
+   */
+  discard(id: string, opts?: { completed?: boolean }): Promise<void>;
   /** Every upload present, keyed by id; names that are not ours are left alone. */
   list(): Promise<Map<string, UploadEntry>>;
   /** Bytes received so far, or undefined when the upload's bytes are gone. */

@@ -22,7 +22,8 @@ export type UploadAreas = {
 
 /**
  * Where uploads live, chosen in this one place: with CHIPMUNK_S3_BUCKET, in the media bucket under
- * `uploads/` (tus, through @tus/s3-store) and `received/`, so that any node can resume an upload and
+ * `uploads/` (tus's records, through @tus/s3-store) and `received/` (the multipart upload and, once
+ * complete, the received bytes), so that any node can resume an upload and
  * run its processing job; otherwise in the data directory's `uploads/` and `received/` folders, as
  * the embedded default always did. Processing scratch is local either way.
  */
@@ -34,14 +35,14 @@ export function openUploadAreas(config: Pick<Config, 'dataDir' | 'uploadDir' | '
   const s3 = config.s3;
   const client = createS3Client(s3);
   const store = createS3ObjectStore({ client, bucket: s3.bucket });
-  const area = createS3UploadArea({ client, bucket: s3.bucket, store, prefix: UPLOADS_PREFIX });
-  const received = createS3ReceivedArea({ client, bucket: s3.bucket, store, prefix: RECEIVED_PREFIX });
+  const area = createS3UploadArea({ client, bucket: s3.bucket, store, prefix: UPLOADS_PREFIX, dataPrefix: RECEIVED_PREFIX });
+  const received = createS3ReceivedArea({ store, prefix: RECEIVED_PREFIX });
   const stores: ChipmunkS3Store[] = [];
   return {
     area,
     received,
     datastore: ({ expiryMs, onBytes, offsets }) => {
-      const made = new ChipmunkS3Store({ s3, prefix: UPLOADS_PREFIX, area, expiryMs, onBytes, offsets });
+      const made = new ChipmunkS3Store({ s3, prefix: UPLOADS_PREFIX, dataPrefix: RECEIVED_PREFIX, area, expiryMs, onBytes, offsets });
       stores.push(made);
       return made;
     },

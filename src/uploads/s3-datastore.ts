@@ -10,18 +10,20 @@ import { ERRORS, TUS_RESUMABLE, Upload, type KvStore } from '@tus/server';
 import { LRUCache } from 'lru-cache';
 import type { S3Settings } from '../config.js';
 import { errors } from '../errors.js';
-import { prefixKeys, s3ClientConfig } from '../storage/s3.js';
+import { routeKeys, s3ClientConfig } from '../storage/s3.js';
 import type { UploadArea } from './area.js';
 import type { UploadOffsets } from './tus.js';
 import { declaredChunkLength, expectedChunkChecksum, TUS_EXTENSIONS } from './tus-protocol.js';
 
 // tus uploads on the S3 bucket through @tus/s3-store, so any node can resume them: every PATCH
-// lands as parts of one S3 multipart upload (`<prefix><id>`), tus's record is `<prefix><id>.info`,
-// a tail shorter than S3's minimum part `<prefix><id>.part` until the next PATCH takes it along.
-// Around the stock store: the keys under their own prefix, the client settings of the media bucket
-// (endpoint, path style, the checksum mode Ceph RGW needs), the protocol's extensions and
-// Upload-Checksum (tus-protocol.ts), and removal through the upload area (which also drops the tail
-// and every multipart upload of the key). Expiry is Chipmunk's own sweep (uploads/expiry.ts).
+// lands as parts of one S3 multipart upload on `<dataPrefix><id>` (the received area's key, so the
+// completed upload is already where processing reads it: no copy, no size cap but S3's own), tus's
+// record is `<prefix><id>.info`, a tail shorter than S3's minimum part `<prefix><id>.part` until the
+// next PATCH takes it along. Around the stock store: the keys under those prefixes, the client
+// settings of the media bucket (endpoint, path style, the checksum mode Ceph RGW needs), the
+// protocol's extensions and Upload-Checksum (tus-protocol.ts), and removal through the upload area
+// (which also drops the tail and every multipart upload of the key). Expiry is Chipmunk's own sweep
+// (uploads/expiry.ts).
 
 /** Part size of the multipart upload; a PATCH body is cut into parts of this size (S3's minimum is 5 MiB). */
 export const S3_PART_BYTES = 8 * 1024 * 1024;
@@ -34,7 +36,10 @@ const REMEMBERED_PARTS = 100_000;
 
 export type S3DatastoreOptions = {
   s3: S3Settings;
+  /** tus's record and tail. */
   prefix: string;
+  /** The multipart upload and, once complete, the whole upload (the received area's prefix). */
+  dataPrefix: string;
   area: UploadArea;
   expiryMs: number;
   onBytes: (bytes: number, id: string) => void;
@@ -84,7 +89,7 @@ export class ChipmunkS3Store extends S3Store {
       s3ClientConfig: { bucket: opts.s3.bucket, ...s3ClientConfig(opts.s3) },
     });
     this.extensions = [...TUS_EXTENSIONS];
-    prefixKeys(this.client, opts.prefix);
+    routeKeys(this.client, (key) => (/\.(info|part)$/.test(key) ? opts.prefix : opts.dataPrefix) + key);
   }
 
   /**

@@ -180,7 +180,8 @@ export function createTusServer(deps: TusDeps): { server: Server; uploadPath: (i
         const stored = await uploads.complete({ fileId: upload.id, sourcePath: uploadPath(upload.id), carrier: 'keep' });
         // A PATCH is done with tus's files before it answers (a client, a test or fsck that looks next
         // finds them gone); a creation-with-upload still reads them (POST_FINISH below).
-        if (req.method === 'PATCH') await discardUpload(upload.id);
+        // The store completed the multipart upload in this request: no unfinished one to look for.
+        if (req.method === 'PATCH') await area.discard(upload.id, { completed: true });
         const body = JSON.stringify(files.toJson(stored, await repo.getVariants(stored.id), requestBaseUrl(deps.publicUrl, req)));
         const length = String(stored.uploadLength ?? upload.size ?? stored.bytes);
         return {

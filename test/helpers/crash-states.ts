@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import {
   AbortMultipartUploadCommand,
+  CreateMultipartUploadCommand,
   DeleteObjectsCommand,
   GetObjectCommand,
   ListMultipartUploadsCommand,
@@ -10,20 +11,21 @@ import {
   UploadPartCommand,
   type S3Client,
 } from '@aws-sdk/client-s3';
-import { UPLOADS_PREFIX } from '../../src/storage/objects.js';
+import { RECEIVED_PREFIX, UPLOADS_PREFIX } from '../../src/storage/objects.js';
 import { createS3Client } from '../../src/storage/s3.js';
 import type { TestChipmunk } from './chipmunk.js';
 
 /**
  * Writes into a Chipmunk's tus upload area behind tus's back, leaving what a process killed at a
- * given moment leaves there: the data directory's `uploads/` folder (embedded) or the bucket's
- * `uploads/` prefix in @tus/s3-store's layout (distributed). For recovery and fsck tests on both
+ * given moment leaves there: the data directory's `uploads/` folder (embedded) or the bucket in
+ * @tus/s3-store's layout as Chipmunk routes it (distributed: tus's record and tail under `uploads/`,
+ * the multipart upload on the received key `received/<id>`). For recovery and fsck tests on both
  * backends; everything else about a crash goes through the server's own ports.
  */
 export type RawUploadArea = {
   /** Every byte of the upload landed, and the process died before tus completed it (S3: the last part uploaded, the multipart upload not completed). */
   landAllBytes(id: string, bytes: Buffer): Promise<void>;
-  /** Every byte landed and tus made them one whole (S3: the multipart upload completed into `<id>`), then the process died before the commitment. */
+  /** Every byte landed and tus made them one whole (S3: the multipart upload completed into `received/<id>`), then the process died before the commitment. */
   landCompleted(id: string, bytes: Buffer): Promise<void>;
   /** tus's record of the upload half written (a kill while it wrote it). */
   tearRecord(id: string): Promise<void>;
@@ -67,21 +69,27 @@ function localArea(dir: string): RawUploadArea {
 
 function s3Area(client: S3Client, bucket: string): RawUploadArea {
   const key = (id: string) => UPLOADS_PREFIX + id;
+  const dataKey = (id: string) => RECEIVED_PREFIX + id;
   const multipartUploads = async (id: string) =>
-    ((await client.send(new ListMultipartUploadsCommand({ Bucket: bucket, Prefix: key(id) }))).Uploads ?? [])
-      .filter((u) => u.Key === key(id))
+    ((await client.send(new ListMultipartUploadsCommand({ Bucket: bucket, Prefix: dataKey(id) }))).Uploads ?? [])
+      .filter((u) => u.Key === dataKey(id))
       .map((u) => u.UploadId!);
+  const abortAll = async (id: string) => {
+    for (const uploadId of await multipartUploads(id)) {
+      await client.send(new AbortMultipartUploadCommand({ Bucket: bucket, Key: dataKey(id), UploadId: uploadId }));
+    }
+  };
   return {
     async landAllBytes(id, bytes) {
       const [uploadId] = await multipartUploads(id);
-      if (!uploadId) throw new Error(`no multipart upload on ${key(id)}`);
-      await client.send(new UploadPartCommand({ Bucket: bucket, Key: key(id), UploadId: uploadId, PartNumber: 1, Body: bytes, ContentLength: bytes.length }));
+      if (!uploadId) throw new Error(`no multipart upload on ${dataKey(id)}`);
+      await client.send(
+        new UploadPartCommand({ Bucket: bucket, Key: dataKey(id), UploadId: uploadId, PartNumber: 1, Body: bytes, ContentLength: bytes.length }),
+      );
     },
     async landCompleted(id, bytes) {
-      for (const uploadId of await multipartUploads(id)) {
-        await client.send(new AbortMultipartUploadCommand({ Bucket: bucket, Key: key(id), UploadId: uploadId }));
-      }
-      await client.send(new PutObjectCommand({ Bucket: bucket, Key: key(id), Body: bytes, ContentLength: bytes.length }));
+      await abortAll(id);
+      await client.send(new PutObjectCommand({ Bucket: bucket, Key: dataKey(id), Body: bytes, ContentLength: bytes.length }));
     },
     async tearRecord(id) {
       const record = await client.send(new GetObjectCommand({ Bucket: bucket, Key: `${key(id)}.info` }));
@@ -89,13 +97,12 @@ function s3Area(client: S3Client, bucket: string): RawUploadArea {
       await client.send(new PutObjectCommand({ Bucket: bucket, Key: `${key(id)}.info`, Body: text.slice(0, 10) }));
     },
     async removeBytes(id) {
-      for (const uploadId of await multipartUploads(id)) {
-        await client.send(new AbortMultipartUploadCommand({ Bucket: bucket, Key: key(id), UploadId: uploadId }));
-      }
-      await client.send(new DeleteObjectsCommand({ Bucket: bucket, Delete: { Objects: [{ Key: key(id) }, { Key: `${key(id)}.part` }], Quiet: true } }));
+      await abortAll(id);
+      await client.send(new DeleteObjectsCommand({ Bucket: bucket, Delete: { Objects: [{ Key: dataKey(id) }, { Key: `${key(id)}.part` }], Quiet: true } }));
     },
     async plantLeftover(id) {
-      await client.send(new PutObjectCommand({ Bucket: bucket, Key: key(id), Body: 'abc' }));
+      // What tus leaves of an upload: a multipart upload on its data key and its record.
+      await client.send(new CreateMultipartUploadCommand({ Bucket: bucket, Key: dataKey(id) }));
       await client.send(new PutObjectCommand({ Bucket: bucket, Key: `${key(id)}.info`, Body: '{}' }));
     },
     close: () => client.destroy(),
