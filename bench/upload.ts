@@ -282,12 +282,28 @@ async function peakRss(pid: number): Promise<number> {
 
 /**
  * An untimed pause before each timed upload: the one before it has just been deleted, and what that
- * sets off (RGW freeing a multipart object's parts, which it does late; the disk's writeback) would
- * otherwise land on whichever contender comes next. Without it the S3 rounds' ratios followed the
- * order (0.54–0.79 with the raw upload first, 0.84–1.10 with it second). A `sync` here as well was
- * tried and left out: it sped the raw pipe up (275–295 MB/s) and not the tus uploads.
+ * sets off (RGW freeing a multipart object's parts, which it does late; the disk's writeback of the
+ * last 1 GB) would otherwise land on whichever contender comes next. Without it the S3 rounds'
+ * ratios followed the order (0.54–0.79 with the raw upload first, 0.84–1.10 with it second). The
+ * pause lasts SETTLE_MS and then until the kernel's dirty pages are written back (a fixed 1 s left
+ * up to a gigabyte in writeback at the next timed upload). A `sync` was tried and left out: it
+ * sped the raw pipe up (275–295 MB/s) and not the tus uploads.
  */
-const settle = () => new Promise((resolve) => setTimeout(resolve, SETTLE_MS));
+async function settle(): Promise<void> {
+  await new Promise((resolve) => setTimeout(resolve, SETTLE_MS));
+  for (let waited = 0; waited < 60_000 && (await dirtyBytes()) > SETTLED_DIRTY_BYTES; waited += 100) {
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
+/** What the next upload may find still waiting for the disk (the kernel's own background threshold is far larger). */
+const SETTLED_DIRTY_BYTES = 32 * 1024 ** 2;
+
+async function dirtyBytes(): Promise<number> {
+  const meminfo = await readFile('/proc/meminfo', 'utf8').catch(() => '');
+  const kb = (name: string) => Number(new RegExp(`^${name}:\\s+(\\d+)`, 'm').exec(meminfo)?.[1] ?? 0);
+  return (kb('Dirty') + kb('Writeback')) * 1024;
+}
 
 async function timed(fn: () => Promise<void>): Promise<number> {
   const start = process.hrtime.bigint();
