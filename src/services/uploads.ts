@@ -214,8 +214,10 @@ export function createUploadService(deps: UploadServiceDeps) {
       const released = await ports.uploads.release(fileId, ['uploading']);
       if (carrier.sourcePath) await rm(carrier.sourcePath, { force: true });
       await carrier.discardCarrier?.();
-      if (released) await deps.received.remove(fileId);
-      if (released) logger.info('upload released', { fileId });
+      if (released) {
+        await deps.received.remove(fileId);
+        logger.info('upload released', { fileId });
+      }
       return released !== undefined;
     },
   };

@@ -32,11 +32,12 @@ export function createS3UploadArea(opts: {
   const { client, bucket, store } = opts;
   const prefix = opts.prefix ?? UPLOADS_PREFIX;
   const dataPrefix = opts.dataPrefix ?? RECEIVED_PREFIX;
-  const keyOf = (id: string) => {
+  const checked = (id: string) => {
     if (!fileIdPattern.test(id)) throw errors.uploadGone();
-    return prefix + id;
+    return id;
   };
-  const dataKeyOf = (id: string) => dataPrefix + keyOf(id).slice(prefix.length);
+  const keyOf = (id: string) => prefix + checked(id);
+  const dataKeyOf = (id: string) => dataPrefix + checked(id);
 
   /** The unfinished multipart uploads on `key` (normally one; more only if a creation was retried). */
   async function multipartUploads(key: string): Promise<string[]> {

@@ -175,13 +175,13 @@ export function createTusServer(deps: TusDeps): { server: Server; uploadPath: (i
 
     async onUploadFinish(req, upload) {
       try {
-        // The tus files stay while the job runs (the data file is linked, not copied, into the received area)
-        // so a racing twin request still finds them; they go once this request has its answer.
+        // The bytes are kept in the received area (locally a hard link; in the bucket the multipart
+        // upload was made on the received key), so removing tus's files never touches them.
         const stored = await uploads.complete({ fileId: upload.id, sourcePath: uploadPath(upload.id), carrier: 'keep' });
         // A PATCH is done with tus's files before it answers (a client, a test or fsck that looks next
-        // finds them gone); a creation-with-upload still reads them (POST_FINISH below).
-        // The store completed the multipart upload in this request: no unfinished one to look for.
-        if (req.method === 'PATCH') await area.discard(upload.id, { completed: true });
+        // finds them gone); a creation-with-upload still reads them (POST_FINISH below). Either way the
+        // store completed the upload in this request: there is no unfinished multipart upload to look for.
+        if (req.method === 'PATCH') await discardUpload(upload.id, { completed: true });
         const body = JSON.stringify(files.toJson(stored, await repo.getVariants(stored.id), requestBaseUrl(deps.publicUrl, req)));
         const length = String(stored.uploadLength ?? upload.size ?? stored.bytes);
         return {
@@ -231,7 +231,7 @@ export function createTusServer(deps: TusDeps): { server: Server; uploadPath: (i
     if (req.method === 'PATCH') return;
     void (async () => {
       if ((await repo.getFile(upload.id))?.status === 'uploading') return;
-      await discardUpload(upload.id);
+      await discardUpload(upload.id, { completed: true });
     })().catch((err) => logger.warn("could not remove a finished upload's tus files", { fileId: upload.id, err }));
   });
 
