@@ -31,6 +31,7 @@ import { createProcessing, PROCESS_JOB } from './services/processing.js';
 import { recoverAtStartup, sweepMediaLeftovers, type RecoveryReport } from './services/recovery.js';
 import { createUploadService } from './services/uploads.js';
 import { openBlobStorage } from './storage/open.js';
+import { emptyTemporaryFolder } from './storage/workspaces.js';
 import { S3_MAX_OBJECT_BYTES } from './storage/s3-received.js';
 import { openUploadAreas } from './uploads/open.js';
 import { sweepExpiredUploads, sweepUploadLeftovers } from './uploads/expiry.js';
@@ -70,7 +71,7 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
   const mediaTools = describeTools(ffmpeg, opts.ffmpeg === null ? 'off' : config.ffmpegPath);
   const workDir = path.join(config.dataDir, 'work');
   // Unfinished uploads, received bytes and scratch: Chipmunk's alone (0700); the media folder's modes are storage's.
-  for (const dir of [config.uploadDir, workDir, path.join(config.dataDir, 'received')]) {
+  for (const dir of [config.uploadDir, workDir, path.join(config.dataDir, 'received'), config.tmpDir]) {
     mkdirSync(dir, { recursive: true });
     chmodSync(dir, 0o700);
   }
@@ -347,6 +348,7 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
         files,
         logger,
         audioJob: AUDIO_JOB,
+        discardTemporaryFiles: () => emptyTemporaryFolder(config.tmpDir),
         shared: persistence.kind === 'postgres',
       });
       if (mediaTools.ffmpeg) logger.info('ffmpeg found', mediaTools.ffmpeg);

@@ -89,6 +89,8 @@ export type Config = Readonly<{
   databasePath: string;
   uploadDir: string;
   mediaDir: string;
+  /** The process's temporary folder (TMPDIR of the server process), emptied by start-up recovery. */
+  tmpDir: string;
   publicUrl: string | undefined;
   secret: string;
   apiKey: string;
@@ -173,6 +175,9 @@ export function dataPaths(dataDirSetting: string) {
     databasePath: path.join(dataDir, 'chipmunk.db'),
     uploadDir: path.join(dataDir, 'uploads'),
     mediaDir: path.join(dataDir, 'media'),
+    // This process's temporary files (the server points TMPDIR here): emptied at each start, since a
+    // killed process cannot remove its own.
+    tmpDir: path.join(dataDir, 'tmp'),
   };
 }
 

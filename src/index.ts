@@ -7,6 +7,10 @@ export async function start(env: NodeJS.ProcessEnv = process.env): Promise<void>
   let chipmunk;
   try {
     config = loadConfig(env);
+    // The process's temporary files go inside its data directory, where the next start empties them
+    // after a kill (@tus/s3-store spools parts to os.tmpdir() and cannot be told otherwise; /tmp would
+    // keep a killed node's spool for good). Children (ffmpeg, the workers) inherit it.
+    process.env.TMPDIR = config.tmpDir;
     chipmunk = createChipmunk(config);
   } catch (err) {
     if (err instanceof ConfigError) {

@@ -1,6 +1,6 @@
 import { createHash, randomInt } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { SignJWT } from 'jose';
 import { Upload } from 'tus-js-client';
@@ -199,6 +199,8 @@ describe.each(backends)('crash safety ($name)', (backend) => {
     expect(await server.exited).toEqual({ code: 0, signal: null });
     // SQLite only: closed cleanly, its WAL checkpointed.
     if (backend.name === 'embedded') expect(existsSync(path.join(dataDir, 'chipmunk.db-wal'))).toBe(false);
+    // The kills' temporary files (on the bucket, the store's spool of cut PATCHes) went with a later start.
+    expect(await readdir(path.join(dataDir, 'tmp'))).toEqual([]);
     expect(kills).toBe(ROUNDS);
     expect(succeeded.size).toBeGreaterThan(ROUNDS);
     // Deletes ran beside the uploads and kills (not only uploads resumed at the end).

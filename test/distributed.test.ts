@@ -1,4 +1,5 @@
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import http from 'node:http';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { signUploadToken } from '../src/auth/upload-tokens.js';
@@ -258,6 +259,42 @@ describe('two nodes behind the rendered nginx', () => {
         await n.server.exited;
         await rm(n.dataDir, { recursive: true, force: true });
       }
+    }
+  });
+});
+
+describe("a killed node's temporary files", () => {
+  it('the spool of a PATCH cut by kill -9 is in the node’s own tmp/, and its next start empties it', async () => {
+    const { dataDir, env } = await serverEnvironment('spool', distributed.env);
+    let server = await spawnServer(env);
+    try {
+      const token = await signUploadToken(distributed.env.CHIPMUNK_SECRET!, { userId: 'spooler', purpose: 'audio', expiresIn: 600 });
+      const tus = { 'Tus-Resumable': '1.0.0', Authorization: `Bearer ${token.token}` };
+      const length = 16 * 1024 * 1024;
+      const created = await fetch(`${server.url}/uploads`, {
+        method: 'POST',
+        headers: { ...tus, 'Upload-Length': String(length), 'Upload-Metadata': `filename ${Buffer.from('spool.wav').toString('base64')}` },
+      });
+      expect(created.status).toBe(201);
+      // A chunk shorter than a part goes through @tus/s3-store's spool file; half of it is sent, then the node dies.
+      const chunk = 2 * 1024 * 1024;
+      const req = http.request(new URL(created.headers.get('location')!, server.url), {
+        method: 'PATCH',
+        headers: { ...tus, 'Upload-Offset': '0', 'Content-Type': 'application/offset+octet-stream', 'Content-Length': String(chunk) },
+      });
+      req.on('error', () => undefined);
+      req.write(Buffer.concat([wavHeader(length - 44), randomBytes(chunk / 2 - 44)]));
+      const tmpDir = path.join(dataDir, 'tmp');
+      await expect.poll(async () => (await readdir(tmpDir)).length, { timeout: 10_000, interval: 50 }).toBeGreaterThan(0);
+      server.proc.kill('SIGKILL');
+      await server.exited;
+      req.destroy();
+      server = await spawnServer(env);
+      expect(await readdir(tmpDir)).toEqual([]);
+    } finally {
+      server.proc.kill('SIGKILL');
+      await server.exited;
+      await rm(dataDir, { recursive: true, force: true });
     }
   });
 });

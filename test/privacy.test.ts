@@ -56,8 +56,10 @@ const photos = ['gps-tagged-samsung.jpg', 'landscape-leaf-jolla-8mp.jpg', 'lands
 describe.each(backends)('served bytes carry no location or device metadata: $name', (backend) => {
   let t: TestChipmunk;
   let nginx: TestNginx;
+  let purposesDir: string | undefined;
 
   beforeAll(async () => {
+    purposesDir = await mkdtemp(path.join(tmpdir(), 'chipmunk-purposes-'));
     t = await backend.start({
       CHIPMUNK_PURPOSES_FILE: await purposesFile({ kyc: { kinds: ['image'], maxBytes: 20_000_000, visibility: 'public', original: 'private' } }),
     });
@@ -66,6 +68,7 @@ describe.each(backends)('served bytes carry no location or device metadata: $nam
   afterAll(async () => {
     await nginx?.close();
     await t?.close();
+    if (purposesDir) await rm(purposesDir, { recursive: true, force: true });
   });
 
   it('the corpus photos really do carry GPS and camera tags (the test would see a leak)', async () => {
@@ -170,8 +173,7 @@ describe.each(backends)('served bytes carry no location or device metadata: $nam
   }, 60_000);
 
   async function purposesFile(purposes: Record<string, unknown>): Promise<string> {
-    const dir = await mkdtemp(path.join(tmpdir(), 'chipmunk-purposes-'));
-    const file = path.join(dir, 'purposes.json');
+    const file = path.join(purposesDir!, 'purposes.json');
     await writeFile(file, JSON.stringify(purposes));
     return file;
   }

@@ -1,4 +1,5 @@
-import { readFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
+import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { newFileId } from '../src/ids.js';
 import { fsck } from '../src/ops/fsck.js';
@@ -81,6 +82,10 @@ async function crashLeftovers(backend: Backend) {
     await t.chipmunk.uow.ports.files.beginDelete(deleting.id);
     // Processing scratch, a temporary blob and a folder with no row.
     await storage.workspace(newFileId());
+    // The S3 upload store's spool of a PATCH cut by the kill, and a folder of its incomplete-part download.
+    const tmpDir = path.join(t.dataDir, 'tmp');
+    await writeFile(path.join(tmpDir, 'Zk3vQ8aPx1-0'), Buffer.alloc(1000));
+    await mkdir(path.join(tmpDir, 'tus-s3-incomplete-part-Zk3vQ8aPx1'));
     const tempName = '1.webp.tmp-0badc0de';
     await storage.write(tempHolder.id, tempName, Buffer.from('half a variant'));
     const orphanFolder = newFileId();
@@ -136,8 +141,10 @@ describe.each(backends)('$name', (backend) => {
           orphanReceived: distributed ? 1 : 2,
           deletesFinished: 1,
           workspaces: 1,
+          temporaryFiles: 2,
           jobsRequeued: 0,
         });
+        expect(await readdir(path.join(s.t.dataDir, 'tmp'))).toEqual([]);
         expect(await t.chipmunk.inspect.file(s.deleting.id)).toBeUndefined();
         expect(await hasFolder(t, s.deleting.id)).toBe(false);
         // Every byte of `full` had arrived: a crash after the last byte no longer throws the upload away.

@@ -24,6 +24,7 @@ import type { UploadService } from './uploads.js';
 //     (Several nodes, `shared`: only those of a file whose row is past that step; see below.)
 //  'deleting' row → bytes were given back already: remove the folder, then the row.
 //  work/<id> → processing scratch of the dead process: delete.
+//  tmp/ → the dead process's temporary files (the S3 upload store's part spool): emptied.
 //  jobs left 'running' → back to 'queued', so interrupted processing resumes.
 //  a committed track with no renditions job → its job is queued again.
 //  *.tmp-* in media folders and folders no row accounts for → removed by a background walk that
@@ -37,6 +38,7 @@ export type RecoveryReport = {
   orphanReceived: number;
   deletesFinished: number;
   workspaces: number;
+  temporaryFiles: number;
   jobsRequeued: number;
 };
 
@@ -51,6 +53,8 @@ export type RecoveryDeps = {
   logger: Logger;
   /** The job that makes a committed track's renditions. */
   audioJob: string;
+  /** Empties this process's temporary folder; how many entries went. */
+  discardTemporaryFiles?: () => Promise<number>;
   /**
    * Other nodes may be running on the same database and bucket (distributed mode): an upload with no
    * byte yet, or bytes with no row yet, may be theirs right now. Those are left to the time-based
@@ -73,10 +77,12 @@ export async function recoverAtStartup(deps: RecoveryDeps): Promise<RecoveryRepo
     orphanReceived: 0,
     deletesFinished: 0,
     workspaces: 0,
+    temporaryFiles: 0,
     jobsRequeued: 0,
   };
 
   report.workspaces = await storage.discardAllWorkspaces();
+  report.temporaryFiles = (await deps.discardTemporaryFiles?.()) ?? 0;
   report.jobsRequeued = await uow.ports.jobs.requeueRunning();
   for (;;) {
     const n = await deps.files.finishInterruptedDeletes();

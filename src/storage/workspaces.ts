@@ -33,3 +33,14 @@ export function createWorkspaces(workDir: string): Pick<BlobStorage, 'workspace'
     },
   };
 }
+
+/**
+ * Empties the process's temporary folder (its TMPDIR: @tus/s3-store spools parts under os.tmpdir()),
+ * keeping the folder. What a killed process left there is no one's: this runs at start-up, under the
+ * data directory's lock. Returns how many entries went.
+ */
+export async function emptyTemporaryFolder(dir: string): Promise<number> {
+  const names = await unlessAbsent(`Listing ${dir}`, () => readdir(dir), []);
+  for (const name of names) await rm(path.join(dir, name), { recursive: true, force: true });
+  return names.length;
+}
