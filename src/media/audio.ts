@@ -85,9 +85,29 @@ export function createAudioProcessor(deps: AudioProcessorDeps): MediaProcessor<A
   const bounds = deps.bounds ?? defaultMediaBounds;
   return {
     async process({ sourcePath, sniffed, limits, signal }) {
-      const { info, cover } = await readAudio(sourcePath, sniffed, { ...bounds, signal });
-      checkDuration(info, limits?.maxDurationSeconds ?? deps.maxDurationSeconds ?? Infinity);
-      if (deps.ffmpeg) await proveDecodable(deps.ffmpeg, sourcePath, { ...bounds, signal });
+      // The tags and the decode proof are two children that read the file side by side (each bounded
+      // on its own): one after the other they added ffmpeg's start to every track's completion. The
+      // tags' verdict comes first; a refusal there stops the decode before it is given.
+      const decodeCheck = new AbortController();
+      const stopDecode = () => decodeCheck.abort(signal?.reason);
+      if (signal?.aborted) stopDecode();
+      signal?.addEventListener('abort', stopDecode, { once: true });
+      const decoding = deps.ffmpeg ? proveDecodable(deps.ffmpeg, sourcePath, { ...bounds, signal: decodeCheck.signal }) : Promise.resolve();
+      // Awaited below in every path; until then its failure is not an unhandled rejection.
+      decoding.catch(() => undefined);
+      let info: AudioInfo;
+      let cover: CoverPicture | undefined;
+      try {
+        ({ info, cover } = await readAudio(sourcePath, sniffed, { ...bounds, signal }));
+        checkDuration(info, limits?.maxDurationSeconds ?? deps.maxDurationSeconds ?? Infinity);
+        await decoding;
+      } catch (err) {
+        decodeCheck.abort(err);
+        await decoding.catch(() => undefined);
+        throw err;
+      } finally {
+        signal?.removeEventListener('abort', stopDecode);
+      }
       const extra: Pick<AudioFileInfo, 'renditions'> = {};
       if (!deps.ffmpeg) extra.renditions = { available: false, reason: 'No ffmpeg on this server: only the original is served.' };
       // Without ffmpeg and without a cover there is nothing left to make.
