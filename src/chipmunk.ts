@@ -31,7 +31,7 @@ import { createProcessing, PROCESS_JOB } from './services/processing.js';
 import { recoverAtStartup, sweepMediaLeftovers, type RecoveryReport } from './services/recovery.js';
 import { createUploadService } from './services/uploads.js';
 import { openBlobStorage } from './storage/open.js';
-import { emptyTemporaryFolder } from './storage/workspaces.js';
+import { emptyFolder } from './storage/workspaces.js';
 import { S3_MAX_OBJECT_BYTES } from './storage/s3-received.js';
 import { openUploadAreas } from './uploads/open.js';
 import { sweepExpiredUploads, sweepUploadLeftovers } from './uploads/expiry.js';
@@ -348,7 +348,8 @@ export function createChipmunk(config: Config, opts: ChipmunkOptions = {}) {
         files,
         logger,
         audioJob: AUDIO_JOB,
-        discardTemporaryFiles: () => emptyTemporaryFolder(config.tmpDir),
+        // Under the data directory's lock: what is in tmp/ now is a dead process's.
+        discardTemporaryFiles: () => emptyFolder(config.tmpDir),
         shared: persistence.kind === 'postgres',
       });
       if (mediaTools.ffmpeg) logger.info('ffmpeg found', mediaTools.ffmpeg);

@@ -88,11 +88,9 @@ export function createAudioProcessor(deps: AudioProcessorDeps): MediaProcessor<A
       // The tags and the decode proof are two children that read the file side by side (each bounded
       // on its own): one after the other they added ffmpeg's start to every track's completion. The
       // tags' verdict comes first; a refusal there stops the decode before it is given.
-      const decodeCheck = new AbortController();
-      const stopDecode = () => decodeCheck.abort(signal?.reason);
-      if (signal?.aborted) stopDecode();
-      signal?.addEventListener('abort', stopDecode, { once: true });
-      const decoding = deps.ffmpeg ? proveDecodable(deps.ffmpeg, sourcePath, { ...bounds, signal: decodeCheck.signal }) : Promise.resolve();
+      const stopDecode = new AbortController();
+      const decodeSignal = signal ? AbortSignal.any([signal, stopDecode.signal]) : stopDecode.signal;
+      const decoding = deps.ffmpeg ? proveDecodable(deps.ffmpeg, sourcePath, { ...bounds, signal: decodeSignal }) : Promise.resolve();
       // Awaited below in every path; until then its failure is not an unhandled rejection.
       decoding.catch(() => undefined);
       let info: AudioInfo;
@@ -102,11 +100,9 @@ export function createAudioProcessor(deps: AudioProcessorDeps): MediaProcessor<A
         checkDuration(info, limits?.maxDurationSeconds ?? deps.maxDurationSeconds ?? Infinity);
         await decoding;
       } catch (err) {
-        decodeCheck.abort(err);
+        stopDecode.abort(err);
         await decoding.catch(() => undefined);
         throw err;
-      } finally {
-        signal?.removeEventListener('abort', stopDecode);
       }
       const extra: Pick<AudioFileInfo, 'renditions'> = {};
       if (!deps.ffmpeg) extra.renditions = { available: false, reason: 'No ffmpeg on this server: only the original is served.' };

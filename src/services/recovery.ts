@@ -54,7 +54,7 @@ export type RecoveryDeps = {
   /** The job that makes a committed track's renditions. */
   audioJob: string;
   /** Empties this process's temporary folder; how many entries went. */
-  discardTemporaryFiles?: () => Promise<number>;
+  discardTemporaryFiles: () => Promise<number>;
   /**
    * Other nodes may be running on the same database and bucket (distributed mode): an upload with no
    * byte yet, or bytes with no row yet, may be theirs right now. Those are left to the time-based
@@ -82,7 +82,7 @@ export async function recoverAtStartup(deps: RecoveryDeps): Promise<RecoveryRepo
   };
 
   report.workspaces = await storage.discardAllWorkspaces();
-  report.temporaryFiles = (await deps.discardTemporaryFiles?.()) ?? 0;
+  report.temporaryFiles = await deps.discardTemporaryFiles();
   report.jobsRequeued = await uow.ports.jobs.requeueRunning();
   for (;;) {
     const n = await deps.files.finishInterruptedDeletes();

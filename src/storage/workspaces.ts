@@ -26,20 +26,15 @@ export function createWorkspaces(workDir: string): Pick<BlobStorage, 'workspace'
       return unlessAbsent(`Listing ${workDir}`, () => readdir(workDir), []);
     },
 
-    async discardAllWorkspaces() {
-      const names = await unlessAbsent(`Listing ${workDir}`, () => readdir(workDir), []);
-      for (const name of names) await rm(path.join(workDir, name), { recursive: true, force: true });
-      return names.length;
-    },
+    discardAllWorkspaces: () => emptyFolder(workDir),
   };
 }
 
 /**
- * Empties the process's temporary folder (its TMPDIR: @tus/s3-store spools parts under os.tmpdir()),
- * keeping the folder. What a killed process left there is no one's: this runs at start-up, under the
- * data directory's lock. Returns how many entries went.
+ * Removes everything inside `dir`, keeping the folder itself: the scratch of a dead process, and its
+ * temporary folder (TMPDIR, where @tus/s3-store spools parts). Returns how many entries went.
  */
-export async function emptyTemporaryFolder(dir: string): Promise<number> {
+export async function emptyFolder(dir: string): Promise<number> {
   const names = await unlessAbsent(`Listing ${dir}`, () => readdir(dir), []);
   for (const name of names) await rm(path.join(dir, name), { recursive: true, force: true });
   return names.length;
