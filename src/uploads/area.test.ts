@@ -38,8 +38,9 @@ describe('upload area', () => {
     const dir = path.join(root(), 'uploads');
     await writeFile(dir, 'not a folder');
     const area = createUploadArea(dir);
-    for (const attempt of [area.list(), area.receivedBytes(id), area.sidecarReadable(id)]) {
-      await expect(attempt).rejects.toSatisfy((err: unknown) => err instanceof StorageError && (err.cause as NodeJS.ErrnoException).code === 'ENOTDIR');
+    // Each read starts only when awaited: made together, a later one rejects unobserved meanwhile.
+    for (const attempt of [() => area.list(), () => area.receivedBytes(id), () => area.sidecarReadable(id)]) {
+      await expect(attempt()).rejects.toSatisfy((err: unknown) => err instanceof StorageError && (err.cause as NodeJS.ErrnoException).code === 'ENOTDIR');
     }
   });
 });
