@@ -3,21 +3,26 @@
 //   nginx+auth:      /f/ through nginx, auth_request answered from nginx's auth cache
 //   nginx+auth(nc):  /f/ through nginx with the auth cache off (every request asks Chipmunk)
 //   Chipmunk alone:  /f/ served by Chipmunk itself
+// Chipmunk runs as production runs it: the built server (node dist/src/index.js) in a process of its
+// own, on a data folder this script prepared in process. (Run through tsx, as this script is, every
+// arrow function in the request path is wrapped by esbuild's keepNames helper, 6–12 % of its CPU.)
 //   nginx+auth from S3 against nginx proxying the same object directly (a presigned GET, no auth):
 //                    the same 10 KB as an object in a bucket of the test services' RGW
 //                    (scripts/services.sh start), through the config rendered for a bucket
 // Each as a ratio to static, with p99 latency; the last line is one JSON object.
 // Load comes from wrk (Debian: apt-get install wrk), which must be on PATH.
-import { execFile, execFileSync } from 'node:child_process';
+import { execFile, execFileSync, spawn } from 'node:child_process';
+import { once } from 'node:events';
 import { randomBytes } from 'node:crypto';
-import { createServer } from 'node:http';
-import { readFile } from 'node:fs/promises';
+import { readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { corpus, startChipmunk } from '../test/helpers/chipmunk.js';
 import { startNginx } from '../test/helpers/nginx.js';
 import { tusUpload } from '../test/helpers/tus.js';
 import { createTestBucket, testServices } from '../test/helpers/services.js';
+import { ensureBuilt, freePort, spawnServer } from '../test/helpers/server-process.js';
+import type { TestChipmunk } from '../test/helpers/chipmunk.js';
 import { GetObjectCommand } from '@aws-sdk/client-s3';
 import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
 import { createS3Client } from '../src/storage/s3.js';
@@ -49,19 +54,50 @@ async function wrk(url: string, seconds = DURATION): Promise<Run> {
   return { rps, p99Ms, non2xx };
 }
 
-const t = await startChipmunk({ CHIPMUNK_LOG_LEVEL: 'silent' });
+/**
+ * Stops the in-process Chipmunk that prepared `prepared.dataDir` and serves the same data from the
+ * built server, on ports of its own; what startNginx needs of it (url, internal port, folder) is returned.
+ */
+async function asBuilt(prepared: TestChipmunk, env: Record<string, string> = {}) {
+  await prepared.stop();
+  const internalPort = await freePort();
+  const server = await spawnServer({
+    PORT: String(await freePort()),
+    HOST: '127.0.0.1',
+    CHIPMUNK_INTERNAL_PORT: String(internalPort),
+    CHIPMUNK_DATA_DIR: prepared.dataDir,
+    CHIPMUNK_LOG_LEVEL: 'silent',
+    CHIPMUNK_DISK_MARGIN: '0',
+    ...(process.getuid?.() === 0 ? { CHIPMUNK_MEDIA_GROUP: 'nogroup' } : {}),
+    ...env,
+  });
+  return {
+    ...prepared,
+    url: server.url,
+    internalPort,
+    async close() {
+      server.proc.kill('SIGTERM');
+      await server.exited;
+      await rm(prepared.dataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+ensureBuilt();
+const t0 = await startChipmunk({ CHIPMUNK_LOG_LEVEL: 'silent' });
 const photo = await readFile(corpus('images/photos/portrait-canal.jpg'));
-const up = await tusUpload(`${t.url}/uploads`, photo, { token: await t.uploadToken('bench', 'image'), metadata: { filename: 'bench.jpg' } });
+const up = await tusUpload(`${t0.url}/uploads`, photo, { token: await t0.uploadToken('bench', 'image'), metadata: { filename: 'bench.jpg' } });
 if (!up.ok) throw up.error;
 const fileId = (up.body as { id: string }).id;
 // The 10 KB variant, recorded like any generated variant.
 const tenKb = randomBytes(10 * 1024);
-const bytes = await t.chipmunk.storage.write(fileId, 'bench.webp', tenKb);
-await t.chipmunk.uow.ports.files.addVariants(fileId, [{ name: 'bench', path: 'bench.webp', mimeType: 'image/webp', bytes, width: 64, height: 64 }]);
-const link = (await (await t.api(`/v1/files/${fileId}/url?variant=bench&expiresIn=86400`)).json()) as { url: string };
+const bytes = await t0.chipmunk.storage.write(fileId, 'bench.webp', tenKb);
+await t0.chipmunk.uow.ports.files.addVariants(fileId, [{ name: 'bench', path: 'bench.webp', mimeType: 'image/webp', bytes, width: 64, height: 64 }]);
+const link = (await (await t0.api(`/v1/files/${fileId}/url?variant=bench&expiresIn=86400`)).json()) as { url: string };
 const signedPath = new URL(link.url).pathname + new URL(link.url).search;
-const mediaDir = path.join(t.dataDir, 'media');
-const staticPath = `/static/${t.chipmunk.storage.relativePath(fileId, 'bench.webp')}`;
+const mediaDir = path.join(t0.dataDir, 'media');
+const staticPath = `/static/${t0.chipmunk.storage.relativePath(fileId, 'bench.webp')}`;
+const t = await asBuilt(t0);
 const staticLocation = `        location /static/ {\n            alias ${mediaDir}/;\n        }`;
 
 const cached = await startNginx(t, { authCacheSeconds: 5, extraServerConfig: staticLocation });
@@ -80,20 +116,24 @@ const s3Env = {
   CHIPMUNK_S3_FORCE_PATH_STYLE: String(bucket.s3.forcePathStyle),
   CHIPMUNK_S3_CHECKSUMS: bucket.s3.checksums,
 };
-const onS3 = await startChipmunk(s3Env);
-const s3Up = await tusUpload(`${onS3.url}/uploads`, photo, { token: await onS3.uploadToken('bench', 'image'), metadata: { filename: 'bench.jpg' } });
+const onS3Prepared = await startChipmunk(s3Env);
+const s3Up = await tusUpload(`${onS3Prepared.url}/uploads`, photo, {
+  token: await onS3Prepared.uploadToken('bench', 'image'),
+  metadata: { filename: 'bench.jpg' },
+});
 if (!s3Up.ok) throw s3Up.error;
 const s3FileId = (s3Up.body as { id: string }).id;
-const s3Bytes = await onS3.chipmunk.storage.write(s3FileId, 'bench.webp', tenKb);
-await onS3.chipmunk.uow.ports.files.addVariants(s3FileId, [
+const s3Bytes = await onS3Prepared.chipmunk.storage.write(s3FileId, 'bench.webp', tenKb);
+await onS3Prepared.chipmunk.uow.ports.files.addVariants(s3FileId, [
   { name: 'bench', path: 'bench.webp', mimeType: 'image/webp', bytes: s3Bytes, width: 64, height: 64 },
 ]);
-const s3Link = (await (await onS3.api(`/v1/files/${s3FileId}/url?variant=bench&expiresIn=86400`)).json()) as { url: string };
+const s3Link = (await (await onS3Prepared.api(`/v1/files/${s3FileId}/url?variant=bench&expiresIn=86400`)).json()) as { url: string };
 const s3Client = createS3Client(bucket.s3);
 const presigned = new URL(
   await getSignedUrl(s3Client, new GetObjectCommand({ Bucket: bucket.s3.bucket, Key: mediaKey(s3FileId, 'bench.webp') }), { expiresIn: 86400 }),
 );
 s3Client.destroy();
+const onS3 = await asBuilt(onS3Prepared, s3Env);
 const s3DirectLocation = `        location = /s3direct {
             proxy_pass http://chipmunk_objects${presigned.pathname}${presigned.search};
             proxy_http_version 1.1;
@@ -103,13 +143,23 @@ const s3DirectLocation = `        location = /s3direct {
         }`;
 const s3Nginx = await startNginx(onS3, { authCacheSeconds: 5, extraServerConfig: s3DirectLocation, env: s3Env });
 
-// For context only: the same 10 KB from a bare Node http server (Node's own ceiling on this machine).
-const bare = createServer((_req, res) => {
-  res.writeHead(200, { 'Content-Type': 'image/webp', 'Content-Length': tenKb.length });
-  res.end(tenKb);
-});
-await new Promise<void>((resolve) => bare.listen(0, '127.0.0.1', resolve));
-const barePort = (bare.address() as { port: number }).port;
+// For context only: the same 10 KB from a bare Node http server (Node's own ceiling on this machine),
+// in a plain node process of its own like the built server (inside this tsx process it answered about
+// half as fast).
+const barePort = await freePort();
+const bare = spawn(
+  process.execPath,
+  [
+    '-e',
+    `const body = Buffer.from(${JSON.stringify(tenKb.toString('base64'))}, 'base64');
+     require('node:http').createServer((_req, res) => {
+       res.writeHead(200, { 'Content-Type': 'image/webp', 'Content-Length': body.length });
+       res.end(body);
+     }).listen(${barePort}, '127.0.0.1', () => console.log('listening'));`,
+  ],
+  { stdio: ['ignore', 'pipe', 'inherit'] },
+);
+await once(bare.stdout!, 'data');
 
 const targets = {
   static: `${cached.url}${staticPath}`,
@@ -147,7 +197,7 @@ try {
   await s3Nginx.close();
   await onS3.close();
   await bucket.drop();
-  bare.close();
+  bare.kill();
 }
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
@@ -171,6 +221,7 @@ console.log(
     nginxAuthOverStatic: ratio('nginxAuth'),
     nginxAuthUncachedOverStatic: ratio('nginxAuthUncached'),
     appOverStatic: ratio('app'),
+    appOverBareNode: Math.round(median(rounds.map((r) => r.app.rps / r.bareNode.rps)) * 100) / 100,
     nginxS3OverS3Direct: s3Ratio,
     p99Ms: Math.round(p99('nginxAuth') * 100) / 100,
   }),
